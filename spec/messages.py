@@ -1,0 +1,236 @@
+"""Caffe's protobuf messages as frozen pydantic models (names, defaults and meaning from
+BVLC/caffe's src/caffe/proto/caffe.proto).
+
+The YAML mapping is mechanical: message -> mapping; repeated field -> list (one element may be
+written as a scalar); enum -> its name as a string. Fields Caffe marks deprecated but that real
+prototxt files still use (`pad_h`, `concat_dim`, ...) are accepted. Fields that only select a Caffe
+engine (`engine`) are accepted and ignored: XLA chooses the kernels.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+# Dimensions and counts are bounded so that products stay far from overflow.
+MAX_DIM = 2**31 - 1
+
+
+def _as_tuple(value: Any) -> Any:
+    """A repeated field may be written as a list or, for one element, as a scalar."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, tuple):
+        return value
+    return (value,)
+
+
+class Message(BaseModel):
+    """Base of every message: unknown fields are errors, numbers are never parsed from strings,
+    NaN/inf are refused, instances are immutable and hashable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    def set_fields(self) -> set[str]:
+        """Fields the spec wrote explicitly (protobuf's `has_*`)."""
+        return set(self.model_fields_set)
+
+
+def Repeated(item: Any) -> Any:  # noqa: N802 - reads like a type
+    return Annotated[tuple[item, ...], BeforeValidator(_as_tuple)]
+
+
+PosInt = Annotated[int, Field(ge=1, le=MAX_DIM)]
+NonNegInt = Annotated[int, Field(ge=0, le=MAX_DIM)]
+Axis = Annotated[int, Field(ge=-32, le=32)]
+Phase = Literal["TRAIN", "TEST"]
+Engine = Literal["DEFAULT", "CAFFE", "CUDNN"]
+
+
+# --- generic messages --------------------------------------------------------------------------
+
+
+class BlobShape(Message):
+    dim: Repeated(Annotated[int, Field(ge=-1, le=MAX_DIM)]) = ()
+
+
+class FillerParameter(Message):
+    type: Literal["constant", "gaussian", "positive_unitball", "uniform", "xavier", "msra", "bilinear"] = "constant"
+    value: float = 0.0
+    min: float = 0.0
+    max: float = 1.0
+    mean: float = 0.0
+    std: Annotated[float, Field(ge=0)] = 1.0
+    sparse: int = -1
+    variance_norm: Literal["FAN_IN", "FAN_OUT", "AVERAGE"] = "FAN_IN"
+
+
+class NetState(Message):
+    phase: Phase = "TEST"
+    level: int = 0
+    stage: Repeated(str) = ()
+
+
+class NetStateRule(Message):
+    phase: Phase | None = None
+    min_level: int | None = None
+    max_level: int | None = None
+    stage: Repeated(str) = ()
+    not_stage: Repeated(str) = ()
+
+    def matches(self, state: NetState) -> bool:
+        """Caffe's Net::StateMeetsRule."""
+        if self.phase is not None and self.phase != state.phase:
+            return False
+        if self.min_level is not None and state.level < self.min_level:
+            return False
+        if self.max_level is not None and state.level > self.max_level:
+            return False
+        return all(s in state.stage for s in self.stage) and not any(
+            s in state.stage for s in self.not_stage
+        )
+
+
+class ParamSpec(Message):
+    name: str | None = None
+    share_mode: Literal["STRICT", "PERMISSIVE"] = "STRICT"
+    lr_mult: Annotated[float, Field(ge=0)] = 1.0
+    decay_mult: Annotated[float, Field(ge=0)] = 1.0
+
+
+class TransformationParameter(Message):
+    scale: float = 1.0
+    mirror: bool = False
+    crop_size: NonNegInt = 0
+    crop_h: NonNegInt = 0
+    crop_w: NonNegInt = 0
+    mean_file: str | None = None
+    mean_value: Repeated(float) = ()
+    force_color: bool = False
+    force_gray: bool = False
+
+
+class LossParameter(Message):
+    ignore_label: int | None = None
+    normalization: Literal["FULL", "VALID", "BATCH_SIZE", "NONE"] = "VALID"
+    normalize: bool | None = None
+
+
+# --- layer parameters (alphabetical, as in caffe.proto) ------------------------------------------
+
+
+class AccuracyParameter(Message):
+    top_k: PosInt = 1
+    axis: Axis = 1
+    ignore_label: int | None = None
+
+
+class ConcatParameter(Message):
+    axis: Axis = 1
+    concat_dim: NonNegInt | None = None  # deprecated alias of axis
+
+
+class ConvolutionParameter(Message):
+    num_output: PosInt
+    bias_term: bool = True
+    pad: Repeated(NonNegInt) = ()
+    kernel_size: Repeated(PosInt) = ()
+    stride: Repeated(PosInt) = ()
+    dilation: Repeated(PosInt) = ()
+    pad_h: NonNegInt | None = None
+    pad_w: NonNegInt | None = None
+    kernel_h: PosInt | None = None
+    kernel_w: PosInt | None = None
+    stride_h: PosInt | None = None
+    stride_w: PosInt | None = None
+    group: PosInt = 1
+    weight_filler: FillerParameter | None = None
+    bias_filler: FillerParameter | None = None
+    engine: Engine = "DEFAULT"
+    axis: Axis = 1
+    force_nd_im2col: bool = False
+
+
+class DataParameter(Message):
+    source: str | None = None
+    batch_size: PosInt | None = None
+    rand_skip: NonNegInt = 0
+    backend: Literal["LEVELDB", "LMDB"] = "LEVELDB"
+    scale: float = 1.0
+    mean_file: str | None = None
+    crop_size: NonNegInt = 0
+    mirror: bool = False
+    force_encoded_color: bool = False
+    prefetch: PosInt = 4
+    # netc extension: reshuffle the source every epoch (Caffe reads its DB in order).
+    shuffle: bool = False
+
+
+class DropoutParameter(Message):
+    dropout_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    scale_train: bool = True
+
+
+class EltwiseParameter(Message):
+    operation: Literal["PROD", "SUM", "MAX"] = "SUM"
+    coeff: Repeated(float) = ()
+    stable_prod_grad: bool = True
+
+
+class FlattenParameter(Message):
+    axis: Axis = 1
+    end_axis: Axis = -1
+
+
+class InnerProductParameter(Message):
+    num_output: PosInt
+    bias_term: bool = True
+    weight_filler: FillerParameter | None = None
+    bias_filler: FillerParameter | None = None
+    axis: Axis = 1
+    transpose: bool = False
+
+
+class InputParameter(Message):
+    shape: Repeated(BlobShape) = ()
+
+
+class PoolingParameter(Message):
+    pool: Literal["MAX", "AVE", "STOCHASTIC"] = "MAX"
+    pad: Repeated(NonNegInt) = ()
+    pad_h: NonNegInt | None = None
+    pad_w: NonNegInt | None = None
+    kernel_size: Repeated(PosInt) = ()
+    kernel_h: PosInt | None = None
+    kernel_w: PosInt | None = None
+    stride: Repeated(PosInt) = ()
+    stride_h: PosInt | None = None
+    stride_w: PosInt | None = None
+    engine: Engine = "DEFAULT"
+    global_pooling: bool = False
+    round_mode: Literal["CEIL", "FLOOR"] = "CEIL"
+
+
+class ReLUParameter(Message):
+    negative_slope: float = 0.0
+    engine: Engine = "DEFAULT"
+
+
+class ReshapeParameter(Message):
+    shape: BlobShape = BlobShape()
+    axis: Axis = 0
+    num_axes: Annotated[int, Field(ge=-1, le=32)] = -1
+
+
+class SigmoidParameter(Message):
+    engine: Engine = "DEFAULT"
+
+
+class SoftmaxParameter(Message):
+    engine: Engine = "DEFAULT"
+    axis: Axis = 1
+
+
+class TanHParameter(Message):
+    engine: Engine = "DEFAULT"

@@ -1,0 +1,193 @@
+"""netc's command line: a thin click group. `netc check` never imports JAX; commands that need it
+import it when they run."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+PHASES = click.Choice(["TRAIN", "TEST"], case_sensitive=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="netc")
+def main() -> None:
+    """netc: describe a network in Caffe-style YAML, check its shapes, train it with JAX.
+
+    \b
+    netc check models/lenet.yaml      shapes, parameters, MACs, receptive fields; errors as FILE:LINE:COL
+    netc layers [TYPE]                the layer catalogue with fields, defaults and examples
+    netc schema                       a JSON Schema of the spec language for editors
+    """
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+def _rf_text(rf) -> str:
+    if not rf:
+        return ""
+    return "×".join(str(r) for r, _ in rf) + " /" + "×".join(str(j) for _, j in rf)
+
+
+def _check_one(path: str, phase: str | None, stages, level: int, batch: int | None):
+    """Validate and plan one spec: (spec, the plan to show or None)."""
+    from netc.compiler.catalogue import layer_models
+    from netc.compiler.plan import plan_all_phases
+    from netc.spec.net import parse_spec
+
+    spec = parse_spec(path, layer_models())
+    shown = None
+    if spec.layers or not spec.diagnostics.errors:
+        plans = plan_all_phases(spec, stages=stages, level=level, batch=batch, phase=phase)
+        shown = plans[phase or "TRAIN"]
+    return spec, shown
+
+
+def _report_json(spec, plan) -> dict:
+    diags = spec.diagnostics.sorted()
+    doc = {
+        "file": spec.diagnostics.file,
+        "name": spec.name,
+        "ok": not spec.diagnostics.errors,
+        "errors": [d.to_json() for d in diags if d.severity == "error"],
+        "warnings": [d.to_json() for d in diags if d.severity == "warning"],
+    }
+    if plan is not None:
+        trainable, frozen = plan.param_counts()
+        doc.update({
+            "phase": plan.state.phase,
+            "layers": [{
+                "name": pl.name,
+                "type": pl.type,
+                "bottoms": list(pl.bottoms),
+                "tops": {t: list(s) for t, s in zip(pl.tops, pl.top_shapes)},
+                "params": sum(d.count for r, d in pl.params.items() if pl.param_owner[r][0] == pl.name),
+                "macs": pl.macs,
+                "receptive_field": [r for r, _ in pl.rf] if pl.rf else None,
+                "jump": [j for _, j in pl.rf] if pl.rf else None,
+                "detail": pl.unit.describe(),
+            } for pl in plan.layers],
+            "params": {"trainable": trainable, "non_trainable": frozen},
+            "macs": plan.macs,
+            "activation_bytes": plan.activation_bytes(),
+            "inputs": {b: list(plan.blobs[b]) for b in plan.inputs},
+            "outputs": {b: list(plan.blobs[b]) for b in plan.outputs},
+        })
+    return doc
+
+
+def _print_table(spec, plan) -> None:
+    from netc.compiler.layer import fmt_shape
+
+    trainable, frozen = plan.param_counts()
+    batch = next((plan.blobs[b][0] for b in plan.inputs if plan.blobs[b]), "?")
+    click.echo(f"{spec.diagnostics.file}: {spec.name or '(unnamed net)'} — {plan.state.phase} phase, "
+               f"batch {batch}")
+    rows = [("layer", "type", "top", "shape", "params", "MACs/sample", "rf /jump", "")]
+    for pl in plan.layers:
+        own = sum(d.count for r, d in pl.params.items() if pl.param_owner[r][0] == pl.name)
+        for j, (t, s) in enumerate(zip(pl.tops, pl.top_shapes)):
+            first = j == 0
+            rows.append((pl.name if first else "", pl.type if first else "", t, fmt_shape(s),
+                         _fmt_int(own) if first and own else "", _fmt_int(pl.macs) if first and pl.macs else "",
+                         _rf_text(pl.rf) if first else "", pl.unit.describe() if first else ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {4, 5}
+    for r in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        click.echo("  " + "  ".join(cells).rstrip())
+    click.echo(f"  trainable parameters {_fmt_int(trainable)}; non-trainable {_fmt_int(frozen)}; "
+               f"MACs/sample {_fmt_int(plan.macs)}; activations/sample {_fmt_bytes(plan.activation_bytes())}")
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--phase", type=PHASES, default=None,
+              help="Check only this NetState phase (default: check TRAIN and TEST, show TRAIN).")
+@click.option("--stage", "stages", multiple=True, help="A NetState stage (repeatable).")
+@click.option("--level", type=int, default=0, show_default=True, help="The NetState level.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Fix the batch size of every input blob.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
+              show_default=True, help="json: one JSON document; github: Actions annotations.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only problems.")
+def check(specs, phase, stages, level, batch, fmt, quiet) -> None:
+    """Validate specs and infer every blob's shape, without JAX.
+
+    Prints, per spec, each layer's output shapes, parameter count, multiply-accumulates per sample
+    and receptive field / jump, then the totals. Errors and warnings are printed as
+    FILE:LINE:COL: error: ... Exit status: 0 all good, 1 any spec has an error, 2 usage error.
+    """
+    phase = phase.upper() if phase else None
+    failed = False
+    docs = []
+    for path in specs:
+        spec, plan = _check_one(path, phase, stages, level, batch)
+        failed |= bool(spec.diagnostics.errors)
+        if fmt == "json":
+            docs.append(_report_json(spec, plan))
+            continue
+        for d in spec.diagnostics.sorted():
+            if fmt == "github":
+                click.echo(f"::{d.severity} file={d.file},line={d.line},col={d.col}::{d.message}")
+            else:
+                click.echo(d.format(), err=True)
+        if fmt == "text" and plan is not None and not spec.diagnostics.errors and not quiet:
+            _print_table(spec, plan)
+    if fmt == "json":
+        click.echo(json.dumps({"specs": docs}, indent=2))
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("types", nargs=-1)
+def layers(types) -> None:
+    """List the layer catalogue: each type's fields, defaults and a YAML example."""
+    from netc.compiler.catalogue import describe_fields, layer_models, units
+    from netc.spec.errors import did_you_mean
+
+    catalogue = units()
+    for t in types:
+        if t not in catalogue:
+            raise click.UsageError(f"unknown layer type '{t}'{did_you_mean(t, catalogue)}")
+    for kind, unit in catalogue.items():
+        if types and kind not in types:
+            continue
+        click.echo(click.style(kind, bold=True) + f" — {unit.summary}")
+        arity = lambda lo, hi: f"{lo}" if lo == hi else (f"{lo}+" if hi is None else f"{lo}-{hi}")  # noqa: E731
+        click.echo(f"  bottoms {arity(*unit.bottoms)}, tops {arity(*unit.tops)}")
+        model = layer_models()[kind]
+        for field in [unit.param_field, *unit.extra_params]:
+            if not field:
+                continue
+            click.echo(f"  {field}:")
+            for name, ann, default in describe_fields(model.model_fields[field].annotation):
+                click.echo(f"    {name}: {ann} = {default}")
+        click.echo("  example:")
+        for line in unit.example.rstrip().splitlines():
+            click.echo(f"    {line}")
+        click.echo()
+
+
+@main.command()
+def schema() -> None:
+    """Print a JSON Schema of the spec language (for editors' YAML validation)."""
+    from netc.compiler.catalogue import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,126 @@
+"""The layer unit: Caffe's Reshape / LayerSetUp / Forward trio for one layer type.
+
+A unit is registered under its Caffe type string. Everything that lists layer types — validation,
+`netc layers`, `netc schema`, the generic tests — derives from `REGISTRY`. Shape rules are pure
+Python; `apply` imports JAX lazily so that `netc check` never loads it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from netc.spec.errors import SpecError
+from netc.spec.messages import FillerParameter, Message
+
+# A blob shape in Caffe's order (N×C×H×W). Axis 0 may be the symbolic batch "N".
+Dim = int | str
+Shape = tuple[Dim, ...]
+BATCH = "N"
+# One blob may hold at most this many elements (2**40 floats is already 4 TiB).
+MAX_ELEMENTS = 2**40
+
+
+@dataclass(frozen=True)
+class ParamDecl:
+    """One parameter blob of a layer: its shape, filler, and whether the solver learns it."""
+
+    shape: tuple[int, ...]
+    filler: FillerParameter | None = None  # None: unset in the spec (Caffe fills constant 0)
+    default_filler: FillerParameter = field(default_factory=FillerParameter)
+    learned: bool = True  # False: state updated by the layer itself (BatchNorm statistics)
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
+def fmt_shape(shape: Sequence[Dim]) -> str:
+    return "×".join(str(d) for d in shape) if len(shape) else "scalar"
+
+
+def canonical_axis(axis: int, ndim: int, path: tuple = ("axis",)) -> int:
+    """Caffe's Blob::CanonicalAxisIndex: negative axes count from the end."""
+    if not -ndim <= axis < ndim:
+        raise SpecError(f"axis {axis} is out of range for a {ndim}-axis blob", path)
+    return axis % ndim
+
+
+def count(shape: Shape, start: int = 0, end: int | None = None) -> int:
+    """Number of elements in shape[start:end]; the symbolic batch has no count."""
+    dims = shape[start:end]
+    if any(isinstance(d, str) for d in dims):
+        raise SpecError("needs a concrete batch size here (use --batch N or give the Input a batch)")
+    return math.prod(dims)
+
+
+class Layer:
+    """Base of every layer unit. Subclasses set the class attributes and override the methods."""
+
+    type: ClassVar[str]
+    # The `*_param` message this type reads, and the name of its field in the layer mapping.
+    param_field: ClassVar[str | None] = None
+    Param: ClassVar[type[Message] | None] = None
+    # Other Caffe fields the type accepts, e.g. {"loss_param": LossParameter}.
+    extra_params: ClassVar[dict[str, type[Message]]] = {}
+    bottoms: ClassVar[tuple[int, int | None]] = (1, 1)  # (min, max); max None = unbounded
+    tops: ClassVar[tuple[int, int | None]] = (1, 1)
+    bottom_names: ClassVar[tuple[str, ...]] = ("input",)  # for arity messages
+    is_loss: ClassVar[bool] = False  # its first top has loss_weight 1 by default
+    is_data: ClassVar[bool] = False  # produces the net's inputs
+    # How the layer maps spatial positions (for receptive fields): "window" (override window()),
+    # "pointwise" (keeps the spatial grid), or "none" (mixes or drops spatial positions).
+    geometry: ClassVar[str] = "none"
+    summary: ClassVar[str] = ""
+    example: ClassVar[str] = ""  # YAML of one layer; tests check that it validates and plans
+
+    def __init__(self, spec: Any, spec_dir: str | None = None):
+        self.spec = spec
+        self.spec_dir = spec_dir  # folder of the spec file: relative data paths start there
+        self.p = getattr(spec, self.param_field) if self.param_field else None
+        self.warnings: list[tuple[str, tuple]] = []
+
+    # --- shape rule -------------------------------------------------------------------------
+    def infer(self, bottoms: list[Shape]) -> list[Shape]:
+        raise NotImplementedError
+
+    def params(self, bottoms: list[Shape]) -> dict[str, ParamDecl]:
+        return {}
+
+    def macs(self, bottoms: list[Shape], tops: list[Shape]) -> int:
+        """Multiply-accumulates per sample of the forward pass."""
+        return 0
+
+    def window(self, bottoms: list[Shape]) -> list[tuple[int, int]] | None:
+        """Per spatial axis (effective kernel extent, stride); only for geometry == "window"."""
+        return None
+
+    def describe(self) -> str:
+        """Extra detail for `netc check`'s table (e.g. a pooling layer's round mode)."""
+        return ""
+
+    def warn(self, message: str, *path: str | int) -> None:
+        self.warnings.append((message, path))
+
+    # --- lowering (JAX) ---------------------------------------------------------------------
+    def apply(self, params: dict, bottoms: list, ctx: Any) -> list:
+        raise NotImplementedError(f"{self.type} has no JAX lowering yet")
+
+
+REGISTRY: dict[str, type[Layer]] = {}
+
+
+def register(cls: type[Layer]) -> type[Layer]:
+    """Class decorator: add a unit to the closed registry under its Caffe type string."""
+    if cls.type in REGISTRY:
+        raise ValueError(f"layer type {cls.type!r} registered twice")
+    REGISTRY[cls.type] = cls
+    return cls
+
+
+def same_shape(bottoms: list[Shape]) -> list[Shape]:
+    return [bottoms[0]]
+
+

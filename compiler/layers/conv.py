@@ -1,0 +1,140 @@
+"""Convolution and Deconvolution (Caffe's BaseConvolutionLayer family), N-D."""
+
+from __future__ import annotations
+
+import math
+
+from netc.compiler.layer import Layer, ParamDecl, Shape, canonical_axis, count, fmt_shape, register
+from netc.compiler.layers.geometry import Window, axis_name, window
+from netc.spec.errors import SpecError
+from netc.spec.messages import ConvolutionParameter
+
+
+class _ConvBase(Layer):
+    param_field = "convolution_param"
+    Param = ConvolutionParameter
+    geometry = "window"
+
+    def _geometry(self, x: Shape) -> tuple[int, int, Window]:
+        p = self.p
+        axis = canonical_axis(p.axis, len(x), ("convolution_param", "axis"))
+        n = len(x) - axis - 1
+        if n < 1:
+            raise SpecError(f"needs at least one spatial axis after the channel axis; input is {fmt_shape(x)}")
+        channels = x[axis]
+        if channels % p.group:
+            raise SpecError(f"group {p.group} does not divide the {channels} input channels",
+                            ("convolution_param", "group"))
+        if p.num_output % p.group:
+            raise SpecError(f"group {p.group} does not divide num_output {p.num_output}",
+                            ("convolution_param", "group"))
+        return axis, n, window(p, n, "convolution_param")
+
+    def params(self, bottoms):
+        x = bottoms[0]
+        axis, _, w = self._geometry(x)
+        p = self.p
+        out = {"weight": ParamDecl(self._weight_shape(x[axis], w), p.weight_filler)}
+        if p.bias_term:
+            out["bias"] = ParamDecl((p.num_output,), p.bias_filler)
+        return out
+
+    def window(self, bottoms):
+        _, _, w = self._geometry(bottoms[0])
+        return list(zip(w.extent, w.stride))
+
+    def describe(self) -> str:
+        return f"group {self.p.group}" if self.p.group > 1 else ""
+
+
+@register
+class Convolution(_ConvBase):
+    type = "Convolution"
+    summary = "N-D convolution (cross-correlation) with per-axis kernel, stride, pad, dilation and groups."
+    example = """\
+name: conv1
+type: Convolution
+bottom: data
+top: conv1
+param: [{lr_mult: 1}, {lr_mult: 2}]
+convolution_param:
+  num_output: 20
+  kernel_size: 5
+  stride: 1
+  weight_filler: {type: xavier}
+  bias_filler: {type: constant}
+"""
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        axis, n, w = self._geometry(x)
+        out = []
+        for i in range(n):
+            size, k, s, p = x[axis + 1 + i], w.extent[i], w.stride[i], w.pad[i]
+            span = size + 2 * p - k
+            name = axis_name(i, n)
+            if span < 0:
+                raise SpecError(
+                    f"output would be empty: input {fmt_shape(x)}, on axis {name} the padded input "
+                    f"{size} + 2·{p} = {size + 2 * p} is smaller than the kernel extent {k}",
+                    ("convolution_param", "kernel_size"))
+            if span % s:
+                self.warn(f"windows do not tile the input on axis {name}: ({size} + 2·{p} − {k}) / {s} "
+                          f"= {span}/{s} is not whole; the last {span % s} input position(s) are "
+                          f"never covered (Caffe floors silently)", "convolution_param", "stride")
+            out.append(span // s + 1)
+        return [x[: axis] + (self.p.num_output,) + tuple(out)]
+
+    def _weight_shape(self, channels: int, w: Window) -> tuple[int, ...]:
+        return (self.p.num_output, channels // self.p.group) + w.kernel
+
+    def macs(self, bottoms, tops):
+        x, y = bottoms[0], tops[0]
+        axis, _, w = self._geometry(x)
+        per_out = (x[axis] // self.p.group) * math.prod(w.kernel)
+        return count(y, 1) * per_out
+
+
+@register
+class Deconvolution(_ConvBase):
+    type = "Deconvolution"
+    summary = "Transposed convolution: out = stride·(in−1) + dilation·(k−1) + 1 − 2·pad."
+    example = """\
+name: upscore
+type: Deconvolution
+bottom: score
+top: upscore
+param: {lr_mult: 0}
+convolution_param:
+  num_output: 21
+  kernel_size: 4
+  stride: 2
+  bias_term: false
+  weight_filler: {type: bilinear}
+"""
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        axis, n, w = self._geometry(x)
+        out = []
+        for i in range(n):
+            size = x[axis + 1 + i]
+            o = w.stride[i] * (size - 1) + w.extent[i] - 2 * w.pad[i]
+            if o <= 0:
+                raise SpecError(
+                    f"output would be empty: input {fmt_shape(x)}, on axis {axis_name(i, n)} "
+                    f"{w.stride[i]}·({size} − 1) + {w.extent[i]} − 2·{w.pad[i]} = {o}",
+                    ("convolution_param", "pad"))
+            out.append(o)
+        return [x[: axis] + (self.p.num_output,) + tuple(out)]
+
+    def _weight_shape(self, channels: int, w: Window) -> tuple[int, ...]:
+        return (channels, self.p.num_output // self.p.group) + w.kernel
+
+    def macs(self, bottoms, tops):
+        x = bottoms[0]
+        axis, _, w = self._geometry(x)
+        return count(x, 1) * (self.p.num_output // self.p.group) * math.prod(w.kernel)
+
+    def window(self, bottoms):
+        return None  # a transposed convolution's receptive field is fractional: not tracked

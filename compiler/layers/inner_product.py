@@ -1,0 +1,49 @@
+"""InnerProduct: a fully connected layer over the axes from `axis` on."""
+
+from __future__ import annotations
+
+from netc.compiler.layer import Layer, ParamDecl, canonical_axis, count, register
+from netc.spec.messages import InnerProductParameter
+
+
+@register
+class InnerProduct(Layer):
+    type = "InnerProduct"
+    param_field = "inner_product_param"
+    Param = InnerProductParameter
+    summary = "Fully connected layer: y = x·Wᵀ + b over the axes from `axis` on (flattened)."
+    example = """\
+name: ip1
+type: InnerProduct
+bottom: pool2
+top: ip1
+param: [{lr_mult: 1}, {lr_mult: 2}]
+inner_product_param:
+  num_output: 500
+  weight_filler: {type: xavier}
+  bias_filler: {type: constant}
+"""
+
+    def _axis(self, x) -> int:
+        return canonical_axis(self.p.axis, len(x), ("inner_product_param", "axis"))
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        axis = self._axis(x)
+        count(x, axis)  # the flattened axes must be concrete
+        return [x[:axis] + (self.p.num_output,)]
+
+    def params(self, bottoms):
+        x = bottoms[0]
+        k = count(x, self._axis(x))
+        n = self.p.num_output
+        out = {"weight": ParamDecl((k, n) if self.p.transpose else (n, k), self.p.weight_filler)}
+        if self.p.bias_term:
+            out["bias"] = ParamDecl((n,), self.p.bias_filler)
+        return out
+
+    def macs(self, bottoms, tops):
+        # Per sample when the batch axis is kept; an axis-0 product treats the blob as one sample.
+        x = bottoms[0]
+        axis = self._axis(x)
+        return count(x, min(axis, 1)) * self.p.num_output

@@ -1,0 +1,185 @@
+"""Layers that move, join or split blobs: Softmax, Flatten, Reshape, Concat, Eltwise, Split."""
+
+from __future__ import annotations
+
+from netc.compiler.layer import (
+    BATCH,
+    Layer,
+    canonical_axis,
+    count,
+    fmt_shape,
+    register,
+    same_shape,
+)
+from netc.spec.errors import SpecError
+from netc.spec.messages import (
+    ConcatParameter,
+    EltwiseParameter,
+    FlattenParameter,
+    ReshapeParameter,
+    SoftmaxParameter,
+)
+
+
+@register
+class Softmax(Layer):
+    type = "Softmax"
+    param_field = "softmax_param"
+    Param = SoftmaxParameter
+    geometry = "pointwise"
+    summary = "Softmax along `axis` (default the channels); other axes are independent."
+    example = "name: prob\ntype: Softmax\nbottom: ip2\ntop: prob\n"
+
+    def infer(self, bottoms):
+        canonical_axis(self.p.axis, len(bottoms[0]), ("softmax_param", "axis"))
+        return same_shape(bottoms)
+
+
+@register
+class Flatten(Layer):
+    type = "Flatten"
+    param_field = "flatten_param"
+    Param = FlattenParameter
+    summary = "Merges axes axis..end_axis into one."
+    example = "name: flat\ntype: Flatten\nbottom: pool5\ntop: flat\n"
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        a = canonical_axis(self.p.axis, len(x), ("flatten_param", "axis"))
+        e = canonical_axis(self.p.end_axis, len(x), ("flatten_param", "end_axis"))
+        if e < a:
+            raise SpecError(f"end_axis {self.p.end_axis} comes before axis {self.p.axis} "
+                            f"for a {len(x)}-axis input", ("flatten_param", "end_axis"))
+        return [x[:a] + (count(x, a, e + 1),) + x[e + 1:]]
+
+
+@register
+class Reshape(Layer):
+    type = "Reshape"
+    param_field = "reshape_param"
+    Param = ReshapeParameter
+    summary = "Caffe's Reshape: 0 copies the input dimension, −1 is inferred (at most one)."
+    example = """\
+name: reshape
+type: Reshape
+bottom: ip1
+top: r
+reshape_param: {shape: {dim: [0, -1, 4]}}
+"""
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        p = self.p
+        dims = p.shape.dim
+        n = len(x)
+        path = ("reshape_param", "axis")
+        start = p.axis if p.axis >= 0 else n + p.axis + 1
+        if not 0 <= start <= n:
+            raise SpecError(f"axis {p.axis} is out of range for a {n}-axis input", path)
+        end = n if p.num_axes == -1 else start + p.num_axes
+        if end > n:
+            raise SpecError(f"axis {p.axis} + num_axes {p.num_axes} runs past the {n} input axes",
+                            ("reshape_param", "num_axes"))
+        if list(dims).count(-1) > 1:
+            raise SpecError("at most one dimension may be −1", ("reshape_param", "shape", "dim"))
+        new: list = []
+        for i, d in enumerate(dims):
+            if d == 0:
+                if start + i >= n:
+                    raise SpecError(f"dim {i} is 0 (copy), but the input has no axis {start + i}",
+                                    ("reshape_param", "shape", "dim"))
+                new.append(x[start + i])
+            else:
+                new.append(d)
+        kept = x[start:end]
+        if -1 in new:
+            known = [d for d in new if d != -1]
+            if any(isinstance(d, str) for d in kept) and BATCH in known:
+                known.remove(BATCH)
+                kept = tuple(d for d in kept if d != BATCH)
+            total, rest = count(kept), count(tuple(known))
+            if rest == 0 or total % rest:
+                raise SpecError(f"cannot infer the −1 dimension: {total} elements do not divide by "
+                                f"{rest} (input {fmt_shape(x)})", ("reshape_param", "shape", "dim"))
+            new[new.index(-1)] = total // rest
+        elif [d for d in new if isinstance(d, str)] != [d for d in kept if isinstance(d, str)] or \
+                count(tuple(d for d in new if not isinstance(d, str))) != \
+                count(tuple(d for d in kept if not isinstance(d, str))):
+            raise SpecError(f"reshape to {fmt_shape(new)} changes the element count of the input "
+                            f"{fmt_shape(x)}", ("reshape_param", "shape", "dim"))
+        return [x[:start] + tuple(new) + x[end:]]
+
+
+@register
+class Concat(Layer):
+    type = "Concat"
+    param_field = "concat_param"
+    Param = ConcatParameter
+    bottoms = (1, None)
+    summary = "Joins its inputs along `axis`; all other dimensions must be equal."
+    example = "name: concat\ntype: Concat\nbottom: [a, b]\ntop: ab\nconcat_param: {axis: 1}\n"
+
+    def _axis(self, x) -> int:
+        if "axis" not in self.p.set_fields() and self.p.concat_dim is not None:
+            return canonical_axis(self.p.concat_dim, len(x), ("concat_param", "concat_dim"))
+        return canonical_axis(self.p.axis, len(x), ("concat_param", "axis"))
+
+    @property
+    def geometry(self) -> str:  # type: ignore[override]
+        return "pointwise" if self.p.axis == 1 else "none"
+
+    def infer(self, bottoms):
+        first = bottoms[0]
+        axis = self._axis(first)
+        total = 0
+        for i, b in enumerate(bottoms):
+            if len(b) != len(first) or any(
+                    j != axis and b[j] != first[j] for j in range(len(first))):
+                raise SpecError(f"input {i} ({self.spec.bottom[i]}: {fmt_shape(b)}) does not match "
+                                f"input 0 ({self.spec.bottom[0]}: {fmt_shape(first)}) outside axis {axis}")
+            total += count(b, axis, axis + 1)
+        return [first[:axis] + (total,) + first[axis + 1:]]
+
+
+@register
+class Eltwise(Layer):
+    type = "Eltwise"
+    param_field = "eltwise_param"
+    Param = EltwiseParameter
+    bottoms = (2, None)
+    geometry = "pointwise"
+    summary = "Element-wise SUM (with per-input coeff), PROD or MAX of ≥ 2 inputs of one shape."
+    example = """\
+name: res2a
+type: Eltwise
+bottom: [res2a_branch1, res2a_branch2c]
+top: res2a
+eltwise_param: {operation: SUM}
+"""
+
+    def infer(self, bottoms):
+        for i, b in enumerate(bottoms[1:], 1):
+            if b != bottoms[0]:
+                raise SpecError(f"all inputs must have one shape: input {i} ({self.spec.bottom[i]}) is "
+                                f"{fmt_shape(b)}, input 0 ({self.spec.bottom[0]}) is {fmt_shape(bottoms[0])}")
+        coeff = self.p.coeff
+        if coeff and self.p.operation != "SUM":
+            raise SpecError(f"coeff applies only to operation SUM, not {self.p.operation}",
+                            ("eltwise_param", "coeff"))
+        if coeff and len(coeff) != len(bottoms):
+            raise SpecError(f"coeff has {len(coeff)} values for {len(bottoms)} inputs",
+                            ("eltwise_param", "coeff"))
+        return same_shape(bottoms)
+
+
+@register
+class Split(Layer):
+    type = "Split"
+    tops = (1, None)
+    geometry = "pointwise"
+    summary = "Copies its input to every top (Caffe inserts these itself; gradients add up)."
+    example = "name: split\ntype: Split\nbottom: data\ntop: [data_a, data_b]\n"
+
+    def infer(self, bottoms):
+        return [bottoms[0]] * len(self.spec.top)
+

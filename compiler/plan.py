@@ -1,0 +1,345 @@
+"""The graph walker: resolves a NetState's layers, blobs and in-place updates once, infers every
+blob's shape, and declares every parameter. `plan()` is pure Python (no JAX); `lower()` walks the
+same Plan inside jax.jit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from netc.compiler.catalogue import units
+from netc.compiler.layer import BATCH, MAX_ELEMENTS, Layer, ParamDecl, Shape, count, fmt_shape
+from netc.spec.errors import Diagnostics, SpecError, did_you_mean
+from netc.spec.messages import NetState
+from netc.spec.net import NetSpec
+
+RF = list[tuple[int, int]]  # per spatial axis: (receptive field, jump)
+
+
+@dataclass
+class PlannedLayer:
+    index: int  # position in the spec
+    unit: Layer
+    path: tuple
+    bottom_shapes: list[Shape]
+    top_shapes: list[Shape]
+    params: dict[str, ParamDecl]
+    # role -> (layer, role) that owns the blob (itself unless shared through `param.name`)
+    param_owner: dict[str, tuple[str, str]]
+    lr_mult: dict[str, float]
+    decay_mult: dict[str, float]
+    loss_weights: tuple[float, ...]
+    in_place: tuple[bool, ...]
+    macs: int
+    rf: RF | None
+
+    @property
+    def name(self) -> str:
+        return self.unit.spec.name
+
+    @property
+    def type(self) -> str:
+        return self.unit.type
+
+    @property
+    def bottoms(self) -> tuple[str, ...]:
+        return tuple(self.unit.spec.bottom)
+
+    @property
+    def tops(self) -> tuple[str, ...]:
+        return tuple(self.unit.spec.top)
+
+
+@dataclass
+class Plan:
+    spec: NetSpec
+    state: NetState
+    layers: list[PlannedLayer]
+    blobs: dict[str, Shape]
+    inputs: list[str]  # tops of data layers
+    outputs: list[str]  # tops no layer consumes
+    diagnostics: Diagnostics
+    batch: int | str | None = None
+    params: dict[tuple[str, str], ParamDecl] = field(default_factory=dict)  # unique blobs
+
+    @property
+    def ok(self) -> bool:
+        return not self.diagnostics.errors
+
+    def param_counts(self) -> tuple[int, int]:
+        """(trainable, non-trainable): frozen (`lr_mult: 0`) blobs and layer state apart."""
+        trainable = frozen = 0
+        seen = set()
+        for pl in self.layers:
+            for role, decl in pl.params.items():
+                owner = pl.param_owner[role]
+                if owner in seen:
+                    continue
+                seen.add(owner)
+                if decl.learned and pl.lr_mult[role] > 0:
+                    trainable += decl.count
+                else:
+                    frozen += decl.count
+        return trainable, frozen
+
+    @property
+    def macs(self) -> int:
+        return sum(pl.macs for pl in self.layers)
+
+    def activation_bytes(self, itemsize: int = 4) -> int:
+        """Bytes of forward activations per sample (in-place tops share their bottom's memory)."""
+        total = 0
+        for pl in self.layers:
+            for top, shape, inplace in zip(pl.tops, pl.top_shapes, pl.in_place):
+                if not inplace and len(shape) >= 1:
+                    total += count(shape, 1) * itemsize
+        return total
+
+    @property
+    def has_loss(self) -> bool:
+        return any(any(w for w in pl.loss_weights) for pl in self.layers)
+
+
+def _layer_prefix(spec_layer) -> str:
+    return f"layer '{spec_layer.name}' ({spec_layer.type}): "
+
+
+def _report(diags: Diagnostics, prefix: str, base: tuple, e: SpecError, severity: str = "error"):
+    where = ".".join(str(p) for p in e.path if not isinstance(p, int))
+    msg = f"{prefix}{where}: {e.message}" if where else f"{prefix}{e.message}"
+    (diags.error if severity == "error" else diags.warning)(msg, base + e.path)
+
+
+def _cycle(spec: NetSpec, layers: list, start: int, producer: int) -> list[str] | None:
+    """A path of layer names from layer `start` to `producer` through blobs, if there is one."""
+    consumers: dict[str, list[int]] = {}
+    for i, layer in enumerate(layers):
+        for b in layer.bottom:
+            consumers.setdefault(b, []).append(i)
+    parent = {start: None}
+    queue = [start]
+    while queue:
+        i = queue.pop(0)
+        if i == producer:
+            chain = []
+            while i is not None:
+                chain.append(layers[i].name)
+                i = parent[i]
+            return chain[::-1]
+        for top in layers[i].top:
+            for j in consumers.get(top, []):
+                if j not in parent:
+                    parent[j] = i
+                    queue.append(j)
+    return None
+
+
+def plan(spec: NetSpec, state: NetState | None = None, *, batch: int | None = None,
+         diagnostics: Diagnostics | None = None) -> Plan:
+    """Resolve the layers of `state` (default TRAIN) and infer every shape. Problems go to the
+    spec's diagnostics (or `diagnostics`); layers downstream of a failed one are skipped quietly."""
+    state = state or NetState(phase="TRAIN")
+    diags = diagnostics or spec.diagnostics
+    registry = units()
+    active = [(i, layer) for i, layer in enumerate(spec.layers) if layer.in_state(state)]
+    active_specs = [layer for _, layer in active]
+    blobs: dict[str, Shape] = {}
+    producer: dict[str, str] = {}
+    poisoned: set[str] = set()
+    rf: dict[str, RF | None] = {}
+    consumed: set[str] = set()
+    names: dict[str, int] = {}
+    shared: dict[str, tuple[tuple[str, str], ParamDecl]] = {}
+    out = Plan(spec, state, [], blobs, [], [], diags, batch)
+
+    for k, (i, layer) in enumerate(active):
+        path = spec.layer_paths[i]
+        prefix = _layer_prefix(layer)
+        unit_cls = registry[layer.type]
+        if layer.name in names:
+            diags.error(f"{prefix}name: another layer in the {state.phase} net is also called "
+                        f"'{layer.name}'; parameters are keyed by layer name", path + ("name",))
+            continue
+        names[layer.name] = i
+        unit = unit_cls(layer, spec.spec_dir)
+        # arity
+        lo, hi = unit.bottoms
+        nb = len(layer.bottom)
+        if nb < lo or (hi is not None and nb > hi):
+            want = _arity(lo, hi, "input")
+            named = f" ({', '.join(unit.bottom_names)})" if len(unit.bottom_names) == lo and lo > 1 else ""
+            diags.error(f"{prefix}bottom: takes {want}{named}, got {nb}", path + ("bottom",))
+            poisoned.update(layer.top)
+            continue
+        lo, hi = unit.tops
+        nt = len(layer.top)
+        if nt < lo or (hi is not None and nt > hi):
+            diags.error(f"{prefix}top: produces {_arity(lo, hi, 'output')}, got {nt}", path + ("top",))
+            poisoned.update(layer.top)
+            continue
+        # bottoms must already exist
+        missing = False
+        for j, b in enumerate(layer.bottom):
+            if b in poisoned:
+                missing = True
+            elif b not in blobs:
+                missing = True
+                later = next((m for m in range(k + 1, len(active_specs)) if b in active_specs[m].top), None)
+                bpath = path + ("bottom", j)
+                if later is not None:
+                    chain = _cycle(spec, active_specs, k, later)
+                    if chain is not None:
+                        diags.error(f"{prefix}bottom: cycle: {' → '.join(chain + [layer.name])} "
+                                    f"(blob '{b}')", bpath)
+                    else:
+                        diags.error(f"{prefix}bottom: blob '{b}' is produced by layer "
+                                    f"'{active_specs[later].name}', which comes later; layers run "
+                                    f"in the order written", bpath)
+                else:
+                    diags.error(f"{prefix}bottom: unknown blob '{b}'{did_you_mean(b, blobs)}", bpath)
+        if missing:
+            poisoned.update(t for t in layer.top if t not in blobs)
+            continue
+        bottom_shapes = [blobs[b] for b in layer.bottom]
+        try:
+            top_shapes = unit.infer(bottom_shapes)
+            params = unit.params(bottom_shapes)
+            macs = unit.macs(bottom_shapes, top_shapes)
+            window = unit.window(bottom_shapes) if unit.geometry == "window" else None
+            for shape in top_shapes:
+                concrete = [d for d in shape if not isinstance(d, str)]
+                if math.prod(concrete) > MAX_ELEMENTS:
+                    raise SpecError(f"output {fmt_shape(shape)} would hold {math.prod(concrete):,} "
+                                    f"elements, more than netc allows ({MAX_ELEMENTS:,})")
+        except SpecError as e:
+            _report(diags, prefix, path, e)
+            poisoned.update(t for t in layer.top if t not in blobs)
+            continue
+        for message, wpath in unit.warnings:
+            _report(diags, prefix, path, SpecError(message, wpath), "warning")
+        if unit.is_data and batch is not None:
+            top_shapes = [(batch,) + tuple(s[1:]) if len(s) else s for s in top_shapes]
+        # tops: in place, or new
+        in_place = []
+        failed = False
+        for j, t in enumerate(layer.top):
+            inplace = j < len(layer.bottom) and layer.bottom[j] == t
+            if inplace and blobs[t] != top_shapes[j]:
+                diags.error(f"{prefix}top: '{t}' is computed in place but the output "
+                            f"{fmt_shape(top_shapes[j])} differs from the input {fmt_shape(blobs[t])}",
+                            path + ("top", j))
+                failed = True
+            elif not inplace and t in blobs:
+                diags.error(f"{prefix}top: blob '{t}' is already produced by layer '{producer[t]}' "
+                            f"(only in-place layers, with top == bottom, may write a blob twice)",
+                            path + ("top", j))
+                failed = True
+            in_place.append(inplace)
+        if len(layer.top) != len(set(layer.top)):
+            diags.error(f"{prefix}top: the same blob is listed twice", path + ("top",))
+            failed = True
+        # loss weights, propagate_down, param specs
+        if layer.loss_weight and len(layer.loss_weight) != len(layer.top):
+            diags.error(f"{prefix}loss_weight: {len(layer.loss_weight)} values for {len(layer.top)} tops",
+                        path + ("loss_weight",))
+            failed = True
+        if layer.propagate_down and len(layer.propagate_down) != len(layer.bottom):
+            diags.error(f"{prefix}propagate_down: {len(layer.propagate_down)} values for "
+                        f"{len(layer.bottom)} bottoms", path + ("propagate_down",))
+            failed = True
+        if len(layer.param) > len(params):
+            diags.error(f"{prefix}param: {len(layer.param)} entries, but the layer has "
+                        f"{len(params)} parameter blob(s)" + (f" ({', '.join(params)})" if params else ""),
+                        path + ("param",))
+            failed = True
+        owners, lr, decay = {}, {}, {}
+        for j, (role, decl) in enumerate(params.items()):
+            ps = layer.param[j] if j < len(layer.param) else None
+            lr[role] = ps.lr_mult if ps else 1.0
+            decay[role] = ps.decay_mult if ps else 1.0
+            owners[role] = (layer.name, role)
+            if ps is not None and ps.name:
+                if ps.name in shared:
+                    owner, first = shared[ps.name]
+                    same = first.shape == decl.shape if ps.share_mode == "STRICT" else first.count == decl.count
+                    if not same:
+                        diags.error(f"{prefix}param[{j}].name: shares '{ps.name}' with layer '{owner[0]}', "
+                                    f"but its {role} is {fmt_shape(decl.shape)} and theirs is "
+                                    f"{fmt_shape(first.shape)}", path + ("param", j, "name"))
+                        failed = True
+                    owners[role] = owner
+                else:
+                    shared[ps.name] = ((layer.name, role), decl)
+        if failed:
+            poisoned.update(t for t in layer.top if t not in blobs)
+            continue
+        weights = layer.loss_weight or tuple(
+            1.0 if (unit.is_loss and j == 0) else 0.0 for j in range(len(layer.top)))
+        # receptive fields
+        top_rf = _receptive_field(unit, window, [rf.get(b) for b in layer.bottom], top_shapes,
+                                  bottom_shapes)
+        for t, shape in zip(layer.top, top_shapes):
+            blobs[t] = shape
+            rf[t] = top_rf if len(shape) >= 3 else None
+            producer.setdefault(t, layer.name)
+        consumed.update(layer.bottom)
+        if unit.is_data:
+            out.inputs.extend(layer.top)
+        pl = PlannedLayer(i, unit, path, bottom_shapes, top_shapes, params, owners, lr, decay,
+                          tuple(weights), tuple(in_place), macs, top_rf)
+        out.layers.append(pl)
+        for role, decl in params.items():
+            out.params.setdefault(owners[role], decl)
+
+    # outputs nothing consumes
+    for pl in out.layers:
+        for t, w in zip(pl.tops, pl.loss_weights):
+            if t in consumed or t in out.outputs:
+                continue
+            out.outputs.append(t)
+            final = pl is out.layers[-1] or all(x.unit.is_loss or x.type == "Accuracy"
+                                                for x in out.layers[out.layers.index(pl) + 1:])
+            if not w and not pl.unit.is_loss and pl.type != "Accuracy" and not (final and not out.has_loss) \
+                    and not pl.unit.is_data:
+                diags.warning(f"{_layer_prefix(pl.unit.spec)}top: blob '{t}' is not used by any layer "
+                              f"(it is computed only to be a net output)", pl.path + ("top",))
+    return out
+
+
+def _arity(lo: int, hi: int | None, word: str) -> str:
+    if hi == lo:
+        return f"{lo} {word}{'s' if lo != 1 else ''}"
+    if hi is None:
+        return f"at least {lo} {word}s"
+    return f"{lo} to {hi} {word}s"
+
+
+def _receptive_field(unit: Layer, window, bottom_rf: list, tops: list[Shape],
+                     bottoms: list[Shape]) -> RF | None:
+    if unit.is_data:
+        return [(1, 1)] * (len(tops[0]) - 2) if tops and len(tops[0]) >= 3 else None
+    if not bottom_rf or any(r is None for r in bottom_rf):
+        return None
+    if unit.geometry == "pointwise":
+        if any(len(r) != len(bottom_rf[0]) for r in bottom_rf):
+            return None
+        if tops and len(tops[0]) - 2 != len(bottom_rf[0]):
+            return None
+        return [max(axis) for axis in zip(*bottom_rf)]
+    if unit.geometry == "window" and window is not None and len(window) == len(bottom_rf[0]):
+        return [(r + (k - 1) * j, j * s) for (r, j), (k, s) in zip(bottom_rf[0], window)]
+    return None
+
+
+def plan_all_phases(spec: NetSpec, *, stages=(), level: int = 0, batch: int | None = None,
+                    phase: str | None = None) -> dict[str, Plan]:
+    """Plan TRAIN and TEST (or just `phase`), collecting every phase's errors in the spec's
+    diagnostics (a problem found in both phases is reported once)."""
+    phases = [phase] if phase else ["TRAIN", "TEST"]
+    plans = {}
+    for ph in phases:
+        plans[ph] = plan(spec, NetState(phase=ph, level=level, stage=tuple(stages)), batch=batch)
+    return plans
+
+
+__all__ = ["Plan", "PlannedLayer", "plan", "plan_all_phases", "BATCH"]

@@ -90,7 +90,7 @@ class Plan:
         """Bytes of forward activations per sample (in-place tops share their bottom's memory)."""
         total = 0
         for pl in self.layers:
-            for top, shape, inplace in zip(pl.tops, pl.top_shapes, pl.in_place):
+            for shape, inplace in zip(pl.top_shapes, pl.in_place):
                 if not inplace and len(shape) >= 1:
                     total += count(shape, 1) * itemsize
         return total
@@ -145,7 +145,7 @@ def plan(spec: NetSpec, state: NetState | None = None, *, batch: int | None = No
     active_specs = [layer for _, layer in active]
     blobs: dict[str, Shape] = {}
     producer: dict[str, str] = {}
-    poisoned: set[str] = set()
+    poisoned: set[str] = set(spec.failed_tops)
     rf: dict[str, RF | None] = {}
     consumed: set[str] = set()
     names: dict[str, int] = {}

@@ -9,8 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from netc.spec.errors import Diagnostics, Path, did_you_mean
 from netc.spec.messages import (
     BlobShape,
@@ -23,6 +21,7 @@ from netc.spec.messages import (
     Repeated,
 )
 from netc.spec.yaml_io import YamlError, read_yaml
+from pydantic import BaseModel, ValidationError
 
 
 class LayerParameter(Message):
@@ -73,7 +72,8 @@ class NetSpec:
     state: NetState | None = None
     solver: Any = None
     solver_file: str | None = None
-    extra: dict = field(default_factory=dict)
+    # Tops of layers that failed validation: later layers using them are not reported again.
+    failed_tops: set[str] = field(default_factory=set)
 
     @property
     def spec_dir(self) -> str:
@@ -108,13 +108,18 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _get(data: Any, loc: tuple) -> Any:
+def _written_loc(raw: Any, loc: tuple) -> tuple:
+    """`loc` as the user wrote it: a repeated field given as a scalar has no index."""
+    out = []
     for part in loc:
-        try:
-            data = data[part]
-        except (KeyError, IndexError, TypeError):
-            return None
-    return data
+        if isinstance(part, int):
+            if not isinstance(raw, list):
+                continue  # pydantic's index into a scalar written for a repeated field
+            raw = raw[part] if part < len(raw) else None
+        else:
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        out.append(part)
+    return tuple(out)
 
 
 def _kind(value: Any) -> str:
@@ -210,9 +215,7 @@ def report_validation(
 ) -> None:
     for e in err.errors():
         loc = tuple(e["loc"])
-        # A repeated field written as a scalar: drop the index pydantic added.
-        if loc and isinstance(loc[-1], int) and not isinstance(_get(raw, loc[:-1]), list):
-            loc = loc[:-1]
+        loc = _written_loc(raw, loc)
         # `X | None` unions report the member tried ('constrained-int', ...): keep field names only.
         loc = tuple(p for p in loc if isinstance(p, int) or p in _names_along(model, loc))
         msg = error_message(e, model, raw, loc)
@@ -261,8 +264,15 @@ def layer_label(raw: Any, index: int) -> str:
     return f"{who} ({kind}): " if isinstance(kind, str) else f"{who}: "
 
 
+def _tops_of(raw: Any) -> set[str]:
+    tops = raw.get("top") if isinstance(raw, dict) else None
+    tops = tops if isinstance(tops, list) else [tops]
+    return {t for t in tops if isinstance(t, str)}
+
+
 def validate_layers(
-    raw_layers: Any, layer_models: Mapping[str, type[LayerParameter]], diags: Diagnostics
+    raw_layers: Any, layer_models: Mapping[str, type[LayerParameter]], diags: Diagnostics,
+    failed_tops: set[str],
 ) -> tuple[list[LayerParameter], list[Path]]:
     layers: list[LayerParameter] = []
     paths: list[Path] = []
@@ -279,27 +289,37 @@ def validate_layers(
         if not isinstance(raw, dict):
             diags.error(f"{prefix}expected a mapping (name, type, bottom, top, ...), got {_kind(raw)}", path)
             continue
-        kind = raw.get("type")
-        if kind is None:
-            diags.error(f"{prefix}type: missing required field", path)
-            continue
-        if not isinstance(kind, str) or kind not in layer_models:
-            diags.error(f"{prefix}type: unknown layer type {_show(kind)}"
-                        f"{did_you_mean(str(kind), layer_models)}", path + ("type",))
-            continue
-        model = layer_models[kind]
-        try:
-            layer = model.model_validate(raw)
-        except ValidationError as err:
-            report_validation(err, model, raw, path, diags, prefix)
-            continue
-        if layer.include and layer.exclude:
-            diags.error(f"{prefix}give include or exclude rules, not both (Caffe's NetStateRule)",
-                        path + ("exclude",))
+        before = len(diags.errors)
+        layer = _validate_layer(raw, path, prefix, layer_models, diags)
+        if layer is None or len(diags.errors) > before:
+            failed_tops.update(_tops_of(raw))
             continue
         layers.append(layer)
         paths.append(path)
     return layers, paths
+
+
+def _validate_layer(raw: dict, path: Path, prefix: str,
+                layer_models: Mapping[str, type[LayerParameter]], diags: Diagnostics):
+    kind = raw.get("type")
+    if kind is None:
+        diags.error(f"{prefix}type: missing required field", path)
+        return None
+    if not isinstance(kind, str) or kind not in layer_models:
+        diags.error(f"{prefix}type: unknown layer type {_show(kind)}"
+                    f"{did_you_mean(str(kind), layer_models)}", path + ("type",))
+        return None
+    model = layer_models[kind]
+    try:
+        layer = model.model_validate(raw)
+    except ValidationError as err:
+        report_validation(err, model, raw, path, diags, prefix)
+        return None
+    if layer.include and layer.exclude:
+        diags.error(f"{prefix}give include or exclude rules, not both (Caffe's NetStateRule)",
+                    path + ("exclude",))
+        return None
+    return layer
 
 
 def legacy_inputs(header: NetHeader, diags: Diagnostics) -> dict | None:
@@ -354,7 +374,7 @@ def parse_spec(
     spec.state = header.state
     raw_layers = header.layers
     legacy = legacy_inputs(header, diags)
-    layers, paths = validate_layers(raw_layers, layer_models, diags)
+    layers, paths = validate_layers(raw_layers, layer_models, diags, spec.failed_tops)
     if legacy is not None:
         layers.insert(0, layer_models["Input"].model_validate(legacy))
         paths.insert(0, ("input",))

@@ -16,7 +16,7 @@ def check_labels(layer: Layer, pred: Shape, label: Shape, axis: int) -> None:
         raise SpecError(
             f"label {layer.spec.bottom[1]} ({fmt_shape(label)}) must hold one label per prediction: "
             f"predictions {layer.spec.bottom[0]} are {fmt_shape(pred)} with classes on axis {axis}, "
-            f"so the label needs {fmt_shape(pred[:axis] + pred[axis + 1:])} elements")
+            f"so the label needs {fmt_shape(pred[:axis] + pred[axis + 1:])} elements", ("bottom",))
 
 
 @register
@@ -59,7 +59,7 @@ class EuclideanLoss(Layer):
         a, b = bottoms
         if a[:1] != b[:1] or count(a, 1) != count(b, 1):
             raise SpecError(f"inputs must match per sample: {self.spec.bottom[0]} is {fmt_shape(a)}, "
-                            f"{self.spec.bottom[1]} is {fmt_shape(b)}")
+                            f"{self.spec.bottom[1]} is {fmt_shape(b)}", ("bottom",))
         return [()]
 
 

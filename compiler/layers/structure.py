@@ -136,7 +136,7 @@ class Concat(Layer):
             if len(b) != len(first) or any(
                     j != axis and b[j] != first[j] for j in range(len(first))):
                 raise SpecError(f"input {i} ({self.spec.bottom[i]}: {fmt_shape(b)}) does not match "
-                                f"input 0 ({self.spec.bottom[0]}: {fmt_shape(first)}) outside axis {axis}")
+                                f"input 0 ({self.spec.bottom[0]}: {fmt_shape(first)}) outside axis {axis}", ("bottom",))
             total += count(b, axis, axis + 1)
         return [first[:axis] + (total,) + first[axis + 1:]]
 
@@ -161,7 +161,7 @@ eltwise_param: {operation: SUM}
         for i, b in enumerate(bottoms[1:], 1):
             if b != bottoms[0]:
                 raise SpecError(f"all inputs must have one shape: input {i} ({self.spec.bottom[i]}) is "
-                                f"{fmt_shape(b)}, input 0 ({self.spec.bottom[0]}) is {fmt_shape(bottoms[0])}")
+                                f"{fmt_shape(b)}, input 0 ({self.spec.bottom[0]}) is {fmt_shape(bottoms[0])}", ("bottom",))
         coeff = self.p.coeff
         if coeff and self.p.operation != "SUM":
             raise SpecError(f"coeff applies only to operation SUM, not {self.p.operation}",

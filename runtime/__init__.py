@@ -1,0 +1,1 @@
+"""netc runtime: trainer, solver, data, checkpoints, export (imports JAX)."""

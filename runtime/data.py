@@ -1,0 +1,656 @@
+"""Data input for Caffe's ``Data`` layer: sources, checks, transforms and a prefetching stream.
+
+A source is either a built-in data set (``netc:digits/train``, ``netc:digits/test``) or a user
+``.npz`` file holding two arrays: ``data`` (N×C×H×W or N×D, any real or integer dtype) and
+``label`` (N, integer). Files are read with ``allow_pickle=False``: netc never unpickles.
+
+:class:`BatchStream` reproduces Caffe's Data layer + DataTransformer:
+
+* batches wrap around the end of the data set (a batch may span the epoch boundary);
+* with ``shuffle`` epoch ``e`` reads the samples in ``default_rng([seed, e]).permutation(N)``,
+  otherwise in stored order;
+* each sample becomes ``(x - mean_value) * scale``, cropped (random offsets in TRAIN, centred in
+  TEST) and, in TRAIN only, mirrored at random. The random choices for the sample at place ``i``
+  of epoch ``e`` depend on ``(seed, e, i)`` alone, so a resumed stream repeats them exactly.
+
+Batches are prepared on a daemon thread into a queue of depth ``prefetch``;
+:meth:`BatchStream.position` is the position of the next batch the *consumer* receives, which is
+what a checkpoint must store.
+
+numpy only: this module does not import JAX.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from netc.spec.messages import TransformationParameter
+
+__all__ = [
+    "BUILTIN",
+    "BatchStream",
+    "BuiltinDataset",
+    "DataError",
+    "Dataset",
+    "check_dataset",
+    "load_source",
+    "transformed_shape",
+]
+
+BUILTIN_PREFIX = "netc:"
+# SeedSequence entropy word that separates the augmentation stream from the permutation stream.
+_AUGMENT_TAG = 0x6E657463  # "netc"
+# Samples per chunk when scanning float data for NaN/inf (bounds the temporary's size).
+_SCAN_CHUNK = 4096
+
+
+class DataError(Exception):
+    """A problem with a data source; the message starts with the file (or source) name."""
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A data set shipped inside the package: ``resource`` under ``netc.runtime``; each split
+    names its (data, label) arrays in that file."""
+
+    resource: str
+    splits: dict[str, tuple[str, str]]
+    description: str
+
+    def sources(self, name: str) -> list[str]:
+        return [f"{BUILTIN_PREFIX}{name}/{split}" for split in self.splits]
+
+
+BUILTIN: dict[str, BuiltinDataset] = {
+    "digits": BuiltinDataset(
+        resource="datasets/digits.npz",
+        splits={"train": ("train_data", "train_label"), "test": ("test_data", "test_label")},
+        description="5,000 MNIST digits, 1×28×28 uint8, 10 classes; train 4,000 / test 1,000",
+    ),
+}
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Dataset:
+    """Arrays of one source, read-only. ``name`` is the source or file path used in messages."""
+
+    name: str
+    data: np.ndarray
+    label: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.data.shape[1:])
+
+    def __repr__(self) -> str:
+        label = "None" if self.label is None else f"{self.label.dtype}{list(self.label.shape)}"
+        return (
+            f"Dataset(name={self.name!r}, data={self.data.dtype}{list(self.data.shape)}, "
+            f"label={label})"
+        )
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+@functools.lru_cache(maxsize=8)
+def _load_builtin(name: str, split: str) -> Dataset:
+    info = BUILTIN[name]
+    data_key, label_key = info.splits[split]
+    ref = resources.files("netc.runtime").joinpath(info.resource)
+    source = f"{BUILTIN_PREFIX}{name}/{split}"
+    try:
+        with ref.open("rb") as f, np.load(f, allow_pickle=False) as z:
+            data, label = z[data_key], z[label_key]
+    except FileNotFoundError as exc:
+        raise DataError(
+            f"{source}: the bundled file netc/runtime/{info.resource} is missing from this "
+            "installation"
+        ) from exc
+    return Dataset(source, _readonly(data), _readonly(label))
+
+
+def _load_builtin_source(source: str) -> Dataset:
+    rest = source[len(BUILTIN_PREFIX) :]
+    name, _, split = rest.partition("/")
+    available = ", ".join(s for n, b in BUILTIN.items() for s in b.sources(n))
+    if name not in BUILTIN:
+        raise DataError(f"{source}: unknown built-in data source; available: {available}")
+    if split not in BUILTIN[name].splits:
+        raise DataError(
+            f"{source}: unknown split {split!r} of built-in data set {name!r}; "
+            f"available: {', '.join(BUILTIN[name].sources(name))}"
+        )
+    return _load_builtin(name, split)
+
+
+def _resolve(source: str, base_dir: str | Path | None) -> Path:
+    path = Path(source).expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        candidates = [Path(base_dir) / path] if base_dir is not None else []
+        candidates.append(Path.cwd() / path)
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    where = (
+        ""
+        if path.is_absolute()
+        else f" (looked in: {', '.join(str(c.parent) for c in candidates)})"
+    )
+    raise DataError(f"{source}: no such file{where}")
+
+
+def _read_member(z: Any, key: str, file: str) -> np.ndarray:
+    try:
+        value = z[key]
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise DataError(
+                f"{file}: array {key!r} contains object arrays, which netc refuses to load (pickle)"
+            ) from exc
+        raise DataError(f"{file}: array {key!r} could not be read: {exc}") from exc
+    except Exception as exc:  # zlib.error, BadZipFile, EOFError, ... from a damaged member
+        raise DataError(f"{file}: array {key!r} could not be read: {exc}") from exc
+    if not isinstance(value, np.ndarray):
+        raise DataError(f"{file}: member {key!r} is not a .npy array")
+    if value.dtype.hasobject:  # defensive: np.load refuses these already
+        raise DataError(
+            f"{file}: array {key!r} contains object arrays, which netc refuses to load (pickle)"
+        )
+    return value
+
+
+def load_source(
+    source: str, *, base_dir: str | Path | None = None, need_label: bool = True
+) -> Dataset:
+    """Load a data source: ``netc:NAME/SPLIT`` or a path to an ``.npz`` file.
+
+    A relative path is looked up in ``base_dir`` (the spec file's folder) and then in the
+    current directory. The file must hold ``data`` and (unless ``need_label`` is false)
+    ``label``. Raises :class:`DataError`.
+    """
+    if source.startswith(BUILTIN_PREFIX):
+        return _load_builtin_source(source)
+    path = _resolve(source, base_dir)
+    file = str(path)
+    if path.is_dir():
+        raise DataError(
+            f"{file}: is a directory; netc reads .npz files (arrays 'data' and 'label'), "
+            "not LMDB/LevelDB databases"
+        )
+    try:
+        with path.open("rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise DataError(f"{file}: cannot be read: {exc.strerror or exc}") from exc
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(
+            f"{file}: is a .npy file holding one array; netc expects an .npz archive with "
+            "arrays 'data' and 'label' (np.savez)"
+        )
+    if magic[:1] == b"\x80":
+        raise DataError(
+            f"{file}: is a Python pickle, which netc refuses to load (pickle); save the arrays "
+            "with np.savez"
+        )
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{file}: not a valid .npz file (not a zip archive)")
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"{file}: not a valid .npz file ({exc})") from exc
+    with z:
+        present = list(z.files)
+        wanted = ["data", "label"] if need_label else ["data"]
+        missing = [k for k in wanted if k not in present]
+        if missing:
+            names = " and ".join(repr(k) for k in missing)
+            held = ", ".join(repr(k) for k in present) if present else "no arrays"
+            plural = "arrays" if len(missing) > 1 else "array"
+            raise DataError(f"{file}: no {plural} named {names} (the file holds: {held})")
+        data = _read_member(z, "data", file)
+        label = _read_member(z, "label", file) if "label" in present else None
+    return Dataset(file, _readonly(data), None if label is None else _readonly(label))
+
+
+# --- checks --------------------------------------------------------------------------------------
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return str(tuple(int(d) for d in shape))
+
+
+def check_dataset(
+    ds: Dataset,
+    *,
+    sample_shape: tuple[int, ...] | None,
+    num_classes: int | None,
+    ignore_label: int | None = None,
+    need_label: bool = True,
+) -> None:
+    """Raise :class:`DataError` unless ``ds`` is usable.
+
+    ``sample_shape``: the shape of one sample *before* crop that the spec expects (None: any).
+    ``num_classes``: labels must lie in [0, num_classes), except ``ignore_label``.
+    """
+    name, data, label = ds.name, ds.data, ds.label
+    if data.ndim not in (2, 4):
+        raise DataError(
+            f"{name}: 'data' must have shape N×C×H×W or N×D, got shape {_shape(data.shape)}"
+        )
+    if data.dtype.kind not in "biuf":
+        raise DataError(
+            f"{name}: 'data' has dtype {data.dtype}; netc needs a real or integer dtype"
+        )
+    n = data.shape[0]
+    if n == 0:
+        raise DataError(f"{name}: the data set is empty (0 samples)")
+    if label is None:
+        if need_label:
+            raise DataError(f"{name}: no array named 'label'")
+    else:
+        if label.ndim != 1:
+            raise DataError(
+                f"{name}: 'label' must have shape (N,), got shape {_shape(label.shape)}"
+            )
+        if label.shape[0] != n:
+            raise DataError(f"{name}: 'data' has {n} samples but 'label' has {label.shape[0]}")
+    if sample_shape is not None and tuple(data.shape[1:]) != tuple(sample_shape):
+        raise DataError(
+            f"{name}: each sample has shape {_shape(data.shape[1:])}, but the spec expects "
+            f"{_shape(tuple(sample_shape))} (before crop)"
+        )
+    if label is not None:
+        _check_labels(name, label, num_classes, ignore_label)
+    if data.dtype.kind == "f":
+        for start in range(0, n, _SCAN_CHUNK):
+            chunk = data[start : start + _SCAN_CHUNK]
+            bad = ~np.isfinite(chunk.reshape(chunk.shape[0], -1)).all(axis=1)
+            if bad.any():
+                first = start + int(np.argmax(bad))
+                raise DataError(
+                    f"{name}: 'data' contains NaN or infinite values (first in sample {first})"
+                )
+
+
+def _check_labels(
+    name: str, label: np.ndarray, num_classes: int | None, ignore_label: int | None
+) -> None:
+    kind = label.dtype.kind
+    if kind == "f":
+        bad = ~np.isfinite(label) | (label != np.round(label))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{name}: labels must be integers, but label[{i}] = {float(label[i])}")
+    elif kind not in "iu":
+        raise DataError(f"{name}: labels must be integers, but 'label' has dtype {label.dtype}")
+    values = label if ignore_label is None else label[label != ignore_label]
+    if values.size == 0:
+        return
+    lo, hi = int(values.min()), int(values.max())
+    if num_classes is not None:
+        if lo < 0 or hi >= num_classes:
+            raise DataError(
+                f"{name}: labels range over [{lo}, {hi}], outside [0, {num_classes}) "
+                f"for a classifier with {num_classes} outputs"
+            )
+    elif lo < -(2**31) or hi >= 2**31:
+        raise DataError(f"{name}: labels range over [{lo}, {hi}], which does not fit in int32")
+
+
+# --- transform -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Transform:
+    mean: np.ndarray | None  # float32, broadcastable to one sample
+    scale: float
+    crop: tuple[int, int] | None  # (crop_h, crop_w)
+    mirror: bool
+
+
+def _crop_dims(t: TransformationParameter) -> tuple[int, int] | None:
+    if not (t.crop_size or t.crop_h or t.crop_w):
+        return None
+    return (t.crop_h or t.crop_size, t.crop_w or t.crop_size)  # 0: that axis is not cropped
+
+
+def _make_transform(
+    name: str, sample_shape: tuple[int, ...], t: TransformationParameter | None
+) -> _Transform:
+    if t is None:
+        return _Transform(None, 1.0, None, False)
+    if t.mean_file is not None:
+        raise DataError(
+            f"{name}: transform_param.mean_file ({t.mean_file!r}) is not supported by netc; "
+            "use mean_value (one value, or one per channel)"
+        )
+    channels = sample_shape[0]
+    if t.force_gray and channels != 1:
+        raise DataError(
+            f"{name}: force_gray is set but the data has {channels} channels "
+            "(netc does not convert colour)"
+        )
+    if t.force_color and channels != 3:
+        raise DataError(
+            f"{name}: force_color is set but the data has {channels} channels "
+            "(netc does not convert colour)"
+        )
+    mean = None
+    if t.mean_value:
+        if len(t.mean_value) not in (1, channels):
+            raise DataError(
+                f"{name}: transform_param.mean_value has {len(t.mean_value)} values; give one, "
+                f"or one per channel ({channels})"
+            )
+        per_channel = np.asarray(t.mean_value, dtype=np.float32)
+        if len(sample_shape) == 3:
+            per_channel = per_channel.reshape(-1, 1, 1)
+        mean = per_channel if len(t.mean_value) > 1 else per_channel.reshape(())
+    crop = _crop_dims(t)
+    if (crop or t.mirror) and len(sample_shape) != 3:
+        raise DataError(
+            f"{name}: crop and mirror need image data N×C×H×W, but samples have shape "
+            f"{_shape(sample_shape)}"
+        )
+    if crop is not None:
+        h, w = sample_shape[1:]
+        crop = (crop[0] or h, crop[1] or w)
+        if crop[0] > h or crop[1] > w:
+            raise DataError(f"{name}: crop {crop[0]}×{crop[1]} is larger than the images ({h}×{w})")
+        if crop == (h, w):
+            crop = None
+    return _Transform(mean, float(t.scale), crop, bool(t.mirror))
+
+
+def transformed_shape(
+    sample_shape: tuple[int, ...], transform: TransformationParameter | None
+) -> tuple[int, ...]:
+    """Shape of one sample after the transform (crop), e.g. (1, 28, 28) -> (1, 24, 24)."""
+    tr = _make_transform("<data>", tuple(sample_shape), transform)
+    if tr.crop is None:
+        return tuple(sample_shape)
+    return (sample_shape[0], *tr.crop)
+
+
+# --- batching ------------------------------------------------------------------------------------
+
+
+class _Producer:
+    """Deterministic batch maker: batch at position (epoch, index) -> (batch, next position).
+
+    Holds no reference to the BatchStream, so the stream can be garbage-collected (and close
+    its worker) while the worker thread runs.
+    """
+
+    def __init__(
+        self, ds: Dataset, batch_size: int, tr: _Transform, train: bool, seed: int, shuffle: bool
+    ):
+        self.data, self.label = ds.data, ds.label
+        self.n = len(ds)
+        self.batch_size = batch_size
+        self.tr = tr
+        self.train = train
+        self.seed = seed
+        self.shuffle = shuffle
+        self._orders: dict[int, np.ndarray] = {}
+        self._augment: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def _order(self, epoch: int) -> np.ndarray:
+        order = self._orders.get(epoch)
+        if order is None:
+            self._orders = {e: o for e, o in self._orders.items() if e > epoch - 2}
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            else:
+                order = np.arange(self.n)
+            self._orders[epoch] = order
+        return order
+
+    def _choices(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(h_off, w_off, flip) for every place in the epoch: f(seed, epoch, index) only."""
+        choices = self._augment.get(epoch)
+        if choices is None:
+            self._augment = {e: c for e, c in self._augment.items() if e > epoch - 2}
+            _, h, w = self.data.shape[1:]
+            ch, cw = self.tr.crop or (h, w)
+            rng = np.random.default_rng([self.seed, epoch, _AUGMENT_TAG])
+            h_off = rng.integers(0, h - ch + 1, size=self.n)
+            w_off = rng.integers(0, w - cw + 1, size=self.n)
+            flip = rng.integers(0, 2, size=self.n).astype(bool)
+            choices = (h_off, w_off, flip)
+            self._augment[epoch] = choices
+        return choices
+
+    def batch(self, epoch: int, index: int) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+        parts: list[tuple[int, int, int]] = []  # (epoch, start, stop)
+        need = self.batch_size
+        while need:
+            take = min(need, self.n - index)
+            parts.append((epoch, index, index + take))
+            need -= take
+            index += take
+            if index == self.n:
+                epoch, index = epoch + 1, 0
+        idx = np.concatenate([self._order(e)[a:b] for e, a, b in parts])
+        x = self.data[idx]
+        tr = self.tr
+        if x.ndim == 4 and (tr.crop is not None or (tr.mirror and self.train)):
+            _, c, h, w = x.shape
+            ch, cw = tr.crop or (h, w)
+            if self.train:
+                h_off, w_off, flip = self._gather_choices(parts)
+                if tr.crop is None:
+                    h_off = np.zeros_like(h_off)
+                    w_off = np.zeros_like(w_off)
+                if not tr.mirror:
+                    flip = np.zeros_like(flip)
+            else:
+                b = len(idx)
+                h_off = np.full(b, (h - ch) // 2)
+                w_off = np.full(b, (w - cw) // 2)
+                flip = np.zeros(b, dtype=bool)
+            rows = h_off[:, None] + np.arange(ch)
+            cols = w_off[:, None] + np.where(flip[:, None], np.arange(cw)[::-1], np.arange(cw))
+            x = x[
+                np.arange(len(idx))[:, None, None, None],
+                np.arange(c)[None, :, None, None],
+                rows[:, None, :, None],
+                cols[:, None, None, :],
+            ]
+        x = x.astype(np.float32)
+        if tr.mean is not None:
+            x -= tr.mean
+        if tr.scale != 1.0:
+            x *= np.float32(tr.scale)
+        out = {"data": np.ascontiguousarray(x)}
+        if self.label is not None:
+            out["label"] = self.label[idx].astype(np.int32)
+        return out, (epoch, index)
+
+    def _gather_choices(self, parts: list[tuple[int, int, int]]) -> tuple[np.ndarray, ...]:
+        per_part = [tuple(arr[a:b] for arr in self._choices(e)) for e, a, b in parts]
+        return tuple(np.concatenate(cols) for cols in zip(*per_part))
+
+
+def _worker(
+    producer: _Producer, start: tuple[int, int], q: queue.Queue, stop: threading.Event
+) -> None:
+    epoch, index = start
+    while not stop.is_set():
+        try:
+            batch, (epoch2, index2) = producer.batch(epoch, index)
+            item: tuple[Any, ...] = ("batch", batch, (epoch2, index2))
+        except BaseException as exc:  # surfaces in the consumer's next()
+            item = ("error", exc, None)
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        if item[0] == "error":
+            return
+        epoch, index = epoch2, index2
+
+
+class BatchStream:
+    """An endless stream of batches ``{"data": float32 N×..., "label": int32 N}`` from ``ds``.
+
+    ``position`` (from :meth:`position` of an earlier stream) resumes where that stream's
+    consumer stopped. ``prefetch``: queue depth of the background thread (0: no thread; batches
+    are made in ``next()``).
+    """
+
+    def __init__(
+        self,
+        ds: Dataset,
+        *,
+        batch_size: int,
+        transform: TransformationParameter | None,
+        train: bool,
+        seed: int,
+        shuffle: bool,
+        position: dict | None = None,
+        prefetch: int = 4,
+    ):
+        self._closed = True
+        self._thread: threading.Thread | None = None
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be at least 0, got {prefetch}")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        if (
+            ds.data.ndim not in (2, 4)
+            or len(ds) == 0
+            or (ds.label is not None and ds.label.shape != (len(ds),))
+        ):
+            check_dataset(ds, sample_shape=None, num_classes=None, need_label=False)
+        self.dataset = ds
+        self.batch_size = batch_size
+        n = len(ds)
+        self._pos = self._start_position(ds, position)
+        tr = _make_transform(ds.name, ds.sample_shape, transform)
+        self._producer = _Producer(ds, batch_size, tr, train, seed, shuffle)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._size = n
+        if prefetch:
+            self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(
+                target=_worker,
+                args=(self._producer, self._pos, self._queue, self._stop),
+                name=f"netc-data:{ds.name}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    @staticmethod
+    def _start_position(ds: Dataset, position: dict | None) -> tuple[int, int]:
+        if position is None:
+            return (0, 0)
+        try:
+            epoch, index = position["epoch"], position["index"]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"position must be a dict with 'epoch' and 'index', got {position!r}"
+            ) from exc
+        size = position.get("size", len(ds))
+        if size != len(ds):
+            raise DataError(
+                f"{ds.name}: the saved position is for a data set of {size} samples, "
+                f"but this one has {len(ds)}"
+            )
+        if not (
+            isinstance(epoch, int)
+            and isinstance(index, int)
+            and epoch >= 0
+            and 0 <= index < len(ds)
+        ):
+            raise ValueError(f"position out of range for {len(ds)} samples: {position!r}")
+        return (epoch, index)
+
+    def position(self) -> dict[str, int]:
+        """Where the next batch handed to the consumer starts (JSON-serialisable)."""
+        epoch, index = self._pos
+        return {"epoch": int(epoch), "index": int(index), "size": int(self._size)}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise RuntimeError(f"BatchStream over {self.dataset.name} is closed")
+        if self._thread is None:
+            batch, self._pos = self._producer.batch(*self._pos)
+            return batch
+        while True:
+            try:
+                kind, payload, pos = self._queue.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError(
+                        f"the data thread for {self.dataset.name} stopped unexpectedly"
+                    ) from None
+        if kind == "error":
+            self._error = payload
+            self.close()
+            raise payload
+        self._pos = pos
+        return payload
+
+    def close(self) -> None:
+        """Stop the background thread; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is not None:
+            self._stop.set()
+            try:
+                while True:
+                    self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchStream({self.dataset.name!r}, batch_size={self.batch_size}, "
+            f"position={self.position()})"
+        )

@@ -50,9 +50,9 @@ def test_misspelt_field_type_enum_and_blob_all_reported_together(check_spec):
         "(did you mean 'Convolution'?)",
         "spec.yaml:18:7: error: layer 'conv2' (Convolution): convolution_param.kernal_size: "
         "unknown field (did you mean 'kernel_size'?)",
-        "spec.yaml:22:21: error: layer 'pool1' (Pooling): pooling_param.pool: 'MAXX' is not one of "
+        "spec.yaml:23:21: error: layer 'pool1' (Pooling): pooling_param.pool: 'MAXX' is not one of "
         "MAX, AVE, STOCHASTIC (did you mean 'MAX'?)",
-        "spec.yaml:25:13: error: layer 'relu' (ReLU): bottom: unknown blob 'dta' (did you mean 'data'?)",
+        "spec.yaml:26:5: error: layer 'relu' (ReLU): bottom: unknown blob 'dta' (did you mean 'data'?)",
     ]
 
 
@@ -247,7 +247,7 @@ def test_arity_eltwise_concat_and_losses(check_spec):
         "spec.yaml:15:5: error: layer 'e1' (Eltwise): bottom: takes at least 2 inputs, got 1",
         "spec.yaml:19:5: error: layer 'e2' (Eltwise): bottom: all inputs must have one shape: input 1 (pool) "
         "is 1×3×16×16, input 0 (data) is 1×3×32×32",
-        "spec.yaml:21:5: error: layer 'cat' (Concat): bottom: input 1 (pool: 1×3×16×16) does not match input 0 "
+        "spec.yaml:23:5: error: layer 'cat' (Concat): bottom: input 1 (pool: 1×3×16×16) does not match input 0 "
         "(data: 1×3×32×32) outside axis 1",
         "spec.yaml:27:5: error: layer 'loss' (SoftmaxWithLoss): bottom: takes 2 inputs "
         "(predictions, label), got 1",

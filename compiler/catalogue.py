@@ -36,9 +36,10 @@ def layer_models() -> dict[str, type[LayerParameter]]:
 
 def json_schema() -> dict[str, Any]:
     """A JSON Schema (draft 2020-12) of the spec language for editors."""
+    from pydantic.json_schema import models_json_schema
+
     from netc.spec.net import NetHeader
     from netc.spec.solver import SolverParameter
-    from pydantic.json_schema import models_json_schema
 
     models = layer_models()
     _, defs = models_json_schema([(m, "validation") for m in models.values()]

@@ -280,7 +280,10 @@ def plan(spec: NetSpec, state: NetState | None = None, *, batch: int | None = No
                                   bottom_shapes)
         for t, shape in zip(layer.top, top_shapes):
             blobs[t] = shape
-            rf[t] = top_rf if len(shape) >= 3 else None
+            if unit.is_data:  # every input position sees itself
+                rf[t] = [(1, 1)] * (len(shape) - 2) if len(shape) >= 3 else None
+            else:
+                rf[t] = top_rf if len(shape) >= 3 else None
             producer.setdefault(t, layer.name)
         consumed.update(layer.bottom)
         if unit.is_data:
@@ -317,7 +320,7 @@ def _arity(lo: int, hi: int | None, word: str) -> str:
 def _receptive_field(unit: Layer, window, bottom_rf: list, tops: list[Shape],
                      bottoms: list[Shape]) -> RF | None:
     if unit.is_data:
-        return [(1, 1)] * (len(tops[0]) - 2) if tops and len(tops[0]) >= 3 else None
+        return None
     if not bottom_rf or any(r is None for r in bottom_rf):
         return None
     if unit.geometry == "pointwise":

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from netc.spec.messages import TransformationParameter
 
 __all__ = [

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from netc.spec.errors import Diagnostics, Path, did_you_mean
 from netc.spec.messages import (
     BlobShape,
@@ -21,7 +23,6 @@ from netc.spec.messages import (
     Repeated,
 )
 from netc.spec.yaml_io import YamlError, read_yaml
-from pydantic import BaseModel, ValidationError
 
 
 class LayerParameter(Message):

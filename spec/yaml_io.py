@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from netc.spec.errors import Path
 from yaml.composer import Composer
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.parser import Parser
 from yaml.reader import Reader
 from yaml.resolver import BaseResolver
 from yaml.scanner import Scanner
+
+from netc.spec.errors import Path
 
 MAX_BYTES = 8 * 1024 * 1024
 MAX_DEPTH = 64

@@ -154,6 +154,7 @@ def test_yaml_safety_errors(check_spec, write_spec):
 
 def test_file_size_is_bounded():
     import pytest
+
     from netc.spec.yaml_io import YamlError, read_yaml
 
     with pytest.raises(YamlError, match="more than the 1,000 allowed"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from netc.runtime import checkpoint as ckpt
 from netc.runtime.checkpoint import (
     CheckpointError,

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+
 from netc.runtime import data as D
 from netc.runtime.data import BUILTIN, BatchStream, DataError, Dataset, check_dataset, load_source
 from netc.spec.messages import TransformationParameter as T

@@ -46,6 +46,21 @@ class _ConvBase(Layer):
     def describe(self) -> str:
         return f"group {self.p.group}" if self.p.group > 1 else ""
 
+    def _bias(self, y, params, axis):
+        if "bias" in params:
+            y = y + params["bias"].reshape((-1,) + (1,) * (y.ndim - axis - 1))
+        return y
+
+    @staticmethod
+    def _dims(n: int):
+        sp = "DHW"[-n:] if n <= 3 else "".join(chr(ord("a") + i) for i in range(n))
+        return ("NC" + sp, "OI" + sp, "NC" + sp)
+
+    def _flat(self, x, axis):
+        """Caffe's `axis`: leading axes before the channel axis act as the batch."""
+        lead = x.shape[:axis]
+        return x.reshape((-1,) + x.shape[axis:]) if axis != 1 else x, lead
+
 
 @register
 class Convolution(_ConvBase):
@@ -87,6 +102,19 @@ convolution_param:
 
     def _weight_shape(self, channels: int, w: Window) -> tuple[int, ...]:
         return (self.p.num_output, channels // self.p.group) + w.kernel
+
+    def apply(self, params, bottoms, ctx):
+        from jax import lax
+
+        x = bottoms[0]
+        axis, n, w = self._geometry(x.shape)
+        x2, lead = self._flat(x, axis)
+        y = lax.conv_general_dilated(
+            x2, params["weight"].astype(x.dtype), window_strides=w.stride,
+            padding=[(p, p) for p in w.pad], rhs_dilation=w.dilation,
+            dimension_numbers=self._dims(n), feature_group_count=self.p.group)
+        y = self._bias(y, params, 1)
+        return [y.reshape(lead + y.shape[1:]) if axis != 1 else y]
 
     def macs(self, bottoms, tops):
         x, y = bottoms[0], tops[0]
@@ -130,6 +158,27 @@ convolution_param:
 
     def _weight_shape(self, channels: int, w: Window) -> tuple[int, ...]:
         return (channels, self.p.num_output // self.p.group) + w.kernel
+
+    def apply(self, params, bottoms, ctx):
+        """Transposed convolution as a stride-dilated input convolved with the flipped kernel."""
+        import jax.numpy as jnp
+        from jax import lax
+
+        x = bottoms[0]
+        axis, n, w = self._geometry(x.shape)
+        x2, lead = self._flat(x, axis)
+        g = self.p.group
+        wt = params["weight"].astype(x.dtype)  # (C_in, O/g, k...)
+        cin, og = wt.shape[0], wt.shape[1]
+        wt = wt.reshape((g, cin // g, og) + wt.shape[2:])
+        wt = jnp.swapaxes(wt, 1, 2).reshape((g * og, cin // g) + wt.shape[3:])
+        wt = jnp.flip(wt, axis=tuple(range(2, 2 + n)))
+        pads = [(e - 1 - p, e - 1 - p) for e, p in zip(w.extent, w.pad)]
+        y = lax.conv_general_dilated(
+            x2, wt, window_strides=(1,) * n, padding=pads, lhs_dilation=w.stride,
+            rhs_dilation=w.dilation, dimension_numbers=self._dims(n), feature_group_count=g)
+        y = self._bias(y, params, 1)
+        return [y.reshape(lead + y.shape[1:]) if axis != 1 else y]
 
     def macs(self, bottoms, tops):
         x = bottoms[0]

@@ -47,3 +47,13 @@ inner_product_param:
         x = bottoms[0]
         axis = self._axis(x)
         return count(x, min(axis, 1)) * self.p.num_output
+
+    def apply(self, params, bottoms, ctx):
+        x = bottoms[0]
+        axis = self._axis(x.shape)
+        x2 = x.reshape(x.shape[:axis] + (-1,))
+        wt = params["weight"].astype(x.dtype)
+        y = x2 @ (wt if self.p.transpose else wt.T)
+        if "bias" in params:
+            y = y + params["bias"].astype(x.dtype)
+        return [y]

@@ -19,6 +19,14 @@ def check_labels(layer: Layer, pred: Shape, label: Shape, axis: int) -> None:
             f"so the label needs {fmt_shape(pred[:axis] + pred[axis + 1:])} elements", ("bottom",))
 
 
+def class_labels(label, pred, axis: int):
+    """Labels as int32 with the prediction's shape minus its class axis (Caffe stores them as
+    floats in an N×1×H×W or N blob)."""
+    import jax.numpy as jnp
+
+    return label.reshape(pred.shape[:axis] + pred.shape[axis + 1:]).astype(jnp.int32)
+
+
 @register
 class SoftmaxWithLoss(Layer):
     type = "SoftmaxWithLoss"
@@ -44,6 +52,32 @@ top: loss
         check_labels(self, pred, label, axis)
         return [()] + ([pred] if len(self.spec.top) > 1 else [])
 
+    def apply(self, params, bottoms, ctx):
+        import math
+
+        import jax
+        import jax.numpy as jnp
+
+        pred, label = bottoms
+        axis = canonical_axis(self.p.axis, pred.ndim)
+        logp = jax.nn.log_softmax(pred, axis=axis)
+        lab = class_labels(label, pred, axis)
+        safe = jnp.clip(lab, 0, pred.shape[axis] - 1)
+        picked = jnp.take_along_axis(logp, jnp.expand_dims(safe, axis), axis=axis).squeeze(axis)
+        lp = self.spec.loss_param
+        valid = jnp.ones(lab.shape, bool) if lp.ignore_label is None else lab != lp.ignore_label
+        total = -jnp.sum(jnp.where(valid, picked, 0))
+        outer = math.prod(pred.shape[:axis])
+        mode = lp.normalization
+        if "normalization" not in lp.set_fields() and lp.normalize is False:
+            mode = "BATCH_SIZE"  # Caffe's deprecated `normalize: false`
+        if mode == "VALID":
+            norm = jnp.maximum(jnp.sum(valid), 1).astype(pred.dtype)
+        else:
+            norm = float(max(1, {"FULL": lab.size, "BATCH_SIZE": outer, "NONE": 1}[mode]))
+        loss = total / norm
+        return [loss] + ([jax.nn.softmax(pred, axis=axis)] if len(self.spec.top) > 1 else [])
+
 
 @register
 class EuclideanLoss(Layer):
@@ -61,6 +95,13 @@ class EuclideanLoss(Layer):
             raise SpecError(f"inputs must match per sample: {self.spec.bottom[0]} is {fmt_shape(a)}, "
                             f"{self.spec.bottom[1]} is {fmt_shape(b)}", ("bottom",))
         return [()]
+
+    def apply(self, params, bottoms, ctx):
+        import jax.numpy as jnp
+
+        a, b = bottoms
+        diff = a.reshape(a.shape[0], -1) - b.reshape(b.shape[0], -1).astype(a.dtype)
+        return [jnp.sum(diff * diff) / a.shape[0] / 2]
 
 
 @register
@@ -88,3 +129,26 @@ include: {phase: TEST}
                             ("accuracy_param", "top_k"))
         check_labels(self, pred, label, axis)
         return [()] + ([(pred[axis],)] if len(self.spec.top) > 1 else [])
+
+    def apply(self, params, bottoms, ctx):
+        import jax
+        import jax.numpy as jnp
+
+        pred, label = bottoms
+        pred = jax.lax.stop_gradient(pred)
+        axis = canonical_axis(self.p.axis, pred.ndim)
+        n_cls = pred.shape[axis]
+        lab = class_labels(label, pred, axis)
+        scores = jnp.moveaxis(pred, axis, -1)
+        true = jnp.take_along_axis(scores, jnp.clip(lab, 0, n_cls - 1)[..., None], axis=-1)
+        # Caffe counts the classes scoring strictly higher than the true one (ties favour it).
+        correct = jnp.sum(scores > true, axis=-1) < self.p.top_k
+        valid = jnp.ones(lab.shape, bool) if self.p.ignore_label is None else lab != self.p.ignore_label
+        acc = jnp.sum(correct & valid) / jnp.maximum(jnp.sum(valid), 1)
+        tops = [acc.astype(pred.dtype)]
+        if len(self.spec.top) > 1:
+            onehot = jax.nn.one_hot(lab, n_cls, dtype=pred.dtype) * valid[..., None]
+            hits = jnp.sum(onehot * correct[..., None], axis=tuple(range(lab.ndim)))
+            seen = jnp.sum(onehot, axis=tuple(range(lab.ndim)))
+            tops.append(jnp.where(seen > 0, hits / jnp.maximum(seen, 1), 0))
+        return tops

@@ -99,3 +99,38 @@ pooling_param:
     def macs(self, bottoms, tops):
         return 0  # comparisons / additions, not multiply-accumulates
 
+    def apply(self, params, bottoms, ctx):
+        import jax.numpy as jnp
+        import numpy as np
+        from jax import lax
+
+        x = bottoms[0]
+        w = self._window(x.shape)
+        out = self.infer([x.shape])[0][2:]
+        n = len(out)
+        # Padding after the input so that `out` windows fit exactly (CEIL may need more than `pad`,
+        # FLOOR may drop input: then the input is cut).
+        pads, cut = [], []
+        for i in range(n):
+            size, k, s, p = x.shape[2 + i], w.kernel[i], w.stride[i], w.pad[i]
+            need = (out[i] - 1) * s + k - p  # end of the last window, in input coordinates
+            cut.append(min(size, need))
+            pads.append((p, max(0, need - size)))
+        x = x[(slice(None), slice(None)) + tuple(slice(0, c) for c in cut)]
+        dims, strides = (1, 1) + w.kernel, (1, 1) + w.stride
+        padding = ((0, 0), (0, 0)) + tuple(pads)
+        if self.p.pool == "MAX":
+            init = jnp.array(-jnp.inf, x.dtype)
+            return [lax.reduce_window(x, init, lax.max, dims, strides, padding)]
+        if self.p.pool == "AVE":
+            total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, strides, padding)
+            # Caffe divides by the window clipped to the padded input (not to the image).
+            div = np.ones(out, np.float32)
+            for i in range(n):
+                size, k, s, p = bottoms[0].shape[2 + i], w.kernel[i], w.stride[i], w.pad[i]
+                start = np.arange(out[i]) * s - p
+                extent = np.minimum(start + k, size + p) - start
+                div = div * extent.reshape((-1,) + (1,) * (n - 1 - i))
+            return [total / jnp.asarray(div, x.dtype)]
+        raise NotImplementedError(f"pooling method {self.p.pool} has no lowering")
+

@@ -34,6 +34,12 @@ class Softmax(Layer):
         canonical_axis(self.p.axis, len(bottoms[0]), ("softmax_param", "axis"))
         return same_shape(bottoms)
 
+    def apply(self, params, bottoms, ctx):
+        import jax
+
+        x = bottoms[0]
+        return [jax.nn.softmax(x, axis=canonical_axis(self.p.axis, x.ndim))]
+
 
 @register
 class Flatten(Layer):
@@ -51,6 +57,9 @@ class Flatten(Layer):
             raise SpecError(f"end_axis {self.p.end_axis} comes before axis {self.p.axis} "
                             f"for a {len(x)}-axis input", ("flatten_param", "end_axis"))
         return [x[:a] + (count(x, a, e + 1),) + x[e + 1:]]
+
+    def apply(self, params, bottoms, ctx):
+        return [bottoms[0].reshape(self.infer([bottoms[0].shape])[0])]
 
 
 @register
@@ -109,6 +118,9 @@ reshape_param: {shape: {dim: [0, -1, 4]}}
                             f"{fmt_shape(x)}", ("reshape_param", "shape", "dim"))
         return [x[:start] + tuple(new) + x[end:]]
 
+    def apply(self, params, bottoms, ctx):
+        return [bottoms[0].reshape(self.infer([bottoms[0].shape])[0])]
+
 
 @register
 class Concat(Layer):
@@ -139,6 +151,11 @@ class Concat(Layer):
                                 f"input 0 ({self.spec.bottom[0]}: {fmt_shape(first)}) outside axis {axis}", ("bottom",))
             total += count(b, axis, axis + 1)
         return [first[:axis] + (total,) + first[axis + 1:]]
+
+    def apply(self, params, bottoms, ctx):
+        import jax.numpy as jnp
+
+        return [jnp.concatenate(bottoms, axis=self._axis(bottoms[0].shape))]
 
 
 @register
@@ -171,6 +188,22 @@ eltwise_param: {operation: SUM}
                             ("eltwise_param", "coeff"))
         return same_shape(bottoms)
 
+    def apply(self, params, bottoms, ctx):
+        import functools
+
+        import jax.numpy as jnp
+
+        op = self.p.operation
+        if op == "PROD":
+            return [functools.reduce(jnp.multiply, bottoms)]
+        if op == "MAX":
+            return [functools.reduce(jnp.maximum, bottoms)]
+        coeff = self.p.coeff or (1.0,) * len(bottoms)
+        out = bottoms[0] * coeff[0] if coeff[0] != 1 else bottoms[0]
+        for c, b in zip(coeff[1:], bottoms[1:]):
+            out = out + (b * c if c != 1 else b)
+        return [out]
+
 
 @register
 class Split(Layer):
@@ -181,5 +214,8 @@ class Split(Layer):
     example = "name: split\ntype: Split\nbottom: data\ntop: [data_a, data_b]\n"
 
     def infer(self, bottoms):
+        return [bottoms[0]] * len(self.spec.top)
+
+    def apply(self, params, bottoms, ctx):
         return [bottoms[0]] * len(self.spec.top)
 

@@ -1,0 +1,72 @@
+"""Caffe's fillers (include/caffe/filler.hpp), drawn with JAX's PRNG.
+
+fan_in = count / shape[0], fan_out = count / shape[1] (Caffe's definitions). xavier is uniform on
+±sqrt(3/n) — NOT Glorot's sqrt(6/(fan_in+fan_out)) — and msra is N(0, 2/n), where n is fan_in,
+fan_out or their mean (`variance_norm`). An unset filler is constant 0, as in Caffe."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from netc.spec.messages import FillerParameter
+
+
+def fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    count = math.prod(shape)
+    fan_in = count // shape[0] if shape else 1
+    fan_out = count // shape[1] if len(shape) > 1 else count
+    return fan_in, fan_out
+
+
+def _norm(f: FillerParameter, shape) -> float:
+    fan_in, fan_out = fans(shape)
+    return {"FAN_IN": fan_in, "FAN_OUT": fan_out, "AVERAGE": (fan_in + fan_out) / 2}[f.variance_norm]
+
+
+def bilinear_kernel(shape: tuple[int, ...]) -> np.ndarray:
+    """Caffe's BilinearFiller: the upsampling kernel FCN uses for Deconvolution (square kernels)."""
+    k = shape[-1]
+    f = math.ceil(k / 2)
+    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    out = np.zeros(shape, np.float32)
+    flat = out.reshape(-1)
+    h_, w_ = shape[-2], shape[-1]
+    for i in range(flat.size):
+        x = i % w_
+        y = (i // w_) % h_
+        flat[i] = (1 - abs(x / f - c)) * (1 - abs(y / f - c))
+    return out
+
+
+def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):
+    import jax
+    import jax.numpy as jnp
+
+    dtype = dtype or jnp.float32
+    f = f or FillerParameter()
+    t = f.type
+    if t == "constant":
+        return jnp.full(shape, f.value, dtype)
+    if t == "uniform":
+        return jax.random.uniform(key, shape, dtype, f.min, f.max)
+    if t == "gaussian":
+        w = f.mean + f.std * jax.random.normal(key, shape, dtype)
+        if f.sparse >= 0:  # keep each weight with probability sparse / num_outputs
+            k2 = jax.random.fold_in(key, 1)
+            keep = jax.random.bernoulli(k2, min(1.0, f.sparse / shape[0]), shape)
+            w = jnp.where(keep, w, 0)
+        return w
+    if t == "xavier":
+        s = math.sqrt(3.0 / _norm(f, shape))
+        return jax.random.uniform(key, shape, dtype, -s, s)
+    if t == "msra":
+        return math.sqrt(2.0 / _norm(f, shape)) * jax.random.normal(key, shape, dtype)
+    if t == "positive_unitball":
+        w = jax.random.uniform(key, shape, dtype)
+        w2 = w.reshape(shape[0], -1)
+        return (w2 / w2.sum(axis=1, keepdims=True)).reshape(shape)
+    if t == "bilinear":
+        return jnp.asarray(bilinear_kernel(shape), dtype)
+    raise ValueError(f"unknown filler {t}")  # unreachable: the spec validated the name

@@ -120,10 +120,10 @@ pooling_param:
         dims, strides = (1, 1) + w.kernel, (1, 1) + w.stride
         padding = ((0, 0), (0, 0)) + tuple(pads)
         if self.p.pool == "MAX":
-            init = jnp.array(-jnp.inf, x.dtype)
-            return [lax.reduce_window(x, init, lax.max, dims, strides, padding)]
+            # A Python scalar init lets JAX recognise the max monoid (differentiable).
+            return [lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, padding)]
         if self.p.pool == "AVE":
-            total = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, dims, strides, padding)
+            total = lax.reduce_window(x, 0.0, lax.add, dims, strides, padding)
             # Caffe divides by the window clipped to the padded input (not to the image).
             div = np.ones(out, np.float32)
             for i in range(n):

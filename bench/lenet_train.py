@@ -1,0 +1,192 @@
+"""LeNet training step, side by side: netc (the compiled spec models/lenet.yaml with Caffe's LeNet
+solver) vs a hand-written JAX + optax program vs PyTorch eager, on the same work: batch 64 of
+random 1×28×28 inputs, SGD with momentum 0.9, weight decay 5e-4 (REFERENCE §4's setting).
+
+Run: python bench/lenet_train.py [--batch 64] [--steps 200] [--repeats 5]
+Prints samples/s (median over alternating repeats) and ratios. Not a test: numbers vary by machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def netc_step(batch: int):
+    import jax
+
+    from netc.compiler.catalogue import layer_models
+    from netc.compiler.lower import lower
+    from netc.compiler.plan import plan
+    from netc.runtime.solver import make_optimizer
+    from netc.spec.messages import NetState
+    from netc.spec.net import parse_spec
+
+    spec = parse_spec(str(ROOT / "models" / "lenet.yaml"), layer_models())
+    net = lower(plan(spec, NetState(phase="TRAIN"), batch=batch))
+    params, state = net.init(jax.random.key(0))
+    opt = make_optimizer(spec.solver, *net.multipliers())
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, opt_state, x, y):
+        grads, (_, new_state) = jax.grad(
+            lambda p: net.loss(p, state, {"data": x, "label": y}), has_aux=True)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return jax.tree.map(lambda a, b: a + b, params, updates), new_state, opt_state
+
+    carry = [params, state, opt_state]
+
+    def run(x, y):
+        carry[0], carry[1], carry[2] = step(carry[0], carry[1], carry[2], x, y)
+        return carry[0]
+
+    return run
+
+
+def jax_step(batch: int):
+    """Hand-written LeNet in JAX (NHWC, lax.conv, optax SGD): the REFERENCE §4 anchor."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax import lax
+
+    k = jax.random.split(jax.random.key(0), 4)
+
+    def xavier(key, shape, fan_in):
+        s = (3.0 / fan_in) ** 0.5
+        return jax.random.uniform(key, shape, jnp.float32, -s, s)
+
+    params = {
+        "c1": xavier(k[0], (5, 5, 1, 20), 25), "b1": jnp.zeros(20),
+        "c2": xavier(k[1], (5, 5, 20, 50), 500), "b2": jnp.zeros(50),
+        "f1": xavier(k[2], (800, 500), 800), "g1": jnp.zeros(500),
+        "f2": xavier(k[3], (500, 10), 500), "g2": jnp.zeros(10),
+    }
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def pool(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    def loss_fn(p, x, y):
+        x = lax.conv_general_dilated(x, p["c1"], (1, 1), "VALID", dimension_numbers=dn) + p["b1"]
+        x = pool(x)
+        x = lax.conv_general_dilated(x, p["c2"], (1, 1), "VALID", dimension_numbers=dn) + p["b2"]
+        x = pool(x).reshape(batch, -1)
+        x = jax.nn.relu(x @ p["f1"] + p["g1"])
+        logits = x @ p["f2"] + p["g2"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    opt = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.01, momentum=0.9))
+    opt_state = opt.init(params)
+
+    @jax.jit
+    def step(p, s, x, y):
+        g = jax.grad(loss_fn)(p, x, y)
+        u, s = opt.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    carry = [params, opt_state]
+
+    def run(x, y):
+        carry[0], carry[1] = step(carry[0], carry[1], x.transpose(0, 2, 3, 1), y)
+        return carry[0]
+
+    return run
+
+
+def torch_step(batch: int):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 20, 5), nn.MaxPool2d(2, 2), nn.Conv2d(20, 50, 5), nn.MaxPool2d(2, 2),
+        nn.Flatten(), nn.Linear(800, 500), nn.ReLU(), nn.Linear(500, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    lossf = nn.CrossEntropyLoss()
+
+    def run(x, y):
+        xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y)).long()
+        opt.zero_grad(set_to_none=True)
+        loss = lossf(model(xt), yt)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return run
+
+
+def block(out):
+    try:
+        import jax
+
+        jax.block_until_ready(out)
+    except Exception:  # noqa: BLE001 - torch results are already computed
+        pass
+
+
+def measure(run, x, y, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = run(x, y)
+    block(out)
+    return steps * x.shape[0] / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--only", default="netc,jax,torch")
+    args = ap.parse_args()
+    try:
+        import torch
+
+        torch.set_num_threads(os.cpu_count() or 1)
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(0)
+    x = rng.random((args.batch, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, args.batch).astype(np.int32)
+    makers = {"netc": netc_step, "jax": jax_step, "torch": torch_step}
+    runs = {}
+    for name in args.only.split(","):
+        if name == "torch" and torch is None:
+            continue
+        t0 = time.perf_counter()
+        runs[name] = makers[name](args.batch)
+        block(runs[name](x, y))  # compile / warm up
+        runs[name + "_first"] = time.perf_counter() - t0
+    names = [n for n in runs if not n.endswith("_first")]
+    for n in names:
+        measure(runs[n], x, y, max(10, args.steps // 10))
+    results = {n: [] for n in names}
+    for _ in range(args.repeats):  # alternate so drift hits every contender alike
+        for n in names:
+            results[n].append(measure(runs[n], x, y, args.steps))
+    med = {n: statistics.median(v) for n, v in results.items()}
+    import jax
+
+    print(f"LeNet train step, batch {args.batch}, {args.steps} steps × {args.repeats} repeats, "
+          f"{os.cpu_count()} CPU(s), jax {jax.__version__}, python {sys.version.split()[0]}")
+    for n in names:
+        print(f"  {n:6s} {med[n]:8.0f} samples/s   (first step incl. compile {runs[n + '_first']:.2f} s; "
+              f"runs {', '.join(f'{v:.0f}' for v in results[n])})")
+    if "netc" in med:
+        for n in names:
+            if n != "netc":
+                print(f"  netc / {n}: {med['netc'] / med[n]:.2f}×")
+
+
+if __name__ == "__main__":
+    main()

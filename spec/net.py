@@ -213,6 +213,7 @@ def report_validation(
     base: Path,
     diags: Diagnostics,
     prefix: str,
+    root: str = "",
 ) -> None:
     for e in err.errors():
         loc = tuple(e["loc"])
@@ -220,7 +221,7 @@ def report_validation(
         # `X | None` unions report the member tried ('constrained-int', ...): keep field names only.
         loc = tuple(p for p in loc if isinstance(p, int) or p in _names_along(model, loc))
         msg = error_message(e, model, raw, loc)
-        where = _loc_text(loc)
+        where = ".".join(w for w in (root, _loc_text(loc)) if w)
         diags.error(f"{prefix}{where}: {msg}" if where else f"{prefix}{msg}", base + loc)
 
 
@@ -383,20 +384,20 @@ def parse_spec(
     if not layers and not diags.errors:
         diags.error("layers: the net has no layers", ("layers",))
     if header.solver is not None:
-        spec.solver = validate_solver(header.solver, diags, ("solver",), "solver.")
+        spec.solver = validate_solver(header.solver, diags, ("solver",), "solver")
     return spec
 
 
-def validate_solver(raw: Any, diags: Diagnostics, base: Path, prefix: str) -> Any:
+def validate_solver(raw: Any, diags: Diagnostics, base: Path, root: str) -> Any:
     from netc.spec.solver import SolverParameter
 
     if not isinstance(raw, dict):
-        diags.error(f"{prefix.rstrip('.')}: expected a mapping of SolverParameter fields, got {_kind(raw)}", base)
+        diags.error(f"{root or 'solver'}: expected a mapping of SolverParameter fields, got {_kind(raw)}", base)
         return None
     try:
         return SolverParameter.model_validate(raw)
     except ValidationError as err:
-        report_validation(err, SolverParameter, raw, base, diags, prefix)
+        report_validation(err, SolverParameter, raw, base, diags, "", root)
         return None
 
 

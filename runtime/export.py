@@ -1,0 +1,373 @@
+"""Export a trained net's deploy forward as a self-contained `jax.export` artifact.
+
+    out = export_model("models/lenet.yaml", "runs/lenet/lenet_iter_10000.json", "lenet-export")
+
+The deploy forward is the TEST-phase plan (``phase``/``stages`` pick another NetState) with
+
+* Data layers replaced by inputs: each Data layer's first top (``data``) becomes an input whose
+  per-sample shape comes from the plan; its label top is dropped. Input layers' tops are inputs
+  as they are. An input no kept layer reads is not an input of the artifact.
+* loss layers, Accuracy, and every layer that reads a dropped blob (a label, transitively)
+  dropped.
+* outputs: the tops of the kept layers that no kept layer reads (LeNet: ``ip2``, the bottom of
+  the dropped SoftmaxWithLoss/Accuracy). ``outputs=[...]`` exports chosen blobs instead; only
+  the layers those blobs need are run.
+
+Inputs are the blobs as the net sees them, i.e. *after* a Data layer's ``transform_param``
+(scale, mean, crop); the manifest records that transform for the caller to apply.
+
+The parameters are baked into the exported StableHLO as constants (a closure of the traced
+function), so the artifact needs no weights file: ``model.jaxexport`` alone is the model.
+`jax.export` serialises into a flatbuffer, which cannot exceed 2 GiB; nets with more than about
+1.5 GiB of parameters are refused (`ExportError`). LeNet's 431,080 floats make a ~1.7 MB file.
+
+The batch axis (axis 0 of every input) is symbolic (``b``) unless ``batch`` is given, and the
+module is lowered for every platform in ``platforms`` at once (cpu and cuda lower on a
+CPU-only machine; tpu too where the installed jax can lower for it): the caller's backend picks
+its branch at run time.
+
+Artifact directory::
+
+    model.jaxexport   Exported.serialize() bytes (StableHLO + calling convention + pytree defs)
+    manifest.json     names, shapes ("b" for the batch), dtypes, layout, platforms, versions,
+                      and the sha256 and size of every other file; written last (the commit)
+
+The function is called as ``exported.call({input name: array}) -> {output name: array}``;
+flattened, both dicts follow sorted-name order, which is the order the manifest lists them in.
+Load it with `netc.runtime.exported` (needs only jax) or with plain jax (see that module).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "ARTIFACT_VERSION",
+    "MANIFEST_FILE",
+    "MODEL_FILE",
+    "DeployGraph",
+    "ExportError",
+    "default_platforms",
+    "deploy_graph",
+    "export_model",
+]
+
+ARTIFACT_FORMAT = "netc.exported"
+ARTIFACT_VERSION = 1
+MODEL_FILE = "model.jaxexport"
+MANIFEST_FILE = "manifest.json"
+BATCH_SYMBOL = "b"
+LAYOUT = "NCHW"  # the spec's (Caffe's) axis order: batch, channels, then spatial axes
+# flatbuffers cannot address more than 2 GiB; leave room for the module around the constants.
+MAX_CONSTANT_BYTES = 3 << 29  # 1.5 GiB
+
+
+class ExportError(Exception):
+    """The spec, the weights or the requested export cannot produce an artifact."""
+
+
+# --------------------------------------------------------------------------------------------
+# The deploy graph
+# --------------------------------------------------------------------------------------------
+
+
+class DeployGraph:
+    """The layers, inputs and outputs of a plan's deploy forward (pure Python; no JAX)."""
+
+    def __init__(self, plan, layers: list, inputs: dict[str, tuple], outputs: list[str],
+                 transforms: dict[str, dict]):
+        self.plan = plan
+        self.layers = layers  # PlannedLayers to run, in plan order (no data layers)
+        self.inputs = inputs  # blob -> per-sample shape (batch axis removed)
+        self.outputs = outputs  # blob names, in plan order
+        self.transforms = transforms  # input blob -> its Data layer's transform_param (set fields)
+
+    def param_keys(self) -> list[tuple[str, str, bool, tuple]]:
+        """(owner layer, owner role, learned, shape) of every parameter blob the layers read."""
+        seen: dict[tuple[str, str], tuple[str, str, bool, tuple]] = {}
+        for pl in self.layers:
+            for role, (owner, orole) in pl.param_owner.items():
+                decl = pl.params[role]
+                seen.setdefault((owner, orole), (owner, orole, decl.learned, tuple(decl.shape)))
+        return list(seen.values())
+
+    def forward(self, params: Mapping, state: Mapping, inputs: Mapping) -> dict:
+        """The deploy forward (inference mode: no dropout, BatchNorm uses its statistics)."""
+        from netc.compiler.lower import Context
+
+        blobs = dict(inputs)
+        for pl in self.layers:
+            p = {}
+            for role, (owner, orole) in pl.param_owner.items():
+                src = params if pl.params[role].learned else state
+                p[role] = src[owner][orole]
+            ctx = Context(False, None, state.get(pl.name, {}), {}, pl)
+            tops = pl.unit.apply(p, [blobs[b] for b in pl.bottoms], ctx)
+            blobs.update(zip(pl.tops, tops))
+        return {name: blobs[name] for name in self.outputs}
+
+
+def _is_metric(pl) -> bool:
+    return pl.unit.is_loss or pl.type == "Accuracy"
+
+
+def deploy_graph(plan, outputs: Sequence[str] | None = None) -> DeployGraph:
+    """The deploy forward of `plan`; see the module docstring for what is kept and dropped."""
+    dropped: set[str] = set()
+    candidates: dict[str, tuple] = {}  # input blob -> per-sample shape
+    transforms: dict[str, dict] = {}
+    kept = []
+    for pl in plan.layers:
+        if pl.unit.is_data:
+            tops = pl.tops
+            if pl.type == "Data":  # (data, label): the label is not a deploy input
+                dropped.update(tops[1:])
+                tops = tops[:1]
+                t = pl.unit.spec.transform_param
+                if t is not None and t.set_fields():
+                    transforms[tops[0]] = t.model_dump(include=t.set_fields(), mode="json")
+            for t, shape in zip(pl.tops, pl.top_shapes):
+                if t in tops:
+                    candidates[t] = tuple(shape[1:])
+            continue
+        if _is_metric(pl) or any(b in dropped for b in pl.bottoms):
+            dropped.update(pl.tops)
+            continue
+        kept.append(pl)
+
+    produced = [t for pl in kept for t in pl.tops]
+    if outputs is None:
+        consumed = {b for pl in kept for j, b in enumerate(pl.bottoms)
+                    if not (j < len(pl.tops) and pl.tops[j] == b)}  # in-place reads do not count
+        outputs = list(dict.fromkeys(t for t in produced if t not in consumed))
+        if not outputs:
+            raise ExportError("the deploy net has no outputs: every layer is a loss, a metric, "
+                              "or reads a label")
+    else:
+        outputs = list(dict.fromkeys(outputs))
+        for name in outputs:
+            if name not in produced:
+                why = (" (it is a loss/metric blob or depends on a label)" if name in dropped
+                       else " (it is an input)" if name in candidates else "")
+                raise ExportError(f"output '{name}' is not a blob of the deploy net{why}; "
+                                  f"choose from: {', '.join(dict.fromkeys(produced))}")
+
+    # Keep only the layers the outputs need (walk back from the outputs; in place = same blob).
+    needed = set(outputs)
+    run = []
+    for pl in reversed(kept):
+        if needed.intersection(pl.tops):
+            run.append(pl)
+            needed.update(pl.bottoms)
+    run.reverse()
+    inputs = {t: s for t, s in candidates.items() if t in needed}
+    transforms = {t: v for t, v in transforms.items() if t in inputs}
+    return DeployGraph(plan, run, inputs, outputs, transforms)
+
+
+# --------------------------------------------------------------------------------------------
+# Weights
+# --------------------------------------------------------------------------------------------
+
+
+def _load_weights(weights: Any, graph: DeployGraph) -> tuple[dict, dict, dict]:
+    """(params, state, provenance) from a checkpoint path or a tree. A tree is either the
+    trainer's {"params": ..., "state": ...} or a plain {layer: {role: array}}."""
+    provenance: dict[str, Any] = {}
+    if isinstance(weights, (str, os.PathLike)):
+        from netc.runtime.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
+
+        try:
+            tree, meta = load_checkpoint(weights)
+            json_path, _ = checkpoint_paths(weights)
+        except CheckpointError as e:
+            raise ExportError(f"cannot load the weights: {e}") from e
+        provenance = {"weights": json_path.name, "iteration": meta.get("iteration")}
+    elif isinstance(weights, Mapping):
+        tree = weights
+    else:
+        raise ExportError(f"weights must be a checkpoint path or a tree of arrays, "
+                          f"got {type(weights).__name__}")
+    layer_names = {pl.name for pl in graph.plan.layers}
+    if isinstance(tree.get("params"), Mapping) and "params" not in layer_names:
+        params = tree["params"]
+        state = tree.get("state") or {}
+    else:
+        params = state = tree
+
+    out_params: dict = {}
+    out_state: dict = {}
+    total = 0
+    for owner, role, learned, shape in graph.param_keys():
+        src = params if learned else state
+        kind = "parameter" if learned else "state"
+        try:
+            value = src[owner][role]
+        except (KeyError, TypeError):
+            raise ExportError(f"the weights have no {kind} '{owner}/{role}' (shape "
+                              f"{'×'.join(map(str, shape))}) needed by layer '{owner}'") from None
+        value = np.asarray(value)
+        if tuple(value.shape) != shape:
+            raise ExportError(f"{kind} '{owner}/{role}' has shape {'×'.join(map(str, value.shape))} "
+                              f"in the weights, but the spec declares "
+                              f"{'×'.join(map(str, shape))}")
+        total += value.nbytes
+        (out_params if learned else out_state).setdefault(owner, {})[role] = value
+    if total > MAX_CONSTANT_BYTES:
+        raise ExportError(f"the parameters take {total / 2**30:.2f} GiB; an exported module "
+                          f"holding them as constants would pass the 2 GiB serialisation limit")
+    provenance["parameter_bytes"] = total
+    return out_params, out_state, provenance
+
+
+# --------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _can_lower_for(platform: str) -> bool:
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    try:
+        export.export(jax.jit(lambda x: x + 1), platforms=(platform,))(
+            jax.ShapeDtypeStruct((2,), jnp.float32))
+    except Exception:  # noqa: BLE001 - any failure means "cannot lower for it here"
+        return False
+    return True
+
+
+def default_platforms() -> tuple[str, ...]:
+    """("cpu", "cuda"), plus "tpu" where the installed jax can lower for it."""
+    return ("cpu", "cuda") + (("tpu",) if _can_lower_for("tpu") else ())
+
+
+def _dim(d) -> int | str:
+    return d if isinstance(d, int) else str(d)
+
+
+def _signature(names: Sequence[str], avals) -> list[dict]:
+    return [{"name": n, "shape": [_dim(d) for d in a.shape], "dtype": str(a.dtype)}
+            for n, a in zip(names, avals)]
+
+
+def _spec_error_text(spec) -> str:
+    return "\n".join(d.format() for d in spec.diagnostics.sorted() if d.severity == "error")
+
+
+def export_model(
+    spec_path: str | os.PathLike[str],
+    weights: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    platforms: Sequence[str] | None = None,
+    phase: str = "TEST",
+    stages: Sequence[str] = (),
+    level: int = 0,
+    outputs: Sequence[str] | None = None,
+    batch: int | None = None,
+) -> Path:
+    """Export the deploy forward of the spec at `spec_path` with `weights` (a checkpoint path —
+    its .json, .safetensors or stem — or a tree of arrays) into `out_dir`; returns the manifest's
+    path. `platforms` defaults to `default_platforms()`. `batch` fixes the batch size (default:
+    symbolic). Raises ExportError for a spec with errors, missing/mis-shaped weights, a graph
+    without outputs, a platform jax cannot lower for, or an `out_dir` holding other files."""
+    import jax
+    import jax.numpy as jnp
+    from jax import export
+
+    import netc
+    from netc.compiler.catalogue import layer_models
+    from netc.compiler.plan import plan as make_plan
+    from netc.runtime.checkpoint import sha256_file, write_bytes_atomic, write_json_atomic
+    from netc.spec.messages import NetState
+    from netc.spec.net import parse_spec
+
+    spec_path = Path(spec_path)
+    platforms = tuple(platforms) if platforms is not None else default_platforms()
+    if not platforms:
+        raise ExportError("no platforms to lower for")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise ExportError(f"batch must be a positive int or None (symbolic), got {batch!r}")
+
+    spec = parse_spec(str(spec_path), layer_models())
+    if spec.diagnostics.errors:
+        raise ExportError(f"{spec_path}: the spec has errors:\n{_spec_error_text(spec)}")
+    state_ = NetState(phase=phase, level=level, stage=tuple(stages))
+    the_plan = make_plan(spec, state_)
+    if not the_plan.ok:
+        raise ExportError(f"{spec_path}: the {phase} net has errors:\n{_spec_error_text(spec)}")
+    graph = deploy_graph(the_plan, outputs)
+    params, state, provenance = _load_weights(weights, graph)
+
+    in_names = sorted(graph.inputs)  # jax flattens a dict in sorted-key order
+    out_names = sorted(graph.outputs)
+    (b,) = export.symbolic_shape(BATCH_SYMBOL) if batch is None else (batch,)
+    in_specs = {n: jax.ShapeDtypeStruct((b,) + graph.inputs[n], jnp.float32) for n in in_names}
+
+    def deploy(inputs):
+        return graph.forward(params, state, inputs)  # params/state: constants of the module
+
+    try:
+        exported = export.export(jax.jit(deploy), platforms=platforms)(in_specs)
+    except Exception as e:  # noqa: BLE001 - tracing/lowering errors of any kind
+        raise ExportError(f"jax.export failed for platforms {', '.join(platforms)}: "
+                          f"{type(e).__name__}: {e}") from e
+    blob = bytes(exported.serialize())
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ours = {MODEL_FILE, MANIFEST_FILE}
+    stray = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith("."))
+    if stray:
+        raise ExportError(f"{out}: the folder holds other files ({', '.join(stray[:5])}"
+                          f"{', ...' if len(stray) > 5 else ''}); export into an empty folder")
+    manifest_path = out / MANIFEST_FILE
+    if manifest_path.exists():  # un-commit the previous artifact before replacing its model
+        manifest_path.unlink()
+    write_bytes_atomic(out / MODEL_FILE, blob)
+    files = {MODEL_FILE: {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}}
+
+    manifest = {
+        "format": ARTIFACT_FORMAT,
+        "version": ARTIFACT_VERSION,
+        "name": spec.name,
+        "model_file": MODEL_FILE,
+        "calling": "exported.call({input name: array}) -> {output name: array}",
+        "inputs": _signature(in_names, exported.in_avals),
+        "outputs": _signature(out_names, exported.out_avals),
+        "batch": {"axis": 0, "symbol": BATCH_SYMBOL} if batch is None else {"axis": 0, "size": batch},
+        "layout": LAYOUT,
+        "transform_param": graph.transforms,
+        "platforms": list(exported.platforms),
+        "calling_convention_version": exported.calling_convention_version,
+        "netc_version": netc.__version__,
+        "jax_version": jax.__version__,
+        "jaxlib_version": _jaxlib_version(),
+        "source": {"spec": spec_path.name, "spec_sha256": sha256_file(spec_path),
+                   "phase": phase, "stages": list(stages), "level": level,
+                   "layers": [pl.name for pl in graph.layers], **provenance},
+        "files": files,
+    }
+    return write_json_atomic(manifest_path, manifest)
+
+
+def _jaxlib_version() -> str:
+    try:
+        import jaxlib
+
+        return jaxlib.__version__
+    except (ImportError, AttributeError):  # pragma: no cover
+        from importlib.metadata import version
+
+        return version("jaxlib")

@@ -294,6 +294,17 @@ def plan(spec: NetSpec, state: NetState | None = None, *, batch: int | None = No
         for role, decl in params.items():
             out.params.setdefault(owners[role], decl)
 
+    # Caffe's unset filler is constant 0: weights that start equal never break symmetry.
+    if out.has_loss:
+        for pl in out.layers:
+            for role, decl in pl.params.items():
+                if (role == "weight" and decl.learned and decl.filler is None
+                        and pl.lr_mult[role] > 0 and pl.param_owner[role][0] == pl.name
+                        and pl.unit.param_field):
+                    diags.warning(f"{_layer_prefix(pl.unit.spec)}{pl.unit.param_field}.weight_filler: "
+                                  f"not set, so Caffe fills the weights with constant 0 and they "
+                                  f"start equal (set e.g. weight_filler: {{type: xavier}})",
+                                  pl.path + (pl.unit.param_field,))
     # outputs nothing consumes
     for pl in out.layers:
         for t, w in zip(pl.tops, pl.loss_weights):
@@ -339,6 +350,9 @@ def plan_all_phases(spec: NetSpec, *, stages=(), level: int = 0, batch: int | No
     """Plan TRAIN and TEST (or just `phase`), collecting every phase's errors in the spec's
     diagnostics (a problem found in both phases is reported once)."""
     phases = [phase] if phase else ["TRAIN", "TEST"]
+    if spec.state is not None:  # the net's own `state:` header, unless the caller chose one
+        stages = stages or spec.state.stage
+        level = level or spec.state.level
     plans = {}
     for ph in phases:
         plans[ph] = plan(spec, NetState(phase=ph, level=level, stage=tuple(stages)), batch=batch)

@@ -38,7 +38,8 @@ class Message(BaseModel):
 
 
 def Repeated(item: Any) -> Any:  # noqa: N802 - reads like a type
-    return Annotated[tuple[item, ...], BeforeValidator(_as_tuple)]
+    # The JSON Schema admits both spellings editors will see: a list, or one element.
+    return Annotated[tuple[item, ...], BeforeValidator(_as_tuple, json_schema_input_type=item | list[item])]
 
 
 PosInt = Annotated[int, Field(ge=1, le=MAX_DIM)]

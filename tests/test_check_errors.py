@@ -347,7 +347,7 @@ layers:
     type: Convolution
     bottom: data
     top: conv
-    convolution_param: {num_output: 2, kernel_size: 3, stride: 3}
+    convolution_param: {num_output: 2, kernel_size: 3, stride: 3, weight_filler: {type: xavier}}
   - name: side
     type: ReLU
     bottom: conv
@@ -356,7 +356,7 @@ layers:
     type: InnerProduct
     bottom: conv
     top: ip
-    inner_product_param: {num_output: 3}
+    inner_product_param: {num_output: 3, weight_filler: {type: xavier}}
   - name: loss
     type: SoftmaxWithLoss
     bottom: [ip, label]
@@ -387,3 +387,31 @@ layers:
         "spec.yaml:4:27: error: layer 'a' (ReLU): bottom: unknown blob 'nope'",
         "spec.yaml:5:27: error: layer 'b' (ReLU): bottom: unknown blob 'nada'",
     ]
+
+
+def test_unset_weight_filler_warns_in_trainable_nets(check_spec):
+    text = """
+name: t
+layers:
+  - {name: d, type: Input, top: [x, y], input_param: {shape: [{dim: [2, 4]}, {dim: [2]}]}}
+  - {name: ip, type: InnerProduct, bottom: x, top: ip, inner_product_param: {num_output: 3}}
+  - {name: l, type: SoftmaxWithLoss, bottom: [ip, y], top: l}
+"""
+    assert warnings_of(check_spec, text) == [
+        "spec.yaml:4:56: warning: layer 'ip' (InnerProduct): inner_product_param.weight_filler: not set, "
+        "so Caffe fills the weights with constant 0 and they start equal (set e.g. weight_filler: "
+        "{type: xavier})"]
+    # A deploy net (no loss) is not trained: no warning.
+    assert warnings_of(check_spec, text.replace("  - {name: l, type: SoftmaxWithLoss, bottom: [ip, y], top: l}\n", "")) == []
+
+
+def test_net_state_header_selects_stages(check_spec):
+    text = """
+name: t
+state: {stage: deploy}
+layers:
+  - {name: d, type: Input, top: x, input_param: {shape: {dim: [2, 4]}}}
+  - {name: a, type: ReLU, bottom: x, top: a, include: {stage: deploy}}
+"""
+    _, plans, _ = check_spec(text)
+    assert [pl.name for pl in plans["TRAIN"].layers] == ["d", "a"]

@@ -29,7 +29,9 @@ def bilinear_kernel(shape: tuple[int, ...]) -> np.ndarray:
     """Caffe's BilinearFiller: the upsampling kernel FCN uses for Deconvolution (square kernels)."""
     k = shape[-1]
     f = math.ceil(k / 2)
-    c = (2 * f - 1 - f % 2) / (2.0 * f)
+    # BVLC/caffe#5713 (ef2eb4b): c = (k − 1)/(2f). The older (2f − 1 − f % 2)/(2f) agrees only for
+    # k ≡ 0, 1 (mod 4) and gives an off-centre kernel otherwise (k 2 → [1 0], k 3 → [.25 .75 .75]).
+    c = (k - 1) / (2.0 * f)
     out = np.zeros(shape, np.float32)
     flat = out.reshape(-1)
     h_, w_ = shape[-2], shape[-1]

@@ -141,8 +141,9 @@ include: {phase: TEST}
         lab = class_labels(label, pred, axis)
         scores = jnp.moveaxis(pred, axis, -1)
         true = jnp.take_along_axis(scores, jnp.clip(lab, 0, n_cls - 1)[..., None], axis=-1)
-        # Caffe counts the classes scoring strictly higher than the true one (ties favour it).
-        correct = jnp.sum(scores > true, axis=-1) < self.p.top_k
+        # Caffe (accuracy_layer.cpp) counts the classes scoring >= the true one, minus the true
+        # class itself: a tie counts against the label (all-equal scores are never correct).
+        correct = jnp.sum(scores >= true, axis=-1) - 1 < self.p.top_k
         valid = jnp.ones(lab.shape, bool) if self.p.ignore_label is None else lab != self.p.ignore_label
         acc = jnp.sum(correct & valid) / jnp.maximum(jnp.sum(valid), 1)
         tops = [acc.astype(pred.dtype)]

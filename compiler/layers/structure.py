@@ -197,7 +197,13 @@ eltwise_param: {operation: SUM}
         if op == "PROD":
             return [functools.reduce(jnp.multiply, bottoms)]
         if op == "MAX":
-            return [functools.reduce(jnp.maximum, bottoms)]
+            # Caffe's argmax routing, ties included (its backward sends the gradient to the mask's
+            # input only; jnp.maximum would split a tie 50/50): bottoms 0 and 1 compare with
+            # `a > b` (a tie goes to bottom 1), later bottoms replace the max only when greater.
+            out = jnp.where(bottoms[0] > bottoms[1], bottoms[0], bottoms[1])
+            for b in bottoms[2:]:
+                out = jnp.where(b > out, b, out)
+            return [out]
         coeff = self.p.coeff or (1.0,) * len(bottoms)
         out = bottoms[0] * coeff[0] if coeff[0] != 1 else bottoms[0]
         for c, b in zip(coeff[1:], bottoms[1:]):

@@ -151,6 +151,12 @@ class ConvolutionParameter(Message):
     engine: Engine = "DEFAULT"
     axis: Axis = 1
     force_nd_im2col: bool = False
+    # netc extensions: padding beyond Caffe's symmetric `pad`. pad_mode SAME (output = ceil(in /
+    # stride)), VALID (no padding), CAUSAL (1-D: left pad dilation·(k − 1), WaveNet); or explicit
+    # per-side pads `pad_begin` / `pad_end` (one value for every spatial axis, or one per axis).
+    pad_mode: Literal["CAFFE", "SAME", "VALID", "CAUSAL"] = "CAFFE"
+    pad_begin: Repeated(NonNegInt) = ()
+    pad_end: Repeated(NonNegInt) = ()
 
 
 class DataParameter(Message):
@@ -198,7 +204,8 @@ class InputParameter(Message):
 
 
 class PoolingParameter(Message):
-    pool: Literal["MAX", "AVE", "STOCHASTIC"] = "MAX"
+    # L2 pooling (sqrt of the sum of squares over the window) is a netc extension.
+    pool: Literal["MAX", "AVE", "STOCHASTIC", "L2"] = "MAX"
     pad: Repeated(NonNegInt) = ()
     pad_h: NonNegInt | None = None
     pad_w: NonNegInt | None = None
@@ -235,3 +242,157 @@ class SoftmaxParameter(Message):
 
 class TanHParameter(Message):
     engine: Engine = "DEFAULT"
+
+
+# --- the complete convolutional catalogue (BVLC caffe.proto; netc extensions marked) ------------
+
+
+class ArgMaxParameter(Message):
+    out_max_val: bool = False
+    top_k: PosInt = 1
+    axis: Axis | None = None
+
+
+class BatchNormParameter(Message):
+    use_global_stats: bool | None = None  # unset: TRAIN batch statistics, TEST global
+    moving_average_fraction: Annotated[float, Field(ge=0, le=1)] = 0.999
+    eps: Annotated[float, Field(gt=0)] = 1e-5
+
+
+class BiasParameter(Message):
+    axis: Axis = 1
+    num_axes: Annotated[int, Field(ge=-1, le=32)] = 1
+    filler: FillerParameter | None = None
+
+
+class ClipParameter(Message):
+    min: float
+    max: float
+
+
+class ContrastiveLossParameter(Message):
+    margin: float = 1.0
+    legacy_version: bool = False
+
+
+class CropParameter(Message):
+    axis: Axis = 2
+    offset: Repeated(NonNegInt) = ()
+
+
+class ELUParameter(Message):
+    alpha: float = 1.0
+
+
+class ExpParameter(Message):
+    base: float = -1.0
+    scale: float = 1.0
+    shift: float = 0.0
+
+
+class GELUParameter(Message):
+    """netc extension: GELU; `approximate` selects the tanh approximation."""
+
+    approximate: bool = False
+
+
+class HingeLossParameter(Message):
+    norm: Literal["L1", "L2"] = "L1"
+
+
+class InfogainLossParameter(Message):
+    source: str | None = None  # an .npz holding an array `H` (C×C); identity when unset
+    axis: Axis = 1
+
+
+class LogParameter(Message):
+    base: float = -1.0
+    scale: float = 1.0
+    shift: float = 0.0
+
+
+class LRNParameter(Message):
+    local_size: PosInt = 5
+    alpha: float = 1.0
+    beta: float = 0.75
+    norm_region: Literal["ACROSS_CHANNELS", "WITHIN_CHANNEL"] = "ACROSS_CHANNELS"
+    k: float = 1.0
+    engine: Engine = "DEFAULT"
+
+
+class MaxoutParameter(Message):
+    """netc extension: the max over `num_pieces` linear pieces (Goodfellow et al.): channel c of the
+    output is the max of input channels c·k .. c·k + k − 1."""
+
+    num_pieces: PosInt = 2
+    axis: Axis = 1
+
+
+class MVNParameter(Message):
+    normalize_variance: bool = True
+    across_channels: bool = False
+    eps: Annotated[float, Field(ge=0)] = 1e-9
+
+
+class PowerParameter(Message):
+    power: float = 1.0
+    scale: float = 1.0
+    shift: float = 0.0
+
+
+class PReLUParameter(Message):
+    filler: FillerParameter | None = None  # Caffe's default: constant 0.25
+    channel_shared: bool = False
+
+
+class ReductionParameter(Message):
+    operation: Literal["SUM", "ASUM", "SUMSQ", "MEAN"] = "SUM"
+    axis: Axis = 0
+    coeff: float = 1.0
+
+
+class ScaleParameter(Message):
+    axis: Axis = 1
+    num_axes: Annotated[int, Field(ge=-1, le=32)] = 1
+    filler: FillerParameter | None = None  # Caffe's default: constant 1
+    bias_term: bool = False
+    bias_filler: FillerParameter | None = None
+
+
+class SliceParameter(Message):
+    axis: Axis = 1
+    slice_point: Repeated(PosInt) = ()
+    slice_dim: NonNegInt | None = None  # deprecated alias of axis
+
+
+class SPPParameter(Message):
+    pyramid_height: PosInt
+    pool: Literal["MAX", "AVE", "STOCHASTIC"] = "MAX"
+    engine: Engine = "DEFAULT"
+
+
+class SwishParameter(Message):
+    beta: float = 1.0
+
+
+class ThresholdParameter(Message):
+    threshold: float = 0.0
+
+
+class TileParameter(Message):
+    axis: Axis = 1
+    tiles: PosInt
+
+
+class UpsampleParameter(Message):
+    """SegNet's Caffe fork: `Upsample` with two bottoms (values, MAX-pooling mask) puts values back
+    at the argmax positions. netc extension: with one bottom, `mode` NEAREST or BILINEAR."""
+
+    scale: PosInt | None = None
+    scale_h: PosInt | None = None
+    scale_w: PosInt | None = None
+    pad_out_h: bool = False
+    pad_out_w: bool = False
+    upsample_h: PosInt | None = None
+    upsample_w: PosInt | None = None
+    mode: Literal["NEAREST", "BILINEAR"] = "NEAREST"

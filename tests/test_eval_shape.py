@@ -158,6 +158,24 @@ CONFIGS: dict[str, list[list[dict]]] = {
 }
 
 
+def _merge_group_configs() -> None:
+    """Layer groups keep their configs beside their parity tests, in tests/configs_<group>.py
+    (a dict CONFIGS in the same format, built with the helpers `inp` / LABEL of that module)."""
+    import glob
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in sorted(glob.glob(os.path.join(here, "configs_*.py"))):
+        spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for kind, configs in module.CONFIGS.items():
+            CONFIGS.setdefault(kind, []).extend(configs)
+
+
+_merge_group_configs()
+
+
 def test_every_type_has_a_config():
     missing = sorted(set(units()) - set(CONFIGS))
     assert not missing, f"add shape configs to tests/test_eval_shape.py for: {missing}"

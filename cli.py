@@ -20,6 +20,9 @@ def main() -> None:
     netc check models/lenet.yaml      shapes, parameters, MACs, receptive fields; errors as FILE:LINE:COL
     netc layers [TYPE]                the layer catalogue with fields, defaults and examples
     netc schema                       a JSON Schema of the spec language for editors
+    netc train models/lenet.yaml      train with the spec's solver (Caffe semantics), snapshots, resume
+    netc test SPEC --weights CKPT     the TEST net's accuracy/loss over its Data layer
+    netc predict SPEC --weights CKPT IN.npz -o OUT.npz   a forward pass on given input blobs
     """
 
 
@@ -187,6 +190,104 @@ def schema() -> None:
     from netc.compiler.catalogue import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
+
+
+def _run_command(fn) -> None:
+    """Run a runtime entry point: RunError -> its message (FILE:LINE:COL lines), exit code."""
+    from netc.runtime.run import RunError
+
+    try:
+        code = fn()
+    except RunError as e:
+        click.echo(e.text(), err=True)
+        sys.exit(e.code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--solver", "solver", type=click.Path(dir_okay=False), default=None,
+              help="A YAML file of SolverParameter fields; replaces the spec's solver: section.")
+@click.option("--weights", type=click.Path(), default=None,
+              help="Fine-tune: start from the blobs of this checkpoint (or .npz of layer/role "
+                   "arrays) whose layer name and shape match; others keep their fillers. "
+                   "Iteration 0, fresh solver state.")
+@click.option("--resume", default=None, metavar="RUN_DIR|last",
+              help="Continue a run from its newest checkpoint, exactly (bit-identical on CPU); "
+                   "`last`: the newest run of this spec under runs/.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default runs/<spec name>-<timestamp>).")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Random seed (parameters, data order, dropout); overrides random_seed.")
+@click.option("--max-iter", "max_iter", type=click.IntRange(min=0), default=None,
+              help="Override the solver's max_iter.")
+@click.option("--data", "data", default=None, metavar="SOURCE",
+              help="Read the TRAIN Data layer from SOURCE (.npz with data/label, or netc:NAME/SPLIT).")
+@click.option("--progress/--no-progress", default=None,
+              help="Live progress bar (default: when stdout is a terminal).")
+def train(spec, solver, weights, resume, out, seed, max_iter, data, progress) -> None:
+    """Train SPEC with its solver, following Caffe's Solver semantics.
+
+    \b
+    The run directory holds spec.yaml, solver.json, metrics.jsonl (one JSON object per
+    display / test / snapshot event) and checkpoints <snapshot_prefix>_iter_N.{safetensors,json}.
+    Tests every test_interval iterations (test_iter batches of the TEST net), snapshots every
+    `snapshot` iterations and at the end; Ctrl-C (SIGINT) or SIGTERM finish the current step,
+    snapshot and exit.
+
+    \b
+    Exit status: 0 done; 1 spec, data or checkpoint error; 3 the loss became NaN/inf (nothing
+    is snapshotted; the last good checkpoint stays); 130 SIGINT; 143 SIGTERM.
+    """
+    from netc.runtime.trainer import TrainConfig
+    from netc.runtime.trainer import train as run_train
+
+    cfg = TrainConfig(spec=spec, solver=solver, weights=weights, resume=resume, out=out, seed=seed,
+                      max_iter=max_iter, data=data, progress=progress)
+    _run_command(lambda: run_train(cfg))
+
+
+@main.command(name="test")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(), required=True,
+              help="A checkpoint (a run's snapshot .json, a run directory: its newest) or .npz.")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Batches to average over (default: the solver's test_iter, else 50).")
+def test_cmd(spec, weights, iterations) -> None:
+    """Score trained weights on the TEST net (Caffe's `caffe test`).
+
+    Reads the TEST phase's Data layer in order and prints every scalar net output (accuracy,
+    loss) averaged over the batches. Exit status 0, or 1 on a spec, data or weights error.
+    """
+    from netc.runtime.run import test_command
+
+    _run_command(lambda: test_command(spec, weights, iterations, sys.stdout, sys.stderr) and 0)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("input_npz", metavar="INPUT.npz", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(), required=True,
+              help="A checkpoint (a run's snapshot .json, a run directory: its newest) or .npz.")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True,
+              help="Where to write the requested blobs (.npz).")
+@click.option("--blobs", default=None, metavar="A,B",
+              help="Blobs to write (default: the net's outputs computable from the inputs).")
+def predict(spec, input_npz, weights, output, blobs) -> None:
+    """Run the TEST-phase (deploy) net forward on INPUT.npz.
+
+    INPUT.npz holds one array per input blob, keyed by blob name (e.g. `data`), batch first,
+    as the net sees it (no transform_param is applied). Inputs the requested blobs do not need
+    may be left out. Exit status 0, or 1 on a spec, input or weights error.
+    """
+    from netc.runtime.run import predict_command
+
+    names = [b.strip() for b in blobs.split(",") if b.strip()] if blobs else None
+    _run_command(lambda: predict_command(spec, weights, input_npz, output, names, sys.stderr)
+                 and 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -244,3 +244,23 @@ layers:
     plan, _ = single(check_spec, text)
     assert plan.param_counts() == (44, 0)
     assert plan.layers[2].param_owner == {"weight": ("a", "weight"), "bias": ("a", "bias")}
+
+
+def test_data_layer_reads_npz_header_for_its_shape(check_spec, tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "d.npz", data=np.zeros((5, 3, 6, 7), np.uint8), label=np.zeros(5, np.int32))
+    text = """
+name: t
+layers:
+  - name: d
+    type: Data
+    top: [data, label]
+    data_param: {source: d.npz, batch_size: 4}
+    transform_param: {crop_size: 5}
+"""
+    plan, _ = single(check_spec, text)
+    assert plan.blobs["data"] == (4, 3, 5, 5) and plan.blobs["label"] == (4,)
+    _, _, diags = check_spec(text.replace("d.npz", "missing.npz"))
+    assert diags == ["spec.yaml:6:18: error: layer 'd' (Data): data_param.source: cannot read the "
+                     "sample shape of source 'missing.npz' (no such .npz file)"]

@@ -133,8 +133,9 @@ def npz_sample_shape(source: str, spec_dir: str | None) -> tuple[int, ...] | Non
         import numpy.lib.format as fmt
 
         with zipfile.ZipFile(path) as z, z.open("data.npy") as f:
-            version = fmt.read_magic(f)
-            shape, _, _ = fmt._read_array_header(f, version)  # header only
+            major, _ = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+            shape, _, _ = read(f)  # the header only: no data, no pickle
         return tuple(int(d) for d in shape[1:])
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
         raise SpecError(f"cannot read source '{source}': {e}", ("data_param", "source")) from None

@@ -268,26 +268,99 @@ def test_cmd(spec, weights, iterations) -> None:
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=False))
-@click.argument("input_npz", metavar="INPUT.npz", type=click.Path(dir_okay=False))
-@click.option("--weights", type=click.Path(), required=True,
+@click.argument("args", nargs=-1, required=True, metavar="[SPEC] INPUT.npz")
+@click.option("--weights", type=click.Path(), default=None,
               help="A checkpoint (a run's snapshot .json, a run directory: its newest) or .npz.")
+@click.option("--exported", type=click.Path(file_okay=False), default=None,
+              help="Run an artifact written by `netc export` instead of SPEC + --weights "
+                   "(its sha256 digests are verified before it is loaded).")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True,
               help="Where to write the requested blobs (.npz).")
 @click.option("--blobs", default=None, metavar="A,B",
               help="Blobs to write (default: the net's outputs computable from the inputs).")
-def predict(spec, input_npz, weights, output, blobs) -> None:
+def predict(args, weights, exported, output, blobs) -> None:
     """Run the TEST-phase (deploy) net forward on INPUT.npz.
+
+    \b
+    netc predict SPEC INPUT.npz --weights CKPT -o OUT.npz
+    netc predict --exported DIR INPUT.npz -o OUT.npz
 
     INPUT.npz holds one array per input blob, keyed by blob name (e.g. `data`), batch first,
     as the net sees it (no transform_param is applied). Inputs the requested blobs do not need
-    may be left out. Exit status 0, or 1 on a spec, input or weights error.
+    may be left out. Exit status 0, or 1 on a spec, input, weights or artifact error.
     """
+    if exported is not None:
+        if len(args) != 1 or weights or blobs:
+            raise click.UsageError("with --exported give only INPUT.npz (no SPEC, --weights, --blobs)")
+        _run_exported(exported, args[0], output)
+        return
+    if len(args) != 2:
+        raise click.UsageError("give SPEC and INPUT.npz (or --exported DIR INPUT.npz)")
+    if not weights:
+        raise click.UsageError("--weights is required with SPEC")
     from netc.runtime.run import predict_command
 
+    spec, input_npz = args
     names = [b.strip() for b in blobs.split(",") if b.strip()] if blobs else None
     _run_command(lambda: predict_command(spec, weights, input_npz, output, names, sys.stderr)
                  and 0)
+
+
+def _run_exported(folder: str, input_npz: str, output: str) -> None:
+    import numpy as np
+
+    from netc.runtime.exported import ExportedError, load_exported, run_exported
+
+    try:
+        loaded = load_exported(folder)
+        with np.load(input_npz, allow_pickle=False) as z:
+            names = [s["name"] for s in loaded[1]["inputs"]]
+            missing = [n for n in names if n not in z.files]
+            if missing:
+                raise ExportedError(f"{input_npz}: missing input array(s) {', '.join(missing)} "
+                                    f"(it holds {', '.join(z.files) or 'nothing'})")
+            inputs = {n: z[n] for n in names}
+        outputs = run_exported(loaded, inputs)
+    except (ExportedError, OSError, ValueError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    np.savez(output, **outputs)
+    click.echo(f"wrote {', '.join(f'{k} {v.shape}' for k, v in outputs.items())} to {output}",
+               err=True)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(), required=True,
+              help="A checkpoint (a run's snapshot .json or its stem).")
+@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Artifact folder (created; must be empty or hold a previous export).")
+@click.option("--platform", "platforms", multiple=True,
+              type=click.Choice(["cpu", "cuda", "rocm", "tpu"]),
+              help="Lower for these platforms (repeatable; default cpu, cuda and tpu if possible).")
+@click.option("--output-blob", "outputs", multiple=True, metavar="BLOB",
+              help="Export these blobs as outputs (default: the deploy net's final outputs).")
+@click.option("--phase", type=PHASES, default="TEST", show_default=True)
+@click.option("--stage", "stages", multiple=True, help="A NetState stage (repeatable).")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Fix the batch size (default: symbolic, any batch).")
+def export(spec, weights, out_dir, platforms, outputs, phase, stages, batch) -> None:
+    """Export the deploy-phase forward as a jax.export (StableHLO) artifact.
+
+    The folder holds model.jaxexport and manifest.json (input/output names, shapes, dtypes,
+    layout, platforms, versions and the sha256 of every file). Loading it needs only jax:
+    see `netc predict --exported` and the docstring of netc.runtime.exported.
+    """
+    from netc.runtime.export import ExportError, export_model
+
+    try:
+        manifest = export_model(spec, weights, out_dir, platforms=platforms or None,
+                                phase=phase.upper(), stages=stages, outputs=list(outputs) or None,
+                                batch=batch)
+    except ExportError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {manifest.parent}")
 
 
 if __name__ == "__main__":  # pragma: no cover

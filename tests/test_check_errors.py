@@ -51,7 +51,7 @@ def test_misspelt_field_type_enum_and_blob_all_reported_together(check_spec):
         "spec.yaml:18:7: error: layer 'conv2' (Convolution): convolution_param.kernal_size: "
         "unknown field (did you mean 'kernel_size'?)",
         "spec.yaml:23:21: error: layer 'pool1' (Pooling): pooling_param.pool: 'MAXX' is not one of "
-        "MAX, AVE, STOCHASTIC (did you mean 'MAX'?)",
+        "MAX, AVE, STOCHASTIC, L2 (did you mean 'MAX'?)",
         "spec.yaml:26:5: error: layer 'relu' (ReLU): bottom: unknown blob 'dta' (did you mean 'data'?)",
     ]
 

@@ -311,7 +311,7 @@ def plan(spec: NetSpec, state: NetState | None = None, *, batch: int | None = No
             if t in consumed or t in out.outputs:
                 continue
             out.outputs.append(t)
-            final = pl is out.layers[-1] or all(x.unit.is_loss or x.type == "Accuracy"
+            final = pl is out.layers[-1] or all(x.unit.is_loss or x.type == "Accuracy" or not x.tops
                                                 for x in out.layers[out.layers.index(pl) + 1:])
             if not w and not pl.unit.is_loss and pl.type != "Accuracy" and not (final and not out.has_loss) \
                     and not pl.unit.is_data:
@@ -324,7 +324,7 @@ def _arity(lo: int, hi: int | None, word: str) -> str:
     if hi == lo:
         return f"{lo} {word}{'s' if lo != 1 else ''}"
     if hi is None:
-        return f"at least {lo} {word}s"
+        return f"at least {lo} {word}{'s' if lo != 1 else ''}"
     return f"{lo} to {hi} {word}s"
 
 

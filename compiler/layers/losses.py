@@ -1,10 +1,35 @@
-"""Losses and metrics: SoftmaxWithLoss, EuclideanLoss, Accuracy."""
+"""Losses and metrics: SoftmaxWithLoss, SigmoidCrossEntropyLoss, EuclideanLoss, HingeLoss,
+InfogainLoss, MultinomialLogisticLoss, ContrastiveLoss, Accuracy.
+
+Each follows its Caffe layer (src/caffe/layers/*_loss_layer.cpp), forward and backward: where Caffe's
+hand-written gradient differs from the derivative of its forward (a clamp inside a log, an epsilon
+in a denominator), the lowering reproduces Caffe's gradient with a stop_gradient construction.
+
+Labels arrive as floats (Caffe stores them in float blobs) and are truncated to integers. A label
+outside [0, classes) that is not the ignore_label makes the loss NaN: Caffe reads out of bounds
+(undefined), PyTorch raises; a jitted JAX program cannot raise, and a NaN loss stops the trainer.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+
 from netc.compiler.layer import Layer, Shape, canonical_axis, count, fmt_shape, register
 from netc.spec.errors import SpecError
-from netc.spec.messages import AccuracyParameter, LossParameter, SoftmaxParameter
+from netc.spec.messages import (
+    AccuracyParameter,
+    ContrastiveLossParameter,
+    HingeLossParameter,
+    InfogainLossParameter,
+    LossParameter,
+    SoftmaxParameter,
+)
+
+# Caffe's kLOG_THRESHOLD: probabilities are clamped to it before a log (loss_layer.hpp).
+LOG_THRESHOLD = 1e-20
+# log(FLT_MIN): SoftmaxWithLoss computes −log(max(prob, FLT_MIN)), at most ≈ 87.3365 per position.
+LOG_FLT_MIN = math.log(2.0**-126)
 
 
 def check_labels(layer: Layer, pred: Shape, label: Shape, axis: int) -> None:
@@ -19,12 +44,61 @@ def check_labels(layer: Layer, pred: Shape, label: Shape, axis: int) -> None:
             f"so the label needs {fmt_shape(pred[:axis] + pred[axis + 1:])} elements", ("bottom",))
 
 
+def check_sample_labels(layer: Layer, pred: Shape, label: Shape) -> None:
+    """Caffe's rule for losses whose classes are all of a sample's values (HingeLoss,
+    MultinomialLogisticLoss): one label per sample (N, or N×1×1×1)."""
+    if not label or label[0] != pred[0] or count(label, 1) != 1:
+        raise SpecError(
+            f"label {layer.spec.bottom[1]} ({fmt_shape(label)}) must hold one label per sample: "
+            f"predictions {layer.spec.bottom[0]} are {fmt_shape(pred)} (every value of a sample is "
+            f"a class), so the label needs {pred[0]} elements", ("bottom",))
+
+
 def class_labels(label, pred, axis: int):
     """Labels as int32 with the prediction's shape minus its class axis (Caffe stores them as
     floats in an N×1×H×W or N blob)."""
     import jax.numpy as jnp
 
     return label.reshape(pred.shape[:axis] + pred.shape[axis + 1:]).astype(jnp.int32)
+
+
+def pick_class(values, lab, axis: int):
+    """values at class `lab` along `axis` (which is removed); NaN where lab is not a class."""
+    import jax.numpy as jnp
+
+    inside = (lab >= 0) & (lab < values.shape[axis])
+    safe = jnp.where(inside, lab, 0)
+    picked = jnp.take_along_axis(values, jnp.expand_dims(safe, axis), axis=axis).squeeze(axis)
+    return jnp.where(inside, picked, jnp.nan)
+
+
+def clamped_log(p):
+    """Caffe's log(max(p, 1e-20)) with Caffe's gradient 1/max(p, 1e-20): below the threshold the
+    value is the threshold's but the gradient still flows (jnp.maximum would stop it)."""
+    import jax
+    import jax.numpy as jnp
+
+    ste = LOG_THRESHOLD + (p - jax.lax.stop_gradient(p))
+    return jnp.log(jnp.where(p > LOG_THRESHOLD, p, ste))
+
+
+def normalization_mode(lp: LossParameter, default: str) -> str:
+    """Caffe's LossLayer rule: `normalization` if written, else the deprecated `normalize`
+    (true: VALID, false: BATCH_SIZE), else the layer's default."""
+    if "normalization" in lp.set_fields():
+        return lp.normalization
+    if lp.normalize is not None:
+        return "VALID" if lp.normalize else "BATCH_SIZE"
+    return default
+
+
+def normalizer(mode: str, valid, full: int, batch: int, dtype):
+    """Caffe's get_normalizer, clamped to ≥ 1."""
+    import jax.numpy as jnp
+
+    if mode == "VALID":
+        return jnp.maximum(jnp.sum(valid), 1).astype(dtype)
+    return float(max(1, {"FULL": full, "BATCH_SIZE": batch, "NONE": 1}[mode]))
 
 
 @register
@@ -38,7 +112,8 @@ class SoftmaxWithLoss(Layer):
     bottom_names = ("predictions", "label")
     is_loss = True
     summary = ("Softmax + multinomial logistic loss; honours loss_param.ignore_label and "
-               "normalization (VALID by default). Optional second top: the probabilities.")
+               "normalization (VALID by default); each position's loss is at most −log(FLT_MIN) ≈ "
+               "87.34, as Caffe. Optional second top: the probabilities.")
     example = """\
 name: loss
 type: SoftmaxWithLoss
@@ -53,8 +128,6 @@ top: loss
         return [()] + ([pred] if len(self.spec.top) > 1 else [])
 
     def apply(self, params, bottoms, ctx):
-        import math
-
         import jax
         import jax.numpy as jnp
 
@@ -62,21 +135,60 @@ top: loss
         axis = canonical_axis(self.p.axis, pred.ndim)
         logp = jax.nn.log_softmax(pred, axis=axis)
         lab = class_labels(label, pred, axis)
-        safe = jnp.clip(lab, 0, pred.shape[axis] - 1)
-        picked = jnp.take_along_axis(logp, jnp.expand_dims(safe, axis), axis=axis).squeeze(axis)
+        picked = pick_class(logp, lab, axis)
+        # Caffe: −log(max(prob, FLT_MIN)) forward, prob − onehot backward (the clamp only caps the
+        # value): below the cap, the value is the cap's and the gradient is log_softmax's.
+        picked = jnp.where(picked > LOG_FLT_MIN, picked,
+                           LOG_FLT_MIN + (picked - jax.lax.stop_gradient(picked)))
         lp = self.spec.loss_param
         valid = jnp.ones(lab.shape, bool) if lp.ignore_label is None else lab != lp.ignore_label
         total = -jnp.sum(jnp.where(valid, picked, 0))
         outer = math.prod(pred.shape[:axis])
-        mode = lp.normalization
-        if "normalization" not in lp.set_fields() and lp.normalize is False:
-            mode = "BATCH_SIZE"  # Caffe's deprecated `normalize: false`
-        if mode == "VALID":
-            norm = jnp.maximum(jnp.sum(valid), 1).astype(pred.dtype)
-        else:
-            norm = float(max(1, {"FULL": lab.size, "BATCH_SIZE": outer, "NONE": 1}[mode]))
+        norm = normalizer(normalization_mode(lp, "VALID"), valid, lab.size, outer, pred.dtype)
         loss = total / norm
         return [loss] + ([jax.nn.softmax(pred, axis=axis)] if len(self.spec.top) > 1 else [])
+
+
+@register
+class SigmoidCrossEntropyLoss(Layer):
+    type = "SigmoidCrossEntropyLoss"
+    extra_params = {"loss_param": LossParameter}
+    bottoms = (2, 2)
+    bottom_names = ("scores", "targets")
+    is_loss = True
+    summary = ("Σ −[t·log σ(x) + (1−t)·log(1−σ(x))], computed stably from the scores x; targets t "
+               "(no gradient) have one value per score. loss_param: ignore_label (targets truncated "
+               "to integers), normalization BATCH_SIZE by default for this layer, as Caffe.")
+    example = """\
+name: loss
+type: SigmoidCrossEntropyLoss
+bottom: [scores, targets]
+top: loss
+"""
+
+    def infer(self, bottoms):
+        x, t = bottoms
+        if x[:1] != t[:1] or count(x, 1) != count(t, 1):
+            raise SpecError(f"scores and targets must have the same count: {self.spec.bottom[0]} is "
+                            f"{fmt_shape(x)}, {self.spec.bottom[1]} is {fmt_shape(t)}", ("bottom",))
+        return [()]
+
+    def apply(self, params, bottoms, ctx):
+        import jax
+        import jax.numpy as jnp
+
+        x, t = bottoms
+        t = jax.lax.stop_gradient(t).reshape(x.shape).astype(x.dtype)  # Caffe: no gradient to targets
+        # −[x·(t − (x ≥ 0)) − log(1 + exp(x − 2x·(x ≥ 0)))] = softplus(x) − x·t; gradient σ(x) − t.
+        per = jax.nn.softplus(x) - x * t
+        lp = self.spec.loss_param
+        if lp.ignore_label is None:
+            valid = jnp.ones(x.shape, bool)
+        else:
+            valid = jnp.trunc(t).astype(jnp.int32) != lp.ignore_label  # Caffe: static_cast<int>
+        total = jnp.sum(jnp.where(valid, per, 0))
+        norm = normalizer(normalization_mode(lp, "BATCH_SIZE"), valid, x.size, x.shape[0], x.dtype)
+        return [total / norm]
 
 
 @register
@@ -105,6 +217,241 @@ class EuclideanLoss(Layer):
 
 
 @register
+class HingeLoss(Layer):
+    type = "HingeLoss"
+    param_field = "hinge_loss_param"
+    Param = HingeLossParameter
+    bottoms = (2, 2)
+    bottom_names = ("predictions", "label")
+    is_loss = True
+    summary = ("One-vs-all hinge: t = +1 for the label's class, −1 for every other value of the "
+               "sample; Σ max(0, 1 − t·x) (norm L1) or its square (L2), divided by N.")
+    example = """\
+name: loss
+type: HingeLoss
+bottom: [ip2, label]
+top: loss
+hinge_loss_param: {norm: L2}
+"""
+
+    def infer(self, bottoms):
+        check_sample_labels(self, *bottoms)
+        return [()]
+
+    def apply(self, params, bottoms, ctx):
+        import jax.numpy as jnp
+
+        pred, label = bottoms
+        n = pred.shape[0]
+        x = pred.reshape(n, -1)
+        lab = label.reshape(n).astype(jnp.int32)
+        classes = x.shape[1]
+        t = jnp.where(jnp.arange(classes)[None, :] == lab[:, None], 1.0, -1.0).astype(x.dtype)
+        margin = 1 - t * x
+        # where, not maximum: Caffe's gradient at margin 0 is sign(0) = 0
+        margin = jnp.where(margin > 0, margin, 0)
+        total = jnp.sum(margin * margin) if self.p.norm == "L2" else jnp.sum(margin)
+        bad = jnp.any((lab < 0) | (lab >= classes))
+        return [jnp.where(bad, jnp.nan, total / n)]
+
+
+@register
+class MultinomialLogisticLoss(Layer):
+    type = "MultinomialLogisticLoss"
+    bottoms = (2, 2)
+    bottom_names = ("probabilities", "label")
+    is_loss = True
+    summary = ("−Σ log(max(p[label], 1e−20)) / N over probabilities (e.g. a Softmax's output); "
+               "every value of a sample is a class, one label per sample.")
+    example = """\
+name: loss
+type: MultinomialLogisticLoss
+bottom: [prob, label]
+top: loss
+"""
+
+    def infer(self, bottoms):
+        check_sample_labels(self, *bottoms)
+        return [()]
+
+    def apply(self, params, bottoms, ctx):
+        import jax.numpy as jnp
+
+        prob, label = bottoms
+        n = prob.shape[0]
+        picked = pick_class(prob.reshape(n, -1), label.reshape(n).astype(jnp.int32), 1)
+        return [-jnp.sum(clamped_log(picked)) / n]
+
+
+def _npz_member_header(path: str, member: str):
+    """(shape, dtype) of array `member` of an .npz, from its header only (no data, no pickle);
+    None when the archive has no such array. Raises OSError / ValueError for unreadable files."""
+    import zipfile
+
+    import numpy.lib.format as fmt
+
+    with zipfile.ZipFile(path) as z:
+        if f"{member}.npy" not in z.namelist():
+            return None, sorted(n[:-4] for n in z.namelist() if n.endswith(".npy"))
+        with z.open(f"{member}.npy") as f:
+            major, _ = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+    return (tuple(int(d) for d in shape), dtype), None
+
+
+@register
+class InfogainLoss(Layer):
+    type = "InfogainLoss"
+    param_field = "infogain_loss_param"
+    Param = InfogainLossParameter
+    bottoms = (2, 3)
+    bottom_names = ("probabilities", "label", "H")
+    is_loss = True
+    summary = ("−Σ_k H[label, k]·log(max(p_k, 1e−20)) summed over positions, divided by the count "
+               "of axes before the class axis (N). H (C×C) is the third input, or the array `H` of "
+               "the .npz infogain_loss_param.source, or the identity (= MultinomialLogisticLoss).")
+    example = """\
+name: loss
+type: InfogainLoss
+bottom: [prob, label]
+top: loss
+infogain_loss_param: {axis: 1}
+"""
+
+    def _source_path(self) -> str:
+        src = self.p.source
+        if os.path.isabs(src) or self.spec_dir is None:
+            return src
+        path = os.path.join(self.spec_dir, src)
+        return path if os.path.exists(path) or not os.path.exists(src) else src
+
+    def infer(self, bottoms):
+        pred, label = bottoms[:2]
+        axis = canonical_axis(self.p.axis, len(pred), ("infogain_loss_param", "axis"))
+        check_labels(self, pred, label, axis)
+        classes = count(pred, axis, axis + 1)
+        where = f"the {classes} classes of {self.spec.bottom[0]} (axis {axis})"
+        if len(bottoms) == 3:
+            if count(bottoms[2]) != classes * classes:
+                raise SpecError(f"H input {self.spec.bottom[2]} ({fmt_shape(bottoms[2])}) must hold "
+                                f"C×C = {classes * classes} elements for {where}", ("bottom",))
+            if self.p.source is not None:
+                self.warn("ignored: the third input gives H", "infogain_loss_param", "source")
+        elif self.p.source is not None:
+            path = ("infogain_loss_param", "source")
+            src = self.p.source
+            full = self._source_path()
+            if not os.path.exists(full):
+                looked = f" (looked in {self.spec_dir})" if self.spec_dir and not os.path.isabs(src) else ""
+                raise SpecError(f"no such file '{src}'{looked}", path)
+            try:
+                header, names = _npz_member_header(full, "H")
+            except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+                raise SpecError(f"cannot read '{src}' as an .npz: {e}", path) from None
+            if header is None:
+                raise SpecError(f"'{src}' has no array 'H' (it holds: {', '.join(names) or 'nothing'})",
+                                path)
+            shape, dtype = header
+            if dtype.kind not in "biuf":
+                raise SpecError(f"H in '{src}' has dtype {dtype}; it must be a numeric array", path)
+            if shape != (classes, classes):
+                raise SpecError(f"H in '{src}' is {fmt_shape(shape)}; it must be "
+                                f"{classes}×{classes} for {where}", path)
+        return [()]
+
+    def _load_h(self):
+        import numpy as np
+
+        from netc.compiler.lower import LoweringError
+
+        try:
+            with np.load(self._source_path(), allow_pickle=False) as z:
+                return np.asarray(z["H"], np.float32)
+        except Exception as e:  # noqa: BLE001 - a file changed since `netc check`
+            raise LoweringError(f"layer '{self.spec.name}' (InfogainLoss): infogain_loss_param.source: "
+                                f"cannot read H from '{self.p.source}': {e}") from None
+
+    def apply(self, params, bottoms, ctx):
+        import jax
+        import jax.numpy as jnp
+
+        prob, label = bottoms[:2]
+        axis = canonical_axis(self.p.axis, prob.ndim)
+        classes = prob.shape[axis]
+        if len(bottoms) == 3:  # Caffe: no gradient to H
+            h = jax.lax.stop_gradient(bottoms[2]).reshape(classes, classes).astype(prob.dtype)
+        elif self.p.source is not None:
+            h = jnp.asarray(self._load_h(), prob.dtype)
+        else:
+            h = jnp.eye(classes, dtype=prob.dtype)
+        lab = class_labels(label, prob, axis)
+        inside = (lab >= 0) & (lab < classes)
+        rows = h[jnp.where(inside, lab, 0)]  # (..., C): H[label_n, :]
+        total = -jnp.sum(rows * clamped_log(jnp.moveaxis(prob, axis, -1)))
+        loss = total / math.prod(prob.shape[:axis])
+        return [jnp.where(jnp.all(inside), loss, jnp.nan)]
+
+
+@register
+class ContrastiveLoss(Layer):
+    type = "ContrastiveLoss"
+    param_field = "contrastive_loss_param"
+    Param = ContrastiveLossParameter
+    bottoms = (3, 3)
+    bottom_names = ("features a", "features b", "similar")
+    is_loss = True
+    summary = ("Siamese loss Σ [y·d² + (1−y)·max(margin − d, 0)²] / 2N, d = ‖a − b‖, y = 1 for "
+               "similar pairs (any non-zero integer, as Caffe); legacy_version: (1−y)·max(margin − "
+               "d², 0). a, b: N×C features; y: one value per pair.")
+    example = """\
+name: loss
+type: ContrastiveLoss
+bottom: [feat, feat_p, label]
+top: loss
+contrastive_loss_param: {margin: 1.0}
+"""
+
+    def infer(self, bottoms):
+        a, b, y = bottoms
+        names = self.spec.bottom
+        if a != b:
+            raise SpecError(f"the two feature inputs must have one shape: {names[0]} is "
+                            f"{fmt_shape(a)}, {names[1]} is {fmt_shape(b)}", ("bottom",))
+        if len(a) < 2 or count(a, 2) != 1:
+            raise SpecError(f"features must be N×C vectors (Caffe's rule: height and width 1): "
+                            f"{names[0]} is {fmt_shape(a)}; Flatten them first", ("bottom",))
+        if not y or y[0] != a[0] or count(y, 1) != 1:
+            raise SpecError(f"similarity label {names[2]} ({fmt_shape(y)}) must hold one value per "
+                            f"pair: the features are {fmt_shape(a)}, so it needs {a[0]} elements",
+                            ("bottom",))
+        return [()]
+
+    def apply(self, params, bottoms, ctx):
+        import jax
+        import jax.numpy as jnp
+
+        a, b, y = bottoms
+        n = a.shape[0]
+        diff = a.reshape(n, -1) - b.reshape(n, -1)
+        dist_sq = jnp.sum(diff * diff, axis=1)
+        similar = jnp.trunc(jax.lax.stop_gradient(y)).reshape(n).astype(jnp.int32) != 0
+        margin = self.p.margin
+        if self.p.legacy_version:
+            gap = margin - dist_sq
+            apart = jnp.where(gap > 0, gap, 0)
+        else:
+            # d with Caffe's backward: ∂d/∂diff = diff / (d + 1e−4) (no NaN at d = 0)
+            sq = jax.lax.stop_gradient(dist_sq)
+            d = jnp.sqrt(sq)
+            d = d + (dist_sq - sq) / (2 * (d + 1e-4))
+            gap = margin - d
+            gap = jnp.where(gap > 0, gap, 0)
+            apart = gap * gap
+        return [jnp.sum(jnp.where(similar, dist_sq, apart)) / n / 2]
+
+
+@register
 class Accuracy(Layer):
     type = "Accuracy"
     param_field = "accuracy_param"
@@ -124,10 +471,10 @@ include: {phase: TEST}
     def infer(self, bottoms):
         pred, label = bottoms
         axis = canonical_axis(self.p.axis, len(pred), ("accuracy_param", "axis"))
+        check_labels(self, pred, label, axis)  # first: it refuses the (symbolic) batch axis
         if self.p.top_k > pred[axis]:
             raise SpecError(f"top_k {self.p.top_k} is more than the {pred[axis]} classes",
                             ("accuracy_param", "top_k"))
-        check_labels(self, pred, label, axis)
         return [()] + ([(pred[axis],)] if len(self.spec.top) > 1 else [])
 
     def apply(self, params, bottoms, ctx):

@@ -1,0 +1,323 @@
+"""Normalisation and affine layers: BatchNorm, Scale, Bias, LRN, MVN (Caffe's semantics).
+
+None of them counts multiply-accumulates: Caffe's published figures (AlexNet with LRN, ResNet-50
+with BatchNorm + Scale) count the weight layers (convolutions, inner products) only.
+"""
+
+from __future__ import annotations
+
+from netc.compiler.layer import Layer, ParamDecl, canonical_axis, count, fmt_shape, register
+from netc.spec.errors import SpecError
+from netc.spec.messages import (
+    BatchNormParameter,
+    BiasParameter,
+    FillerParameter,
+    LRNParameter,
+    MVNParameter,
+    ScaleParameter,
+)
+
+ZERO = FillerParameter(type="constant", value=0.0)
+ONE = FillerParameter(type="constant", value=1.0)
+
+
+@register
+class BatchNorm(Layer):
+    """Caffe's batch_norm_layer.cpp. The three blobs hold running SUMS: `mean` and `variance`
+    accumulate `old·maf + batch statistic` and `scale_factor` accumulates `old·maf + 1`; the
+    estimates are mean/scale_factor and variance/scale_factor (0 while scale_factor is 0)."""
+
+    type = "BatchNorm"
+    param_field = "batch_norm_param"
+    Param = BatchNormParameter
+    geometry = "pointwise"
+    summary = ("(x − mean) / sqrt(var + eps) per channel (axis 1), no affine part (follow it with "
+               "Scale, bias_term: true). TRAIN: batch statistics, and the running sums are updated "
+               "(state, not learned); TEST or use_global_stats: the stored statistics.")
+    example = """\
+name: bn1
+type: BatchNorm
+bottom: conv1
+top: conv1
+batch_norm_param: {moving_average_fraction: 0.999, eps: 1e-5}
+"""
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        if len(x) == 0:
+            raise SpecError("needs an input with at least 1 axis, got a scalar", ("bottom",))
+        return [x]
+
+    def _channels(self, x) -> int:
+        return 1 if len(x) == 1 else count(x, 1, 2)
+
+    def params(self, bottoms):
+        roles = ("mean", "variance", "scale_factor")
+        for j, ps in enumerate(self.spec.param[:3]):
+            if ps.lr_mult != 0:  # Caffe: "Cannot configure batch normalization statistics as ..."
+                raise SpecError(f"blob {j} ({roles[j]}) is a running statistic, not learned: "
+                                f"lr_mult must be 0, got {ps.lr_mult:g} (or leave `param` out)",
+                                ("param", j, "lr_mult"))
+        c = self._channels(bottoms[0])
+        return {"mean": ParamDecl((c,), None, ZERO, learned=False),
+                "variance": ParamDecl((c,), None, ZERO, learned=False),
+                "scale_factor": ParamDecl((1,), None, ZERO, learned=False)}
+
+    def apply(self, params, bottoms, ctx):
+        import jax
+        import jax.numpy as jnp
+
+        x = bottoms[0]
+        c = self._channels(x.shape)
+        axes = tuple(i for i in range(x.ndim) if i != 1)
+        bshape = (1,) if x.ndim == 1 else (1, c) + (1,) * (x.ndim - 2)
+        use_global = self.p.use_global_stats
+        if use_global is None:  # Caffe: use_global_stats = (phase == TEST) unless set
+            use_global = not ctx.train
+        if use_global:
+            sf = params["scale_factor"][0]
+            inv = jnp.where(sf == 0, 0.0, 1.0 / jnp.where(sf == 0, 1.0, sf))
+            mean = (params["mean"] * inv).astype(x.dtype)
+            var = (params["variance"] * inv).astype(x.dtype)
+            centred = x - mean.reshape(bshape)
+        else:
+            mean = jnp.mean(x, axis=axes).reshape(c)
+            centred = x - mean.reshape(bshape)
+            var = jnp.mean(jnp.square(centred), axis=axes).reshape(c)  # biased, as Caffe
+            m = x.size // c
+            correction = m / (m - 1) if m > 1 else 1.0
+            maf = self.p.moving_average_fraction
+            bm, bv = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+            ctx.new_state.update(
+                mean=params["mean"] * maf + bm,
+                variance=params["variance"] * maf + bv * correction,
+                scale_factor=params["scale_factor"] * maf + 1)
+        return [centred / jnp.sqrt(var.reshape(bshape) + self.p.eps)]
+
+
+def _operand_shape(unit: Layer, x, field: str) -> tuple[int, tuple]:
+    """Scale/Bias with one bottom: (axis, blob shape) = x[axis : axis + num_axes]."""
+    p = getattr(unit.spec, field)
+    axis = canonical_axis(p.axis, len(x), (field, "axis"))
+    n = len(x) - axis if p.num_axes == -1 else p.num_axes
+    if axis + n > len(x):
+        raise SpecError(f"num_axes {n} from axis {axis} extends past the input's {len(x)} axes "
+                        f"({fmt_shape(x)})", (field, "num_axes"))
+    count(x, axis, axis + n)  # the blob cannot span the symbolic batch axis
+    return axis, tuple(x[axis:axis + n])
+
+
+def _check_operand(unit: Layer, x, s, field: str, what: str) -> int:
+    """Scale/Bias with two bottoms: bottom[1] must match x's axes from `axis` on."""
+    if len(s) == 0:  # a scalar: Caffe sets axis 0, the choice does not matter
+        return 0
+    p = getattr(unit.spec, field)
+    axis = canonical_axis(p.axis, len(x), (field, "axis"))
+    if axis + len(s) > len(x) or tuple(x[axis:axis + len(s)]) != tuple(s):
+        span = fmt_shape(x[axis:axis + len(s)]) if axis + len(s) <= len(x) else "past its end"
+        raise SpecError(f"the {what} {fmt_shape(s)} must equal the input's axes "
+                        f"{axis}..{axis + len(s) - 1} ({span}) of {fmt_shape(x)}", ("bottom", 1))
+    return axis
+
+
+def _broadcast(v, x_ndim: int, axis: int):
+    """Reshape a blob that covers x's axes axis..axis+v.ndim−1 so that it broadcasts against x."""
+    return v.reshape(v.shape + (1,) * (x_ndim - axis - v.ndim))
+
+
+@register
+class Scale(Layer):
+    """Caffe's scale_layer.cpp: y = x ⊙ s (+ b), s broadcast over x's axes from `axis` on."""
+
+    type = "Scale"
+    param_field = "scale_param"
+    Param = ScaleParameter
+    bottoms = (1, 2)
+    bottom_names = ("input", "scale")
+    geometry = "pointwise"
+    summary = ("y = x·s (+ b) with s covering the input's axes axis..axis+num_axes−1 (num_axes −1: "
+               "to the end); s is a learned `weight` (filler default constant 1), or the second "
+               "input; bias_term adds a learned `bias` (bias_filler default 0).")
+    example = """\
+name: scale1
+type: Scale
+bottom: conv1
+top: conv1
+scale_param: {bias_term: true}
+"""
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        if len(bottoms) == 2:
+            _check_operand(self, x, bottoms[1], "scale_param", "scale input")
+        return [x]
+
+    def params(self, bottoms):
+        if len(bottoms) == 2 and not self.p.bias_term:
+            return {}
+        _, shape = _operand_shape(self, bottoms[0], "scale_param")
+        out = {}
+        if len(bottoms) == 1:
+            out["weight"] = ParamDecl(shape, self.p.filler or ONE, ONE)
+        if self.p.bias_term:  # Caffe's inner Bias layer takes scale_param's axis and num_axes
+            out["bias"] = ParamDecl(shape, self.p.bias_filler or ZERO, ZERO)
+        return out
+
+    def apply(self, params, bottoms, ctx):
+        x = bottoms[0]
+        if len(bottoms) == 2:
+            s = bottoms[1]
+            axis = _check_operand(self, x.shape, s.shape, "scale_param", "scale input")
+        else:
+            s = params["weight"].astype(x.dtype)
+            axis = canonical_axis(self.p.axis, x.ndim) if s.ndim else 0
+        y = x * _broadcast(s, x.ndim, axis)
+        if "bias" in params:
+            b = params["bias"].astype(x.dtype)
+            baxis = canonical_axis(self.p.axis, x.ndim) if b.ndim else 0
+            y = y + _broadcast(b, x.ndim, baxis)
+        return [y]
+
+
+@register
+class Bias(Layer):
+    """Caffe's bias_layer.cpp: y = x + b, b broadcast over x's axes from `axis` on."""
+
+    type = "Bias"
+    param_field = "bias_param"
+    Param = BiasParameter
+    bottoms = (1, 2)
+    bottom_names = ("input", "bias")
+    geometry = "pointwise"
+    summary = ("y = x + b with b covering the input's axes axis..axis+num_axes−1 (num_axes −1: to "
+               "the end); b is a learned `bias` (filler default constant 0), or the second input.")
+    example = """\
+name: bias1
+type: Bias
+bottom: conv1
+top: conv1
+bias_param: {axis: 1, num_axes: 1}
+"""
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        if len(bottoms) == 2:
+            _check_operand(self, x, bottoms[1], "bias_param", "bias input")
+        else:
+            _operand_shape(self, x, "bias_param")
+        return [x]
+
+    def params(self, bottoms):
+        if len(bottoms) == 2:
+            return {}
+        _, shape = _operand_shape(self, bottoms[0], "bias_param")
+        return {"bias": ParamDecl(shape, self.p.filler or ZERO, ZERO)}
+
+    def apply(self, params, bottoms, ctx):
+        x = bottoms[0]
+        if len(bottoms) == 2:
+            b = bottoms[1]
+            axis = _check_operand(self, x.shape, b.shape, "bias_param", "bias input")
+        else:
+            b = params["bias"].astype(x.dtype)
+            axis = canonical_axis(self.p.axis, x.ndim) if b.ndim else 0
+        return [x + _broadcast(b, x.ndim, axis)]
+
+
+@register
+class LRN(Layer):
+    """Caffe's lrn_layer.cpp. ACROSS_CHANNELS: y = x / (k + alpha/n · Σ x²)^beta over a window of
+    n = local_size channels centred on each channel (zeros beyond the ends). WITHIN_CHANNEL:
+    y = x / (1 + alpha/n^d · Σ x²)^beta over an n×…×n spatial window (d spatial axes) zero-padded
+    by (n − 1)/2 — Caffe builds it from AVE pooling (divisor n² even at the borders) and a Power
+    layer with shift 1, so `k` is not used."""
+
+    type = "LRN"
+    param_field = "lrn_param"
+    Param = LRNParameter
+    summary = ("Local response normalisation: ACROSS_CHANNELS y = x/(k + alpha/n·Σ_window x²)^beta "
+               "(n = local_size channels, centred); WITHIN_CHANNEL y = x/(1 + alpha/n²·Σ x²)^beta "
+               "over an n×n spatial window.")
+    example = """\
+name: norm1
+type: LRN
+bottom: conv1
+top: norm1
+lrn_param: {local_size: 5, alpha: 0.0001, beta: 0.75}
+"""
+
+    @property
+    def geometry(self) -> str:  # type: ignore[override]
+        return "window" if self.p.norm_region == "WITHIN_CHANNEL" else "pointwise"
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        n = self.p.local_size
+        if n % 2 == 0:
+            raise SpecError(f"local_size must be odd (the window is centred), got {n}",
+                            ("lrn_param", "local_size"))
+        need = 3 if self.p.norm_region == "WITHIN_CHANNEL" else 2
+        if len(x) < need:
+            what = "N×C×spatial" if need == 3 else "N×C×…"
+            raise SpecError(f"{self.p.norm_region} needs an input with at least {need} axes "
+                            f"({what}), got {fmt_shape(x)}", ("bottom",))
+        return [x]
+
+    def window(self, bottoms):
+        return [(self.p.local_size, 1)] * (len(bottoms[0]) - 2)
+
+    def apply(self, params, bottoms, ctx):
+        import jax
+        import jax.numpy as jnp
+
+        x = bottoms[0]
+        n, pad = self.p.local_size, (self.p.local_size - 1) // 2
+        sq = jnp.square(x)
+        if self.p.norm_region == "ACROSS_CHANNELS":
+            dims = (1, n) + (1,) * (x.ndim - 2)
+            padding = ((0, 0), (pad, pad)) + ((0, 0),) * (x.ndim - 2)
+            s = jax.lax.reduce_window(sq, 0.0, jax.lax.add, dims, (1,) * x.ndim, padding)
+            scale = self.p.k + (self.p.alpha / n) * s
+        else:
+            d = x.ndim - 2
+            dims = (1, 1) + (n,) * d
+            padding = ((0, 0), (0, 0)) + ((pad, pad),) * d
+            s = jax.lax.reduce_window(sq, 0.0, jax.lax.add, dims, (1,) * x.ndim, padding)
+            scale = 1.0 + (self.p.alpha / n**d) * s
+        return [x * scale ** (-self.p.beta)]
+
+
+@register
+class MVN(Layer):
+    """Caffe's mvn_layer.cpp: per sample and channel (per sample with across_channels), subtract
+    the mean and, with normalize_variance, divide by (std + eps) — eps is added to the standard
+    deviation, not to the variance."""
+
+    type = "MVN"
+    param_field = "mvn_param"
+    Param = MVNParameter
+    summary = ("Mean-variance normalisation over the spatial axes (and the channels with "
+               "across_channels): (x − mean) / (std + eps), std biased.")
+    example = """\
+name: mvn1
+type: MVN
+bottom: data
+top: mvn1
+mvn_param: {normalize_variance: true, across_channels: false, eps: 1e-9}
+"""
+
+    def infer(self, bottoms):
+        return [bottoms[0]]
+
+    def apply(self, params, bottoms, ctx):
+        import jax.numpy as jnp
+
+        x = bottoms[0]
+        axes = tuple(range(1 if self.p.across_channels else 2, x.ndim))
+        y = x - jnp.mean(x, axis=axes, keepdims=True)
+        if self.p.normalize_variance:
+            var = jnp.mean(jnp.square(y), axis=axes, keepdims=True)
+            # sqrt has an infinite slope at 0 (a constant slice): keep the gradient finite there
+            std = jnp.where(var > 0, jnp.sqrt(jnp.where(var > 0, var, 1.0)), 0.0)
+            y = y / (std + self.p.eps)
+        return [y]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from netc.compiler.layer import Layer, ParamDecl, Shape, canonical_axis, count, fmt_shape, register
-from netc.compiler.layers.geometry import Window, axis_name, window
+from netc.compiler.layers.geometry import Window, axis_name, axis_values, window
 from netc.spec.errors import SpecError
 from netc.spec.messages import ConvolutionParameter
 
@@ -65,7 +65,9 @@ class _ConvBase(Layer):
 @register
 class Convolution(_ConvBase):
     type = "Convolution"
-    summary = "N-D convolution (cross-correlation) with per-axis kernel, stride, pad, dilation and groups."
+    summary = ("N-D convolution (cross-correlation) with per-axis kernel, stride, pad, dilation and "
+               "groups; netc extensions: pad_mode SAME / VALID / CAUSAL (1-D) or per-side "
+               "pad_begin / pad_end.")
     example = """\
 name: conv1
 type: Convolution
@@ -80,25 +82,73 @@ convolution_param:
   bias_filler: {type: constant}
 """
 
+    def pads(self, x: Shape) -> tuple[tuple[int, int], ...]:
+        """Per spatial axis (before, after): Caffe's symmetric `pad`, explicit `pad_begin` /
+        `pad_end`, or the padding `pad_mode` SAME / VALID / CAUSAL computes from the input."""
+        p = self.p
+        axis, n, w = self._geometry(x)
+        sym = "pad" if p.pad else "pad_h" if p.pad_h is not None else "pad_w" if p.pad_w is not None else ""
+        side = "pad_begin" if p.pad_begin else "pad_end" if p.pad_end else ""
+        if p.pad_mode != "CAFFE":
+            if sym:
+                raise SpecError(f"pad_mode {p.pad_mode} computes the padding itself; remove {sym}",
+                                ("convolution_param", sym))
+            if side:
+                raise SpecError(f"{side} is explicit padding, which needs pad_mode CAFFE (the default), "
+                                f"not {p.pad_mode}", ("convolution_param", side))
+        if side:
+            if sym:
+                raise SpecError(f"give either {sym} or pad_begin/pad_end, not both", ("convolution_param", sym))
+            begin = axis_values(p, "pad_begin", n, 0, "convolution_param")
+            end = axis_values(p, "pad_end", n, 0, "convolution_param")
+            return tuple(zip(begin, end))
+        if p.pad_mode == "SAME":  # TF/Keras: out = ceil(in / stride), the odd pixel at the end
+            pads = []
+            for size, e, s in zip(x[axis + 1:], w.extent, w.stride):
+                total = max((-(-size // s) - 1) * s + e - size, 0)
+                pads.append((total // 2, total - total // 2))
+            return tuple(pads)
+        if p.pad_mode == "VALID":
+            return ((0, 0),) * n
+        if p.pad_mode == "CAUSAL":  # output t sees inputs ≤ t only (WaveNet)
+            if n != 1:
+                raise SpecError(f"pad_mode CAUSAL is for 1-D inputs (N×C×L); this input {fmt_shape(x)} has "
+                                f"{n} spatial axes (use pad_begin/pad_end for other layouts)",
+                                ("convolution_param", "pad_mode"))
+            return ((w.extent[0] - 1, 0),)
+        return tuple((q, q) for q in w.pad)
+
     def infer(self, bottoms):
         x = bottoms[0]
         axis, n, w = self._geometry(x)
+        pads = self.pads(x)
         out = []
         for i in range(n):
-            size, k, s, p = x[axis + 1 + i], w.extent[i], w.stride[i], w.pad[i]
-            span = size + 2 * p - k
+            size, k, s, (lo, hi) = x[axis + 1 + i], w.extent[i], w.stride[i], pads[i]
+            span = size + lo + hi - k
+            padded = f"{size} + 2·{lo}" if lo == hi else f"{size} + {lo} + {hi}"
             name = axis_name(i, n)
             if span < 0:
                 raise SpecError(
                     f"output would be empty: input {fmt_shape(x)}, on axis {name} the padded input "
-                    f"{size} + 2·{p} = {size + 2 * p} is smaller than the kernel extent {k}",
+                    f"{padded} = {size + lo + hi} is smaller than the kernel extent {k}",
                     ("convolution_param", "kernel_size"))
-            if span % s:
-                self.warn(f"windows do not tile the input on axis {name}: ({size} + 2·{p} − {k}) / {s} "
+            if span % s and self.p.pad_mode != "SAME":  # SAME chose its padding: no surprise there
+                self.warn(f"windows do not tile the input on axis {name}: ({padded} − {k}) / {s} "
                           f"= {span}/{s} is not whole; the last {span % s} input position(s) are "
                           f"never covered (Caffe floors silently)", "convolution_param", "stride")
             out.append(span // s + 1)
         return [x[: axis] + (self.p.num_output,) + tuple(out)]
+
+    def describe(self) -> str:
+        p = self.p
+        parts = [super().describe()]
+        if p.pad_mode != "CAFFE":
+            parts.append(f"pad_mode {p.pad_mode}")
+        if p.pad_begin or p.pad_end:
+            parts.append(f"pad_begin {','.join(map(str, p.pad_begin or (0,)))} "
+                         f"pad_end {','.join(map(str, p.pad_end or (0,)))}")
+        return ", ".join(part for part in parts if part)
 
     def _weight_shape(self, channels: int, w: Window) -> tuple[int, ...]:
         return (self.p.num_output, channels // self.p.group) + w.kernel
@@ -111,7 +161,7 @@ convolution_param:
         x2, lead = self._flat(x, axis)
         y = lax.conv_general_dilated(
             x2, params["weight"].astype(x.dtype), window_strides=w.stride,
-            padding=[(p, p) for p in w.pad], rhs_dilation=w.dilation,
+            padding=self.pads(x.shape), rhs_dilation=w.dilation,
             dimension_numbers=self._dims(n), feature_group_count=self.p.group)
         y = self._bias(y, params, 1)
         return [y.reshape(lead + y.shape[1:]) if axis != 1 else y]
@@ -144,6 +194,13 @@ convolution_param:
     def infer(self, bottoms):
         x = bottoms[0]
         axis, n, w = self._geometry(x)
+        p = self.p
+        if p.pad_mode != "CAFFE" or p.pad_begin or p.pad_end:
+            field = "pad_mode" if p.pad_mode != "CAFFE" else "pad_begin" if p.pad_begin else "pad_end"
+            what = f"pad_mode {p.pad_mode}" if field == "pad_mode" else field
+            raise SpecError(f"{what} is a Convolution extension; Deconvolution takes Caffe's "
+                            f"symmetric pad only (its output is cropped by 2·pad)",
+                            ("convolution_param", field))
         out = []
         for i in range(n):
             size = x[axis + 1 + i]

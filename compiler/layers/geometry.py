@@ -22,7 +22,8 @@ class Window:
         return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilation))
 
 
-def _axis_values(p, field: str, n: int, default: int | None, prefix: str) -> tuple[int, ...]:
+def axis_values(p, field: str, n: int, default: int | None, prefix: str) -> tuple[int, ...]:
+    """One value per spatial axis from a repeated field (1 value or n) or its `_h`/`_w` spellings."""
     values = getattr(p, field, ())
     h, w = getattr(p, f"{field}_h", None), getattr(p, f"{field}_w", None)
     name = field if field != "kernel" else "kernel_size"
@@ -55,9 +56,9 @@ def _axis_values(p, field: str, n: int, default: int | None, prefix: str) -> tup
 
 def window(p, n: int, prefix: str, *, dilation: bool = True) -> Window:
     """Normalise a ConvolutionParameter / PoolingParameter for `n` spatial axes."""
-    kernel = _axis_values(p, "kernel", n, None, prefix)
-    stride = _axis_values(p, "stride", n, 1, prefix)
-    pad = _axis_values(p, "pad", n, 0, prefix)
+    kernel = axis_values(p, "kernel", n, None, prefix)
+    stride = axis_values(p, "stride", n, 1, prefix)
+    pad = axis_values(p, "pad", n, 0, prefix)
     dil = (1,) * n
     if dilation and getattr(p, "dilation", ()):
         d = p.dilation

@@ -1,12 +1,18 @@
 """Pooling with Caffe's output-size rule: CEIL rounding by default, FLOOR on request, and the clip
-of a last window that would start in the padding."""
+of a last window that would start in the padding; and SPP (spatial pyramid pooling), which is a
+stack of such poolings."""
 
 from __future__ import annotations
+
+import math
 
 from netc.compiler.layer import Layer, Shape, fmt_shape, register
 from netc.compiler.layers.geometry import Window, axis_name, window
 from netc.spec.errors import SpecError
-from netc.spec.messages import PoolingParameter
+from netc.spec.messages import PoolingParameter, SPPParameter
+
+FLT_MAX = 3.4028234663852886e38  # Caffe's −FLT_MAX: a MAX window that holds no input
+FLT_MIN = 1.1754943508222875e-38  # Caffe's STOCHASTIC test-time denominator starts here
 
 
 def pooled_size(size: int, k: int, s: int, p: int, round_mode: str) -> int:
@@ -18,13 +24,93 @@ def pooled_size(size: int, k: int, s: int, p: int, round_mode: str) -> int:
     return out
 
 
+def _pad_to_windows(x, w: Window, out, value):
+    """`x` padded with `value` (Caffe's pad before; after it, as far as the last window reaches)
+    and cut where FLOOR drops input, so that windows j·stride + [0, kernel) tile it exactly."""
+    import jax.numpy as jnp
+
+    widths, cut = [(0, 0), (0, 0)], []
+    for i, o in enumerate(out):
+        size, k, s, p = x.shape[2 + i], w.kernel[i], w.stride[i], w.pad[i]
+        need = (o - 1) * s + k - p  # end of the last window, in input coordinates
+        cut.append(min(size, need))
+        widths.append((p, max(0, need - size)))
+    x = x[(slice(None), slice(None)) + tuple(slice(0, c) for c in cut)]
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _windows(xp, w: Window, out):
+    """N×C×K×out...: the K = Π kernel elements of every window, in Caffe's row-major scan order."""
+    import itertools
+
+    import jax.numpy as jnp
+
+    return jnp.stack([xp[(slice(None), slice(None)) + tuple(
+        slice(o, o + (n - 1) * s + 1, s) for o, n, s in zip(off, out, w.stride))]
+        for off in itertools.product(*(range(k) for k in w.kernel))], 2)
+
+
+def pool(x, method: str, w: Window, out: tuple[int, ...], ctx, *, mask: bool = False) -> list:
+    """Pool N×C×spatial `x` into `out` windows (Caffe's forward passes; autodiff gives the backward)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    n = len(out)
+    if method == "STOCHASTIC":
+        win = _windows(_pad_to_windows(x, w, out, 0.0), w, out)
+        if not ctx.train:  # the probability-weighted average Σx² / (FLT_MIN + Σx)
+            total = jnp.sum(win, 2)
+            # An all-zero window gives 0 (Caffe: 0 / FLT_MIN); dividing by 1 there keeps its
+            # gradient finite (0) instead of 0 · 1/FLT_MIN².
+            return [jnp.sum(win * win, 2) / (FLT_MIN + jnp.where(total == 0, 1.0, total))]
+        if ctx.rng is None:
+            raise ValueError(f"STOCHASTIC pooling layer '{ctx.layer.name}' needs an rng in TRAIN")
+        # Caffe: the first element whose running sum reaches u·Σx, u ~ U[0, 1)
+        cum = jnp.cumsum(win, 2)
+        thresh = jax.random.uniform(ctx.rng, cum[:, :, -1].shape, x.dtype) * cum[:, :, -1]
+        pick = jnp.argmax(cum >= thresh[:, :, None], axis=2)[:, :, None]
+        return [jnp.take_along_axis(win, pick, 2)[:, :, 0]]
+    xp = _pad_to_windows(x, w, out, -jnp.inf if method == "MAX" else 0.0)
+    dims, strides = (1, 1) + w.kernel, (1, 1) + w.stride
+    if method == "MAX":
+        # A Python scalar −inf init lets JAX recognise the max monoid (differentiable).
+        y = lax.reduce_window(xp, -jnp.inf, lax.max, dims, strides, "VALID")
+        y = jnp.where(y == -jnp.inf, -FLT_MAX, y)  # a window wholly outside the input
+        if not mask:
+            return [y]
+        # Caffe's top mask: the flat index into the input plane of the first maximum (−1: none).
+        plane = jnp.arange(math.prod(x.shape[2:]), dtype=x.dtype).reshape((1, 1) + x.shape[2:])
+        first = jnp.argmax(_windows(xp, w, out), axis=2)[:, :, None]
+        idx = jnp.broadcast_to(_windows(_pad_to_windows(plane, w, out, -1.0), w, out),
+                               x.shape[:2] + (math.prod(w.kernel),) + tuple(out))
+        return [y, lax.stop_gradient(jnp.take_along_axis(idx, first, 2)[:, :, 0])]
+    if method == "L2":  # sqrt(Σ x²); the padding adds 0; gradient 0 where the window is all 0
+        total = lax.reduce_window(xp * xp, 0.0, lax.add, dims, strides, "VALID")
+        safe = jnp.where(total > 0, total, 1.0)
+        return [jnp.where(total > 0, jnp.sqrt(safe), 0.0)]
+    total = lax.reduce_window(xp, 0.0, lax.add, dims, strides, "VALID")
+    # AVE: Caffe divides by the window clipped to the padded input (not to the image); a window
+    # wholly past it holds nothing and gives 0.
+    div = np.ones(out, np.float32)
+    for i in range(n):
+        size, k, s, p = x.shape[2 + i], w.kernel[i], w.stride[i], w.pad[i]
+        start = np.arange(out[i]) * s - p
+        extent = np.maximum(np.minimum(start + k, size + p) - start, 1)
+        div = div * extent.reshape((-1,) + (1,) * (n - 1 - i))
+    return [total / jnp.asarray(div, x.dtype)]
+
+
 @register
 class Pooling(Layer):
     type = "Pooling"
     param_field = "pooling_param"
     Param = PoolingParameter
     geometry = "window"
-    summary = "MAX / AVE pooling over N-D windows; Caffe's CEIL rounding by default, FLOOR on request."
+    tops = (1, 2)
+    summary = ("MAX / AVE / L2 / STOCHASTIC pooling over N-D windows; Caffe's CEIL rounding by "
+               "default, FLOOR on request; MAX's optional second top is the argmax mask.")
     example = """\
 name: pool1
 type: Pooling
@@ -55,24 +141,37 @@ pooling_param:
             if w.pad[i] >= w.kernel[i]:
                 raise SpecError(f"pad {w.pad[i]} must be smaller than the kernel {w.kernel[i]} "
                                 f"(axis {axis_name(i, n)})", ("pooling_param", "pad"))
+        if p.pool == "STOCHASTIC" and any(w.pad):
+            raise SpecError("STOCHASTIC pooling takes no pad (Caffe pads only MAX and AVE pooling)",
+                            ("pooling_param", "pad" if p.pad else "pad_h" if p.pad_h else "pad_w"))
         return w
+
+    def _sizes(self, x: Shape, w: Window) -> tuple[int, ...]:
+        n = len(x) - 2
+        out = []
+        for i in range(n):
+            size, k, s, p = x[2 + i], w.kernel[i], w.stride[i], w.pad[i]
+            o = pooled_size(size, k, s, p, self.p.round_mode)
+            if size + 2 * p < k or o <= 0:
+                raise SpecError(
+                    f"output would be empty: input {fmt_shape(x)}, on axis {axis_name(i, n)} the padded "
+                    f"input {size} + 2·{p} = {size + 2 * p} is smaller than the kernel {k}",
+                    ("pooling_param", "kernel_size"))
+            out.append(o)
+        return tuple(out)
 
     def infer(self, bottoms):
         x = bottoms[0]
         w = self._window(x)
+        out = self._sizes(x, w)
+        if len(self.spec.top) == 2 and self.p.pool != "MAX":
+            raise SpecError(f"a second top (the argmax mask) comes only from MAX pooling, "
+                            f"not {self.p.pool}", ("top",))
         n = len(x) - 2
         mode = self.p.round_mode
-        out = []
         for i in range(n):
             size, k, s, p = x[2 + i], w.kernel[i], w.stride[i], w.pad[i]
-            o = pooled_size(size, k, s, p, mode)
-            name = axis_name(i, n)
-            if size + 2 * p < k or o <= 0:
-                raise SpecError(
-                    f"output would be empty: input {fmt_shape(x)}, on axis {name} the padded input "
-                    f"{size} + 2·{p} = {size + 2 * p} is smaller than the kernel {k}",
-                    ("pooling_param", "kernel_size"))
-            span = size + 2 * p - k
+            span, name, o = size + 2 * p - k, axis_name(i, n), out[i]
             if span % s and not self.p.global_pooling:
                 if mode == "CEIL":
                     self.warn(f"windows do not tile the input on axis {name}: ({size} + 2·{p} − {k}) / {s} "
@@ -83,8 +182,7 @@ pooling_param:
                     self.warn(f"windows do not tile the input on axis {name}: ({size} + 2·{p} − {k}) / {s} "
                               f"= {span}/{s} is not whole; FLOOR rounding drops the last {span % s} "
                               f"input position(s)", "pooling_param", "stride")
-            out.append(o)
-        return [x[:2] + tuple(out)]
+        return [x[:2] + out] * len(self.spec.top)
 
     def window(self, bottoms):
         w = self._window(bottoms[0])
@@ -100,37 +198,78 @@ pooling_param:
         return 0  # comparisons / additions, not multiply-accumulates
 
     def apply(self, params, bottoms, ctx):
-        import jax.numpy as jnp
-        import numpy as np
-        from jax import lax
-
         x = bottoms[0]
         w = self._window(x.shape)
-        out = self.infer([x.shape])[0][2:]
-        n = len(out)
-        # Padding after the input so that `out` windows fit exactly (CEIL may need more than `pad`,
-        # FLOOR may drop input: then the input is cut).
-        pads, cut = [], []
-        for i in range(n):
-            size, k, s, p = x.shape[2 + i], w.kernel[i], w.stride[i], w.pad[i]
-            need = (out[i] - 1) * s + k - p  # end of the last window, in input coordinates
-            cut.append(min(size, need))
-            pads.append((p, max(0, need - size)))
-        x = x[(slice(None), slice(None)) + tuple(slice(0, c) for c in cut)]
-        dims, strides = (1, 1) + w.kernel, (1, 1) + w.stride
-        padding = ((0, 0), (0, 0)) + tuple(pads)
-        if self.p.pool == "MAX":
-            # A Python scalar init lets JAX recognise the max monoid (differentiable).
-            return [lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, padding)]
-        if self.p.pool == "AVE":
-            total = lax.reduce_window(x, 0.0, lax.add, dims, strides, padding)
-            # Caffe divides by the window clipped to the padded input (not to the image).
-            div = np.ones(out, np.float32)
-            for i in range(n):
-                size, k, s, p = bottoms[0].shape[2 + i], w.kernel[i], w.stride[i], w.pad[i]
-                start = np.arange(out[i]) * s - p
-                extent = np.minimum(start + k, size + p) - start
-                div = div * extent.reshape((-1,) + (1,) * (n - 1 - i))
-            return [total / jnp.asarray(div, x.dtype)]
-        raise NotImplementedError(f"pooling method {self.p.pool} has no lowering")
+        return pool(x, self.p.pool, w, self._sizes(x.shape, w), ctx, mask=len(self.spec.top) == 2)
 
+
+@register
+class SPP(Layer):
+    type = "SPP"
+    param_field = "spp_param"
+    Param = SPPParameter
+    summary = ("Spatial pyramid pooling (Caffe's SPPLayer): level l pools the whole N×C×H×W input "
+               "into 2^l × 2^l bins; the levels are flattened and concatenated into "
+               "N × C·Σ4^l (pyramid_height 1: the one N×C×1×1 pooling).")
+    example = """\
+name: spp
+type: SPP
+bottom: conv5
+top: spp
+spp_param:
+  pyramid_height: 3
+  pool: MAX
+"""
+
+    def levels(self, x: Shape) -> list[tuple[Window, tuple[int, int]]]:
+        """Per level, Caffe's SPPLayer::GetPoolingParam window and the pooled H×W (CEIL rule)."""
+        if len(x) != 4:
+            raise SpecError(f"needs N×C×H×W input; input is {fmt_shape(x)}")
+        out = []
+        for level in range(self.p.pyramid_height):
+            bins = 2**level
+            kernel, pad, sizes = [], [], []
+            for size, name in zip(x[2:], "HW"):
+                k = -(-size // bins)
+                p = (k * bins - size + 1) // 2
+                if p >= k:
+                    raise SpecError(
+                        f"the input {fmt_shape(x)} is too small for pyramid level {level} "
+                        f"({bins}×{bins} bins): on axis {name} Caffe would pool {size} with kernel {k} "
+                        f"and pad {p}, and the pad must be smaller than the kernel",
+                        ("spp_param", "pyramid_height"))
+                if p and self.p.pool == "STOCHASTIC":
+                    raise SpecError(
+                        f"pool STOCHASTIC needs H and W divisible by the {bins} bins of level {level}: "
+                        f"on axis {name} Caffe would pad {size} by {p}, and it pads only MAX and AVE "
+                        f"pooling (input {fmt_shape(x)})", ("spp_param", "pool"))
+                kernel.append(k)
+                pad.append(p)
+                sizes.append(pooled_size(size, k, k, p, "CEIL"))
+            out.append((Window(tuple(kernel), tuple(kernel), tuple(pad), (1, 1)), tuple(sizes)))
+        return out
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        levels = self.levels(x)
+        if len(levels) == 1:
+            return [x[:2] + levels[0][1]]
+        return [(x[0], x[1] * sum(h * w for _, (h, w) in levels))]
+
+    def describe(self) -> str:
+        return f"{self.p.pool} {self.p.pyramid_height} levels"
+
+    def apply(self, params, bottoms, ctx):
+        import dataclasses
+
+        import jax
+        import jax.numpy as jnp
+
+        x = bottoms[0]
+        pooled = []
+        for level, (w, out) in enumerate(self.levels(x.shape)):
+            rng = None if ctx.rng is None else jax.random.fold_in(ctx.rng, level)
+            pooled.append(pool(x, self.p.pool, w, out, dataclasses.replace(ctx, rng=rng))[0])
+        if len(pooled) == 1:
+            return pooled
+        return [jnp.concatenate([y.reshape(y.shape[0], -1) for y in pooled], 1)]

@@ -75,6 +75,11 @@ def load_spec(path: str, solver_path: str | None = None, *, need_solver: bool = 
         raise RunError(f"{path}: no such file")
     spec = parse_spec(path, layer_models())
     if spec.diagnostics.errors:
+        # Report every problem at once, as `netc check` does: plan what did validate too.
+        from netc.compiler.plan import plan_all_phases
+
+        if spec.layers:
+            plan_all_phases(spec)
         raise RunError(lines=_diag_lines(spec.diagnostics))
     solver = spec.solver
     if solver_path is not None:

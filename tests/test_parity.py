@@ -824,6 +824,27 @@ def test_max_pooling_ties_route_the_gradient_to_the_first_max():
     np.testing.assert_allclose(gx["x"], want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("kernel,size", [(2, 6), (3, 9)])
+def test_tiling_max_pooling_fast_path_matches_caffe_with_ties(kernel, size):
+    """kernel == stride, pad 0, windows tiling the input: the reshape lowering must give Caffe's
+    values and route each window's gradient to its first maximum (raster order)."""
+    rng = np.random.default_rng(kernel)
+    x = rng.integers(0, 2, size=(2, 3, size, size)).astype(np.float32)
+    layer = {"name": "pool", "type": "Pooling", "bottom": ["x"], "top": ["y"],
+             "pooling_param": {"pool": "MAX", "kernel_size": [kernel], "stride": [kernel]}}
+    net = build([inputs_layer({"x": x.shape}), layer])
+    out_shape = net.plan.blobs["y"]
+    cot = rng.standard_normal(out_shape).astype(np.float32)
+    outs, _, gx = run_netc(net, {}, {"x": x}, ["y"], [cot])
+    want = np.zeros_like(x)
+    for n_, c_, i, j in itertools.product(*[range(d) for d in out_shape]):
+        win = x[n_, c_, i * kernel:(i + 1) * kernel, j * kernel:(j + 1) * kernel]
+        assert outs[0][n_, c_, i, j] == win.max()
+        a, b = np.unravel_index(np.argmax(win), win.shape)
+        want[n_, c_, i * kernel + a, j * kernel + b] += cot[n_, c_, i, j]
+    np.testing.assert_allclose(gx["x"], want, rtol=1e-6, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------
 # Input / Data and coverage
 

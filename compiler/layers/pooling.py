@@ -72,6 +72,16 @@ def pool(x, method: str, w: Window, out: tuple[int, ...], ctx, *, mask: bool = F
         thresh = jax.random.uniform(ctx.rng, cum[:, :, -1].shape, x.dtype) * cum[:, :, -1]
         pick = jnp.argmax(cum >= thresh[:, :, None], axis=2)[:, :, None]
         return [jnp.take_along_axis(win, pick, 2)[:, :, 0]]
+    if (method == "MAX" and not mask and w.kernel == w.stride and not any(w.pad)
+            and all(o * k == size for o, k, size in zip(out, w.kernel, x.shape[2:]))):
+        # Windows that tile the input exactly (LeNet's 2×2/2): reshape into windows and gather
+        # each window's first maximum. The gradient goes to that element, as in Caffe, and the
+        # backward pass avoids select-and-scatter (bench: LeNet step about +10% on CPU).
+        split = x.shape[:2] + tuple(d for o, k in zip(out, w.kernel) for d in (o, k))
+        order = (0, 1) + tuple(2 + 2 * i for i in range(n)) + tuple(3 + 2 * i for i in range(n))
+        win = x.reshape(split).transpose(order).reshape(x.shape[:2] + tuple(out) + (-1,))
+        first = jnp.argmax(win, axis=-1)[..., None]
+        return [jnp.take_along_axis(win, first, axis=-1)[..., 0]]
     xp = _pad_to_windows(x, w, out, -jnp.inf if method == "MAX" else 0.0)
     dims, strides = (1, 1) + w.kernel, (1, 1) + w.stride
     if method == "MAX":

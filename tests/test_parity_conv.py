@@ -553,3 +553,35 @@ COVERED = {
     "Upsample": test_upsample_unpools_a_max_pooling,
     "Crop": test_crop,
 }
+
+
+def test_im2col_lowering_equals_lax_conv_on_random_geometries():
+    """The im2col + matmul path (chosen by shape for small 2-D convolutions) against lax.conv,
+    forward and gradients, over strides, dilations and asymmetric pads."""
+    from jax import lax
+
+    from netc.compiler.layers.conv import _im2col_conv
+    from netc.compiler.layers.geometry import Window
+
+    rng = np.random.default_rng(7)
+    for _ in range(6):
+        k = tuple(int(v) for v in rng.integers(1, 4, 2))
+        s = tuple(int(v) for v in rng.integers(1, 3, 2))
+        d = tuple(int(v) for v in rng.integers(1, 3, 2))
+        pads = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (2, 2)))
+        w = Window(k, s, tuple(p[0] for p in pads), d)
+        x = jnp.asarray(rng.standard_normal((2, 3, 9, 8)), jnp.float32)
+        wt = jnp.asarray(rng.standard_normal((4, 3) + k), jnp.float32)
+
+        def ref(x, wt, pads=pads, s=s, d=d):
+            return lax.conv_general_dilated(x, wt, s, pads, rhs_dilation=d,
+                                            dimension_numbers=("NCHW", "OIHW", "NCHW"))
+
+        with jax.default_matmul_precision("highest"):
+            a, b = ref(x, wt), _im2col_conv(x, wt, w, pads)
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+            ga = jax.grad(lambda x, wt: jnp.sum(ref(x, wt) ** 2), (0, 1))(x, wt)
+            gb = jax.grad(lambda x, wt, w=w, pads=pads: jnp.sum(_im2col_conv(x, wt, w, pads) ** 2),
+                          (0, 1))(x, wt)
+            for u, v in zip(ga, gb):
+                np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-4 * float(jnp.abs(u).max()))

@@ -9,6 +9,26 @@ from netc.compiler.layers.geometry import Window, axis_name, axis_values, window
 from netc.spec.errors import SpecError
 from netc.spec.messages import ConvolutionParameter
 
+# Per-sample size of the patch matrix up to which a 2-D convolution is lowered as im2col + matmul.
+IM2COL_MAX_ELEMENTS = 1 << 18
+
+
+def _im2col_conv(x, wt, w: Window, pads):
+    """N×C×H×W convolution as one matmul: gather the kh·kw shifted (strided, dilated) slices of
+    the padded input channels-last, then (N·Ho·Wo, kh·kw·C) @ (kh·kw·C, O)."""
+    import jax.numpy as jnp
+
+    xt = jnp.pad(x, ((0, 0), (0, 0)) + tuple(pads)).transpose(0, 2, 3, 1)
+    n, h, wd, c = xt.shape
+    (kh, kw), (sh, sw), (dh, dw) = w.kernel, w.stride, w.dilation
+    ho = (h - w.extent[0]) // sh + 1
+    wo = (wd - w.extent[1]) // sw + 1
+    cols = jnp.stack([xt[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]
+                      for i in range(kh) for j in range(kw)], axis=3)  # N, Ho, Wo, kh·kw, C
+    o = wt.shape[0]
+    y = cols.reshape(n * ho * wo, kh * kw * c) @ wt.transpose(2, 3, 1, 0).reshape(kh * kw * c, o)
+    return y.reshape(n, ho, wo, o).transpose(0, 3, 1, 2)
+
 
 class _ConvBase(Layer):
     param_field = "convolution_param"
@@ -159,10 +179,14 @@ convolution_param:
         x = bottoms[0]
         axis, n, w = self._geometry(x.shape)
         x2, lead = self._flat(x, axis)
-        y = lax.conv_general_dilated(
-            x2, params["weight"].astype(x.dtype), window_strides=w.stride,
-            padding=self.pads(x.shape), rhs_dilation=w.dilation,
-            dimension_numbers=self._dims(n), feature_group_count=self.p.group)
+        pads = self.pads(x.shape)
+        wt = params["weight"].astype(x.dtype)
+        if self._use_im2col(x2.shape, n, w):
+            y = _im2col_conv(x2, wt, w, pads)
+        else:
+            y = lax.conv_general_dilated(
+                x2, wt, window_strides=w.stride, padding=pads, rhs_dilation=w.dilation,
+                dimension_numbers=self._dims(n), feature_group_count=self.p.group)
         y = self._bias(y, params, 1)
         return [y.reshape(lead + y.shape[1:]) if axis != 1 else y]
 
@@ -171,6 +195,17 @@ convolution_param:
         axis, _, w = self._geometry(x)
         per_out = (x[axis] // self.p.group) * math.prod(w.kernel)
         return count(y, 1) * per_out
+
+    def _use_im2col(self, shape, n: int, w: Window) -> bool:
+        """The lowering is chosen by shape (bench/lenet_train.py): small 2-D convolutions run
+        faster on CPU as one matmul over shifted slices (Caffe's own im2col strategy) than through
+        lax.conv; large ones would materialise a huge patch matrix, so they keep lax.conv."""
+        if n != 2 or self.p.group != 1:
+            return False
+        pads = self.pads(tuple(shape))
+        out = [(size + b + e - k) // s + 1
+               for size, (b, e), k, s in zip(shape[2:], pads, w.extent, w.stride)]
+        return shape[1] * math.prod(w.kernel) * math.prod(out) <= IM2COL_MAX_ELEMENTS
 
 
 @register

@@ -43,3 +43,14 @@ def check_spec(write_spec):
         return spec, plans, [d.format() for d in spec.diagnostics.sorted()]
 
     return check
+
+
+def errors_of(check_spec, text: str, **kw) -> list[str]:
+    """The formatted error lines `check_spec` reports for a spec text."""
+    _, _, diags = check_spec(text, **kw)
+    return [d for d in diags if ": error: " in d]
+
+
+def warnings_of(check_spec, text: str, **kw) -> list[str]:
+    _, _, diags = check_spec(text, **kw)
+    return [d for d in diags if ": warning: " in d]

@@ -2,6 +2,8 @@
 
 import time
 
+from conftest import errors_of, warnings_of
+
 HEADER = """
 name: t
 layers:
@@ -12,14 +14,6 @@ layers:
 """
 
 
-def errors_of(check_spec, text, **kw):
-    _, _, diags = check_spec(text, **kw)
-    return [d for d in diags if ": error: " in d]
-
-
-def warnings_of(check_spec, text, **kw):
-    _, _, diags = check_spec(text, **kw)
-    return [d for d in diags if ": warning: " in d]
 
 
 def test_misspelt_field_type_enum_and_blob_all_reported_together(check_spec):

@@ -1,6 +1,8 @@
 """Shape rules and user errors of the normalisation, affine and extra activation layers: every
 error a user can make in their parameters, with its exact message and line:column."""
 
+from conftest import errors_of
+
 import netc.compiler.layers.norm  # noqa: F401 - registers the units
 
 HEADER = """
@@ -12,10 +14,6 @@ layers:
     input_param: {shape: {dim: [2, 3, 8, 6]}}
 """
 
-
-def errors_of(check_spec, text, **kw):
-    _, _, diags = check_spec(text, **kw)
-    return [d for d in diags if ": error: " in d]
 
 
 def layer(body: str) -> str:

@@ -483,3 +483,15 @@ def test_close_stops_the_thread_and_context_manager():
         next(s)
     s.close()  # idempotent
     assert threading.active_count() <= before
+
+
+def test_check_path_builtin_shapes_match_the_bundled_arrays():
+    """`netc check` knows the built-in sets' shapes without numpy (compiler/layers/data.py);
+    they must equal the bundled arrays (one truth, checked here)."""
+    from netc.compiler.layers.data import BUILTIN_SOURCES
+    from netc.runtime.data import load_source
+
+    for name, (sample_shape, classes) in BUILTIN_SOURCES.items():
+        ds = load_source(name)
+        assert tuple(ds.data.shape[1:]) == sample_shape, name
+        assert int(ds.label.max()) + 1 == classes and int(ds.label.min()) == 0, name

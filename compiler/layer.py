@@ -70,6 +70,7 @@ class Layer:
     bottom_names: ClassVar[tuple[str, ...]] = ("input",)  # for arity messages
     is_loss: ClassVar[bool] = False  # its first top has loss_weight 1 by default
     is_data: ClassVar[bool] = False  # produces the net's inputs
+    is_metric: ClassVar[bool] = False  # a scalar score reported, not minimised (Accuracy)
     # How the layer maps spatial positions (for receptive fields): "window" (override window()),
     # "pointwise" (keeps the spatial grid), or "none" (mixes or drops spatial positions).
     geometry: ClassVar[str] = "none"
@@ -95,6 +96,12 @@ class Layer:
 
     def window(self, bottoms: list[Shape]) -> list[tuple[int, int]] | None:
         """Per spatial axis (effective kernel extent, stride); only for geometry == "window"."""
+        return None
+
+    def resolve(self, bottoms: list[Shape]) -> Any:
+        """Per-shape decisions made once at plan time (window, pads, output dims, the lowering
+        algorithm), stored on the PlannedLayer as `resolved`; apply reads ctx.layer.resolved
+        instead of recomputing them from the arrays' shapes. Default: nothing."""
         return None
 
     def describe(self) -> str:

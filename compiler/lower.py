@@ -73,23 +73,29 @@ class Net:
 
     # --- forward -------------------------------------------------------------------------------
     def apply(self, params: dict, state: dict, inputs: dict, *, rng=None, train: bool | None = None,
-              stop_at: str | None = None) -> tuple[dict, dict]:
-        """Run the net on `inputs` ({blob: array} for every data-layer top it uses). Returns every
-        blob's final value and the updated state."""
+              outputs=None) -> tuple[dict, dict]:
+        """Run the net on `inputs` ({blob: array} for every data-layer top it needs). Returns
+        ({blob: value}, updated state): every blob, or with `outputs` (blob names) only those,
+        computed by only the layers they need (Plan.subgraph). This is the one graph walk that
+        training, `test`, `predict`, `export` and the Python API share."""
         import jax
 
         train = self.train if train is None else train
+        layers = self.plan.layers if outputs is None else self.plan.subgraph(outputs)
         blobs: dict = {}
         new_state: dict = {}
-        for k, pl in enumerate(self.plan.layers):
-            unit = pl.unit
-            if unit.is_data:
+        for pl in layers:
+            if pl.unit.is_data:
                 for t in pl.tops:
-                    if t not in inputs:
-                        raise LoweringError(f"input blob '{t}' (from layer '{pl.name}') was not given")
-                    blobs[t] = inputs[t]
+                    if t in inputs:
+                        blobs[t] = inputs[t]
                 continue
-            bottoms = [blobs[b] for b in pl.bottoms]
+            bottoms = []
+            for b in pl.bottoms:
+                if b not in blobs:
+                    raise LoweringError(f"input blob '{b}' (needed by layer '{pl.name}') was "
+                                        "not given")
+                bottoms.append(blobs[b])
             if pl.unit.spec.propagate_down:
                 bottoms = [x if pd else jax.lax.stop_gradient(x)
                            for x, pd in zip(bottoms, pl.unit.spec.propagate_down)]
@@ -97,17 +103,29 @@ class Net:
             for role, (owner, orole) in pl.param_owner.items():
                 src = params if pl.params[role].learned else state
                 p[role] = src[owner][orole]
-            layer_rng = jax.random.fold_in(rng, k) if rng is not None else None
+            layer_rng = jax.random.fold_in(rng, self._rng_index[pl.name]) if rng is not None else None
             ctx = Context(train, layer_rng, state.get(pl.name, {}), {}, pl)
-            tops = unit.apply(p, bottoms, ctx)
+            tops = pl.unit.apply(p, bottoms, ctx)
             if ctx.new_state:
                 new_state[pl.name] = ctx.new_state
             for t, v in zip(pl.tops, tops):
                 blobs[t] = v
-            if stop_at is not None and stop_at in pl.tops:
-                break
         merged = {**state, **new_state}
+        if outputs is not None:
+            missing = [b for b in outputs if b not in blobs]
+            if missing:
+                raise LoweringError(f"input blob(s) {', '.join(missing)} were not given")
+            blobs = {b: blobs[b] for b in outputs}
         return blobs, merged
+
+    @property
+    def _rng_index(self) -> dict[str, int]:
+        """Each layer's position in the plan: its dropout key is fold_in(rng, position) whichever
+        subgraph runs, so a forward of part of the net draws the same masks as the whole."""
+        idx = self.__dict__.get("_rng_idx")
+        if idx is None:
+            idx = self.__dict__["_rng_idx"] = {pl.name: k for k, pl in enumerate(self.plan.layers)}
+        return idx
 
     def loss(self, params: dict, state: dict, inputs: dict, *, rng=None, train: bool | None = None):
         """Caffe's objective: Σ loss_weight · Σ(top) over every top with a non-zero weight."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from netc.compiler.catalogue import units
 from netc.compiler.layer import BATCH, MAX_ELEMENTS, Layer, ParamDecl, Shape, count, fmt_shape
@@ -32,6 +33,9 @@ class PlannedLayer:
     in_place: tuple[bool, ...]
     macs: int
     rf: RF | None
+    # Per-shape decisions made once at plan time (Layer.resolve: window, pads, output dims, the
+    # chosen lowering algorithm); the layer's apply reads them as ctx.layer.resolved.
+    resolved: Any = None
 
     @property
     def name(self) -> str:
@@ -98,6 +102,27 @@ class Plan:
     @property
     def has_loss(self) -> bool:
         return any(any(w for w in pl.loss_weights) for pl in self.layers)
+
+    def subgraph(self, outputs) -> list[PlannedLayer]:
+        """The layers (in plan order) needed to compute the blobs `outputs`, data layers whose
+        tops are needed included. Unknown blob names raise KeyError."""
+        want = set(outputs)
+        for b in want:
+            if b not in self.blobs:
+                raise KeyError(b)
+        keep = []
+        for pl in reversed(self.layers):
+            if not any(t in want for t in pl.tops):
+                continue
+            keep.append(pl)
+            want.update(pl.bottoms)
+        return keep[::-1]
+
+    def needed_inputs(self, outputs) -> list[str]:
+        """Input blobs (data-layer tops) that `outputs` depend on, in plan order."""
+        layers = self.subgraph(outputs)
+        need = {b for pl in layers for b in pl.bottoms} | set(outputs)
+        return [t for pl in layers if pl.unit.is_data for t in pl.tops if t in need]
 
 
 def _layer_prefix(spec_layer) -> str:
@@ -206,6 +231,7 @@ def plan(spec: NetSpec, state: NetState | None = None, *, batch: int | None = No
             params = unit.params(bottom_shapes)
             macs = unit.macs(bottom_shapes, top_shapes)
             window = unit.window(bottom_shapes) if unit.geometry == "window" else None
+            resolved = unit.resolve(bottom_shapes)
             for shape in top_shapes:
                 concrete = [d for d in shape if not isinstance(d, str)]
                 if math.prod(concrete) > MAX_ELEMENTS:
@@ -289,7 +315,8 @@ def plan(spec: NetSpec, state: NetState | None = None, *, batch: int | None = No
         if unit.is_data:
             out.inputs.extend(layer.top)
         pl = PlannedLayer(i, unit, path, bottom_shapes, top_shapes, params, owners, lr, decay,
-                          tuple(weights), tuple(in_place), macs, top_rf)
+                          tuple(weights), tuple(in_place), macs, top_rf,
+                          resolved)
         out.layers.append(pl)
         for role, decl in params.items():
             out.params.setdefault(owners[role], decl)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from netc.spec.errors import NetcError
+
 __all__ = [
     "RunError",
     "DataFeed",
@@ -40,20 +42,8 @@ EXIT_ERROR = 1  # spec, data, checkpoint or usage problems
 EXIT_DIVERGED = 3  # training stopped on a non-finite loss
 
 
-class RunError(Exception):
-    """A problem the user can fix; `lines` are printed as they are (e.g. FILE:LINE:COL lines)."""
-
-    def __init__(self, message: str = "", *, lines: list[str] | None = None, code: int = EXIT_ERROR):
-        super().__init__(message or "\n".join(lines or []))
-        self.message = message
-        self.lines = list(lines or [])
-        self.code = code
-
-    def text(self) -> str:
-        parts = list(self.lines)
-        if self.message:
-            parts.append(f"error: {self.message}")
-        return "\n".join(parts)
+class RunError(NetcError):
+    """A problem with a run the user can fix (spec, solver, data, weights, run directory)."""
 
 
 # --- spec and solver ------------------------------------------------------------------------------

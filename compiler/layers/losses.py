@@ -459,6 +459,7 @@ class Accuracy(Layer):
     bottoms = (2, 2)
     tops = (1, 2)
     bottom_names = ("predictions", "label")
+    is_metric = True
     summary = "Fraction of labels among the top_k scores (ignore_label skips); optional per-class top."
     example = """\
 name: accuracy

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import tempfile
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import pytest
 import yaml
 from conftest import MODELS
-
-jax = pytest.importorskip("jax")
-import jax.numpy as jnp  # noqa: E402
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

@@ -7,12 +7,11 @@ import subprocess
 import sys
 import textwrap
 
+import flatbuffers  # noqa: E402, F401 - a declared dependency of export
+import jax  # noqa: E402
 import numpy as np
 import pytest
 from conftest import MODELS
-
-jax = pytest.importorskip("jax")
-pytest.importorskip("flatbuffers")
 
 from netc.compiler.catalogue import layer_models  # noqa: E402
 from netc.compiler.lower import lower  # noqa: E402

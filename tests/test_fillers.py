@@ -11,11 +11,10 @@ import math
 import os
 import tempfile
 
+import jax  # noqa: E402
 import numpy as np
 import pytest
 import yaml
-
-jax = pytest.importorskip("jax")
 
 from netc.compiler.catalogue import layer_models  # noqa: E402
 from netc.compiler.fillers import bilinear_kernel, fans, fill  # noqa: E402

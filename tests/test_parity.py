@@ -21,14 +21,13 @@ import math
 import os
 import tempfile
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np
 import pytest
-import yaml
-
-jax = pytest.importorskip("jax")
-torch = pytest.importorskip("torch")
-import jax.numpy as jnp  # noqa: E402
+import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+import yaml
 
 from netc.compiler.catalogue import layer_models, units  # noqa: E402
 from netc.compiler.layer import Layer  # noqa: E402

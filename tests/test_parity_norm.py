@@ -9,12 +9,11 @@ with the stored statistics divided by the scale factor.
 
 from __future__ import annotations
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np
 import pytest
-
-jax = pytest.importorskip("jax")
-torch = pytest.importorskip("torch")
-import jax.numpy as jnp  # noqa: E402
+import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from test_parity import build, close, compare, inputs_layer, run_torch  # noqa: E402
 

@@ -15,12 +15,11 @@ import math
 import os
 import tempfile
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np
 import pytest
-
-jax = pytest.importorskip("jax")
-torch = pytest.importorskip("torch")
-import jax.numpy as jnp  # noqa: E402
+import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from test_parity import (  # noqa: E402
     build,

@@ -56,6 +56,42 @@ def count(shape: Shape, start: int = 0, end: int | None = None) -> int:
     return math.prod(dims)
 
 
+@dataclass(frozen=True)
+class LabelFact:
+    """What a loss or metric needs of the blob it reads as labels (Layer.label_fact).
+
+    `shape` is the label's shape per sample, without the batch axis: for class indices Caffe's
+    rule, the prediction's shape with its class axis removed (N×C → (), N×C×H×W with classes on
+    axis 1 → (H, W)); for real-valued targets (`kind == "target"`) the prediction's own shape per
+    sample. Only the element count must match (Caffe also accepts N×1×H×W for N×H×W).
+    """
+
+    layer: str  # the consumer's name (several, comma-separated, when merged)
+    bottom: int  # index of the label among the layer's bottoms
+    shape: tuple[int, ...]
+    classes: int | None  # labels lie in [0, classes); None: any integer (or not classes)
+    ignore_label: int | None = None  # a label value that is skipped, if any
+    kind: str = "class"  # "class": integer class indices; "target": real-valued targets
+    rule: str = ""  # why this shape, for messages ("predictions score 8×3×16×16, classes on axis 1")
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class DataFact:
+    """What a data layer produces and from where (Layer.data_fact): `source` (None for an Input
+    layer, whose blobs the caller gives), `roles` of its tops in order ("data", "label")."""
+
+    source: str | None
+    batch_size: int | None
+    shuffle: bool = False
+    transform: Any = None  # TransformationParameter or None
+    roles: tuple[str, ...] = ("data",)
+    sample_shape: tuple[int, ...] | None = None  # one data sample before the transform, if known
+
+
 class Layer:
     """Base of every layer unit. Subclasses set the class attributes and override the methods."""
 
@@ -102,6 +138,15 @@ class Layer:
         """Per-shape decisions made once at plan time (window, pads, output dims, the lowering
         algorithm), stored on the PlannedLayer as `resolved`; apply reads ctx.layer.resolved
         instead of recomputing them from the arrays' shapes. Default: nothing."""
+        return None
+
+    def label_fact(self, bottoms: list[Shape]) -> LabelFact | None:
+        """For a loss or metric that reads labels or targets: what it needs of them (see
+        LabelFact), given its planned bottom shapes. None: the layer reads no labels."""
+        return None
+
+    def data_fact(self) -> DataFact | None:
+        """For a data layer: its source, batch size, shuffle, transform and tops' roles."""
         return None
 
     def describe(self) -> str:

@@ -15,7 +15,15 @@ from __future__ import annotations
 import math
 import os
 
-from netc.compiler.layer import Layer, Shape, canonical_axis, count, fmt_shape, register
+from netc.compiler.layer import (
+    LabelFact,
+    Layer,
+    Shape,
+    canonical_axis,
+    count,
+    fmt_shape,
+    register,
+)
 from netc.spec.errors import SpecError
 from netc.spec.messages import (
     AccuracyParameter,
@@ -52,6 +60,27 @@ def check_sample_labels(layer: Layer, pred: Shape, label: Shape) -> None:
             f"label {layer.spec.bottom[1]} ({fmt_shape(label)}) must hold one label per sample: "
             f"predictions {layer.spec.bottom[0]} are {fmt_shape(pred)} (every value of a sample is "
             f"a class), so the label needs {pred[0]} elements", ("bottom",))
+
+
+def class_label_fact(layer: Layer, pred: Shape, axis: int, ignore: int | None) -> LabelFact:
+    """Caffe's rule as a fact: class indices shaped as the predictions without the class axis."""
+    classes = pred[axis] if isinstance(pred[axis], int) else None
+    return LabelFact(layer.spec.name, 1, tuple(pred[1:axis]) + tuple(pred[axis + 1:]), classes,
+                     ignore, "class", f"predictions {layer.spec.bottom[0]} are {fmt_shape(pred)} "
+                     f"with classes on axis {axis}")
+
+
+def sample_label_fact(layer: Layer, pred: Shape) -> LabelFact:
+    """One class index per sample; every value of a sample is a class (HingeLoss, ...)."""
+    classes = count(pred, 1) if all(isinstance(d, int) for d in pred[1:]) else None
+    return LabelFact(layer.spec.name, 1, (), classes, None, "class",
+                     f"predictions {layer.spec.bottom[0]} are {fmt_shape(pred)}, one class per value")
+
+
+def target_fact(layer: Layer, pred: Shape, ignore: int | None = None) -> LabelFact:
+    """Real-valued targets, one per prediction value."""
+    return LabelFact(layer.spec.name, 1, tuple(pred[1:]), None, ignore, "target",
+                     f"{layer.spec.bottom[0]} is {fmt_shape(pred)}, one target per value")
 
 
 def class_labels(label, pred, axis: int):
@@ -127,6 +156,10 @@ top: loss
         check_labels(self, pred, label, axis)
         return [()] + ([pred] if len(self.spec.top) > 1 else [])
 
+    def label_fact(self, bottoms):
+        axis = canonical_axis(self.p.axis, len(bottoms[0]))
+        return class_label_fact(self, bottoms[0], axis, self.spec.loss_param.ignore_label)
+
     def apply(self, params, bottoms, ctx):
         import jax
         import jax.numpy as jnp
@@ -173,6 +206,9 @@ top: loss
                             f"{fmt_shape(x)}, {self.spec.bottom[1]} is {fmt_shape(t)}", ("bottom",))
         return [()]
 
+    def label_fact(self, bottoms):
+        return target_fact(self, bottoms[0], self.spec.loss_param.ignore_label)
+
     def apply(self, params, bottoms, ctx):
         import jax
         import jax.numpy as jnp
@@ -208,6 +244,9 @@ class EuclideanLoss(Layer):
                             f"{self.spec.bottom[1]} is {fmt_shape(b)}", ("bottom",))
         return [()]
 
+    def label_fact(self, bottoms):
+        return target_fact(self, bottoms[0])
+
     def apply(self, params, bottoms, ctx):
         import jax.numpy as jnp
 
@@ -237,6 +276,9 @@ hinge_loss_param: {norm: L2}
     def infer(self, bottoms):
         check_sample_labels(self, *bottoms)
         return [()]
+
+    def label_fact(self, bottoms):
+        return sample_label_fact(self, bottoms[0])
 
     def apply(self, params, bottoms, ctx):
         import jax.numpy as jnp
@@ -273,6 +315,9 @@ top: loss
     def infer(self, bottoms):
         check_sample_labels(self, *bottoms)
         return [()]
+
+    def label_fact(self, bottoms):
+        return sample_label_fact(self, bottoms[0])
 
     def apply(self, params, bottoms, ctx):
         import jax.numpy as jnp
@@ -360,10 +405,13 @@ infogain_loss_param: {axis: 1}
                                 f"{classes}×{classes} for {where}", path)
         return [()]
 
+    def label_fact(self, bottoms):
+        return class_label_fact(self, bottoms[0], canonical_axis(self.p.axis, len(bottoms[0])), None)
+
     def _load_h(self):
         import numpy as np
 
-        from netc.compiler.lower import LoweringError
+        from netc.compiler.layer import LoweringError
 
         try:
             with np.load(self._source_path(), allow_pickle=False) as z:
@@ -427,6 +475,10 @@ contrastive_loss_param: {margin: 1.0}
                             ("bottom",))
         return [()]
 
+    def label_fact(self, bottoms):
+        return LabelFact(self.spec.name, 2, (), None, None, "class",
+                         "one similarity per pair: any non-zero integer is similar")
+
     def apply(self, params, bottoms, ctx):
         import jax
         import jax.numpy as jnp
@@ -477,6 +529,10 @@ include: {phase: TEST}
             raise SpecError(f"top_k {self.p.top_k} is more than the {pred[axis]} classes",
                             ("accuracy_param", "top_k"))
         return [()] + ([(pred[axis],)] if len(self.spec.top) > 1 else [])
+
+    def label_fact(self, bottoms):
+        axis = canonical_axis(self.p.axis, len(bottoms[0]))
+        return class_label_fact(self, bottoms[0], axis, self.p.ignore_label)
 
     def apply(self, params, bottoms, ctx):
         import jax

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from netc.spec.errors import SpecError
+from netc.spec.errors import NetcError, SpecError
 from netc.spec.messages import FillerParameter, Message
 
 # A blob shape in Caffe's order (N×C×H×W). Axis 0 may be the symbolic batch "N".
@@ -37,7 +37,14 @@ class ParamDecl:
         return math.prod(self.shape)
 
 
+class LoweringError(NetcError):
+    """A net that planned cleanly cannot run as asked: an input blob not given, a parameter file a
+    layer reads at run time that is unusable. Defined here (not in lower.py) so that layer units
+    can raise it without importing the lowering."""
+
+
 def fmt_shape(shape: Sequence[Dim]) -> str:
+    """The one way netc writes a blob shape: 64×1×28×28, N×10, or "scalar" for ()."""
     return "×".join(str(d) for d in shape) if len(shape) else "scalar"
 
 

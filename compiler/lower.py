@@ -15,7 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from netc.compiler.layer import LoweringError
 from netc.compiler.plan import Plan, PlannedLayer
+
+__all__ = ["Context", "LoweringError", "Net", "lower"]
 
 
 @dataclass
@@ -27,10 +30,6 @@ class Context:
     state: dict  # this layer's state (e.g. BatchNorm statistics); read-only
     new_state: dict  # the layer writes its updated state here
     layer: PlannedLayer
-
-
-class LoweringError(Exception):
-    pass
 
 
 @dataclass

@@ -1,8 +1,14 @@
 """Data input for Caffe's ``Data`` layer: sources, checks, transforms and a prefetching stream.
 
-A source is either a built-in data set (``netc:digits/train``, ``netc:digits/test``) or a user
-``.npz`` file holding two arrays: ``data`` (N×C×H×W or N×D, any real or integer dtype) and
-``label`` (N, integer). Files are read with ``allow_pickle=False``: netc never unpickles.
+A source is either a built-in data set (``netc:digits/train``, ``netc:digits/test``; the one
+catalogue is ``netc.compiler.layers.data.BUILTIN``) or a user ``.npz`` file holding two arrays:
+``data`` (N×C×H×W or N×D, any real or integer dtype) and ``label`` (N×…: one class per sample,
+a label map H×W per sample for dense prediction, or real-valued targets). Files are read with
+``allow_pickle=False``: netc never unpickles.
+
+What a label must be is the consumer's business: :func:`label_requirements` asks the layers that
+read a label blob (their ``label_fact``) and merges their answers; :func:`check_dataset` checks a
+data set against that fact (shape per sample, class range, ``ignore_label``).
 
 :class:`BatchStream` reproduces Caffe's Data layer + DataTransformer:
 
@@ -11,7 +17,9 @@ A source is either a built-in data set (``netc:digits/train``, ``netc:digits/tes
   otherwise in stored order;
 * each sample becomes ``(x - mean_value) * scale``, cropped (random offsets in TRAIN, centred in
   TEST) and, in TRAIN only, mirrored at random. The random choices for the sample at place ``i``
-  of epoch ``e`` depend on ``(seed, e, i)`` alone, so a resumed stream repeats them exactly.
+  of epoch ``e`` depend on ``(seed, e, i)`` alone, so a resumed stream repeats them exactly;
+* a label map (H×W or 1×H×W per sample, the images' H×W) is cropped and mirrored with its image:
+  the same offsets, the same flip; mean and scale apply to the data only.
 
 Batches are prepared on a daemon thread into a queue of depth ``prefetch``;
 :meth:`BatchStream.position` is the position of the next batch the *consumer* receives, which is
@@ -33,6 +41,16 @@ from typing import Any
 
 import numpy as np
 
+from netc.compiler.layer import LabelFact, fmt_shape
+from netc.compiler.layers.data import (
+    BUILTIN,
+    BUILTIN_PREFIX,
+    BuiltinDataset,
+    crop_dims,
+    is_label_map,
+    transformed_label_shape,
+)
+from netc.spec.errors import NetcError
 from netc.spec.messages import TransformationParameter
 
 __all__ = [
@@ -42,41 +60,19 @@ __all__ = [
     "DataError",
     "Dataset",
     "check_dataset",
+    "label_requirements",
     "load_source",
     "transformed_shape",
 ]
 
-BUILTIN_PREFIX = "netc:"
 # SeedSequence entropy word that separates the augmentation stream from the permutation stream.
 _AUGMENT_TAG = 0x6E657463  # "netc"
 # Samples per chunk when scanning float data for NaN/inf (bounds the temporary's size).
 _SCAN_CHUNK = 4096
 
 
-class DataError(Exception):
+class DataError(NetcError):
     """A problem with a data source; the message starts with the file (or source) name."""
-
-
-@dataclass(frozen=True)
-class BuiltinDataset:
-    """A data set shipped inside the package: ``resource`` under ``netc.runtime``; each split
-    names its (data, label) arrays in that file."""
-
-    resource: str
-    splits: dict[str, tuple[str, str]]
-    description: str
-
-    def sources(self, name: str) -> list[str]:
-        return [f"{BUILTIN_PREFIX}{name}/{split}" for split in self.splits]
-
-
-BUILTIN: dict[str, BuiltinDataset] = {
-    "digits": BuiltinDataset(
-        resource="datasets/digits.npz",
-        splits={"train": ("train_data", "train_label"), "test": ("test_data", "test_label")},
-        description="5,000 MNIST digits, 1×28×28 uint8, 10 classes; train 4,000 / test 1,000",
-    ),
-}
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -113,7 +109,7 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _load_builtin(name: str, split: str) -> Dataset:
     info = BUILTIN[name]
-    data_key, label_key = info.splits[split]
+    data_key, label_key = info.splits[split].data_key, info.splits[split].label_key
     ref = resources.files("netc.runtime").joinpath(info.resource)
     source = f"{BUILTIN_PREFIX}{name}/{split}"
     try:
@@ -239,20 +235,96 @@ def _shape(shape: tuple[int, ...]) -> str:
     return str(tuple(int(d) for d in shape))
 
 
+def label_requirements(plan: Any, label_top: str) -> LabelFact | None:
+    """What the layers of ``plan`` that read blob ``label_top`` as labels need of it, from their
+    ``label_fact`` (None: no layer reads it as labels, e.g. an unused label top).
+
+    Several readers (a loss and an accuracy) must agree on the kind of label (class indices or
+    real targets) and on its count per sample; their facts merge into one: ``classes`` is the
+    smallest of theirs, ``ignore_label`` is kept only when every reader ignores that same value
+    (a value one reader ignores and another counts is an error for the other). Raises
+    :class:`DataError` when the readers disagree.
+    """
+    facts = []
+    for pl in plan.layers:
+        fact = pl.unit.label_fact(list(pl.bottom_shapes))
+        if fact is not None and fact.bottom < len(pl.bottoms) and pl.bottoms[fact.bottom] == label_top:
+            facts.append(fact)
+    if len(facts) <= 1:
+        return facts[0] if facts else None
+    first = facts[0]
+    for other in facts[1:]:
+        if (other.kind, other.count) != (first.kind, first.count):
+            raise DataError(
+                f"label '{label_top}': layer '{first.layer}' reads it as {_kind(first)} and layer "
+                f"'{other.layer}' as {_kind(other)}"
+            )
+    classes = [f.classes for f in facts if f.classes is not None]
+    ignores = {f.ignore_label for f in facts}
+    ignore = next(iter(ignores)) if len(ignores) == 1 else None
+    rule = "; ".join(f"'{f.layer}': {f.rule}" for f in facts)
+    if len(ignores) > 1:
+        only = ", ".join(f"{f.ignore_label} on '{f.layer}'" for f in facts if f.ignore_label is not None)
+        rule += f"; ignore_label {only} only"
+    return LabelFact(", ".join(f.layer for f in facts), first.bottom, first.shape,
+                     min(classes) if classes else None, ignore, first.kind, rule)
+
+
+def _kind(fact: LabelFact) -> str:
+    what = "class indices" if fact.kind == "class" else "real-valued targets"
+    per = "one" if not fact.shape else fmt_shape(fact.shape)
+    return f"{what} ({per} per sample)"
+
+
 def check_dataset(
     ds: Dataset,
     *,
     sample_shape: tuple[int, ...] | None,
-    num_classes: int | None,
+    num_classes: int | None = None,
     ignore_label: int | None = None,
     need_label: bool = True,
+    labels: LabelFact | None = None,
+    transform: TransformationParameter | None = None,
 ) -> None:
     """Raise :class:`DataError` unless ``ds`` is usable.
 
     ``sample_shape``: the shape of one sample *before* crop that the spec expects (None: any).
-    ``num_classes``: labels must lie in [0, num_classes), except ``ignore_label``.
+    ``labels``: what the net's readers of the label need (:func:`label_requirements`): the
+    label's shape per sample *after* ``transform`` (a label map is cropped with its image), its
+    kind, and ``classes`` / ``ignore_label``, which ``num_classes`` / ``ignore_label`` override.
+    Without ``labels`` any label shape N×… is accepted; class labels must be integers in
+    [0, num_classes), except ``ignore_label``.
     """
     name, data, label = ds.name, ds.data, ds.label
+    _check_data_array(name, data)
+    n = data.shape[0]
+    if label is None:
+        if need_label:
+            raise DataError(f"{name}: no array named 'label'")
+    elif label.ndim == 0 or label.shape[0] != n:
+        got = "a scalar" if label.ndim == 0 else str(label.shape[0])
+        raise DataError(f"{name}: 'data' has {n} samples but 'label' has {got}")
+    if sample_shape is not None and tuple(data.shape[1:]) != tuple(sample_shape):
+        raise DataError(
+            f"{name}: each sample has shape {_shape(data.shape[1:])}, but the spec expects "
+            f"{_shape(tuple(sample_shape))} (before crop)"
+        )
+    if label is None:
+        pass
+    elif labels is not None and labels.kind == "target":
+        _check_label_shape(ds, labels, transform)
+        _check_finite(name, "label", label)
+    else:
+        if labels is not None:
+            _check_label_shape(ds, labels, transform)
+            num_classes = labels.classes if num_classes is None else num_classes
+            ignore_label = labels.ignore_label if ignore_label is None else ignore_label
+        _check_labels(name, label, num_classes, ignore_label, labels)
+    if data.dtype.kind == "f":
+        _check_finite(name, "data", data)
+
+
+def _check_data_array(name: str, data: np.ndarray) -> None:
     if data.ndim not in (2, 4):
         raise DataError(
             f"{name}: 'data' must have shape N×C×H×W or N×D, got shape {_shape(data.shape)}"
@@ -261,46 +333,62 @@ def check_dataset(
         raise DataError(
             f"{name}: 'data' has dtype {data.dtype}; netc needs a real or integer dtype"
         )
-    n = data.shape[0]
-    if n == 0:
+    if data.shape[0] == 0:
         raise DataError(f"{name}: the data set is empty (0 samples)")
-    if label is None:
-        if need_label:
-            raise DataError(f"{name}: no array named 'label'")
-    else:
-        if label.ndim != 1:
+
+
+def _check_finite(name: str, key: str, a: np.ndarray) -> None:
+    if a.dtype.kind != "f":
+        return
+    for start in range(0, a.shape[0], _SCAN_CHUNK):
+        chunk = a[start : start + _SCAN_CHUNK]
+        bad = ~np.isfinite(chunk.reshape(chunk.shape[0], -1)).all(axis=1)
+        if bad.any():
+            first = start + int(np.argmax(bad))
             raise DataError(
-                f"{name}: 'label' must have shape (N,), got shape {_shape(label.shape)}"
+                f"{name}: '{key}' contains NaN or infinite values (first in sample {first})"
             )
-        if label.shape[0] != n:
-            raise DataError(f"{name}: 'data' has {n} samples but 'label' has {label.shape[0]}")
-    if sample_shape is not None and tuple(data.shape[1:]) != tuple(sample_shape):
-        raise DataError(
-            f"{name}: each sample has shape {_shape(data.shape[1:])}, but the spec expects "
-            f"{_shape(tuple(sample_shape))} (before crop)"
-        )
-    if label is not None:
-        _check_labels(name, label, num_classes, ignore_label)
-    if data.dtype.kind == "f":
-        for start in range(0, n, _SCAN_CHUNK):
-            chunk = data[start : start + _SCAN_CHUNK]
-            bad = ~np.isfinite(chunk.reshape(chunk.shape[0], -1)).all(axis=1)
-            if bad.any():
-                first = start + int(np.argmax(bad))
-                raise DataError(
-                    f"{name}: 'data' contains NaN or infinite values (first in sample {first})"
-                )
+
+
+def _check_label_shape(
+    ds: Dataset, fact: LabelFact, transform: TransformationParameter | None
+) -> None:
+    """The label's count per sample after the transform must be what its readers need."""
+    per = tuple(int(d) for d in ds.label.shape[1:])
+    crop = None
+    if ds.data.ndim == 4 and transform is not None:
+        crop = crop_dims(transform, *ds.data.shape[2:])
+    after = transformed_label_shape(ds.sample_shape, per, crop)
+    if int(np.prod(after, dtype=np.int64)) == fact.count:
+        return
+    cropped = f" ({fmt_shape(after)} after crop)" if after != per else ""
+    need = "one value" if not fact.shape else fmt_shape(fact.shape)
+    raise DataError(
+        f"{ds.name}: 'label' holds {_per_sample(per)} per sample{cropped}, but layer "
+        f"'{fact.layer}' needs {need} per sample ({fact.rule})"
+    )
+
+
+def _per_sample(shape: tuple[int, ...]) -> str:
+    return "one value" if not shape else fmt_shape(shape)
 
 
 def _check_labels(
-    name: str, label: np.ndarray, num_classes: int | None, ignore_label: int | None
+    name: str,
+    label: np.ndarray,
+    num_classes: int | None,
+    ignore_label: int | None,
+    fact: LabelFact | None = None,
 ) -> None:
     kind = label.dtype.kind
     if kind == "f":
         bad = ~np.isfinite(label) | (label != np.round(label))
         if bad.any():
-            i = int(np.argmax(bad))
-            raise DataError(f"{name}: labels must be integers, but label[{i}] = {float(label[i])}")
+            i = np.unravel_index(int(np.argmax(bad)), label.shape)
+            where = ", ".join(str(int(k)) for k in i)
+            raise DataError(
+                f"{name}: labels must be integers, but label[{where}] = {float(label[i])}"
+            )
     elif kind not in "iu":
         raise DataError(f"{name}: labels must be integers, but 'label' has dtype {label.dtype}")
     values = label if ignore_label is None else label[label != ignore_label]
@@ -309,9 +397,11 @@ def _check_labels(
     lo, hi = int(values.min()), int(values.max())
     if num_classes is not None:
         if lo < 0 or hi >= num_classes:
+            readers = "" if fact is None else f" (layer '{fact.layer}': {fact.rule})"
+            ignored = "" if ignore_label is None else f", except the ignore_label {ignore_label}"
             raise DataError(
-                f"{name}: labels range over [{lo}, {hi}], outside [0, {num_classes}) "
-                f"for a classifier with {num_classes} outputs"
+                f"{name}: labels range over [{lo}, {hi}], outside [0, {num_classes}){ignored} "
+                f"for a classifier with {num_classes} outputs{readers}"
             )
     elif lo < -(2**31) or hi >= 2**31:
         raise DataError(f"{name}: labels range over [{lo}, {hi}], which does not fit in int32")
@@ -326,12 +416,6 @@ class _Transform:
     scale: float
     crop: tuple[int, int] | None  # (crop_h, crop_w)
     mirror: bool
-
-
-def _crop_dims(t: TransformationParameter) -> tuple[int, int] | None:
-    if not (t.crop_size or t.crop_h or t.crop_w):
-        return None
-    return (t.crop_h or t.crop_size, t.crop_w or t.crop_size)  # 0: that axis is not cropped
 
 
 def _make_transform(
@@ -366,19 +450,16 @@ def _make_transform(
         if len(sample_shape) == 3:
             per_channel = per_channel.reshape(-1, 1, 1)
         mean = per_channel if len(t.mean_value) > 1 else per_channel.reshape(())
-    crop = _crop_dims(t)
-    if (crop or t.mirror) and len(sample_shape) != 3:
+    wants_crop = bool(t.crop_size or t.crop_h or t.crop_w)
+    if (wants_crop or t.mirror) and len(sample_shape) != 3:
         raise DataError(
             f"{name}: crop and mirror need image data N×C×H×W, but samples have shape "
             f"{_shape(sample_shape)}"
         )
-    if crop is not None:
+    crop = crop_dims(t, *sample_shape[1:]) if wants_crop else None
+    if crop is not None and (crop[0] > sample_shape[1] or crop[1] > sample_shape[2]):
         h, w = sample_shape[1:]
-        crop = (crop[0] or h, crop[1] or w)
-        if crop[0] > h or crop[1] > w:
-            raise DataError(f"{name}: crop {crop[0]}×{crop[1]} is larger than the images ({h}×{w})")
-        if crop == (h, w):
-            crop = None
+        raise DataError(f"{name}: crop {crop[0]}×{crop[1]} is larger than the images ({h}×{w})")
     return _Transform(mean, float(t.scale), crop, bool(t.mirror))
 
 
@@ -403,7 +484,14 @@ class _Producer:
     """
 
     def __init__(
-        self, ds: Dataset, batch_size: int, tr: _Transform, train: bool, seed: int, shuffle: bool
+        self,
+        ds: Dataset,
+        batch_size: int,
+        tr: _Transform,
+        train: bool,
+        seed: int,
+        shuffle: bool,
+        real_labels: bool = False,
     ):
         self.data, self.label = ds.data, ds.label
         self.n = len(ds)
@@ -412,6 +500,8 @@ class _Producer:
         self.train = train
         self.seed = seed
         self.shuffle = shuffle
+        self.label_map = ds.label is not None and is_label_map(ds.sample_shape, ds.label.shape[1:])
+        self.label_dtype = np.float32 if real_labels else np.int32
         self._orders: dict[int, np.ndarray] = {}
         self._augment: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -441,8 +531,9 @@ class _Producer:
             self._augment[epoch] = choices
         return choices
 
-    def batch(self, epoch: int, index: int) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
-        parts: list[tuple[int, int, int]] = []  # (epoch, start, stop)
+    def _parts(self, epoch: int, index: int) -> tuple[list[tuple[int, int, int]], tuple[int, int]]:
+        """The (epoch, start, stop) runs of the next batch (it may wrap), and the next position."""
+        parts: list[tuple[int, int, int]] = []
         need = self.batch_size
         while need:
             take = min(need, self.n - index)
@@ -451,45 +542,78 @@ class _Producer:
             index += take
             if index == self.n:
                 epoch, index = epoch + 1, 0
+        return parts, (epoch, index)
+
+    def _window(self, parts: list[tuple[int, int, int]], h: int, w: int):
+        """(rows, cols) index arrays of each sample's crop and flip, or None (no change): the
+        random choices of each place in TRAIN, the centre and no flip in TEST."""
+        tr = self.tr
+        if tr.crop is None and not (tr.mirror and self.train):
+            return None
+        ch, cw = tr.crop or (h, w)
+        if self.train:
+            h_off, w_off, flip = self._gather_choices(parts)
+            if tr.crop is None:
+                h_off, w_off = np.zeros_like(h_off), np.zeros_like(w_off)
+            if not tr.mirror:
+                flip = np.zeros_like(flip)
+        else:
+            b = sum(stop - start for _, start, stop in parts)
+            h_off, w_off = np.full(b, (h - ch) // 2), np.full(b, (w - cw) // 2)
+            flip = np.zeros(b, dtype=bool)
+        rows = h_off[:, None] + np.arange(ch)
+        cols = w_off[:, None] + np.where(flip[:, None], np.arange(cw)[::-1], np.arange(cw))
+        return rows, cols
+
+    def batch(self, epoch: int, index: int) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+        parts, position = self._parts(epoch, index)
         idx = np.concatenate([self._order(e)[a:b] for e, a, b in parts])
         x = self.data[idx]
-        tr = self.tr
-        if x.ndim == 4 and (tr.crop is not None or (tr.mirror and self.train)):
-            _, c, h, w = x.shape
-            ch, cw = tr.crop or (h, w)
-            if self.train:
-                h_off, w_off, flip = self._gather_choices(parts)
-                if tr.crop is None:
-                    h_off = np.zeros_like(h_off)
-                    w_off = np.zeros_like(w_off)
-                if not tr.mirror:
-                    flip = np.zeros_like(flip)
-            else:
-                b = len(idx)
-                h_off = np.full(b, (h - ch) // 2)
-                w_off = np.full(b, (w - cw) // 2)
-                flip = np.zeros(b, dtype=bool)
-            rows = h_off[:, None] + np.arange(ch)
-            cols = w_off[:, None] + np.where(flip[:, None], np.arange(cw)[::-1], np.arange(cw))
-            x = x[
-                np.arange(len(idx))[:, None, None, None],
-                np.arange(c)[None, :, None, None],
-                rows[:, None, :, None],
-                cols[:, None, None, :],
-            ]
+        window = self._window(parts, *x.shape[2:]) if x.ndim == 4 else None
+        if window is not None:
+            x = _take_window(x, *window)
         x = x.astype(np.float32)
-        if tr.mean is not None:
-            x -= tr.mean
-        if tr.scale != 1.0:
-            x *= np.float32(tr.scale)
+        if self.tr.mean is not None:
+            x -= self.tr.mean
+        if self.tr.scale != 1.0:
+            x *= np.float32(self.tr.scale)
         out = {"data": np.ascontiguousarray(x)}
         if self.label is not None:
-            out["label"] = self.label[idx].astype(np.int32)
-        return out, (epoch, index)
+            y = self.label[idx]
+            if window is not None and self.label_map:  # the image's crop and flip, exactly
+                lead = y.shape[1:-2]
+                y = _take_window(y.reshape(len(idx), 1, *y.shape[-2:]), *window)
+                y = y.reshape(len(idx), *lead, *y.shape[-2:])
+            out["label"] = np.ascontiguousarray(y.astype(self.label_dtype))
+        return out, position
 
     def _gather_choices(self, parts: list[tuple[int, int, int]]) -> tuple[np.ndarray, ...]:
         per_part = [tuple(arr[a:b] for arr in self._choices(e)) for e, a, b in parts]
         return tuple(np.concatenate(cols) for cols in zip(*per_part))
+
+
+def _check_label_transform(ds: Dataset, tr: _Transform, train: bool) -> None:
+    """A label with a grid per sample must be a label map of the images' H×W if the images are
+    cropped or mirrored: any other grid could not follow its image."""
+    if ds.label is None or ds.label.ndim < 3 or not (tr.crop or (tr.mirror and train)):
+        return
+    per = tuple(int(d) for d in ds.label.shape[1:])
+    if not is_label_map(ds.sample_shape, per):
+        raise DataError(
+            f"{ds.name}: 'label' holds {fmt_shape(per)} per sample, but the images "
+            f"{fmt_shape(ds.sample_shape)} are cropped or mirrored: a label map must be H×W (or "
+            f"1×H×W) of the images' own size to be cropped and mirrored with them"
+        )
+
+
+def _take_window(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """a[b, c, rows[b], cols[b]] for every sample b of an N×C×H×W array: crop and flip."""
+    return a[
+        np.arange(a.shape[0])[:, None, None, None],
+        np.arange(a.shape[1])[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
 
 
 def _worker(
@@ -514,11 +638,12 @@ def _worker(
 
 
 class BatchStream:
-    """An endless stream of batches ``{"data": float32 N×..., "label": int32 N}`` from ``ds``.
+    """An endless stream of batches ``{"data": float32 N×..., "label": int32 N×...}`` from ``ds``.
 
     ``position`` (from :meth:`position` of an earlier stream) resumes where that stream's
     consumer stopped. ``prefetch``: queue depth of the background thread (0: no thread; batches
-    are made in ``next()``).
+    are made in ``next()``). Labels keep their shape per sample (a label map is cropped and
+    mirrored with its image); ``real_labels``: float32 targets instead of int32 class indices.
     """
 
     def __init__(
@@ -532,6 +657,7 @@ class BatchStream:
         shuffle: bool,
         position: dict | None = None,
         prefetch: int = 4,
+        real_labels: bool = False,
     ):
         self._closed = True
         self._thread: threading.Thread | None = None
@@ -544,7 +670,7 @@ class BatchStream:
         if (
             ds.data.ndim not in (2, 4)
             or len(ds) == 0
-            or (ds.label is not None and ds.label.shape != (len(ds),))
+            or (ds.label is not None and (ds.label.ndim == 0 or ds.label.shape[0] != len(ds)))
         ):
             check_dataset(ds, sample_shape=None, num_classes=None, need_label=False)
         self.dataset = ds
@@ -552,7 +678,8 @@ class BatchStream:
         n = len(ds)
         self._pos = self._start_position(ds, position)
         tr = _make_transform(ds.name, ds.sample_shape, transform)
-        self._producer = _Producer(ds, batch_size, tr, train, seed, shuffle)
+        _check_label_transform(ds, tr, train)
+        self._producer = _Producer(ds, batch_size, tr, train, seed, shuffle, real_labels)
         self._error: BaseException | None = None
         self._closed = False
         self._size = n

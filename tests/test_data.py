@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from netc.compiler.layer import LabelFact
 from netc.runtime import data as D
 from netc.runtime.data import BUILTIN, BatchStream, DataError, Dataset, check_dataset, load_source
 from netc.spec.messages import TransformationParameter as T
@@ -219,10 +220,17 @@ def test_check_dataset_errors(tmp_path):
         check_dataset(ds, sample_shape=None, num_classes=None)
     assert message(e) == f"{f}: 'data' has dtype <U1; netc needs a real or integer dtype"
 
+    # the label's shape per sample is what its readers need (Caffe: the count); N×1 is one
+    fact = LabelFact("loss", 1, (), 10, None, "class", "predictions ip are 3×10 with classes on axis 1")
     f, ds = _save_and_load(tmp_path, np.zeros((3, 2)), np.zeros((3, 1), np.int32))
+    check_dataset(ds, sample_shape=None, labels=fact)
+    f, ds = _save_and_load(tmp_path, np.zeros((3, 2)), np.zeros((3, 2), np.int32))
     with pytest.raises(DataError) as e:
-        check_dataset(ds, sample_shape=None, num_classes=None)
-    assert message(e) == f"{f}: 'label' must have shape (N,), got shape (3, 1)"
+        check_dataset(ds, sample_shape=None, labels=fact)
+    assert message(e) == (
+        f"{f}: 'label' holds 2 per sample, but layer 'loss' needs one value per sample "
+        "(predictions ip are 3×10 with classes on axis 1)"
+    )
 
 
 def test_label_errors(tmp_path):
@@ -486,12 +494,29 @@ def test_close_stops_the_thread_and_context_manager():
 
 
 def test_check_path_builtin_shapes_match_the_bundled_arrays():
-    """`netc check` knows the built-in sets' shapes without numpy (compiler/layers/data.py);
-    they must equal the bundled arrays (one truth, checked here)."""
+    """`netc check` knows the built-in sets' shapes without numpy (compiler/layers/data.py's
+    catalogue, the one list); they must equal the bundled arrays (one truth, checked here)."""
     from netc.compiler.layers.data import BUILTIN_SOURCES
     from netc.runtime.data import load_source
 
-    for name, (sample_shape, classes) in BUILTIN_SOURCES.items():
+    assert set(BUILTIN_SOURCES) == {s for n, b in BUILTIN.items() for s in b.sources(n)}
+    for name, split in BUILTIN_SOURCES.items():
         ds = load_source(name)
-        assert tuple(ds.data.shape[1:]) == sample_shape, name
-        assert int(ds.label.max()) + 1 == classes and int(ds.label.min()) == 0, name
+        assert len(ds) == split.samples, name
+        assert tuple(ds.data.shape[1:]) == split.sample_shape, name
+        assert tuple(ds.label.shape[1:]) == split.label_shape, name
+        assert int(ds.label.max()) + 1 == split.classes and int(ds.label.min()) == 0, name
+
+
+def test_builtin_catalogue_is_known_without_numpy_or_jax():
+    """`netc check` reads the catalogue in a process that never imports numpy's data or JAX."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from netc.compiler.layers.data import BUILTIN_SOURCES; "
+        "s = BUILTIN_SOURCES['netc:digits/train']; "
+        "assert s.sample_shape == (1, 28, 28) and s.classes == 10; "
+        "assert 'jax' not in sys.modules and 'numpy' not in sys.modules, sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

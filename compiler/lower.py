@@ -88,6 +88,8 @@ class Net:
                 for t in pl.tops:
                     if t in inputs:
                         blobs[t] = inputs[t]
+                    elif outputs is None:  # the whole net needs every input
+                        raise LoweringError(f"input blob '{t}' (from layer '{pl.name}') was not given")
                 continue
             bottoms = []
             for b in pl.bottoms:

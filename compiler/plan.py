@@ -164,68 +164,125 @@ def plan(spec: NetSpec, state: NetState | None = None, *, batch: int | None = No
     """Resolve the layers of `state` (default TRAIN) and infer every shape. Problems go to the
     spec's diagnostics (or `diagnostics`); layers downstream of a failed one are skipped quietly."""
     state = state or NetState(phase="TRAIN")
-    diags = diagnostics or spec.diagnostics
-    registry = units()
-    active = [(i, layer) for i, layer in enumerate(spec.layers) if layer.in_state(state)]
-    active_specs = [layer for _, layer in active]
-    blobs: dict[str, Shape] = {}
-    producer: dict[str, str] = {}
-    poisoned: set[str] = set(spec.failed_tops)
-    rf: dict[str, RF | None] = {}
-    consumed: set[str] = set()
-    names: dict[str, int] = {}
-    shared: dict[str, tuple[tuple[str, str], ParamDecl]] = {}
-    out = Plan(spec, state, [], blobs, [], [], diags, batch)
+    return _Planner(spec, state, batch, diagnostics or spec.diagnostics).run()
 
-    for k, (i, layer) in enumerate(active):
-        path = spec.layer_paths[i]
-        prefix = _layer_prefix(layer)
-        unit_cls = registry[layer.type]
-        if layer.name in names:
-            diags.error(f"{prefix}name: another layer in the {state.phase} net is also called "
-                        f"'{layer.name}'; parameters are keyed by layer name", path + ("name",))
-            continue
-        names[layer.name] = i
-        unit = unit_cls(layer, spec.spec_dir)
-        # arity
+
+class _Planner:
+    """One walk over a phase's layers in the order written (Caffe's Net::Init), one method per
+    check. A failed check reports to the diagnostics and poisons the layer's new tops: layers
+    that read a poisoned blob are skipped without a second message."""
+
+    def __init__(self, spec: NetSpec, state: NetState, batch: int | None, diags: Diagnostics):
+        self.spec, self.state, self.batch, self.diags = spec, state, batch, diags
+        self.registry = units()
+        self.active = [(i, layer) for i, layer in enumerate(spec.layers) if layer.in_state(state)]
+        self.blobs: dict[str, Shape] = {}
+        self.producer: dict[str, str] = {}
+        self.poisoned: set[str] = set(spec.failed_tops)
+        self.rf: dict[str, RF | None] = {}
+        # Every blob some layer of this phase reads, planned or not: a consumer that failed
+        # still uses its bottoms, so they are never reported as unused outputs.
+        self.consumed: set[str] = {b for _, layer in self.active for b in layer.bottom}
+        self.consumed |= spec.failed_bottoms
+        self.names: dict[str, int] = {}
+        self.shared: dict[str, tuple[tuple[str, str], ParamDecl]] = {}
+        self.out = Plan(spec, state, [], self.blobs, [], [], diags, batch)
+
+    def run(self) -> Plan:
+        for k, (i, layer) in enumerate(self.active):
+            self._layer(k, i, layer)
+        self._filler_warnings()
+        self._outputs()
+        return self.out
+
+    def _layer(self, k: int, i: int, layer) -> None:
+        path, prefix = self.spec.layer_paths[i], _layer_prefix(layer)
+        if not self._unique_name(layer, i, path, prefix):
+            return
+        unit = self.registry[layer.type](layer, self.spec.spec_dir)
+        if not self._arity(unit, path, prefix):
+            self.poisoned.update(layer.top)
+            return
+        inferred = self._bottoms(k, layer, path, prefix) and self._infer(unit, path, prefix)
+        if not inferred:
+            self._poison(layer)
+            return
+        bottom_shapes, top_shapes, params, macs, window, resolved = inferred
+        checks = [self._tops(layer, top_shapes, path, prefix),
+                  self._counts(layer, params, path, prefix)]
+        owners, lr, decay, shared_ok = self._sharing(layer, params, path, prefix)
+        if not (all(checks) and shared_ok):
+            self._poison(layer)
+            return
+        top_rf = _receptive_field(unit, window, [self.rf.get(b) for b in layer.bottom],
+                                  top_shapes, bottom_shapes)
+        self._declare(unit, top_shapes, top_rf)
+        weights = layer.loss_weight or tuple(
+            1.0 if (unit.is_loss and j == 0) else 0.0 for j in range(len(layer.top)))
+        in_place = tuple(j < len(layer.bottom) and layer.bottom[j] == t for j, t in enumerate(layer.top))
+        pl = PlannedLayer(i, unit, path, bottom_shapes, top_shapes, params, owners, lr, decay,
+                          tuple(weights), in_place, macs, top_rf, resolved)
+        self.out.layers.append(pl)
+        for role, decl in params.items():
+            self.out.params.setdefault(owners[role], decl)
+
+    def _poison(self, layer) -> None:
+        self.poisoned.update(t for t in layer.top if t not in self.blobs)
+
+    def _unique_name(self, layer, i: int, path: tuple, prefix: str) -> bool:
+        if layer.name in self.names:
+            self.diags.error(f"{prefix}name: another layer in the {self.state.phase} net is also "
+                             f"called '{layer.name}'; parameters are keyed by layer name",
+                             path + ("name",))
+            return False
+        self.names[layer.name] = i
+        return True
+
+    def _arity(self, unit: Layer, path: tuple, prefix: str) -> bool:
+        layer = unit.spec
         lo, hi = unit.bottoms
         nb = len(layer.bottom)
         if nb < lo or (hi is not None and nb > hi):
             want = _arity(lo, hi, "input")
             named = f" ({', '.join(unit.bottom_names)})" if len(unit.bottom_names) == lo and lo > 1 else ""
-            diags.error(f"{prefix}bottom: takes {want}{named}, got {nb}", path + ("bottom",))
-            poisoned.update(layer.top)
-            continue
+            self.diags.error(f"{prefix}bottom: takes {want}{named}, got {nb}", path + ("bottom",))
+            return False
         lo, hi = unit.tops
         nt = len(layer.top)
         if nt < lo or (hi is not None and nt > hi):
-            diags.error(f"{prefix}top: produces {_arity(lo, hi, 'output')}, got {nt}", path + ("top",))
-            poisoned.update(layer.top)
-            continue
-        # bottoms must already exist
-        missing = False
+            self.diags.error(f"{prefix}top: produces {_arity(lo, hi, 'output')}, got {nt}",
+                             path + ("top",))
+            return False
+        return True
+
+    def _bottoms(self, k: int, layer, path: tuple, prefix: str) -> bool:
+        """Every bottom must be produced by an earlier layer; reports each one that is not."""
+        ok = True
         for j, b in enumerate(layer.bottom):
-            if b in poisoned:
-                missing = True
-            elif b not in blobs:
-                missing = True
-                later = next((m for m in range(k + 1, len(active_specs)) if b in active_specs[m].top), None)
-                bpath = path + ("bottom", j)
-                if later is not None:
-                    chain = _cycle(spec, active_specs, k, later)
-                    if chain is not None:
-                        diags.error(f"{prefix}bottom: cycle: {' → '.join(chain + [layer.name])} "
-                                    f"(blob '{b}')", bpath)
-                    else:
-                        diags.error(f"{prefix}bottom: blob '{b}' is produced by layer "
-                                    f"'{active_specs[later].name}', which comes later; layers run "
-                                    f"in the order written", bpath)
-                else:
-                    diags.error(f"{prefix}bottom: unknown blob '{b}'{did_you_mean(b, blobs)}", bpath)
-        if missing:
-            poisoned.update(t for t in layer.top if t not in blobs)
-            continue
-        bottom_shapes = [blobs[b] for b in layer.bottom]
+            if b in self.poisoned:
+                ok = False
+            elif b not in self.blobs:
+                ok = False
+                self.diags.error(f"{prefix}bottom: {self._missing(k, layer, b)}", path + ("bottom", j))
+        return ok
+
+    def _missing(self, k: int, layer, b: str) -> str:
+        specs = [s for _, s in self.active]
+        later = next((m for m in range(k + 1, len(specs)) if b in specs[m].top), None)
+        if later is None:
+            # tops of layers that failed are still candidates: a typo in their params must not
+            # hide the suggestion for a misspelt reference to them
+            known = list(self.blobs) + sorted(self.poisoned - self.blobs.keys())
+            return f"unknown blob '{b}'{did_you_mean(b, known)}"
+        chain = _cycle(self.spec, specs, k, later)
+        if chain is not None:
+            return f"cycle: {' → '.join(chain + [layer.name])} (blob '{b}')"
+        return (f"blob '{b}' is produced by layer '{specs[later].name}', which comes later; "
+                f"layers run in the order written")
+
+    def _infer(self, unit: Layer, path: tuple, prefix: str):
+        """(bottom shapes, top shapes, params, MACs, window, resolved), or None on an error."""
+        bottom_shapes = [self.blobs[b] for b in unit.spec.bottom]
         try:
             top_shapes = unit.infer(bottom_shapes)
             params = unit.params(bottom_shapes)
@@ -238,113 +295,117 @@ def plan(spec: NetSpec, state: NetState | None = None, *, batch: int | None = No
                     raise SpecError(f"output {fmt_shape(shape)} would hold {math.prod(concrete):,} "
                                     f"elements, more than netc allows ({MAX_ELEMENTS:,})")
         except SpecError as e:
-            _report(diags, prefix, path, e)
-            poisoned.update(t for t in layer.top if t not in blobs)
-            continue
+            _report(self.diags, prefix, path, e)
+            return None
         for message, wpath in unit.warnings:
-            _report(diags, prefix, path, SpecError(message, wpath), "warning")
-        if unit.is_data and batch is not None:
-            top_shapes = [(batch,) + tuple(s[1:]) if len(s) else s for s in top_shapes]
-        # tops: in place, or new
-        in_place = []
-        failed = False
+            _report(self.diags, prefix, path, SpecError(message, wpath), "warning")
+        if unit.is_data and self.batch is not None:
+            top_shapes = [(self.batch,) + tuple(s[1:]) if len(s) else s for s in top_shapes]
+        return bottom_shapes, top_shapes, params, macs, window, resolved
+
+    def _tops(self, layer, top_shapes: list[Shape], path: tuple, prefix: str) -> bool:
+        """A top is new, or written in place (top == bottom at the same index, same shape)."""
+        ok = True
         for j, t in enumerate(layer.top):
             inplace = j < len(layer.bottom) and layer.bottom[j] == t
-            if inplace and blobs[t] != top_shapes[j]:
-                diags.error(f"{prefix}top: '{t}' is computed in place but the output "
-                            f"{fmt_shape(top_shapes[j])} differs from the input {fmt_shape(blobs[t])}",
-                            path + ("top", j))
-                failed = True
-            elif not inplace and t in blobs:
-                diags.error(f"{prefix}top: blob '{t}' is already produced by layer '{producer[t]}' "
-                            f"(only in-place layers, with top == bottom, may write a blob twice)",
-                            path + ("top", j))
-                failed = True
-            in_place.append(inplace)
+            if inplace and self.blobs[t] != top_shapes[j]:
+                self.diags.error(f"{prefix}top: '{t}' is computed in place but the output "
+                                 f"{fmt_shape(top_shapes[j])} differs from the input "
+                                 f"{fmt_shape(self.blobs[t])}", path + ("top", j))
+                ok = False
+            elif not inplace and t in self.blobs:
+                self.diags.error(f"{prefix}top: blob '{t}' is already produced by layer "
+                                 f"'{self.producer[t]}' (only in-place layers, with top == bottom, "
+                                 f"may write a blob twice)", path + ("top", j))
+                ok = False
         if len(layer.top) != len(set(layer.top)):
-            diags.error(f"{prefix}top: the same blob is listed twice", path + ("top",))
-            failed = True
-        # loss weights, propagate_down, param specs
+            self.diags.error(f"{prefix}top: the same blob is listed twice", path + ("top",))
+            ok = False
+        return ok
+
+    def _counts(self, layer, params: dict[str, ParamDecl], path: tuple, prefix: str) -> bool:
+        """loss_weight per top, propagate_down per bottom, at most one `param` per blob."""
+        ok = True
         if layer.loss_weight and len(layer.loss_weight) != len(layer.top):
-            diags.error(f"{prefix}loss_weight: {len(layer.loss_weight)} values for {len(layer.top)} tops",
-                        path + ("loss_weight",))
-            failed = True
+            self.diags.error(f"{prefix}loss_weight: {len(layer.loss_weight)} values for "
+                             f"{len(layer.top)} tops", path + ("loss_weight",))
+            ok = False
         if layer.propagate_down and len(layer.propagate_down) != len(layer.bottom):
-            diags.error(f"{prefix}propagate_down: {len(layer.propagate_down)} values for "
-                        f"{len(layer.bottom)} bottoms", path + ("propagate_down",))
-            failed = True
+            self.diags.error(f"{prefix}propagate_down: {len(layer.propagate_down)} values for "
+                             f"{len(layer.bottom)} bottoms", path + ("propagate_down",))
+            ok = False
         if len(layer.param) > len(params):
-            diags.error(f"{prefix}param: {len(layer.param)} entries, but the layer has "
-                        f"{len(params)} parameter blob(s)" + (f" ({', '.join(params)})" if params else ""),
-                        path + ("param",))
-            failed = True
-        owners, lr, decay = {}, {}, {}
+            self.diags.error(f"{prefix}param: {len(layer.param)} entries, but the layer has "
+                             f"{len(params)} parameter blob(s)"
+                             + (f" ({', '.join(params)})" if params else ""), path + ("param",))
+            ok = False
+        return ok
+
+    def _sharing(self, layer, params: dict[str, ParamDecl], path: tuple, prefix: str):
+        """(owner, lr_mult, decay_mult per role, ok): `param.name` shares a blob with the first
+        layer that named it (Caffe's STRICT: same shape; PERMISSIVE: same count)."""
+        owners, lr, decay, ok = {}, {}, {}, True
         for j, (role, decl) in enumerate(params.items()):
             ps = layer.param[j] if j < len(layer.param) else None
             lr[role] = ps.lr_mult if ps else 1.0
             decay[role] = ps.decay_mult if ps else 1.0
             owners[role] = (layer.name, role)
-            if ps is not None and ps.name:
-                if ps.name in shared:
-                    owner, first = shared[ps.name]
-                    same = first.shape == decl.shape if ps.share_mode == "STRICT" else first.count == decl.count
-                    if not same:
-                        diags.error(f"{prefix}param[{j}].name: shares '{ps.name}' with layer '{owner[0]}', "
-                                    f"but its {role} is {fmt_shape(decl.shape)} and theirs is "
-                                    f"{fmt_shape(first.shape)}", path + ("param", j, "name"))
-                        failed = True
-                    owners[role] = owner
-                else:
-                    shared[ps.name] = ((layer.name, role), decl)
-        if failed:
-            poisoned.update(t for t in layer.top if t not in blobs)
-            continue
-        weights = layer.loss_weight or tuple(
-            1.0 if (unit.is_loss and j == 0) else 0.0 for j in range(len(layer.top)))
-        # receptive fields
-        top_rf = _receptive_field(unit, window, [rf.get(b) for b in layer.bottom], top_shapes,
-                                  bottom_shapes)
-        for t, shape in zip(layer.top, top_shapes):
-            blobs[t] = shape
-            if unit.is_data:  # every input position sees itself
-                rf[t] = [(1, 1)] * (len(shape) - 2) if len(shape) >= 3 else None
-            else:
-                rf[t] = top_rf if len(shape) >= 3 else None
-            producer.setdefault(t, layer.name)
-        consumed.update(layer.bottom)
-        if unit.is_data:
-            out.inputs.extend(layer.top)
-        pl = PlannedLayer(i, unit, path, bottom_shapes, top_shapes, params, owners, lr, decay,
-                          tuple(weights), tuple(in_place), macs, top_rf,
-                          resolved)
-        out.layers.append(pl)
-        for role, decl in params.items():
-            out.params.setdefault(owners[role], decl)
+            if ps is None or not ps.name:
+                continue
+            if ps.name not in self.shared:
+                self.shared[ps.name] = ((layer.name, role), decl)
+                continue
+            owner, first = self.shared[ps.name]
+            same = first.shape == decl.shape if ps.share_mode == "STRICT" else first.count == decl.count
+            if not same:
+                self.diags.error(f"{prefix}param[{j}].name: shares '{ps.name}' with layer "
+                                 f"'{owner[0]}', but its {role} is {fmt_shape(decl.shape)} and "
+                                 f"theirs is {fmt_shape(first.shape)}", path + ("param", j, "name"))
+                ok = False
+            owners[role] = owner
+        return owners, lr, decay, ok
 
-    # Caffe's unset filler is constant 0: weights that start equal never break symmetry.
-    if out.has_loss:
-        for pl in out.layers:
+    def _declare(self, unit: Layer, top_shapes: list[Shape], top_rf: RF | None) -> None:
+        """Record the layer's tops: shapes, receptive fields, producer, the net's inputs."""
+        layer = unit.spec
+        for t, shape in zip(layer.top, top_shapes):
+            self.blobs[t] = shape
+            if unit.is_data:  # every input position sees itself
+                self.rf[t] = [(1, 1)] * (len(shape) - 2) if len(shape) >= 3 else None
+            else:
+                self.rf[t] = top_rf if len(shape) >= 3 else None
+            self.producer.setdefault(t, layer.name)
+        if unit.is_data:
+            self.out.inputs.extend(layer.top)
+
+    def _filler_warnings(self) -> None:
+        """Caffe's unset filler is constant 0: weights that start equal never break symmetry."""
+        if not self.out.has_loss:
+            return
+        for pl in self.out.layers:
             for role, decl in pl.params.items():
                 if (role == "weight" and decl.learned and decl.filler is None
                         and pl.lr_mult[role] > 0 and pl.param_owner[role][0] == pl.name
                         and pl.unit.param_field):
-                    diags.warning(f"{_layer_prefix(pl.unit.spec)}{pl.unit.param_field}.weight_filler: "
-                                  f"not set, so Caffe fills the weights with constant 0 and they "
-                                  f"start equal (set e.g. weight_filler: {{type: xavier}})",
-                                  pl.path + (pl.unit.param_field,))
-    # outputs nothing consumes
-    for pl in out.layers:
-        for t, w in zip(pl.tops, pl.loss_weights):
-            if t in consumed or t in out.outputs:
-                continue
-            out.outputs.append(t)
-            final = pl is out.layers[-1] or all(x.unit.is_loss or x.type == "Accuracy" or not x.tops
-                                                for x in out.layers[out.layers.index(pl) + 1:])
-            if not w and not pl.unit.is_loss and pl.type != "Accuracy" and not (final and not out.has_loss) \
-                    and not pl.unit.is_data:
-                diags.warning(f"{_layer_prefix(pl.unit.spec)}top: blob '{t}' is not used by any layer "
-                              f"(it is computed only to be a net output)", pl.path + ("top",))
-    return out
+                    self.diags.warning(
+                        f"{_layer_prefix(pl.unit.spec)}{pl.unit.param_field}.weight_filler: "
+                        f"not set, so Caffe fills the weights with constant 0 and they start equal "
+                        f"(set e.g. weight_filler: {{type: xavier}})", pl.path + (pl.unit.param_field,))
+
+    def _outputs(self) -> None:
+        """The net's outputs (tops no layer reads); warn about those that look forgotten."""
+        out = self.out
+        for n, pl in enumerate(out.layers):
+            for t, w in zip(pl.tops, pl.loss_weights):
+                if t in self.consumed or t in out.outputs:
+                    continue
+                out.outputs.append(t)
+                final = all(x.unit.is_loss or x.unit.is_metric or not x.tops for x in out.layers[n + 1:])
+                scored = w or pl.unit.is_loss or pl.unit.is_metric or pl.unit.is_data
+                if not scored and not (final and not out.has_loss):
+                    self.diags.warning(f"{_layer_prefix(pl.unit.spec)}top: blob '{t}' is not used "
+                                       f"by any layer (it is computed only to be a net output)",
+                                       pl.path + ("top",))
 
 
 def _arity(lo: int, hi: int | None, word: str) -> str:

@@ -25,6 +25,19 @@ from netc.spec.messages import (
 from netc.spec.yaml_io import YamlError, read_yaml
 
 
+# Every layer type BVLC Caffe registers (REGISTER_LAYER_CLASS / REGISTER_LAYER_CREATOR in
+# src/caffe/layers/*.cpp and layer_factory.cpp, at 9b89154). A type here that netc's registry
+# lacks is reported as "not supported yet" rather than as a misspelling of a netc type.
+CAFFE_LAYER_TYPES = frozenset("""
+    AbsVal Accuracy ArgMax BNLL BatchNorm BatchReindex Bias Clip Concat ContrastiveLoss Convolution
+    Crop Data Deconvolution Dropout DummyData ELU Eltwise Embed EuclideanLoss Exp Filter Flatten
+    HDF5Data HDF5Output HingeLoss Im2col ImageData InfogainLoss InnerProduct Input LRN LSTM LSTMUnit
+    Log MVN MemoryData MultinomialLogisticLoss PReLU Parameter Pooling Power Python RNN ReLU
+    Reduction Reshape SPP Scale Sigmoid SigmoidCrossEntropyLoss Silence Slice Softmax
+    SoftmaxWithLoss Split Swish TanH Threshold Tile WindowData
+""".split())
+
+
 class LayerParameter(Message):
     """Fields every layer has (caffe.proto's LayerParameter); each type adds its `*_param`."""
 
@@ -75,6 +88,8 @@ class NetSpec:
     solver_file: str | None = None
     # Tops of layers that failed validation: later layers using them are not reported again.
     failed_tops: set[str] = field(default_factory=set)
+    # Bottoms of layers that failed validation: still read by a layer, so never "unused".
+    failed_bottoms: set[str] = field(default_factory=set)
 
     @property
     def spec_dir(self) -> str:
@@ -266,15 +281,15 @@ def layer_label(raw: Any, index: int) -> str:
     return f"{who} ({kind}): " if isinstance(kind, str) else f"{who}: "
 
 
-def _tops_of(raw: Any) -> set[str]:
-    tops = raw.get("top") if isinstance(raw, dict) else None
-    tops = tops if isinstance(tops, list) else [tops]
-    return {t for t in tops if isinstance(t, str)}
+def _blobs_of(raw: Any, key: str) -> set[str]:
+    names = raw.get(key) if isinstance(raw, dict) else None
+    names = names if isinstance(names, list) else [names]
+    return {t for t in names if isinstance(t, str)}
 
 
 def validate_layers(
     raw_layers: Any, layer_models: Mapping[str, type[LayerParameter]], diags: Diagnostics,
-    failed_tops: set[str],
+    failed_tops: set[str], failed_bottoms: set[str] | None = None,
 ) -> tuple[list[LayerParameter], list[Path]]:
     layers: list[LayerParameter] = []
     paths: list[Path] = []
@@ -294,7 +309,9 @@ def validate_layers(
         before = len(diags.errors)
         layer = _validate_layer(raw, path, prefix, layer_models, diags)
         if layer is None or len(diags.errors) > before:
-            failed_tops.update(_tops_of(raw))
+            failed_tops.update(_blobs_of(raw, "top"))
+            if failed_bottoms is not None:
+                failed_bottoms.update(_blobs_of(raw, "bottom"))
             continue
         layers.append(layer)
         paths.append(path)
@@ -306,6 +323,10 @@ def _validate_layer(raw: dict, path: Path, prefix: str,
     kind = raw.get("type")
     if kind is None:
         diags.error(f"{prefix}type: missing required field", path)
+        return None
+    if isinstance(kind, str) and kind in CAFFE_LAYER_TYPES and kind not in layer_models:
+        diags.error(f"{prefix}type: layer type '{kind}' is a Caffe layer type that netc does not "
+                    f"support yet (`netc layers` lists the supported types)", path + ("type",))
         return None
     if not isinstance(kind, str) or kind not in layer_models:
         diags.error(f"{prefix}type: unknown layer type {_show(kind)}"
@@ -376,7 +397,8 @@ def parse_spec(
     spec.state = header.state
     raw_layers = header.layers
     legacy = legacy_inputs(header, diags)
-    layers, paths = validate_layers(raw_layers, layer_models, diags, spec.failed_tops)
+    layers, paths = validate_layers(raw_layers, layer_models, diags, spec.failed_tops,
+                                    spec.failed_bottoms)
     if legacy is not None:
         layers.insert(0, layer_models["Input"].model_validate(legacy))
         paths.insert(0, ("input",))

@@ -193,12 +193,14 @@ def schema() -> None:
 
 
 def _run_command(fn) -> None:
-    """Run a runtime entry point: RunError -> its message (FILE:LINE:COL lines), exit code."""
-    from netc.runtime.run import RunError
+    """The one place a user-facing error becomes a message and an exit code: any NetcError
+    (spec, run, data, checkpoint, export, artifact) prints its text (FILE:LINE:COL lines, then
+    `error: ...`) and exits with its code; Ctrl-C outside training exits 130."""
+    from netc.spec.errors import NetcError
 
     try:
         code = fn()
-    except RunError as e:
+    except NetcError as e:
         click.echo(e.text(), err=True)
         sys.exit(e.code)
     except KeyboardInterrupt:
@@ -242,12 +244,12 @@ def train(spec, solver, weights, resume, out, seed, max_iter, data, progress) ->
     Exit status: 0 done; 1 spec, data or checkpoint error; 3 the loss became NaN/inf (nothing
     is snapshotted; the last good checkpoint stays); 130 SIGINT; 143 SIGTERM.
     """
+    from netc.runtime.commands import train as command
     from netc.runtime.trainer import TrainConfig
-    from netc.runtime.trainer import train as run_train
 
     cfg = TrainConfig(spec=spec, solver=solver, weights=weights, resume=resume, out=out, seed=seed,
                       max_iter=max_iter, data=data, progress=progress)
-    _run_command(lambda: run_train(cfg))
+    _run_command(lambda: command.run(cfg))
 
 
 @main.command(name="test")
@@ -262,9 +264,9 @@ def test_cmd(spec, weights, iterations) -> None:
     Reads the TEST phase's Data layer in order and prints every scalar net output (accuracy,
     loss) averaged over the batches. Exit status 0, or 1 on a spec, data or weights error.
     """
-    from netc.runtime.run import test_command
+    from netc.runtime.commands import test as command
 
-    _run_command(lambda: test_command(spec, weights, iterations, sys.stdout, sys.stderr) and 0)
+    _run_command(lambda: command.run(spec, weights, iterations, sys.stdout, sys.stderr))
 
 
 @main.command()
@@ -292,47 +294,25 @@ def predict(args, weights, exported, output, blobs) -> None:
     if exported is not None:
         if len(args) != 1 or weights or blobs:
             raise click.UsageError("with --exported give only INPUT.npz (no SPEC, --weights, --blobs)")
-        _run_exported(exported, args[0], output)
-        return
+        from netc.runtime.commands import predict as command
+
+        _run_command(lambda: command.run_exported(exported, args[0], output, sys.stderr))
     if len(args) != 2:
         raise click.UsageError("give SPEC and INPUT.npz (or --exported DIR INPUT.npz)")
     if not weights:
         raise click.UsageError("--weights is required with SPEC")
-    from netc.runtime.run import predict_command
+    from netc.runtime.commands import predict as command
 
     spec, input_npz = args
     names = [b.strip() for b in blobs.split(",") if b.strip()] if blobs else None
-    _run_command(lambda: predict_command(spec, weights, input_npz, output, names, sys.stderr)
-                 and 0)
-
-
-def _run_exported(folder: str, input_npz: str, output: str) -> None:
-    import numpy as np
-
-    from netc.runtime.exported import ExportedError, load_exported, run_exported
-
-    try:
-        loaded = load_exported(folder)
-        with np.load(input_npz, allow_pickle=False) as z:
-            names = [s["name"] for s in loaded[1]["inputs"]]
-            missing = [n for n in names if n not in z.files]
-            if missing:
-                raise ExportedError(f"{input_npz}: missing input array(s) {', '.join(missing)} "
-                                    f"(it holds {', '.join(z.files) or 'nothing'})")
-            inputs = {n: z[n] for n in names}
-        outputs = run_exported(loaded, inputs)
-    except (ExportedError, OSError, ValueError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
-    np.savez(output, **outputs)
-    click.echo(f"wrote {', '.join(f'{k} {v.shape}' for k, v in outputs.items())} to {output}",
-               err=True)
+    _run_command(lambda: command.run(spec, weights, input_npz, output, names, sys.stderr))
 
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(), required=True,
-              help="A checkpoint (a run's snapshot .json or its stem).")
+              help="A checkpoint (a run's snapshot .json or its stem), or a run directory (its "
+                   "newest checkpoint).")
 @click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Artifact folder (created; must be empty or hold a previous export).")
 @click.option("--platform", "platforms", multiple=True,
@@ -351,16 +331,11 @@ def export(spec, weights, out_dir, platforms, outputs, phase, stages, batch) -> 
     layout, platforms, versions and the sha256 of every file). Loading it needs only jax:
     see `netc predict --exported` and the docstring of netc.runtime.exported.
     """
-    from netc.runtime.export import ExportError, export_model
+    from netc.runtime.commands import export as command
 
-    try:
-        manifest = export_model(spec, weights, out_dir, platforms=platforms or None,
-                                phase=phase.upper(), stages=stages, outputs=list(outputs) or None,
-                                batch=batch)
-    except ExportError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
-    click.echo(f"wrote {manifest.parent}")
+    _run_command(lambda: command.run(spec, weights, out_dir, platforms=platforms or None,
+                                     phase=phase.upper(), stages=stages,
+                                     outputs=list(outputs) or None, batch=batch, out=sys.stdout))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -48,6 +48,8 @@ import numpy as np
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
+from netc.spec.errors import NetcError
+
 __all__ = [
     "FORMAT",
     "VERSION",
@@ -95,7 +97,7 @@ _NATIVE_DTYPES = frozenset(
 _REQUIRED_KEYS = ("format", "version", "iteration", "tensors_file", "sha256", "size")
 
 
-class CheckpointError(Exception):
+class CheckpointError(NetcError):
     """A checkpoint is missing, damaged, incomplete or not a netc checkpoint."""
 
 

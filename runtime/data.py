@@ -398,7 +398,7 @@ def _check_labels(
     if num_classes is not None:
         if lo < 0 or hi >= num_classes:
             readers = "" if fact is None else f" (layer '{fact.layer}': {fact.rule})"
-            ignored = "" if ignore_label is None else f", except the ignore_label {ignore_label}"
+            ignored = "" if ignore_label is None else f", except the ignore_label {ignore_label},"
             raise DataError(
                 f"{name}: labels range over [{lo}, {hi}], outside [0, {num_classes}){ignored} "
                 f"for a classifier with {num_classes} outputs{readers}"

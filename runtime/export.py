@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from netc.spec.errors import NetcError
+
 __all__ = [
     "ARTIFACT_FORMAT",
     "ARTIFACT_VERSION",
@@ -70,7 +72,7 @@ LAYOUT = "NCHW"  # the spec's (Caffe's) axis order: batch, channels, then spatia
 MAX_CONSTANT_BYTES = 3 << 29  # 1.5 GiB
 
 
-class ExportError(Exception):
+class ExportError(NetcError):
     """The spec, the weights or the requested export cannot produce an artifact."""
 
 
@@ -100,23 +102,16 @@ class DeployGraph:
         return list(seen.values())
 
     def forward(self, params: Mapping, state: Mapping, inputs: Mapping) -> dict:
-        """The deploy forward (inference mode: no dropout, BatchNorm uses its statistics)."""
-        from netc.compiler.lower import Context
+        """The deploy forward (inference mode: no dropout, BatchNorm uses its statistics): the
+        net's one graph walk, Net.apply, restricted to the outputs."""
+        from netc.compiler.lower import Net
 
-        blobs = dict(inputs)
-        for pl in self.layers:
-            p = {}
-            for role, (owner, orole) in pl.param_owner.items():
-                src = params if pl.params[role].learned else state
-                p[role] = src[owner][orole]
-            ctx = Context(False, None, state.get(pl.name, {}), {}, pl)
-            tops = pl.unit.apply(p, [blobs[b] for b in pl.bottoms], ctx)
-            blobs.update(zip(pl.tops, tops))
-        return {name: blobs[name] for name in self.outputs}
+        net = Net(self.plan)
+        return net.apply(params, state, inputs, rng=None, train=False, outputs=self.outputs)[0]
 
 
 def _is_metric(pl) -> bool:
-    return pl.unit.is_loss or pl.type == "Accuracy"
+    return pl.unit.is_loss or pl.unit.is_metric
 
 
 def deploy_graph(plan, outputs: Sequence[str] | None = None) -> DeployGraph:
@@ -182,6 +177,13 @@ def _load_weights(weights: Any, graph: DeployGraph) -> tuple[dict, dict, dict]:
     """(params, state, provenance) from a checkpoint path or a tree. A tree is either the
     trainer's {"params": ..., "state": ...} or a plain {layer: {role: array}}."""
     provenance: dict[str, Any] = {}
+    if isinstance(weights, (str, os.PathLike)) and Path(weights).is_dir():
+        from netc.runtime.checkpoint import latest_checkpoint
+
+        found = latest_checkpoint(weights)
+        if found is None:
+            raise ExportError(f"{weights}: no checkpoint in this run directory")
+        weights = found
     if isinstance(weights, (str, os.PathLike)):
         from netc.runtime.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint
 

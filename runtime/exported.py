@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from netc.spec.errors import NetcError
+
 __all__ = [
     "ExportedError",
     "load_exported",
@@ -55,7 +57,7 @@ MAX_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 
 
-class ExportedError(Exception):
+class ExportedError(NetcError):
     """An exported artifact is missing, damaged, tampered with, or given the wrong inputs."""
 
 

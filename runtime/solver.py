@@ -13,23 +13,186 @@ decay_mult``) -> ComputeUpdateValue (``local_rate = lr(iter) * lr_mult``). The o
 dict of arrays only (``iter``: int32 scalar; ``history``, and ``history2`` for AdaDelta / Adam /
 AdamW, shaped like the params), so it checkpoints as flat tensors and the schedule runs inside
 ``jit``.
+
+Each solver type is one :class:`SolverRule` in :data:`SOLVERS` (Caffe has one class per type,
+each overriding ComputeUpdateValue); each lr_policy is one function in :data:`LR_POLICIES`. A new
+solver is one call::
+
+    register_solver(SolverRule(
+        "SignSGD", "sign descent: w -= lr * sign(g)", reads=(), histories=(),
+        update=lambda g, hs, local_rate, ctx: (local_rate * jnp.sign(g), hs)))
+
+which also makes ``type: SignSGD`` valid in specs (``netc.spec.solver.SOLVER_TYPES``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from netc.spec.solver import SolverParameter
+from netc.spec.solver import (
+    SOLVER_TYPES,
+    SolverParameter,
+    SolverTypeInfo,
+    register_solver_type,
+    unregister_solver_type,
+)
 
-# Solvers that keep a second history blob (Caffe's history_[param_id + net_params.size()]).
-_TWO_HISTORIES = ("AdaDelta", "Adam", "AdamW")
+# --- the update rules ------------------------------------------------------------------------------
+
+
+class UpdateContext(NamedTuple):
+    """What an update rule may read besides the gradient, its histories and its rate."""
+
+    w: Any  # the parameter (before the update)
+    sp: SolverParameter  # the resolved solver (momentum, momentum2, delta, rms_decay, ...)
+    t: Any  # the 1-based iteration as a float scalar (Adam's bias correction)
+    decay: Any  # decoupled_decay rules: weight_decay * decay_mult * (w or sign(w)), else None
+
+
+@dataclass(frozen=True)
+class SolverRule:
+    """One solver type: Caffe's ComputeUpdateValue for one parameter.
+
+    ``update(g, hs, local_rate, ctx) -> (step, new_hs)``: ``g`` is the clipped, normalised and
+    (unless ``decoupled_decay``) regularised gradient, ``hs`` the tuple of this parameter's
+    histories (one per name in ``histories``), ``local_rate = lr(iter) * lr_mult``; the parameter
+    moves by ``-step``. ``reads`` names the hyper-parameters it uses (see
+    :class:`netc.spec.solver.SolverTypeInfo`)."""
+
+    name: str
+    summary: str
+    reads: tuple[str, ...]
+    histories: tuple[str, ...]
+    update: Callable[[Any, tuple, Any, UpdateContext], tuple[Any, tuple]]
+    decoupled_decay: bool = False
+
+    @property
+    def info(self) -> SolverTypeInfo:
+        return SolverTypeInfo(self.name, self.summary, self.reads)
+
+
+def _sgd(g, hs, rate, c):
+    h = c.sp.momentum * hs[0] + rate * g
+    return h, (h,)
+
+
+def _nesterov(g, hs, rate, c):
+    m = c.sp.momentum
+    h = m * hs[0] + rate * g
+    return (1.0 + m) * h - m * hs[0], (h,)
+
+
+def _adagrad(g, hs, rate, c):
+    h = hs[0] + g * g
+    return rate * (g / (jnp.sqrt(h) + c.sp.delta)), (h,)
+
+
+def _rmsprop(g, hs, rate, c):
+    d = c.sp.rms_decay
+    h = d * hs[0] + (1.0 - d) * (g * g)
+    return rate * (g / (jnp.sqrt(h) + c.sp.delta)), (h,)
+
+
+def _adadelta(g, hs, rate, c):
+    m, delta = c.sp.momentum, c.sp.delta
+    h = m * hs[0] + (1.0 - m) * (g * g)
+    u = g * jnp.sqrt((hs[1] + delta) / (h + delta))
+    h2 = m * hs[1] + (1.0 - m) * (u * u)
+    return rate * u, (h, h2)
+
+
+def _adam(g, hs, rate, c):
+    b1, b2 = c.sp.momentum, c.sp.momentum2
+    correction = jnp.sqrt(1.0 - jnp.power(b2, c.t)) / (1.0 - jnp.power(b1, c.t))
+    m = b1 * hs[0] + (1.0 - b1) * g
+    v = b2 * hs[1] + (1.0 - b2) * (g * g)
+    step = correction.astype(g.dtype) * (m / (jnp.sqrt(v) + c.sp.delta))
+    if c.decay is not None:  # AdamW: the decay joins the Adam step, outside the moments
+        step = step + c.decay
+    return rate * step, (m, v)
+
+
+_ONE, _TWO = ("history",), ("history", "history2")
+SOLVERS: dict[str, SolverRule] = {}
+
+
+def register_solver(rule: SolverRule) -> SolverRule:
+    """Add a solver type: its update rule here and its name (``type:``) to the spec validator."""
+    if rule.name in SOLVERS and SOLVERS[rule.name] != rule:
+        raise ValueError(f"solver type {rule.name!r} is already registered")
+    if rule.histories and rule.histories[0] != "history" or len(set(rule.histories)) != len(
+        rule.histories
+    ):
+        raise ValueError(f"{rule.name}: histories must be distinct, the first named 'history'")
+    register_solver_type(rule.info)
+    SOLVERS[rule.name] = rule
+    return rule
+
+
+def unregister_solver(name: str) -> None:
+    SOLVERS.pop(name, None)
+    unregister_solver_type(name)
+
+
+for _rule in (
+    SolverRule("SGD", SOLVER_TYPES["SGD"].summary, ("momentum",), _ONE, _sgd),
+    SolverRule("Nesterov", SOLVER_TYPES["Nesterov"].summary, ("momentum",), _ONE, _nesterov),
+    SolverRule("AdaGrad", SOLVER_TYPES["AdaGrad"].summary, ("delta",), _ONE, _adagrad),
+    SolverRule("RMSProp", SOLVER_TYPES["RMSProp"].summary, ("delta", "rms_decay"), _ONE, _rmsprop),
+    SolverRule("AdaDelta", SOLVER_TYPES["AdaDelta"].summary, ("momentum", "delta"), _TWO,
+               _adadelta),
+    SolverRule("Adam", SOLVER_TYPES["Adam"].summary, ("momentum", "momentum2", "delta"), _TWO,
+               _adam),
+    SolverRule("AdamW", SOLVER_TYPES["AdamW"].summary, ("momentum", "momentum2", "delta"), _TWO,
+               _adam, decoupled_decay=True),
+):
+    register_solver(_rule)
+
+
+# --- the learning-rate schedule -------------------------------------------------------------------
+
+
+def _after_warmup(r: SolverParameter, n: Any, xp: Any, dtype: Any) -> Any:
+    """poly/cosine's remaining fraction ``1 - x``, x = (clip(iter, W, M) - W) / (M - W), as
+    (M - clip(iter, W, M)) / (M - W): exact near the end in float32."""
+    w, m = r.warmup_iter, r.max_iter
+    return (m - xp.clip(n, w, m)).astype(dtype) / (m - w)
+
+
+def _multistep(r, n, t, xp):
+    # Caffe advances current_step by one whenever iter >= stepvalue[current_step]; it visits every
+    # iteration and stepvalue is strictly increasing (validated), so current_step is the number of
+    # stepvalues <= iter.
+    steps = xp.asarray(r.stepvalue, dtype=n.dtype).reshape((-1,) + (1,) * xp.ndim(n))
+    return r.base_lr * xp.power(r.gamma, xp.sum(steps <= n, axis=0).astype(t.dtype))
+
+
+def _cosine(r, n, t, xp):
+    # 0.5 * (1 + cos(pi * x)) == sin(pi/2 * (1 - x))**2, which keeps float32 accuracy near the end.
+    return r.base_lr * xp.square(xp.sin(0.5 * math.pi * _after_warmup(r, n, xp, t.dtype)))
+
+
+# lr_policy -> rate(r, n, t, xp): r the resolved solver, n the integer iteration, t the same as a
+# float, xp numpy or jax.numpy (Caffe's SGDSolver::GetLearningRate, plus netc's cosine).
+LR_POLICIES: dict[str, Callable[[SolverParameter, Any, Any, Any], Any]] = {
+    "fixed": lambda r, n, t, xp: r.base_lr + 0.0 * t,
+    "step": lambda r, n, t, xp: r.base_lr * xp.power(r.gamma, (n // r.stepsize).astype(t.dtype)),
+    "exp": lambda r, n, t, xp: r.base_lr * xp.power(r.gamma, t),
+    "inv": lambda r, n, t, xp: r.base_lr * xp.power(1.0 + r.gamma * t, -r.power),
+    "multistep": _multistep,
+    "poly": lambda r, n, t, xp: r.base_lr * xp.power(_after_warmup(r, n, xp, t.dtype), r.power),
+    "sigmoid": lambda r, n, t, xp: r.base_lr * (1.0 / (1.0 + xp.exp(-r.gamma * (t - r.stepsize)))),
+    "cosine": _cosine,
+}
 
 
 @functools.lru_cache(maxsize=64)
@@ -37,54 +200,36 @@ def _resolved(sp: SolverParameter) -> SolverParameter:
     return sp.resolved()
 
 
+def _iteration(it: Any) -> tuple[Any, Any, Any]:
+    """(xp, n, t): numpy for a Python/numpy integer, jax.numpy for a JAX one."""
+    if isinstance(it, bool | np.bool_):
+        raise TypeError("learning_rate wants an integer iteration, not a bool")
+    if isinstance(it, int | np.integer):
+        return np, np.int64(it), np.float64(it)
+    n = jnp.asarray(it)
+    if not jnp.issubdtype(n.dtype, jnp.integer):
+        raise TypeError(f"learning_rate wants an integer iteration, got {n.dtype}")
+    return jnp, n, n.astype(jnp.result_type(float))
+
+
 def learning_rate(sp: SolverParameter, it: Any) -> Any:
-    """Caffe's SGDSolver::GetLearningRate at iteration ``it`` (0 for the first update), times
-    netc's linear warmup factor.
+    """The learning rate at iteration ``it`` (0 for the first update): Caffe's
+    SGDSolver::GetLearningRate, times netc's linear warmup factor.
+
+    Warmup (``warmup_iter`` W > 0, ``warmup_start_factor`` s, default 1 / (W + 1)): the policy's
+    rate is scaled by ``s + (1 - s) * it / W`` for ``it < W`` -- linear from ``s * base_lr`` at
+    iteration 0 to ``base_lr`` at iteration W, so with the default s iteration ``it`` gets
+    ``(it + 1) / (W + 1)`` and the first update is not wasted at rate 0 (nanoGPT's rule).
+    ``poly`` and ``cosine`` decay over [W, max_iter] and hold 0 after max_iter; cosine with
+    warmup is optax's ``warmup_cosine_decay_schedule(s * base_lr, base_lr, W, max_iter)``. The
+    other policies count Caffe's absolute iterations.
 
     A Python int gives a Python float (computed in float64); a JAX integer (traced inside ``jit``
     or not) gives a scalar array of JAX's default float dtype.
     """
     r = _resolved(sp)
-    if isinstance(it, bool | np.bool_):
-        raise TypeError("learning_rate wants an integer iteration, not a bool")
-    if isinstance(it, int | np.integer):
-        xp, n = np, np.int64(it)
-        t = np.float64(it)
-    else:
-        xp, n = jnp, jnp.asarray(it)
-        if not jnp.issubdtype(n.dtype, jnp.integer):
-            raise TypeError(f"learning_rate wants an integer iteration, got {n.dtype}")
-        t = n.astype(jnp.result_type(float))
-
-    base, gamma, power = r.base_lr, r.gamma, r.power
-    policy = r.lr_policy
-    if policy == "fixed":
-        rate = base + 0.0 * t
-    elif policy == "step":
-        rate = base * xp.power(gamma, (n // r.stepsize).astype(t.dtype))
-    elif policy == "exp":
-        rate = base * xp.power(gamma, t)
-    elif policy == "inv":
-        rate = base * xp.power(1.0 + gamma * t, -power)
-    elif policy == "multistep":
-        # Caffe advances current_step by one whenever iter >= stepvalue[current_step]; it visits
-        # every iteration and stepvalue is strictly increasing (validated), so current_step is
-        # the number of stepvalues <= iter.
-        steps = xp.asarray(r.stepvalue, dtype=n.dtype).reshape((-1,) + (1,) * xp.ndim(n))
-        rate = base * xp.power(gamma, xp.sum(steps <= n, axis=0).astype(t.dtype))
-    elif policy == "poly":
-        # 1 - iter/max_iter, written as (max_iter - iter)/max_iter: exact near the end in float32
-        rate = base * xp.power((r.max_iter - n).astype(t.dtype) / r.max_iter, power)
-    elif policy == "sigmoid":
-        rate = base * (1.0 / (1.0 + xp.exp(-gamma * (t - r.stepsize))))
-    elif policy == "cosine":
-        # 0.5 * (1 + cos(pi * x)) == sin(pi/2 * (1 - x))**2, which keeps float32 accuracy near the
-        # end of the schedule (x = min(iter, max_iter) / max_iter).
-        left = (r.max_iter - xp.minimum(n, r.max_iter)).astype(t.dtype) / r.max_iter
-        rate = base * xp.square(xp.sin(0.5 * math.pi * left))
-    else:  # pragma: no cover - the spec validator refuses other names
-        raise ValueError(f"unknown lr_policy '{policy}'")
-
+    xp, n, t = _iteration(it)
+    rate = LR_POLICIES[r.lr_policy](r, n, t, xp)
     if r.warmup_iter > 0:
         s = r.warmup_start_factor
         factor = xp.where(t < r.warmup_iter, s + (1.0 - s) * t / r.warmup_iter, 1.0)
@@ -92,6 +237,9 @@ def learning_rate(sp: SolverParameter, it: Any) -> Any:
     if xp is np:
         return float(rate)
     return rate.astype(t.dtype)
+
+
+# --- the optimizer ----------------------------------------------------------------------------------
 
 
 def _flat_floats(tree: Any, what: str) -> tuple[list[float], Any]:
@@ -105,11 +253,94 @@ def _flat_floats(tree: Any, what: str) -> tuple[list[float], Any]:
     return out, treedef
 
 
+def _clip_scale(g: list[Any], active: list[int], clip: float) -> Any:
+    """ClipGradients: the factor clip / ||g|| when the global L2 norm exceeds clip, else 1 (None
+    when clipping is off)."""
+    if clip < 0 or not active:
+        return None
+    sumsq = sum(
+        jnp.sum(jnp.square(g[i]), dtype=jnp.promote_types(g[i].dtype, jnp.float32)) for i in active
+    )
+    norm = jnp.sqrt(sumsq)
+    return jnp.where(norm > clip, clip / jnp.where(norm > 0, norm, 1.0), 1.0)
+
+
+class _CaffeSolver:
+    """SGDSolver::ApplyUpdate over flat lists of leaves, for one rule and its multipliers."""
+
+    def __init__(self, sp: SolverParameter, lr_mult: Any, decay_mult: Any):
+        self.r = sp.resolved()
+        self.rule = SOLVERS[self.r.type]
+        self.lrm, self.treedef = _flat_floats(lr_mult, "lr_mult")
+        self.dcm, dtreedef = _flat_floats(decay_mult, "decay_mult")
+        if dtreedef != self.treedef:
+            raise ValueError(
+                f"lr_mult and decay_mult have different structures: {self.treedef} vs {dtreedef}"
+            )
+
+    def leaves(self, tree: Any, what: str) -> list[Any]:
+        leaves, td = jax.tree_util.tree_flatten(tree)
+        if td != self.treedef:
+            raise ValueError(f"{what} do not have the structure of lr_mult: {td} vs {self.treedef}")
+        return leaves
+
+    def init(self, params: Any) -> dict[str, Any]:
+        self.leaves(params, "params")
+        state: dict[str, Any] = {"iter": jnp.zeros((), jnp.int32)}
+        for name in self.rule.histories:
+            state[name] = jax.tree_util.tree_map(jnp.zeros_like, params)
+        return state
+
+    def leaf(self, i: int, g: Any, w: Any, hs: tuple, rate: Any, t: Any, scale: Any):
+        """Normalize, Regularize and ComputeUpdateValue for leaf ``i``: (update, new_hs)."""
+        r = self.r
+        if scale is not None:
+            g = g * scale.astype(g.dtype)
+        if r.iter_size != 1:  # Normalize
+            g = g * (1.0 / r.iter_size)
+        local_decay = r.weight_decay * self.dcm[i]
+        decay = None
+        if local_decay:  # Regularize (coupled: added to the gradient, unless the rule decouples)
+            decay = local_decay * (jnp.sign(w) if r.regularization_type == "L1" else w)
+            if not self.rule.decoupled_decay:
+                g, decay = g + decay, None
+        local_rate = (rate * self.lrm[i]).astype(g.dtype)
+        step, new_hs = self.rule.update(g, hs, local_rate, UpdateContext(w, r, t, decay))
+        return (-step).astype(w.dtype), tuple(h.astype(old.dtype) for h, old in zip(new_hs, hs))
+
+    def update(self, grads: Any, state: dict[str, Any], params: Any = None) -> tuple[Any, dict]:
+        if params is None:
+            raise ValueError("Caffe's solvers need params in update(grads, state, params)")
+        names = self.rule.histories
+        g, w = self.leaves(grads, "grads"), self.leaves(params, "params")
+        hists = [self.leaves(state[k], f"state['{k}']") for k in names]
+        it = state["iter"]
+        rate = learning_rate(self.r, it)
+        t = (it + 1).astype(rate.dtype)
+        scale = _clip_scale(g, [i for i, m in enumerate(self.lrm) if m != 0.0],
+                            self.r.clip_gradients)
+        new_u, new_h = [], [[] for _ in names]
+        for i in range(len(w)):
+            hs = tuple(h[i] for h in hists)
+            if self.lrm[i] == 0.0:  # frozen: an update of -0.0 keeps w bit-identical
+                u = jnp.full_like(w[i], -0.0)
+            else:
+                u, hs = self.leaf(i, g[i], w[i], hs, rate, t, scale)
+            new_u.append(u)
+            for out, h in zip(new_h, hs):
+                out.append(h)
+        unflat = functools.partial(jax.tree_util.tree_unflatten, self.treedef)
+        new_state = {"iter": it + jnp.ones((), it.dtype)}
+        new_state.update({k: unflat(h) for k, h in zip(names, new_h)})
+        return unflat(new_u), new_state
+
+
 def make_optimizer(
     sp: SolverParameter, lr_mult: Any, decay_mult: Any
 ) -> optax.GradientTransformation:
-    """Caffe's solver ``sp.type`` (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam, netc's AdamW)
-    with its schedule, clipping, iter_size normalisation and regularisation.
+    """Caffe's solver ``sp.type`` (any rule in :data:`SOLVERS`: SGD, Nesterov, AdaGrad, RMSProp,
+    AdaDelta, Adam, netc's AdamW, ...) with its schedule, clipping, iter_size normalisation and
+    regularisation.
 
     ``lr_mult`` and ``decay_mult`` are pytrees of Python floats shaped like the params (nested
     dicts ``{layer: {role: ...}}``). ``update(grads, state, params)`` needs ``params`` and returns
@@ -117,122 +348,5 @@ def make_optimizer(
     update of ``-0.0`` (so it stays bit-identical), keeps its history untouched and is left out of
     the clipping norm (Caffe computes no gradient for it, so its diff is 0).
     """
-    r = sp.resolved()
-    kind = r.type
-    lrm, treedef = _flat_floats(lr_mult, "lr_mult")
-    dcm, dtreedef = _flat_floats(decay_mult, "decay_mult")
-    if dtreedef != treedef:
-        raise ValueError(
-            f"lr_mult and decay_mult have different structures: {treedef} vs {dtreedef}"
-        )
-    momentum, momentum2 = r.momentum, r.momentum2
-    delta, rms_decay = r.delta, r.rms_decay
-    weight_decay, l1 = r.weight_decay, r.regularization_type == "L1"
-    clip, iter_size = r.clip_gradients, r.iter_size
-
-    def check(tree: Any, what: str) -> list[Any]:
-        leaves, td = jax.tree_util.tree_flatten(tree)
-        if td != treedef:
-            raise ValueError(f"{what} do not have the structure of lr_mult: {td} vs {treedef}")
-        return leaves
-
-    def init(params: Any) -> dict[str, Any]:
-        check(params, "params")
-        state = {
-            "iter": jnp.zeros((), jnp.int32),
-            "history": jax.tree_util.tree_map(jnp.zeros_like, params),
-        }
-        if kind in _TWO_HISTORIES:
-            state["history2"] = jax.tree_util.tree_map(jnp.zeros_like, params)
-        return state
-
-    def update(grads: Any, state: dict[str, Any], params: Any = None) -> tuple[Any, dict]:
-        if params is None:
-            raise ValueError("Caffe's solvers need params in update(grads, state, params)")
-        g = check(grads, "grads")
-        w = check(params, "params")
-        h = check(state["history"], "state['history']")
-        h2 = check(state["history2"], "state['history2']") if kind in _TWO_HISTORIES else None
-        it = state["iter"]
-        rate = learning_rate(r, it)
-        active = [i for i, m in enumerate(lrm) if m != 0.0]
-
-        # ClipGradients: scale every diff by clip / ||g|| when the global L2 norm exceeds clip.
-        if clip >= 0 and active:
-            sumsq = sum(
-                jnp.sum(jnp.square(g[i]), dtype=jnp.promote_types(g[i].dtype, jnp.float32))
-                for i in active
-            )
-            norm = jnp.sqrt(sumsq)
-            scale = jnp.where(norm > clip, clip / jnp.where(norm > 0, norm, 1.0), 1.0)
-        else:
-            scale = None
-
-        if kind in ("Adam", "AdamW"):
-            t = (it + 1).astype(rate.dtype)
-            correction = jnp.sqrt(1.0 - jnp.power(momentum2, t)) / (1.0 - jnp.power(momentum, t))
-
-        new_u, new_h = [], []
-        new_h2 = [] if h2 is not None else None
-        for i in range(len(w)):
-            wi, hi = w[i], h[i]
-            h2i = h2[i] if h2 is not None else None
-            if lrm[i] == 0.0:
-                new_u.append(jnp.full_like(wi, -0.0))
-                new_h.append(hi)
-                if new_h2 is not None:
-                    new_h2.append(h2i)
-                continue
-            gi = g[i]
-            if scale is not None:
-                gi = gi * scale.astype(gi.dtype)
-            if iter_size != 1:  # Normalize
-                gi = gi * (1.0 / iter_size)
-            local_decay = weight_decay * dcm[i]
-            decay_term = None
-            if local_decay:  # Regularize (AdamW: decoupled, applied after the Adam step)
-                decay_term = local_decay * (jnp.sign(wi) if l1 else wi)
-                if kind != "AdamW":
-                    gi = gi + decay_term
-            local_rate = (rate * lrm[i]).astype(gi.dtype)
-
-            if kind == "SGD":
-                hi = momentum * hi + local_rate * gi
-                step = hi
-            elif kind == "Nesterov":
-                h_old = hi
-                hi = momentum * hi + local_rate * gi
-                step = (1.0 + momentum) * hi - momentum * h_old
-            elif kind == "AdaGrad":
-                hi = hi + gi * gi
-                step = local_rate * (gi / (jnp.sqrt(hi) + delta))
-            elif kind == "RMSProp":
-                hi = rms_decay * hi + (1.0 - rms_decay) * (gi * gi)
-                step = local_rate * (gi / (jnp.sqrt(hi) + delta))
-            elif kind == "AdaDelta":
-                hi = momentum * hi + (1.0 - momentum) * (gi * gi)
-                u = gi * jnp.sqrt((h2i + delta) / (hi + delta))
-                h2i = momentum * h2i + (1.0 - momentum) * (u * u)
-                step = local_rate * u
-            elif kind in ("Adam", "AdamW"):
-                hi = momentum * hi + (1.0 - momentum) * gi
-                h2i = momentum2 * h2i + (1.0 - momentum2) * (gi * gi)
-                adam = correction.astype(gi.dtype) * (hi / (jnp.sqrt(h2i) + delta))
-                if kind == "AdamW" and decay_term is not None:
-                    adam = adam + decay_term
-                step = local_rate * adam
-            else:  # pragma: no cover - the spec validator refuses other names
-                raise ValueError(f"unknown solver type '{kind}'")
-
-            new_u.append((-step).astype(wi.dtype))
-            new_h.append(hi.astype(h[i].dtype))
-            if new_h2 is not None:
-                new_h2.append(h2i.astype(h2[i].dtype))
-
-        unflat = functools.partial(jax.tree_util.tree_unflatten, treedef)
-        new_state = {"iter": it + jnp.ones((), it.dtype), "history": unflat(new_h)}
-        if new_h2 is not None:
-            new_state["history2"] = unflat(new_h2)
-        return unflat(new_u), new_state
-
-    return optax.GradientTransformation(init, update)
+    solver = _CaffeSolver(sp, lr_mult, decay_mult)
+    return optax.GradientTransformation(solver.init, solver.update)

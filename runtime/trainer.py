@@ -1,15 +1,26 @@
-"""`netc train`: Caffe's Solver::Solve for any spec, with one jitted step per iteration.
+"""`netc train`: Caffe's Solver for any spec, with one jitted step per iteration.
 
-The trainer knows no layer types. It plans the spec's TRAIN and TEST nets, lowers both (they share
-parameters by layer name), feeds every Data layer from its source through a prefetching
-BatchStream, and runs Caffe's loop:
+    solver = Solver(TrainConfig(spec="models/lenet.yaml", max_iter=100))
+    solver.step(10)        # ten iterations (tests and snapshots fall due as in Caffe's Step)
+    solver.test()          # {"accuracy": ..., "loss": ...} on the TEST net
+    solver.snapshot()      # a checkpoint of the current state
+    code = solver.solve()  # the rest of the run: Caffe's Solve (final test and snapshot)
+
+The Solver knows no layer types. Construction resolves everything once — the spec and solver,
+the resume point, the seed, the iteration budget, the run directory — into a frozen
+`SolverSettings` (`resolve_settings`), then builds the TRAIN and TEST nets (sharing parameters by
+layer name), the optimizer (runtime/solver.py's table of update rules) and the data streams.
+Caffe's loop, in `step(n)`:
 
     for iter in [start, max_iter):
         test   when test_interval divides iter (iter 0 only with test_initialization)
         step   forward + backward over iter_size micro-batches (gradients summed) + solver update
         display the loss averaged over the last `average_loss` iterations every `display` iters
         snapshot when `snapshot` divides iter + 1
-    final test and snapshot (snapshot_after_train)
+    final test and snapshot (snapshot_after_train)            <- solve()
+
+Every event goes through `emit` to the callbacks (runtime/callbacks.py): the progress display,
+metrics.jsonl and the NaN policy are callbacks, and so is anything a user adds.
 
 The step is one `jax.jit` function that donates params / state / optimizer state. Its randomness is
 `fold_in(fold_in(key(seed), STEP), iter)`, the data order depends only on (seed, epoch, index), and
@@ -19,7 +30,7 @@ resumed run computes bit-for-bit what the uninterrupted run would have.
 Run directory (``--out``, default ``runs/<spec name>-<timestamp>``)::
 
     spec.yaml          the spec text as trained (and solver.yaml when --solver was given)
-    solver.json        the resolved SolverParameter (+ the effective max_iter and seed)
+    solver.json        the resolved SolverParameter (+ the effective max_iter, seed, backend)
     metrics.jsonl      {"event": "train"|"test"|"snapshot"|"stop"|"done", "iter": ..., ...}
     <prefix>_iter_N.{safetensors,json}   checkpoints (runtime/checkpoint.py)
 
@@ -31,46 +42,34 @@ current step finishes and a snapshot is written first).
 from __future__ import annotations
 
 import collections
-import json
-import math
 import os
-import re
 import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from netc.runtime.run import (
-    EXIT_DIVERGED,
-    EXIT_OK,
-    RunError,
-    apply_weights,
-    architecture,
-    architecture_diff,
-    architecture_digest,
-    data_feeds,
-    input_only,
-    load_spec,
-    make_eval_fn,
-    make_plan,
-    read_weights,
-    with_source,
-)
+from netc.runtime.callbacks import Diverged, Event, MetricsLog, NanGuard, Progress
+from netc.runtime.context import RunContext, load_context, make_plan
+from netc.runtime.errors import EXIT_DIVERGED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, RunError
+from netc.runtime.rundir import new_run_dir, resolve_run_dir, slug, trim_metrics
 
-__all__ = ["TrainConfig", "train", "make_train_step", "resolve_run_dir", "EXIT_DIVERGED"]
+__all__ = ["TrainConfig", "SolverSettings", "Solver", "train", "resolve_settings",
+           "make_train_step", "EXIT_DIVERGED"]
 
-EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_SIGNAL = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM}
 # fold_in tags separating the key streams derived from the run seed
 _INIT_TAG, _STEP_TAG = 0x1417, 0x57E9
 
 
 @dataclass
 class TrainConfig:
+    """What a user asks for (the `netc train` flags)."""
+
     spec: str
     solver: str | None = None
     weights: str | None = None
@@ -83,7 +82,117 @@ class TrainConfig:
     runs_root: str = "runs"
 
 
-# --- the jitted step ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SolverSettings:
+    """Everything a run needs, resolved once: the loaded spec and solver, where the run lives,
+    where it resumes from, its seed and its iteration budget."""
+
+    config: TrainConfig
+    context: RunContext = field(repr=False)
+    sp: Any = field(repr=False)  # the resolved SolverParameter
+    spec_slug: str
+    run_dir: Path
+    checkpoint: Path | None  # resume from this checkpoint
+    checkpoint_meta: dict | None = field(repr=False)
+    seed: int
+    max_iter: int
+    data: str | None  # the TRAIN Data layer's source override (--data, or the resumed run's)
+    test_iter: int
+    snapshot_prefix: str
+
+    @property
+    def resumed(self) -> bool:
+        return self.checkpoint is not None
+
+
+# --- resolving a TrainConfig ------------------------------------------------------------------
+
+
+def _check_flags(cfg: TrainConfig) -> None:
+    if cfg.resume and cfg.weights:
+        raise RunError("--resume and --weights exclude each other (a resumed run has its weights)")
+    if cfg.resume and cfg.out:
+        raise RunError("--resume continues in the run's own directory; do not pass --out")
+
+
+def _resume_point(cfg: TrainConfig, spec_slug: str) -> tuple[Path, Path, dict]:
+    from netc.runtime.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint_meta
+
+    run_dir = resolve_run_dir(cfg.resume, spec_slug, cfg.runs_root)
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise RunError(f"{run_dir}: no complete checkpoint to resume from")
+    try:
+        record = read_checkpoint_meta(path)
+    except CheckpointError as e:
+        raise RunError(str(e)) from None
+    meta = dict(record["meta"]) if isinstance(record["meta"], dict) else {}
+    if "arch_digest" not in meta:
+        raise RunError(f"{path}: not a training checkpoint of netc train")
+    return run_dir, path, meta
+
+
+def _fresh_run_dir(cfg: TrainConfig, spec_slug: str) -> Path:
+    from netc.runtime.checkpoint import list_checkpoints
+
+    run_dir = Path(cfg.out) if cfg.out else new_run_dir(spec_slug, cfg.runs_root)
+    if list_checkpoints(run_dir):
+        raise RunError(f"--out {run_dir}: the directory already holds a run's checkpoints; "
+                       f"continue it with --resume {run_dir} or choose another directory")
+    return run_dir
+
+
+def _seed(cfg: TrainConfig, sp, meta: dict | None, err: TextIO) -> int:
+    if meta is not None:
+        seed = int(meta["seed"])
+        if cfg.seed is not None and cfg.seed != seed:
+            err.write(f"warning: --seed {cfg.seed} ignored: the resumed run's seed is {seed}\n")
+        return seed
+    if cfg.seed is not None:
+        seed = cfg.seed
+    elif sp.random_seed >= 0:
+        seed = int(sp.random_seed)
+    else:
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+    if seed < 0:
+        raise RunError(f"--seed must be >= 0, got {seed}")
+    return seed
+
+
+def _max_iter(cfg: TrainConfig, sp, meta: dict | None) -> int:
+    if cfg.max_iter is not None:
+        return cfg.max_iter
+    if meta is not None and "max_iter" in meta:
+        return int(meta["max_iter"])
+    return int(sp.max_iter or 0)
+
+
+def resolve_settings(cfg: TrainConfig, err: TextIO | None = None) -> SolverSettings:
+    """Resolve `cfg` into SolverSettings; raises RunError for anything the user can fix. Spec
+    errors come first, before any solver, resume or data problem."""
+    err = err or sys.stderr
+    _check_flags(cfg)
+    ctx = load_context(cfg.spec, cfg.solver)
+    ctx.plan("TRAIN"), ctx.plan("TEST")
+    if ctx.solver is None:
+        raise RunError(f"{cfg.spec}: no solver: add a `solver:` section to the spec or pass "
+                       "--solver FILE")
+    spec_slug = slug(ctx.spec.name or Path(cfg.spec).stem)
+    if cfg.resume:
+        run_dir, ckpt, meta = _resume_point(cfg, spec_slug)
+    else:
+        run_dir, ckpt, meta = _fresh_run_dir(cfg, spec_slug), None, None
+    data = cfg.data if cfg.data is not None or meta is None else meta.get("data")
+    if data is not None:
+        ctx = load_context(cfg.spec, cfg.solver, data=data)
+    sp = ctx.solver.resolved()
+    test_iter = int(sp.test_iter[0]) if sp.test_iter else 0
+    prefix = slug(os.path.basename(sp.snapshot_prefix or "") or spec_slug)
+    return SolverSettings(cfg, ctx, sp, spec_slug, run_dir, ckpt, meta, _seed(cfg, sp, meta, err),
+                          _max_iter(cfg, sp, meta), data, test_iter, prefix)
+
+
+# --- the jitted step --------------------------------------------------------------------------
 
 
 def make_train_step(net, optimizer, iter_size: int, step_key):
@@ -101,22 +210,24 @@ def make_train_step(net, optimizer, iter_size: int, step_key):
 
     grad_fn = jax.value_and_grad(objective, has_aux=True)
 
+    def accumulate(params, state, inputs, key):
+        def micro(carry, xs):
+            st, gsum, lsum = carry
+            j, mb = xs
+            (lj, st), g = grad_fn(params, st, mb, jax.random.fold_in(key, j))
+            return (st, jax.tree_util.tree_map(jnp.add, gsum, g), lsum + lj), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        (state, grads, lsum), _ = jax.lax.scan(
+            micro, (state, zeros, jnp.zeros((), jnp.float32)), (jnp.arange(iter_size), inputs))
+        return (lsum / iter_size, state), grads
+
     def step(params, state, opt_state, inputs, it):
         key = jax.random.fold_in(step_key, it)
         if iter_size == 1:
             (loss, state), grads = grad_fn(params, state, inputs, key)
         else:
-            def micro(carry, xs):
-                st, gsum, lsum = carry
-                j, mb = xs
-                (lj, st), g = grad_fn(params, st, mb, jax.random.fold_in(key, j))
-                return (st, jax.tree_util.tree_map(jnp.add, gsum, g), lsum + lj), None
-
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-            (state, grads, lsum), _ = jax.lax.scan(
-                micro, (state, zeros, jnp.zeros((), jnp.float32)),
-                (jnp.arange(iter_size), inputs))
-            loss = lsum / iter_size
+            (loss, state), grads = accumulate(params, state, inputs, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, state, opt_state, loss
@@ -124,559 +235,504 @@ def make_train_step(net, optimizer, iter_size: int, step_key):
     return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
-# --- run directories ------------------------------------------------------------------------------
+# --- timing -----------------------------------------------------------------------------------
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "net"
+class Timer:
+    """Wall time split into: the first step (compilation included), the steady-state steps
+    after it, testing and snapshotting; throughput is reported for the steady state only."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.first_step_s: float | None = None
+        self.eval_s = self.snap_s = 0.0
+        self.steady_iters = 0
+        self._steady_from: float | None = None
+        self._paused = 0.0  # eval + snapshot time inside the steady window
+
+    def step_done(self) -> None:
+        now = time.perf_counter()
+        if self.first_step_s is None:
+            self.first_step_s = now - self.start - self.eval_s - self.snap_s
+            self._steady_from = now
+            self._paused = 0.0
+        else:
+            self.steady_iters += 1
+
+    def add(self, what: str, seconds: float) -> None:
+        setattr(self, what, getattr(self, what) + seconds)
+        if self._steady_from is not None:
+            self._paused += seconds
+
+    def steady_s(self) -> float:
+        if self._steady_from is None:
+            return 0.0
+        return max(time.perf_counter() - self._steady_from - self._paused, 0.0)
+
+    def steady_rate(self) -> float | None:
+        """Iterations per second after the first step (None until there is one to time)."""
+        s = self.steady_s()
+        return self.steady_iters / s if self.steady_iters and s > 0 else None
 
 
-def resolve_run_dir(resume: str, spec_slug: str, runs_root: str = "runs") -> Path:
-    """`--resume` argument -> run directory. "last": the run under runs_root for this spec whose
-    newest checkpoint is the most recent."""
-    from netc.runtime.checkpoint import latest_checkpoint
-
-    if resume != "last":
-        p = Path(resume)
-        if p.is_file() or p.suffix == ".json" and p.parent.is_dir():
-            p = p.parent
-        if not p.is_dir():
-            raise RunError(f"--resume {resume}: no such run directory")
-        return p
-    root = Path(runs_root)
-    best = None
-    if root.is_dir():
-        for d in root.iterdir():
-            if not d.is_dir() or not d.name.startswith(spec_slug + "-"):
-                continue
-            ck = latest_checkpoint(d)
-            if ck is None:
-                continue
-            mtime = ck.stat().st_mtime
-            if best is None or mtime > best[0]:
-                best = (mtime, d)
-    if best is None:
-        raise RunError(f"--resume last: no run of '{spec_slug}' with a checkpoint under {root}/")
-    return best[1]
+# --- the Solver ---------------------------------------------------------------------------------
 
 
-def _new_run_dir(spec_slug: str, runs_root: str) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(runs_root) / f"{spec_slug}-{stamp}"
-    p, n = base, 1
-    while p.exists():
-        n += 1
-        p = base.with_name(f"{base.name}-{n}")
-    return p
-
-
-class _Metrics:
-    """metrics.jsonl, one flushed JSON object per event."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def write(self, event: str, **fields: Any) -> None:
-        rec = {"event": event, **fields, "time": round(time.time(), 3)}
-        self.f.write(json.dumps(rec, sort_keys=False) + "\n")
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    out = []
-    if not path.exists():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
-
-
-def _trim_metrics(path: Path, iteration: int) -> list[dict]:
-    """On resume: drop the events the interrupted run logged after its last checkpoint (they are
-    logged again), keep the rest."""
-    from netc.runtime.checkpoint import write_bytes_atomic
-
-    kept = []
-    for rec in _read_metrics(path):
-        it = rec.get("iter", 0)
-        if rec.get("event") == "train" and it >= iteration:
-            continue
-        if rec.get("event") in ("test", "snapshot") and it > iteration:
-            continue
-        if rec.get("event") in ("stop", "done"):
-            continue
-        kept.append(rec)
-    text = "".join(json.dumps(r) + "\n" for r in kept)
-    write_bytes_atomic(path, text.encode("utf-8"))
-    return kept
-
-
-# --- output ---------------------------------------------------------------------------------------
-
-
-def _fmt_time(s: float) -> str:
-    if not math.isfinite(s):
-        return "?"
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-
-
-def _shape(shape) -> str:
-    return "×".join(str(d) for d in shape) if isinstance(shape, tuple) else str(shape)
-
-
-def _fmt_metrics(m: dict[str, float]) -> str:
-    return ", ".join(f"{k} = {v:.6g}" for k, v in m.items())
-
-
-class _Progress:
-    """A live one-line bar on a terminal; nothing otherwise (plain lines come from display)."""
-
-    def __init__(self, out: TextIO, live: bool, max_iter: int):
-        self.out, self.live, self.max_iter = out, live, max_iter
-        self.last_draw = 0.0
-        self.shown = False
-
-    def update(self, it: int, loss: float, lr: float, rate: float, force: bool = False) -> None:
-        if not self.live:
-            return
-        now = time.monotonic()
-        if not force and now - self.last_draw < 0.1:
-            return
-        self.last_draw = now
-        width = 24
-        frac = it / self.max_iter if self.max_iter else 1.0
-        filled = int(round(frac * width))
-        eta = (self.max_iter - it) / rate if rate > 0 else float("nan")
-        line = (f"[{'#' * filled}{'.' * (width - filled)}] {it}/{self.max_iter} "
-                f"loss {loss:.4g} lr {lr:.3g} {rate:.1f} it/s ETA {_fmt_time(eta)}")
-        self.out.write("\r\x1b[2K" + line)
-        self.out.flush()
-        self.shown = True
-
-    def clear(self) -> None:
-        if self.live and self.shown:
-            self.out.write("\r\x1b[2K")
-            self.out.flush()
-            self.shown = False
-
-    def echo(self, text: str) -> None:
-        self.clear()
-        self.out.write(text + "\n")
-        self.out.flush()
-
-
-# --- the trainer ----------------------------------------------------------------------------------
-
-
-class _Diverged(Exception):
-    """A non-finite loss or parameter: stop without snapshotting the bad state."""
-
-
-def _better(name: str, new: float, old: float) -> bool:
-    return new < old if "loss" in name.lower() else new > old
-
-
-def train(cfg: TrainConfig, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Train per `cfg`; returns the exit code. Raises RunError for problems the user can fix."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    if cfg.resume and cfg.weights:
-        raise RunError("--resume and --weights exclude each other (a resumed run has its weights)")
-    if cfg.resume and cfg.out:
-        raise RunError("--resume continues in the run's own directory; do not pass --out")
-
-    spec, solver = load_spec(cfg.spec, cfg.solver)
-    make_plan(spec, "TRAIN", solver)  # spec errors first, before any solver or resume problem
-    make_plan(spec, "TEST", solver)
-    if solver is None:
-        raise RunError(f"{cfg.spec}: no solver: add a `solver:` section to the spec or pass "
-                       "--solver FILE")
-    spec_slug = _slug(spec.name or Path(cfg.spec).stem)
-
-    # --- resume: read the checkpoint first (its seed, max_iter and data override apply) ---------
-    ckpt_tree = ckpt_meta = ckpt_path = None
-    run_dir: Path
-    if cfg.resume:
-        from netc.runtime.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-
-        run_dir = resolve_run_dir(cfg.resume, spec_slug, cfg.runs_root)
-        ckpt_path = latest_checkpoint(run_dir)
-        if ckpt_path is None:
-            raise RunError(f"{run_dir}: no complete checkpoint to resume from")
-        try:
-            ckpt_tree, ckpt_meta = load_checkpoint(ckpt_path)
-        except CheckpointError as e:
-            raise RunError(str(e)) from None
-        if "arch_digest" not in ckpt_meta or "params" not in ckpt_tree:
-            raise RunError(f"{ckpt_path}: not a training checkpoint of netc train")
-    else:
-        run_dir = Path(cfg.out) if cfg.out else _new_run_dir(spec_slug, cfg.runs_root)
-        from netc.runtime.checkpoint import list_checkpoints
-
-        if list_checkpoints(run_dir):
-            raise RunError(f"--out {run_dir}: the directory already holds a run's checkpoints; "
-                           f"continue it with --resume {run_dir} or choose another directory")
-
-    data_override = cfg.data
-    if ckpt_meta is not None and data_override is None:
-        data_override = ckpt_meta.get("data")
-    if data_override is not None:
-        spec = with_source(spec, data_override)
-
-    train_plan = make_plan(spec, "TRAIN", solver)
-    test_plan = make_plan(spec, "TEST", solver)
-    for d in spec.diagnostics.sorted():
-        err.write(d.format() + "\n")
-    if not train_plan.has_loss:
-        raise RunError(f"{cfg.spec}: the TRAIN net has no loss (no layer with a loss_weight), "
-                       "so there is nothing to minimise")
-    feeds = data_feeds(train_plan, spec.spec_dir)
-    if not feeds:
-        kind = "Input layers" if input_only(train_plan) else "no data layer"
-        raise RunError(f"{cfg.spec}: the TRAIN net is fed by {kind}, which hold no data; "
-                       "netc train needs a Data layer with data_param.source (a .npz file or "
-                       "netc:digits/train). Use `netc predict` to run a net on given inputs.")
-
-    sp = solver.resolved()
-    solver_type = sp.type
-    arch = architecture(train_plan)
-    digest = architecture_digest(arch, solver_type)
-    if ckpt_meta is not None and ckpt_meta.get("arch_digest") != digest:
-        diffs = architecture_diff(ckpt_meta.get("arch", []), arch,
-                                  ckpt_meta.get("solver_type", "?"), solver_type)
-        raise RunError(f"cannot resume from {ckpt_path}: the spec no longer matches the checkpoint:\n"
-                       + "\n".join(f"  - {d}" for d in diffs or ["architecture digest differs"]))
-
-    if cfg.max_iter is not None:
-        max_iter = cfg.max_iter
-    elif ckpt_meta is not None and "max_iter" in ckpt_meta:
-        max_iter = int(ckpt_meta["max_iter"])
-    else:
-        max_iter = int(sp.max_iter or 0)
-    if ckpt_meta is not None:
-        seed = int(ckpt_meta["seed"])
-        if cfg.seed is not None and cfg.seed != seed:
-            err.write(f"warning: --seed {cfg.seed} ignored: the resumed run's seed is {seed}\n")
-    elif cfg.seed is not None:
-        seed = cfg.seed
-    elif sp.random_seed >= 0:
-        seed = int(sp.random_seed)
-    else:
-        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
-    if seed < 0:
-        raise RunError(f"--seed must be >= 0, got {seed}")
-
-    test_iter = int(sp.test_iter[0]) if sp.test_iter else 0
-    test_feeds = []
-    if test_iter > 0 and test_plan.layers:
-        test_feeds = data_feeds(test_plan, spec.spec_dir)
-        if not test_feeds:
-            err.write("note: the TEST net has no Data layer; testing is skipped\n")
-            test_iter = 0
-    else:
-        test_iter = 0
-
-    # --- JAX from here on -------------------------------------------------------------------
-    import warnings
-
+def _backend() -> tuple[str, int]:
     import jax
 
-    from netc.compiler.lower import lower
-    from netc.runtime import checkpoint as ckpt
-    from netc.runtime.solver import learning_rate, make_optimizer
+    return jax.default_backend(), jax.device_count()
 
-    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-    train_net = lower(train_plan)
-    test_net = lower(test_plan) if test_iter else None
-    root = jax.random.PRNGKey(seed % (2**32))
-    params, state = train_net.init(jax.random.fold_in(root, _INIT_TAG))
-    lr_mult, decay_mult = train_net.multipliers()
-    optimizer = make_optimizer(sp, lr_mult, decay_mult)
-    opt_state = optimizer.init(params)
-    start_iter = 0
-    positions = None
-    recent_losses: list[float] = []
 
-    if cfg.weights:
-        wparams, wstate = read_weights(cfg.weights)
-        params, state, report = apply_weights(params, state, wparams, wstate)
+class Solver:
+    """Caffe's Solver: construct (everything resolved once), then `step(n)`, `test()`,
+    `snapshot()`, `restore(path)`, `solve()`. Events go to `callbacks` (see
+    runtime/callbacks.py); the defaults write metrics.jsonl, show progress on `out`, and apply
+    the NaN policy."""
+
+    def __init__(self, config: TrainConfig | SolverSettings, *, callbacks=(), out: TextIO | None
+                 = None, err: TextIO | None = None, default_callbacks: bool = True):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        s = config if isinstance(config, SolverSettings) else resolve_settings(config, self.err)
+        self.settings = s
+        self.stop_reason: str | None = None
+        self.iter = 0
+        self._pending_snapshot = None
+        self._next_batch = None
+        self.streams: list = []
+        self._build_plans()
+        self._build_nets()
+        self._prepare_run_dir()
+        self.callbacks = list(self._default_callbacks() if default_callbacks else []) + list(callbacks)
+        self._start_streams(s.checkpoint_meta.get("data_position") if s.resumed else None)
+        self.timer = Timer()
+        self._window = None  # (time, iteration) where the current display interval began
+        self._solve_start = self.iter
+
+    # --- construction -------------------------------------------------------------------------
+    def _build_plans(self) -> None:
+        s = self.settings
+        spec = s.context.spec
+        self.train_plan = make_plan(spec, "TRAIN", s.context.solver)
+        self.test_plan = make_plan(spec, "TEST", s.context.solver)
+        for d in spec.diagnostics.sorted():
+            self.err.write(d.format() + "\n")
+        if not self.train_plan.has_loss:
+            raise RunError(f"{s.config.spec}: the TRAIN net has no loss (no layer with a "
+                           "loss_weight), so there is nothing to minimise")
+        from netc.runtime.feeds import data_feeds, input_only
+
+        self.feeds = data_feeds(self.train_plan, spec.spec_dir)
+        if not self.feeds:
+            kind = "Input layers" if input_only(self.train_plan) else "no data layer"
+            raise RunError(f"{s.config.spec}: the TRAIN net is fed by {kind}, which hold no data; "
+                           "netc train needs a Data layer with data_param.source (a .npz file or "
+                           "netc:digits/train). Use `netc predict` to run a net on given inputs.")
+        self.test_iter = s.test_iter if self.test_plan.layers else 0
+        self.test_feeds = data_feeds(self.test_plan, spec.spec_dir) if self.test_iter else []
+        if self.test_iter and not self.test_feeds:
+            self.err.write("note: the TEST net has no Data layer; testing is skipped\n")
+            self.test_iter = 0
+        from netc.runtime.weights import architecture, architecture_digest
+
+        self.arch = architecture(self.train_plan)
+        self.digest = architecture_digest(self.arch, s.sp.type)
+
+    def _build_nets(self) -> None:
+        import warnings
+
+        import jax
+
+        from netc.compiler.lower import lower
+        from netc.runtime.solver import make_optimizer
+
+        s = self.settings
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+        self.net = lower(self.train_plan)
+        self.root_key = jax.random.PRNGKey(s.seed % (2**32))
+        self.params, self.state = self.net.init(jax.random.fold_in(self.root_key, _INIT_TAG))
+        self.optimizer = make_optimizer(s.sp, *self.net.multipliers())
+        self.opt_state = self.optimizer.init(self.params)
+        self.iter_size = int(s.sp.iter_size)
+        self.losses = collections.deque(maxlen=int(s.sp.average_loss))
+        if s.config.weights:
+            self._load_weights(s.config.weights)
+        if s.resumed:
+            self.restore(s.checkpoint)
+        self.test_net = lower(self.test_plan) if self.test_iter else None
+        if self.test_net is not None:
+            self._share_test_params()
+        self._step_fn = make_train_step(self.net, self.optimizer, self.iter_size,
+                                        jax.random.fold_in(self.root_key, _STEP_TAG))
+
+    def _load_weights(self, weights: str) -> None:
+        from netc.runtime.weights import apply_weights, read_weights
+
+        wparams, wstate = read_weights(weights)
+        self.params, self.state, report = apply_weights(self.params, self.state, wparams, wstate)
         for line in report.lines():
-            out.write(line + "\n")
+            self.out.write(line + "\n")
         if not report.loaded:
-            raise RunError(f"{cfg.weights}: no blob matched the net by layer name and shape")
-        opt_state = optimizer.init(params)
+            raise RunError(f"{weights}: no blob matched the net by layer name and shape")
+        self.opt_state = self.optimizer.init(self.params)
 
-    if ckpt_tree is not None:
-        fresh = jax.tree_util.tree_structure((params, state, opt_state))
-        loaded = (ckpt_tree["params"], ckpt_tree.get("state", {}), ckpt_tree.get("opt_state", {}))
-        if jax.tree_util.tree_structure(loaded) != fresh:
-            raise RunError(f"cannot resume from {ckpt_path}: its tensors do not have the layout "
-                           "this spec and solver need")
-        params, state, opt_state = loaded
-        start_iter = int(ckpt_meta["iteration"])
-        positions = ckpt_meta.get("data_position")
-        recent_losses = [float(x) for x in ckpt_meta.get("recent_losses", [])]
+    def _share_test_params(self) -> None:
+        """The TEST net reads the TRAIN net's blobs of the same (layer, role); its own layers
+        keep their fillers' values. A shared blob must have the same shape in both."""
+        import jax
 
-    test_keys = {}
-    if test_net is not None:
-        tparams, tstate = test_net.init(jax.random.fold_in(root, _INIT_TAG))
-        for tree, src, what in ((tparams, params, "params"), (tstate, state, "state")):
+        from netc.compiler.layer import fmt_shape
+        from netc.runtime.feeds import make_eval_fn
+
+        tparams, tstate = self.test_net.init(jax.random.fold_in(self.root_key, _INIT_TAG))
+        self._test_own = (tparams, tstate)
+        self._test_shared = {}
+        for tree, src, what in ((tparams, self.params, "params"), (tstate, self.state, "state")):
             for layer, roles in tree.items():
-                if layer in src:
-                    for role, v in roles.items():
-                        if role not in src[layer] or src[layer][role].shape != v.shape:
-                            a = src[layer][role].shape if role in src[layer] else "absent"
-                            hint = ("; --data replaced only the TRAIN Data layer's source"
-                                    if data_override is not None else "")
-                            raise RunError(
-                                f"layer '{layer}': its {role} is {_shape(a)} in the TRAIN net but "
-                                f"{_shape(v.shape)} in the TEST net, which share parameters by "
-                                f"layer name{hint}")
-            test_keys[what] = {layer: (layer in src) for layer in tree}
-        test_extra = (tparams, tstate)
-        eval_fn = make_eval_fn(test_net)
+                for role, v in roles.items() if layer in src else ():
+                    if role not in src[layer] or src[layer][role].shape != v.shape:
+                        a = src[layer][role].shape if role in src[layer] else ()
+                        hint = ("; --data replaced only the TRAIN Data layer's source"
+                                if self.settings.data is not None else "")
+                        raise RunError(
+                            f"layer '{layer}': its {role} is "
+                            f"{fmt_shape(a) if role in src[layer] else 'absent'} in the TRAIN net "
+                            f"but {fmt_shape(v.shape)} in the TEST net, which share parameters "
+                            f"by layer name{hint}")
+            self._test_shared[what] = {layer: (layer in src) for layer in tree}
+        self._eval_fn = make_eval_fn(self.test_net)
 
-    # --- run directory -----------------------------------------------------------------------
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    if ckpt_meta is not None:
-        history = _trim_metrics(metrics_path, start_iter)
-    else:
-        history = []
-        shutil.copyfile(spec.file, run_dir / "spec.yaml")
-        solver_file = cfg.solver or spec.solver_file
-        if solver_file:
-            shutil.copyfile(solver_file, run_dir / "solver.yaml")
-        metrics_path.write_text("")
-    solver_doc = sp.model_dump(mode="json")
-    solver_doc.update({"max_iter": max_iter, "random_seed": seed})
-    ckpt.write_json_atomic(run_dir / "solver.json", solver_doc)
-    metrics = _Metrics(metrics_path)
+    def _prepare_run_dir(self) -> None:
+        from netc.runtime import checkpoint as ckpt
 
-    prefix = _slug(os.path.basename(sp.snapshot_prefix or "") or spec_slug)
-    live = out.isatty() if cfg.progress is None else cfg.progress
-    progress = _Progress(out, live, max_iter)
-    iter_size = int(sp.iter_size)
-    batch = feeds[0].batch_size * iter_size
-    average_loss = int(sp.average_loss)
-    display = int(sp.display or 0)
-    losses = collections.deque(recent_losses[-average_loss:], maxlen=average_loss)
+        s = self.settings
+        s.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = s.run_dir / "metrics.jsonl"
+        if s.resumed:
+            self.history = trim_metrics(metrics_path, self.iter)
+        else:
+            self.history = []
+            shutil.copyfile(s.context.spec.file, s.run_dir / "spec.yaml")
+            solver_file = s.config.solver or s.context.spec.solver_file
+            if solver_file:
+                shutil.copyfile(solver_file, s.run_dir / "solver.yaml")
+            metrics_path.write_text("")
+        backend, devices = _backend()
+        doc = s.sp.model_dump(mode="json")
+        doc.update({"max_iter": s.max_iter, "random_seed": s.seed,
+                    "snapshot_format": "safetensors", "backend": backend, "devices": devices})
+        ckpt.write_json_atomic(s.run_dir / "solver.json", doc)
+        self.tested = {r["iter"] for r in self.history if r.get("event") == "test"}
+        self.best: dict[str, tuple[float, int]] = {}
+        self.last_test: dict[str, float] = {}
+        for rec in self.history:
+            if rec.get("event") == "test":
+                self._record_test(rec["iter"], {k: v for k, v in rec.get("metrics", {}).items()
+                                                if v is not None})
 
-    streams = [f.stream(seed + k, position=(positions[k] if positions else None))
-               for k, f in enumerate(feeds)]
-    step = make_train_step(train_net, optimizer, iter_size, jax.random.fold_in(root, _STEP_TAG))
+    def _default_callbacks(self) -> list:
+        cfg = self.settings.config
+        live = self.out.isatty() if cfg.progress is None else cfg.progress
+        self.progress = Progress(self.out, self.err, live, self.settings.max_iter)
+        return [NanGuard(), MetricsLog(self.settings.run_dir / "metrics.jsonl"), self.progress]
 
-    tested = {rec["iter"] for rec in history if rec.get("event") == "test"}
-    best: dict[str, tuple[float, int]] = {}
-    last_test: dict[str, float] = {}
-    for rec in history:
-        if rec.get("event") == "test":
-            last_test = rec.get("metrics", {})
-            for k, v in last_test.items():
-                if v is not None and (k not in best or _better(k, v, best[k][0])):
-                    best[k] = (v, rec["iter"])
+    def _start_streams(self, positions) -> None:
+        for st in self.streams:
+            st.close()
+        seed = self.settings.seed
+        self.streams = [f.stream(seed + k, position=(positions[k] if positions else None))
+                        for k, f in enumerate(self.feeds)]
+        self.positions = positions
+        self._next_batch = None
 
-    def next_inputs():
+    # --- events -------------------------------------------------------------------------------
+    def emit(self, kind: str, it: int, **data: Any) -> None:
+        """Hand one event to every callback, in order (the one place events flow through)."""
+        event = Event(kind, it, data)
+        for cb in self.callbacks:
+            cb(self, event)
+
+    def request_stop(self, reason: str) -> None:
+        """Stop after the current step, with a snapshot (a signal, or a callback's decision)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+
+    # --- Caffe's Step -------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.feeds[0].batch_size * self.iter_size
+
+    def _fetch(self):
+        import jax
+
         micro = []
-        for _ in range(iter_size):
+        for _ in range(self.iter_size):
             d = {}
-            for f, s in zip(feeds, streams):
-                d.update(f.feed(next(s)))
+            for f, st in zip(self.feeds, self.streams):
+                d.update(f.feed(next(st)))
             micro.append(d)
-        x = micro[0] if iter_size == 1 else {k: np.stack([m[k] for m in micro]) for k in micro[0]}
-        return jax.device_put(x), [s.position() for s in streams]
+        x = micro[0] if self.iter_size == 1 else {
+            k: np.stack([m[k] for m in micro]) for k in micro[0]}
+        return jax.device_put(x), [st.position() for st in self.streams]
 
-    last_snapshot = [start_iter if ckpt_meta is not None else -1]
-    eval_time = [0.0]
-    snap_time = [0.0]
+    def _test_due(self) -> bool:
+        sp, it = self.settings.sp, self.iter
+        return bool(self.test_iter and sp.test_interval and it % sp.test_interval == 0
+                    and (it > 0 or sp.test_initialization) and it not in self.tested)
 
-    pending: list = [None]  # a snapshot taken but not yet written (see snapshot())
+    def _one_iteration(self) -> None:
+        from netc.runtime.solver import learning_rate
 
-    def snapshot(it: int, pos, *, defer: bool = False) -> Path | None:
-        """Snapshot the state after `it` iterations. With `defer`, the host copy is written only
-        once the next step's loss is known to be finite (flush()), so a checkpoint never holds
-        parameters that already produce a NaN; otherwise it is written now."""
+        s = self.settings
+        it = self.iter
+        inputs, pos = self._next_batch or self._fetch()
+        self._next_batch = None
+        self.params, self.state, self.opt_state, loss = self._step_fn(
+            self.params, self.state, self.opt_state, inputs, it)
+        if it + 1 < s.max_iter:
+            self._next_batch = self._fetch()  # overlaps the step running on the device
+        loss_v = float(loss)
+        self.timer.step_done()
+        self.positions = pos
+        lr = learning_rate(s.sp, it)
+        self.losses.append(loss_v)
+        smoothed = sum(self.losses) / len(self.losses)
+        self.emit("iteration", it, loss=loss_v, smoothed=smoothed, lr=lr)
+        self._flush_snapshot()  # the deferred snapshot's parameters gave a finite loss
+        display = int(s.sp.display or 0)
+        if display and it % display == 0:
+            now = time.perf_counter()
+            t0, i0 = self._window or (self.timer.start, self._solve_start)
+            rate = (it + 1 - i0) / (now - t0) if now > t0 else 0.0
+            self._window = (now, it + 1)
+            self.emit("train", it, loss=smoothed, lr=lr, it_per_s=rate)
+        self.iter = it + 1
+
+    def step(self, n: int) -> None:
+        """Run up to `n` iterations (not past max_iter), testing and snapshotting when due.
+        Stops early when a stop is requested; raises Diverged on a non-finite loss."""
+        s = self.settings
+        end = min(self.iter + n, s.max_iter)
+        while self.iter < end and self.stop_reason is None:
+            if self._test_due():
+                self.test()
+                if self.stop_reason is not None:
+                    break
+            self._one_iteration()
+            if s.sp.snapshot and self.iter % s.sp.snapshot == 0:
+                self.snapshot(defer=self.iter < s.max_iter)
+
+    # --- test ---------------------------------------------------------------------------------
+    def _record_test(self, it: int, result: dict[str, float]) -> None:
+        import math
+
+        self.last_test = result
+        for k, v in result.items():
+            better = (v < self.best[k][0] if "loss" in k.lower() else v > self.best[k][0]) \
+                if k in self.best else True
+            if math.isfinite(v) and better:
+                self.best[k] = (v, it)
+
+    def test(self) -> dict[str, float]:
+        """Caffe's Solver::Test on the TEST net with the current parameters; emits "test"."""
+        from netc.runtime.feeds import evaluate
+
+        if self.test_net is None:
+            raise RunError("the spec has no TEST net with a Data layer and test_iter to test on")
         t0 = time.perf_counter()
-        host_params = jax.tree_util.tree_map(lambda a: np.array(a, copy=True), params)
-        for layer, roles in host_params.items():
-            for role, v in roles.items():
-                if not np.isfinite(v).all():
-                    raise _Diverged(f"parameter {layer}/{role} is not finite after iteration {it}")
-        meta = {
-            "iteration": it, "seed": seed, "max_iter": max_iter, "data": data_override,
-            "data_position": pos, "arch": arch, "arch_digest": digest,
-            "solver_type": solver_type, "spec": spec.name, "recent_losses": list(losses),
-        }
-        tensors = {"params": host_params,
-                   "state": jax.tree_util.tree_map(lambda a: np.array(a, copy=True), state),
-                   "opt_state": jax.tree_util.tree_map(lambda a: np.array(a, copy=True), opt_state)}
-        last_snapshot[0] = it
-        pending[0] = (it, tensors, meta)
-        snap_time[0] += time.perf_counter() - t0
-        return None if defer else flush()
+        own_p, own_s = self._test_own
+        tp = {layer: (self.params[layer] if shared else own_p[layer])
+              for layer, shared in self._test_shared["params"].items()}
+        ts = {layer: (self.state[layer] if shared else own_s[layer])
+              for layer, shared in self._test_shared["state"].items()}
+        result = evaluate(self._eval_fn, tp, ts, self.test_feeds, self.test_iter,
+                          self.settings.seed)
+        self._record_test(self.iter, result)
+        self.tested.add(self.iter)
+        self.timer.add("eval_s", time.perf_counter() - t0)
+        self.emit("test", self.iter, metrics=result)
+        return result
 
-    def flush() -> Path | None:
-        if pending[0] is None:
+    # --- snapshot / restore -------------------------------------------------------------------
+    def _host(self, tree):
+        import jax
+
+        return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), tree)
+
+    def snapshot(self, *, defer: bool = False) -> Path | None:
+        """Snapshot the state after `self.iter` iterations. With `defer`, the host copy is
+        written only once the next step's loss is known to be finite, so a checkpoint never
+        holds parameters that already produce a NaN; otherwise it is written now."""
+        s = self.settings
+        t0 = time.perf_counter()
+        params = self._host(self.params)
+        self.emit("checkpoint", self.iter, params=params)
+        meta = {
+            "iteration": self.iter, "seed": s.seed, "max_iter": s.max_iter, "data": s.data,
+            "data_position": self.positions, "arch": self.arch, "arch_digest": self.digest,
+            "solver_type": s.sp.type, "spec": s.context.spec.name,
+            "recent_losses": list(self.losses),
+        }
+        tensors = {"params": params, "state": self._host(self.state),
+                   "opt_state": self._host(self.opt_state)}
+        self.last_snapshot = self.iter
+        self._pending_snapshot = (self.iter, tensors, meta)
+        self.timer.add("snap_s", time.perf_counter() - t0)
+        return None if defer else self._flush_snapshot()
+
+    def _flush_snapshot(self) -> Path | None:
+        from netc.runtime import checkpoint as ckpt
+
+        if self._pending_snapshot is None:
             return None
         t0 = time.perf_counter()
-        it, tensors, meta = pending[0]
-        pending[0] = None
-        path = ckpt.save_checkpoint(run_dir, f"{prefix}_iter_{it}", tensors, meta)
-        metrics.write("snapshot", iter=it, path=path.name)
-        snap_time[0] += time.perf_counter() - t0
+        it, tensors, meta = self._pending_snapshot
+        self._pending_snapshot = None
+        path = ckpt.save_checkpoint(self.settings.run_dir, f"{self.settings.snapshot_prefix}"
+                                    f"_iter_{it}", tensors, meta)
+        self.timer.add("snap_s", time.perf_counter() - t0)
+        self.emit("snapshot", it, path=path)
         return path
 
-    def run_test(it: int) -> None:
-        t0 = time.perf_counter()
-        tp = {layer: (params[layer] if shared else test_extra[0][layer])
-              for layer, shared in test_keys["params"].items()}
-        ts = {layer: (state[layer] if shared else test_extra[1][layer])
-              for layer, shared in test_keys["state"].items()}
-        from netc.runtime.run import evaluate
+    def restore(self, path: str | Path) -> None:
+        """Continue from a checkpoint of this spec and solver: parameters, state, optimizer
+        state, iteration, data position and the recent losses."""
+        import jax
 
-        result = evaluate(eval_fn, tp, ts, test_feeds, test_iter, seed)
-        nonlocal_last[0] = result
-        for k, v in result.items():
-            if math.isfinite(v) and (k not in best or _better(k, v, best[k][0])):
-                best[k] = (v, it)
-        metrics.write("test", iter=it, metrics={k: (v if math.isfinite(v) else None)
-                                                for k, v in result.items()})
-        progress.echo(f"Iteration {it}, Testing net: {_fmt_metrics(result)}")
-        tested.add(it)
-        eval_time[0] += time.perf_counter() - t0
+        from netc.runtime.checkpoint import CheckpointError, load_checkpoint
+        from netc.runtime.weights import architecture_diff
 
-    nonlocal_last = [last_test]
+        try:
+            tree, meta = load_checkpoint(path)
+        except CheckpointError as e:
+            raise RunError(str(e)) from None
+        if "arch_digest" not in meta or "params" not in tree:
+            raise RunError(f"{path}: not a training checkpoint of netc train")
+        if meta.get("arch_digest") != self.digest:
+            diffs = architecture_diff(meta.get("arch", []), self.arch,
+                                      meta.get("solver_type", "?"), self.settings.sp.type)
+            raise RunError(f"cannot resume from {path}: the spec no longer matches the "
+                           "checkpoint:\n" + "\n".join(
+                               f"  - {d}" for d in diffs or ["architecture digest differs"]))
+        loaded = (tree["params"], tree.get("state", {}), tree.get("opt_state", {}))
+        fresh = jax.tree_util.tree_structure((self.params, self.state, self.opt_state))
+        if jax.tree_util.tree_structure(loaded) != fresh:
+            raise RunError(f"cannot resume from {path}: its tensors do not have the layout this "
+                           "spec and solver need")
+        self.params, self.state, self.opt_state = loaded
+        self.iter = self.last_snapshot = int(meta["iteration"])
+        self.losses.clear()
+        self.losses.extend(float(x) for x in meta.get("recent_losses", []))
+        if self.streams:
+            self._start_streams(meta.get("data_position"))
 
-    # --- signals -----------------------------------------------------------------------------
-    stop = {"sig": None}
+    # --- Caffe's Solve ------------------------------------------------------------------------
+    def _start_event(self) -> None:
+        s = self.settings
+        backend, devices = _backend()
+        self.emit("start", self.iter, resumed=s.resumed, checkpoint=str(s.checkpoint),
+                  label=f"{s.config.spec}: {s.context.spec.name or s.spec_slug}",
+                  solver_type=s.sp.type, batch=self.batch_size, seed=s.seed,
+                  backend=backend, devices=devices, run_dir=str(s.run_dir))
 
+    def _finish(self, trained: int) -> None:
+        from netc.runtime import checkpoint as ckpt
+
+        s = self.settings
+        if trained or not s.resumed or self.iter < s.max_iter:
+            if self.test_iter and self.iter not in self.tested:
+                self.test()
+            if s.sp.snapshot_after_train and getattr(self, "last_snapshot", -1) != self.iter:
+                self.snapshot()
+        self._flush_snapshot()
+        t = self.timer
+        steady = t.steady_s()
+        sps = t.steady_iters * self.batch_size / steady if t.steady_iters and steady > 0 else None
+        latest = ckpt.latest_checkpoint(s.run_dir)
+        self.emit("done", self.iter, trained=trained,
+                  wall_s=round(time.perf_counter() - t.start, 3),
+                  train_s=round((t.first_step_s or 0.0) + steady, 3),
+                  first_step_s=round(t.first_step_s or 0.0, 3), steady_s=round(steady, 3),
+                  steady_iters=t.steady_iters, eval_s=round(t.eval_s, 3),
+                  samples_per_s=round(sps, 1) if sps is not None else None,
+                  last_test=self.last_test,
+                  best_test={k: {"value": v, "iter": i} for k, (v, i) in self.best.items()},
+                  snapshot=str(latest) if latest else None)
+
+    def _stopped(self) -> int:
+        from netc.runtime import checkpoint as ckpt
+
+        s = self.settings
+        if getattr(self, "last_snapshot", -1) != self.iter:
+            self.snapshot()
+        path = self._flush_snapshot() or ckpt.latest_checkpoint(s.run_dir)
+        self.emit("stop", self.iter, reason=self.stop_reason, path=str(path),
+                  resume_hint=f"netc train {s.config.spec} --resume {s.run_dir}")
+        codes = {signal.Signals(k).name: v for k, v in EXIT_SIGNAL.items()}
+        return codes.get(self.stop_reason, EXIT_OK)
+
+    def _diverged(self, e: Diverged) -> int:
+        from netc.runtime import checkpoint as ckpt
+
+        self._pending_snapshot = None
+        good = ckpt.latest_checkpoint(self.settings.run_dir)
+        self.emit("stop", self.iter, reason="diverged", detail=str(e),
+                  path=str(good) if good else None)
+        return EXIT_DIVERGED
+
+    def solve(self) -> int:
+        """Caffe's Solve: step to max_iter, then the final test and snapshot. Returns the exit
+        code (0 done, 3 diverged, 130/143 stopped by a signal). SIGINT/SIGTERM request a stop
+        (a second one interrupts at once)."""
+        start = self.iter
+        old = _install_signal_handlers(self)
+        self.timer, self._window, self._solve_start = Timer(), None, start
+        try:
+            self._start_event()
+            self.step(self.settings.max_iter - self.iter)
+            if self.stop_reason is not None:
+                return self._stopped()
+            self._finish(self.iter - start)
+            return EXIT_OK
+        except Diverged as e:
+            return self._diverged(e)
+        finally:
+            _restore_signal_handlers(old)
+            self.close()
+
+    def close(self) -> None:
+        for st in self.streams:
+            st.close()
+        self.streams = []
+        for cb in self.callbacks:
+            close = getattr(cb, "close", None)
+            if close is not None:
+                close()
+        self.callbacks = []
+
+
+def _install_signal_handlers(solver: Solver) -> dict:
     def on_signal(signum, frame):
-        if stop["sig"] is not None:  # a second signal: give up at once
+        if solver.stop_reason is not None:  # a second signal: give up at once
             raise KeyboardInterrupt
-        stop["sig"] = signum
+        solver.request_stop(signal.Signals(signum).name)
 
-    old_handlers = {}
+    old = {}
     try:
         for s in EXIT_SIGNAL:
-            old_handlers[s] = signal.signal(s, on_signal)
+            old[s] = signal.signal(s, on_signal)
     except ValueError:  # not the main thread (library use): no signal handling
         pass
+    return old
 
-    # --- the loop ----------------------------------------------------------------------------
-    out_label = f"{cfg.spec}: {spec.name or spec_slug}"
-    if ckpt_meta is not None:
-        progress.echo(f"Resuming {out_label} from {ckpt_path} at iteration {start_iter} "
-                      f"(max_iter {max_iter}, seed {seed})")
-    else:
-        progress.echo(f"Training {out_label}: {solver_type}, max_iter {max_iter}, batch "
-                      f"{batch}, seed {seed}, run directory {run_dir}")
-    t_start = time.perf_counter()
-    it = start_iter
-    consumed = positions
-    window_t, window_it = time.perf_counter(), it
-    rate = 0.0
-    code = EXIT_OK
-    try:
-        finished = ckpt_meta is not None and start_iter >= max_iter
-        if finished:
-            progress.echo(f"Nothing to do: the run is at iteration {start_iter} and max_iter is "
-                          f"{max_iter} (pass --max-iter to train longer)")
-        inputs = pending_pos = None
-        if it < max_iter:
-            inputs, pending_pos = next_inputs()
-        while it < max_iter and stop["sig"] is None:
-            if test_iter and sp.test_interval and it % sp.test_interval == 0 \
-                    and (it > 0 or sp.test_initialization) and it not in tested:
-                run_test(it)
-                if stop["sig"] is not None:
-                    break
-            params, state, opt_state, loss = step(params, state, opt_state, inputs, it)
-            consumed = pending_pos
-            if it + 1 < max_iter:
-                inputs, pending_pos = next_inputs()  # overlaps the step running on the device
-            loss_v = float(loss)
-            if not math.isfinite(loss_v):
-                raise _Diverged(f"the loss is {loss_v} at iteration {it}")
-            flush()
-            losses.append(loss_v)
-            smoothed = sum(losses) / len(losses)
-            lr = learning_rate(sp, it)
-            if display and it % display == 0:
-                now = time.perf_counter()
-                done = it + 1 - window_it
-                rate = done / (now - window_t) if now > window_t else 0.0
-                window_t, window_it = now, it + 1
-                metrics.write("train", iter=it, loss=smoothed, lr=lr,
-                              it_per_s=round(rate, 3))
-                if not live:
-                    out.write(f"Iteration {it} ({rate:.2f} iter/s), loss = {smoothed:.6g}, "
-                              f"lr = {lr:.6g}\n")
-                    out.flush()
-            it += 1
-            if live:
-                elapsed = time.perf_counter() - t_start - eval_time[0] - snap_time[0]
-                rate_live = (it - start_iter) / elapsed if elapsed > 0 else 0.0
-                progress.update(it, smoothed, lr, rate_live)
-            if sp.snapshot and it % sp.snapshot == 0:
-                snapshot(it, consumed, defer=it < max_iter)
-        train_time = time.perf_counter() - t_start - eval_time[0] - snap_time[0]
-        if stop["sig"] is not None:
-            if last_snapshot[0] != it:
-                snapshot(it, consumed)
-            path = flush() or ckpt.latest_checkpoint(run_dir)
-            name = signal.Signals(stop["sig"]).name
-            metrics.write("stop", iter=it, reason=name)
-            progress.echo(f"{name}: stopped at iteration {it}; snapshot {path}")
-            progress.echo(f"resume with: netc train {cfg.spec} --resume {run_dir}")
-            code = EXIT_SIGNAL[stop["sig"]]
-            return code
-        if not finished:
-            if test_iter and it not in tested:
-                run_test(it)
-            if sp.snapshot_after_train and last_snapshot[0] != it:
-                snapshot(it, consumed)
-        flush()
-        wall = time.perf_counter() - t_start
-        trained = it - start_iter
-        sps = trained * batch / train_time if train_time > 0 and trained else 0.0
-        summary = {"iter": it, "wall_s": round(wall, 3), "train_s": round(train_time, 3),
-                   "eval_s": round(eval_time[0], 3), "samples_per_s": round(sps, 1),
-                   "last_test": nonlocal_last[0],
-                   "best_test": {k: {"value": v, "iter": i} for k, (v, i) in best.items()}}
-        metrics.write("done", **summary)
-        progress.echo(f"Done: {trained} iterations in {wall:.1f} s (training {train_time:.1f} s, "
-                      f"{sps:,.0f} samples/s; testing {eval_time[0]:.1f} s)")
-        if nonlocal_last[0]:
-            progress.echo(f"  last test (iteration {it}): {_fmt_metrics(nonlocal_last[0])}")
-            progress.echo("  best test: " + ", ".join(
-                f"{k} = {v:.6g} (iteration {i})" for k, (v, i) in best.items()))
-        latest = ckpt.latest_checkpoint(run_dir)
-        if latest is not None:
-            progress.echo(f"  snapshot: {latest}")
-        return code
-    except _Diverged as e:
-        progress.clear()
-        good = ckpt.latest_checkpoint(run_dir)
-        where = f"; the last good checkpoint is {good}" if good else "; no checkpoint was written"
-        metrics.write("stop", iter=it, reason="diverged", detail=str(e))
-        err.write(f"error: {e}: training diverged and stopped without a snapshot{where}. "
-                  "Lower base_lr or check the data.\n")
-        return EXIT_DIVERGED
-    finally:
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-        for s in streams:
-            s.close()
-        metrics.close()
+
+def _restore_signal_handlers(old: dict) -> None:
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+def train(cfg: TrainConfig, out: TextIO | None = None, err: TextIO | None = None,
+          callbacks=()) -> int:
+    """Train per `cfg`; returns the exit code. Raises RunError for problems the user can fix."""
+    return Solver(cfg, callbacks=callbacks, out=out, err=err).solve()

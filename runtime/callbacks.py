@@ -1,0 +1,221 @@
+"""The Solver's events and the callbacks that consume them.
+
+Every metric and event of a run flows through `Solver.emit(kind, iter, **data)`, which hands an
+`Event` to each callback in order. A callback is any object with `__call__(solver, event)`;
+subclass `Callback` to get one `on_<kind>(solver, event)` method per event kind. The kinds:
+
+    start       the run begins (data: resumed, checkpoint, batch, backend, devices, run_dir)
+    iteration   one step is done (data: loss, smoothed, lr); every iteration
+    train       a display interval is done (data: loss (smoothed), lr, it_per_s)
+    test        a test pass is done (data: metrics)
+    checkpoint  a snapshot is about to be taken (data: params, host arrays); a callback may veto
+                it by raising Diverged
+    snapshot    a checkpoint was written (data: path)
+    stop        the run stops early (data: reason, detail, path)
+    done        the run finished (data: the summary)
+
+To stop a run, a callback calls `solver.request_stop(reason)` (the current step finishes and a
+snapshot is written, as for SIGINT), or raises `Diverged` (no snapshot of the bad state).
+The progress display, metrics.jsonl and the NaN policy are callbacks; early stopping,
+TensorBoard or sampling are one more.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+__all__ = ["Event", "Callback", "CallbackProtocol", "Diverged", "MetricsLog", "Progress",
+           "NanGuard", "fmt_metrics", "fmt_time"]
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    iter: int
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class CallbackProtocol(Protocol):
+    def __call__(self, solver: Any, event: Event) -> None: ...
+
+
+class Diverged(Exception):
+    """A non-finite loss or parameter: stop without snapshotting the bad state."""
+
+
+class Callback:
+    """Dispatches each event to `on_<kind>(solver, event)` when the subclass defines it."""
+
+    def __call__(self, solver: Any, event: Event) -> None:
+        handler = getattr(self, "on_" + event.kind, None)
+        if handler is not None:
+            handler(solver, event)
+
+    def close(self) -> None:
+        """Called once when the run ends, whatever the outcome."""
+
+
+def fmt_time(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def fmt_metrics(m: dict[str, float]) -> str:
+    return ", ".join(f"{k} = {v:.6g}" for k, v in m.items())
+
+
+def _finite(v: float) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+class MetricsLog(Callback):
+    """metrics.jsonl: one flushed JSON object per train / test / snapshot / stop / done event."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, event: str, **fields: Any) -> None:
+        rec = {"event": event, **fields, "time": round(time.time(), 3)}
+        self.f.write(json.dumps(rec, sort_keys=False) + "\n")
+        self.f.flush()
+
+    def on_train(self, solver, e: Event) -> None:
+        self.write("train", iter=e.iter, loss=e.data["loss"], lr=e.data["lr"],
+                   it_per_s=round(e.data["it_per_s"], 3))
+
+    def on_test(self, solver, e: Event) -> None:
+        self.write("test", iter=e.iter, metrics={k: _finite(v) for k, v in e.data["metrics"].items()})
+
+    def on_snapshot(self, solver, e: Event) -> None:
+        self.write("snapshot", iter=e.iter, path=Path(e.data["path"]).name)
+
+    def on_stop(self, solver, e: Event) -> None:
+        extra = {"detail": e.data["detail"]} if e.data.get("detail") else {}
+        self.write("stop", iter=e.iter, reason=e.data["reason"], **extra)
+
+    def on_done(self, solver, e: Event) -> None:
+        self.write("done", iter=e.iter, **e.data)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class NanGuard(Callback):
+    """The NaN policy: a non-finite loss, or a non-finite parameter about to be snapshotted,
+    stops the run without a snapshot of the bad state (exit 3; the last good checkpoint stays)."""
+
+    def on_iteration(self, solver, e: Event) -> None:
+        loss = e.data["loss"]
+        if not math.isfinite(loss):
+            raise Diverged(f"the loss is {loss} at iteration {e.iter}")
+
+    def on_checkpoint(self, solver, e: Event) -> None:
+        import numpy as np
+
+        for layer, roles in e.data["params"].items():
+            for role, v in roles.items():
+                if not np.isfinite(v).all():
+                    raise Diverged(f"parameter {layer}/{role} is not finite after iteration "
+                                   f"{e.iter}")
+
+
+class Progress(Callback):
+    """What a person watching sees: the run header, a live one-line bar on a terminal (plain
+    display lines otherwise), test results, why a run stopped, and the summary."""
+
+    def __init__(self, out: TextIO, err: TextIO, live: bool, max_iter: int):
+        self.out, self.err, self.live, self.max_iter = out, err, live, max_iter
+        self.last_draw = 0.0
+        self.shown = False
+
+    def _bar(self, it: int, loss: float, lr: float, rate: float | None) -> None:
+        now = time.monotonic()
+        if now - self.last_draw < 0.1:
+            return
+        self.last_draw = now
+        width = 24
+        frac = it / self.max_iter if self.max_iter else 1.0
+        filled = int(round(frac * width))
+        eta = (self.max_iter - it) / rate if rate else float("nan")
+        speed = f"{rate:.1f} it/s" if rate else "compiling"
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] {it}/{self.max_iter} "
+                f"loss {loss:.4g} lr {lr:.3g} {speed} ETA {fmt_time(eta)}")
+        self.out.write("\r\x1b[2K" + line)
+        self.out.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.live and self.shown:
+            self.out.write("\r\x1b[2K")
+            self.out.flush()
+            self.shown = False
+
+    def echo(self, text: str) -> None:
+        self.clear()
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def on_start(self, solver, e: Event) -> None:
+        d = e.data
+        backend = f"{d['backend']} ({d['devices']} device{'s' if d['devices'] != 1 else ''})"
+        if d["resumed"]:
+            self.echo(f"Resuming {d['label']} from {d['checkpoint']} at iteration {e.iter} "
+                      f"(max_iter {self.max_iter}, seed {d['seed']}, {backend})")
+        else:
+            self.echo(f"Training {d['label']}: {d['solver_type']}, max_iter {self.max_iter}, "
+                      f"batch {d['batch']}, seed {d['seed']}, {backend}, run directory "
+                      f"{d['run_dir']}")
+        if d["resumed"] and e.iter >= self.max_iter:
+            self.echo(f"Nothing to do: the run is at iteration {e.iter} and max_iter is "
+                      f"{self.max_iter} (pass --max-iter to train longer)")
+
+    def on_iteration(self, solver, e: Event) -> None:
+        if self.live:
+            self._bar(e.iter + 1, e.data["smoothed"], e.data["lr"], solver.timer.steady_rate())
+
+    def on_train(self, solver, e: Event) -> None:
+        if not self.live:
+            self.out.write(f"Iteration {e.iter} ({e.data['it_per_s']:.2f} iter/s), loss = "
+                           f"{e.data['loss']:.6g}, lr = {e.data['lr']:.6g}\n")
+            self.out.flush()
+
+    def on_test(self, solver, e: Event) -> None:
+        self.echo(f"Iteration {e.iter}, Testing net: {fmt_metrics(e.data['metrics'])}")
+
+    def on_stop(self, solver, e: Event) -> None:
+        d = e.data
+        self.clear()
+        if d["reason"] == "diverged":
+            good = d.get("path")
+            where = f"; the last good checkpoint is {good}" if good else "; no checkpoint was written"
+            self.err.write(f"error: {d['detail']}: training diverged and stopped without a "
+                           f"snapshot{where}. Lower base_lr or check the data.\n")
+            self.err.flush()
+            return
+        self.echo(f"{d['reason']}: stopped at iteration {e.iter}; snapshot {d.get('path')}")
+        if d.get("resume_hint"):
+            self.echo(f"resume with: {d['resume_hint']}")
+
+    def on_done(self, solver, e: Event) -> None:
+        d = e.data
+        sps = d["samples_per_s"]
+        rate = f"{sps:,.0f} samples/s steady" if sps is not None else "too few steps to time"
+        self.echo(f"Done: {d['trained']} iterations in {d['wall_s']:.1f} s (first step "
+                  f"{d['first_step_s']:.1f} s incl. compilation; then {rate}; testing "
+                  f"{d['eval_s']:.1f} s)")
+        if d["last_test"]:
+            self.echo(f"  last test (iteration {e.iter}): {fmt_metrics(d['last_test'])}")
+            self.echo("  best test: " + ", ".join(
+                f"{k} = {b['value']:.6g} (iteration {b['iter']})" for k, b in d["best_test"].items()))
+        if d.get("snapshot"):
+            self.echo(f"  snapshot: {d['snapshot']}")

@@ -1,0 +1,136 @@
+"""Loading a spec (and a solver) into one run context: the parsed spec, its solver, and its plans.
+
+Every command starts here. `load_spec` reports every problem at once as FILE:LINE:COL lines
+(a RunError), as `netc check` does. JAX is not imported.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from netc.runtime.errors import RunError
+
+__all__ = ["RunContext", "load_context", "load_spec", "make_plan", "with_source", "diag_lines"]
+
+
+def diag_lines(diags) -> list[str]:
+    return [d.format() for d in diags.sorted()]
+
+
+def _read_solver_file(solver_path: str):
+    from netc.spec.errors import Diagnostics
+    from netc.spec.net import read_document, validate_solver
+
+    if not os.path.exists(solver_path):
+        raise RunError(f"{solver_path}: no such file")
+    diags = Diagnostics(solver_path)
+    raw = read_document(solver_path, diags)
+    solver = None
+    if raw is None and not diags.errors:
+        diags.error("the file is empty: expected SolverParameter fields (base_lr, ...)")
+    if isinstance(raw, dict) and "solver" in raw and isinstance(raw["solver"], dict) \
+            and "layers" not in raw:
+        solver = validate_solver(raw["solver"], diags, ("solver",), "solver.")
+    elif raw is not None:
+        solver = validate_solver(raw, diags, (), "")
+    if diags.errors:
+        raise RunError(lines=diag_lines(diags))
+    return solver
+
+
+def load_spec(path: str, solver_path: str | None = None, *, need_solver: bool = False):
+    """Parse `path` (a net, or a solver file naming its net) and optionally a separate solver
+    file (`--solver`), which overrides the spec's own `solver:` section. Returns (spec, solver);
+    raises RunError with FILE:LINE:COL lines on any error."""
+    from netc.compiler.catalogue import layer_models
+    from netc.spec.net import parse_spec
+
+    if not os.path.exists(path):
+        raise RunError(f"{path}: no such file")
+    spec = parse_spec(path, layer_models())
+    if spec.diagnostics.errors:
+        # Report every problem at once, as `netc check` does: plan what did validate too.
+        from netc.compiler.plan import plan_all_phases
+
+        if spec.layers:
+            plan_all_phases(spec)
+        raise RunError(lines=diag_lines(spec.diagnostics))
+    solver = _read_solver_file(solver_path) if solver_path is not None else spec.solver
+    if need_solver and solver is None:
+        raise RunError(f"{path}: no solver: add a `solver:` section to the spec or pass "
+                       "--solver FILE")
+    return spec, solver
+
+
+def net_state(phase: str, solver=None, spec=None):
+    """The NetState of `phase`: level and stages from the solver's train_state / test_state,
+    else from the net's own `state:` header."""
+    from netc.spec.messages import NetState
+
+    chosen = None
+    if solver is not None:
+        chosen = solver.train_state if phase == "TRAIN" else (
+            solver.test_state[0] if solver.test_state else None)
+    if chosen is None and spec is not None and getattr(spec, "state", None) is not None:
+        chosen = spec.state
+    if chosen is None:
+        return NetState(phase=phase)
+    return NetState(phase=phase, level=chosen.level, stage=tuple(chosen.stage))
+
+
+def make_plan(spec, phase: str, solver=None, *, batch: int | None = None):
+    """The spec's plan for `phase`. Raises RunError with the plan's FILE:LINE:COL errors."""
+    from netc.compiler.plan import plan
+
+    p = plan(spec, net_state(phase, solver, spec), batch=batch)
+    if spec.diagnostics.errors:
+        raise RunError(lines=diag_lines(spec.diagnostics))
+    return p
+
+
+def with_source(spec, source: str, phase: str = "TRAIN"):
+    """Replace the data source of the data layer active in `phase` (--data). A relative path
+    that exists from the current directory is made absolute (the user typed it here)."""
+    from netc.spec.messages import NetState
+
+    if not source.startswith("netc:") and os.path.exists(source):
+        source = os.path.abspath(source)
+    state = NetState(phase=phase)
+    hits = [i for i, layer in enumerate(spec.layers)
+            if layer.in_state(state) and getattr(layer, "data_param", None) is not None]
+    if not hits:
+        raise RunError(f"--data: the {phase} net has no Data layer whose source could be replaced")
+    if len(hits) > 1:
+        names = ", ".join(spec.layers[i].name for i in hits)
+        raise RunError(f"--data: the {phase} net has several Data layers ({names}); edit the spec")
+    i = hits[0]
+    layer = spec.layers[i]
+    dp = layer.data_param.model_copy(update={"source": source})
+    spec.layers[i] = layer.model_copy(update={"data_param": dp})
+    return spec
+
+
+@dataclass
+class RunContext:
+    """A loaded spec with its solver and the plans made from it (made once, shared)."""
+
+    path: str
+    spec: Any
+    solver: Any
+    plans: dict[str, Any] = field(default_factory=dict)
+
+    def plan(self, phase: str, batch: int | None = None):
+        key = (phase, batch)
+        if key not in self.plans:
+            self.plans[key] = make_plan(self.spec, phase, self.solver, batch=batch)
+        return self.plans[key]
+
+
+def load_context(path: str, solver_path: str | None = None, *, data: str | None = None,
+                 need_solver: bool = False) -> RunContext:
+    spec, solver = load_spec(path, solver_path, need_solver=need_solver)
+    if data is not None:
+        spec = with_source(spec, data)
+    return RunContext(path, spec, solver)

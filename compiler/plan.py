@@ -10,7 +10,7 @@ from typing import Any
 
 from netc.compiler.catalogue import units
 from netc.compiler.layer import BATCH, MAX_ELEMENTS, Layer, ParamDecl, Shape, count, fmt_shape
-from netc.spec.errors import Diagnostics, SpecError, did_you_mean
+from netc.spec.errors import Diagnostics, SpecError, did_you_mean, merge_phases
 from netc.spec.messages import NetState
 from netc.spec.net import NetSpec
 
@@ -435,16 +435,40 @@ def _receptive_field(unit: Layer, window, bottom_rf: list, tops: list[Shape],
 
 def plan_all_phases(spec: NetSpec, *, stages=(), level: int = 0, batch: int | None = None,
                     phase: str | None = None) -> dict[str, Plan]:
-    """Plan TRAIN and TEST (or just `phase`), collecting every phase's errors in the spec's
-    diagnostics (a problem found in both phases is reported once)."""
+    """Plan TRAIN and TEST (or just `phase`), collecting every phase's problems in the spec's
+    diagnostics, each once (see spec.errors.merge_phases: a problem found in both phases is
+    reported once, naming the phases where they matter)."""
     phases = [phase] if phase else ["TRAIN", "TEST"]
     if spec.state is not None:  # the net's own `state:` header, unless the caller chose one
         stages = stages or spec.state.stage
         level = level or spec.state.level
-    plans = {}
+    states = {ph: NetState(phase=ph, level=level, stage=tuple(stages)) for ph in phases}
+    if len(phases) == 1:
+        return {phase: plan(spec, states[phase], batch=batch)}
+    plans, found = {}, {}
     for ph in phases:
-        plans[ph] = plan(spec, NetState(phase=ph, level=level, stage=tuple(stages)), batch=batch)
+        own = Diagnostics(spec.diagnostics.file, spec.diagnostics.positions)
+        plans[ph] = plan(spec, states[ph], batch=batch, diagnostics=own)
+        plans[ph].diagnostics = spec.diagnostics
+        found[ph] = own.items
+    for d in merge_phases(found, _runs_in(spec, states)):
+        if d not in spec.diagnostics.items:
+            spec.diagnostics.items.append(d)
     return plans
+
+
+def _runs_in(spec: NetSpec, states: dict[str, NetState]):
+    """applies(d, phase): whether the layer a diagnostic points into is in that phase's net."""
+    index = {path: i for i, path in enumerate(spec.layer_paths)}
+
+    def applies(d, phase: str) -> bool:
+        for n in range(len(d.path), 0, -1):
+            i = index.get(tuple(d.path[:n]))
+            if i is not None:
+                return spec.layers[i].in_state(states[phase])
+        return True
+
+    return applies
 
 
 __all__ = ["Plan", "PlannedLayer", "plan", "plan_all_phases", "BATCH"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 Path = tuple[str | int, ...]
 
@@ -18,6 +19,7 @@ class Diagnostic:
     file: str = "<spec>"
     line: int = 0
     col: int = 0
+    path: Path = field(default=(), compare=False, repr=False)  # the document path it was found at
 
     def format(self) -> str:
         return f"{self.file}:{self.line}:{self.col}: {self.severity}: {self.message}"
@@ -81,7 +83,7 @@ class Diagnostics:
 
     def _add(self, severity: str, message: str, path: Sequence[str | int]) -> None:
         line, col = self.locate(path)
-        d = Diagnostic(severity, message, self.file, line, col)
+        d = Diagnostic(severity, message, self.file, line, col, tuple(path))
         if d not in self.items:  # the same problem found in both phases is reported once
             self.items.append(d)
 
@@ -101,6 +103,71 @@ class Diagnostics:
 
     def sorted(self) -> list[Diagnostic]:
         return sorted(self.items, key=lambda d: (d.line, d.col))
+
+
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def _numbers_apart(a: str, b: str) -> list[str] | None:
+    """The words of `b` that differ from `a` when the two messages differ only in numbers (the
+    batch in a shape, an element count), else None."""
+    wa, wb = a.split(), b.split()
+    if len(wa) != len(wb):
+        return None
+    words = []
+    for x, y in zip(wa, wb):
+        if x != y:
+            if _NUMBER.sub("#", x) != _NUMBER.sub("#", y):
+                return None
+            words.append(y.strip(",.;:()'\""))
+    return words
+
+
+def _partner(d: Diagnostic, items: list[Diagnostic]) -> Diagnostic | None:
+    here = [x for x in items if (x.severity, x.file, x.line, x.col) == (d.severity, d.file, d.line, d.col)]
+    return (next((x for x in here if x.message == d.message), None)
+            or next((x for x in here if _numbers_apart(d.message, x.message) is not None), None))
+
+
+def _names(phases: Sequence[str]) -> str:
+    return " and ".join(phases) if len(phases) < 3 else ", ".join(phases[:-1]) + f" and {phases[-1]}"
+
+
+def merge_phases(found: dict[str, list[Diagnostic]],
+                 applies: Callable[[Diagnostic, str], bool]) -> list[Diagnostic]:
+    """One list from the diagnostics of several phases (e.g. TRAIN and TEST), each problem once.
+
+    The same message at the same place in every phase where its layer runs is kept as it is.
+    Messages at the same place that differ only in numbers (batch 64 in TRAIN, 100 in TEST) become
+    one, naming the phases and the other phase's numbers: "... 64×1×28×28 ... (TRAIN and TEST; in
+    TEST: 100×1×28×28)". A message found in only some of the phases where its layer runs names
+    them: "... (TEST)". `applies(d, phase)` says whether d's layer runs in `phase`."""
+    phases = list(found)
+    left = {ph: list(items) for ph, items in found.items()}
+    merged: list[Diagnostic] = []
+    for k, ph in enumerate(phases):
+        while left[ph]:
+            d = left[ph].pop(0)
+            group = {ph: d}
+            for other in phases[k + 1:]:
+                match = _partner(d, left[other])
+                if match is not None:
+                    left[other].remove(match)
+                    group[other] = match
+            merged.append(_combine(group, [p for p in phases if applies(d, p)]))
+    return merged
+
+
+def _combine(group: dict[str, Diagnostic], runs_in: list[str]) -> Diagnostic:
+    d = next(iter(group.values()))
+    named = list(group)
+    if all(x.message == d.message for x in group.values()):
+        if set(named) >= set(runs_in):
+            return d  # true wherever the layer runs: no phase to name
+        return replace(d, message=f"{d.message} ({_names(named)})")
+    others = "; ".join(f"in {ph}: {', '.join(_numbers_apart(d.message, x.message))}"
+                       for ph, x in group.items() if x.message != d.message)
+    return replace(d, message=f"{d.message} ({_names(named)}; {others})")
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

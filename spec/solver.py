@@ -12,13 +12,29 @@ values do not mean what they seem to there.
 
 netc extensions (everything else is plain Caffe):
 
-- ``lr_policy: cosine`` -- ``base_lr * 0.5 * (1 + cos(pi * min(iter, max_iter) / max_iter))``.
-- ``warmup_iter`` / ``warmup_start_factor`` -- a linear warmup multiplied onto any policy: during
-  the first ``warmup_iter`` iterations the rate is scaled by
-  ``warmup_start_factor + (1 - warmup_start_factor) * iter / warmup_iter``.
+- ``lr_policy: cosine`` -- ``base_lr * 0.5 * (1 + cos(pi * x))`` with
+  ``x = (min(max(iter, warmup_iter), max_iter) - warmup_iter) / (max_iter - warmup_iter)``: the
+  decay starts where the warmup ends and holds 0 after ``max_iter``. ``poly`` runs on the same
+  ``x`` (``base_lr * (1 - x)^power``; without warmup that is Caffe's formula).
+- ``warmup_iter`` / ``warmup_start_factor`` -- a linear warmup multiplied onto any policy (see
+  :data:`WARMUP_RULE`): optax's ``warmup_cosine_decay_schedule(init_value=warmup_start_factor *
+  base_lr, peak_value=base_lr, warmup_steps=warmup_iter, decay_steps=max_iter)`` exactly, for
+  ``cosine``; ``poly`` likewise with a polynomial decay. The step-like policies (step, multistep,
+  exp, inv, sigmoid) keep Caffe's absolute iteration numbers: ``stepvalue: [30000]`` means
+  iteration 30,000 with or without a warmup.
 - ``type: AdamW`` -- Caffe's Adam with decoupled weight decay (Loshchilov & Hutter):
   ``w -= local_rate * (adam_step + weight_decay * decay_mult * w)``; the decay is not added to the
   gradient first (``regularization_type: L1`` decouples ``sign(w)`` the same way).
+
+Solver types come from one registry, :data:`SOLVER_TYPES` (name -> :class:`SolverTypeInfo`):
+validation accepts exactly its names. The built-in entries are here (pure data, so ``netc check``
+imports no JAX); ``netc.runtime.solver.register_solver`` adds a new type -- its update rule and its
+entry here -- in one call.
+
+Fields Caffe has but netc does not act on (``solver_mode``, ``snapshot_format``, ``debug_info``,
+``device_id``, ...) are accepted so that Caffe solver files load; set to anything but their default
+they draw a warning that says what netc does instead (:meth:`SolverParameter.ignored_fields`), and
+:meth:`SolverParameter.record` is what a run records as its solver.
 
 Inline nets (``net_param``, ``train_net_param``, ``test_net_param``) are not accepted: name the net
 file in ``net`` / ``train_net`` / ``test_net``. Caffe-fork fields (``eval_type``, ``plateau_winsize``,
@@ -27,15 +43,68 @@ file in ``net`` / ``train_net`` / ``test_net``. Caffe-fork fields (``eval_type``
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from netc.spec.errors import did_you_mean
 from netc.spec.messages import Message, NetState, NonNegInt, PosInt, Repeated
 
 LrPolicy = Literal["fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "cosine"]
-SolverType = Literal["SGD", "Nesterov", "AdaGrad", "RMSProp", "AdaDelta", "Adam", "AdamW"]
 DeprecatedSolverType = Literal["SGD", "NESTEROV", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM"]
+
+# The hyper-parameters of the update rules (the fields a SolverTypeInfo may list in `reads`).
+UPDATE_HYPERS = ("momentum", "momentum2", "delta", "rms_decay")
+
+
+@dataclass(frozen=True)
+class SolverTypeInfo:
+    """What the spec language knows of a solver type: its ``type:`` name, one line for docs and
+    errors, and which of :data:`UPDATE_HYPERS` its update rule reads (``momentum`` given to a type
+    that does not read it is refused, as Caffe refuses it for AdaGrad and RMSProp)."""
+
+    name: str
+    summary: str
+    reads: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.reads) - set(UPDATE_HYPERS)
+        if unknown:
+            raise ValueError(f"solver type {self.name!r} reads unknown fields {sorted(unknown)}")
+
+
+# Every solver type `type:` accepts, by name (runtime/solver.py's SOLVERS holds their rules).
+SOLVER_TYPES: dict[str, SolverTypeInfo] = {
+    info.name: info
+    for info in (
+        SolverTypeInfo("SGD", "Caffe's SGD: history = momentum*history + lr*g; w -= history",
+                       ("momentum",)),
+        SolverTypeInfo("Nesterov", "Nesterov's accelerated gradient, Caffe's form", ("momentum",)),
+        SolverTypeInfo("AdaGrad", "AdaGrad (Duchi et al.)", ("delta",)),
+        SolverTypeInfo("RMSProp", "RMSProp with rms_decay (Tieleman & Hinton)", ("delta", "rms_decay")),
+        SolverTypeInfo("AdaDelta", "AdaDelta (Zeiler), times the learning rate as in Caffe",
+                       ("momentum", "delta")),
+        SolverTypeInfo("Adam", "Adam (Kingma & Ba): momentum = beta1, momentum2 = beta2",
+                       ("momentum", "momentum2", "delta")),
+        SolverTypeInfo("AdamW", "netc: Adam with decoupled weight decay (Loshchilov & Hutter)",
+                       ("momentum", "momentum2", "delta")),
+    )
+}
+
+
+def register_solver_type(info: SolverTypeInfo) -> None:
+    """Make ``type: info.name`` valid. Use ``netc.runtime.solver.register_solver``, which also
+    registers the update rule; this half alone is for code that only validates specs."""
+    if info.name in SOLVER_TYPES and SOLVER_TYPES[info.name] != info:
+        raise ValueError(f"solver type {info.name!r} is already registered")
+    SOLVER_TYPES[info.name] = info
+
+
+def unregister_solver_type(name: str) -> None:
+    SOLVER_TYPES.pop(name, None)
+
 
 # Caffe's UpgradeSolverType: the deprecated enum name -> the `type` string.
 SOLVER_TYPE_NAMES: dict[str, str] = {
@@ -58,9 +127,64 @@ POLICY_NEEDS: dict[str, tuple[str, ...]] = {
     "sigmoid": ("stepsize", "gamma"),
     "cosine": ("max_iter",),
 }
+# Policies that decay over [warmup_iter, max_iter] (the others count Caffe's absolute iterations).
+DECAY_AFTER_WARMUP = ("poly", "cosine")
+
+WARMUP_RULE = (
+    "netc extension: the first warmup_iter iterations scale the policy's rate by "
+    "f(i) = s + (1 - s) * i / warmup_iter (s = warmup_start_factor), rising linearly from s at "
+    "iteration 0 to 1 at iteration warmup_iter; poly and cosine then decay over "
+    "[warmup_iter, max_iter] (optax.warmup_cosine_decay_schedule with init_value s * base_lr). "
+    "s defaults to 1 / (warmup_iter + 1), so f(i) = (i + 1) / (warmup_iter + 1) and no "
+    "iteration is wasted at rate 0; write warmup_start_factor: 0 to start from 0."
+)
+
+# Fields netc accepts (so Caffe solver files load) but does not act on: field -> (is it set to
+# something netc should mention?, what netc does instead). `section` is true for a `solver:`
+# section inside a net document, false for a separate solver file.
+_IGNORED: dict[str, tuple[Any, str]] = {
+    "solver_mode": (lambda sp, section: sp.solver_mode == "GPU" and "solver_mode" in sp.model_fields_set,
+                    "netc runs on whatever JAX backend is installed (a GPU or TPU when JAX has "
+                    "one, else the CPU); there is no CPU/GPU switch"),
+    "device_id": (lambda sp, section: sp.device_id != 0,
+                  "JAX places the run on its default device (choose it with "
+                  "CUDA_VISIBLE_DEVICES or JAX_PLATFORMS)"),
+    "snapshot_format": (lambda sp, section: "snapshot_format" in sp.model_fields_set,
+                        "netc writes its snapshots as safetensors + JSON"),
+    "snapshot_diff": (lambda sp, section: sp.snapshot_diff,
+                      "netc snapshots weights and solver state, never gradients"),
+    "debug_info": (lambda sp, section: sp.debug_info,
+                   "netc prints no per-layer data/diff norms"),
+    "layer_wise_reduce": (lambda sp, section: not sp.layer_wise_reduce,
+                          "netc trains on one device; there is no gradient reduction to overlap"),
+    "test_compute_loss": (lambda sp, section: sp.test_compute_loss,
+                          "the test pass reports every scalar output of the TEST net, losses "
+                          "included"),
+    "weights": (lambda sp, section: bool(sp.weights),
+                "give the weights to start from with netc train --weights FILE"),
+    "net": (lambda sp, section: section and sp.net is not None,
+            "a solver: section trains the net of the document it is in"),
+    "train_net": (lambda sp, section: sp.train_net is not None,
+                  "name the net in `net` (a solver file) or put the solver: section in the net"),
+    "test_net": (lambda sp, section: bool(sp.test_net),
+                 "netc tests the TEST phase of the training net (include/exclude rules)"),
+}
 
 NonNegFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]  # a decay rate: 1 would never forget
+
+
+def _refuse(field: str, message: str, value: Any) -> ValidationError:
+    """A validation error located at `field` (so that FILE:LINE:COL points at it, not at the
+    solver as a whole)."""
+    error = PydanticCustomError("solver", "{message}", {"message": message})
+    return ValidationError.from_exception_data(
+        "SolverParameter", [InitErrorDetails(type=error, loc=(field,), input=value)]
+    )
+
+
+def _solver_type_schema(schema: dict[str, Any]) -> None:
+    schema["enum"] = list(SOLVER_TYPES)
 
 
 class SolverParameter(Message):
@@ -87,37 +211,53 @@ class SolverParameter(Message):
     average_loss: PosInt = 1
     max_iter: NonNegInt | None = None  # Caffe's getter: 0
     iter_size: PosInt = 1
-    lr_policy: LrPolicy | None = None
+    lr_policy: LrPolicy | None = Field(None, description=(
+        "Caffe's learning-rate policy; netc adds cosine. poly and cosine decay over "
+        "[warmup_iter, max_iter]; the others use absolute iteration numbers."))
     gamma: NonNegFloat | None = None
     power: float | None = None
     stepsize: PosInt | None = None
     stepvalue: Repeated(NonNegInt) = ()
     # netc extension: linear warmup multiplied onto any policy.
-    warmup_iter: NonNegInt = 0
-    warmup_start_factor: Annotated[float, Field(ge=0, le=1)] = 0.0
+    warmup_iter: NonNegInt = Field(0, description=WARMUP_RULE)
+    warmup_start_factor: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="The warmup's factor at iteration 0 (default 1 / (warmup_iter + 1)). "
+        + WARMUP_RULE)
 
     # --- the update rule -------------------------------------------------------------------------
     momentum: Fraction | None = None  # Caffe's getter: 0
     weight_decay: NonNegFloat | None = None  # Caffe's getter: 0
     regularization_type: Literal["L2", "L1"] = "L2"
     clip_gradients: float = -1.0
-    type: SolverType = "SGD"
+    type: str = Field("SGD", description="The solver type (the registered names: SGD, Nesterov, "
+                      "AdaGrad, RMSProp, AdaDelta, Adam, netc's AdamW, ...).",
+                      json_schema_extra=_solver_type_schema)
     delta: NonNegFloat = 1e-8
     momentum2: Fraction = 0.999
     rms_decay: Fraction = 0.99
     solver_type: DeprecatedSolverType | None = None  # deprecated; Caffe's default is SGD
 
-    # --- snapshots and the rest ------------------------------------------------------------------
+    # --- snapshots and the rest (see ignored_fields) ---------------------------------------------
     snapshot: NonNegInt = 0
     snapshot_prefix: str | None = None
     snapshot_diff: bool = False
     snapshot_format: Literal["HDF5", "BINARYPROTO"] = "BINARYPROTO"
     snapshot_after_train: bool = True
-    solver_mode: Literal["CPU", "GPU"] = "GPU"  # accepted, ignored: JAX picks the device
+    solver_mode: Literal["CPU", "GPU"] = "GPU"
     device_id: NonNegInt = 0
     random_seed: Annotated[int, Field(ge=-1, le=2**63 - 1)] = -1
     debug_info: bool = False
     layer_wise_reduce: bool = True
+
+    @field_validator("type")
+    @classmethod
+    def _registered_type(cls, value: str) -> str:
+        if value not in SOLVER_TYPES:
+            names = list(SOLVER_TYPES)
+            raise ValueError(
+                f"'{value}' is not one of {', '.join(names)}{did_you_mean(value, names)}"
+            )
+        return value
 
     @property
     def solver(self) -> str:
@@ -129,37 +269,70 @@ class SolverParameter(Message):
     @model_validator(mode="after")
     def _check(self) -> SolverParameter:
         if self.net is not None and self.train_net is not None:
-            raise ValueError("give the train net once: 'net' or 'train_net', not both")
+            raise _refuse("train_net", "give the train net once: 'net' or 'train_net', not both",
+                          self.train_net)
         if self.solver_type is not None and "type" in self.model_fields_set:
-            raise ValueError(
-                "solver_type (deprecated enum) and type cannot both be given; use type"
-            )
+            raise _refuse("solver_type", "solver_type (deprecated enum) and type cannot both be "
+                          "given; use type", self.solver_type)
         if self.base_lr is None:
             raise ValueError("base_lr is required (Caffe would train with a rate of 0)")
         if self.lr_policy is None:
             raise ValueError(
                 "lr_policy is required: one of " + ", ".join(repr(p) for p in POLICY_NEEDS)
             )
+        self._check_policy()
+        solver = self.solver
+        if self.momentum and "momentum" not in SOLVER_TYPES[solver].reads:
+            caffe = " (Caffe refuses it too)" if solver in SOLVER_TYPE_NAMES.values() else ""
+            raise _refuse("momentum", f"momentum cannot be used with type '{solver}': its update "
+                          f"has no momentum term{caffe}", self.momentum)
+        return self
+
+    def _check_policy(self) -> None:
+        """The fields the policy reads are there (the error points at ``lr_policy``)."""
         policy = self.lr_policy
         for need in POLICY_NEEDS[policy]:
             value = getattr(self, need)
             if value is None or value == () or (need == "max_iter" and value == 0):
-                raise ValueError(f"lr_policy '{policy}' needs {need}")
+                raise _refuse("lr_policy", f"lr_policy '{policy}' needs {need}", policy)
         if policy == "multistep":
             sv = self.stepvalue
             if any(b <= a for a, b in zip(sv, sv[1:])):
-                raise ValueError(
-                    f"stepvalue must be strictly increasing for lr_policy 'multistep', got {list(sv)}"
-                )
-        solver = self.solver
-        if solver in ("AdaGrad", "RMSProp") and self.momentum:
-            raise ValueError(f"momentum cannot be used with type '{solver}' (Caffe refuses it)")
-        return self
+                raise _refuse("stepvalue", "stepvalue must be strictly increasing for lr_policy "
+                              f"'multistep', got {list(sv)}", list(sv))
+        if policy in DECAY_AFTER_WARMUP and self.warmup_iter >= self.max_iter:
+            raise _refuse("warmup_iter", f"warmup_iter ({self.warmup_iter}) must be less than "
+                          f"max_iter ({self.max_iter}): lr_policy '{policy}' decays from "
+                          "warmup_iter to max_iter", self.warmup_iter)
+
+    def ignored_fields(self, section: bool = True) -> list[tuple[str, str]]:
+        """(field, message) for every field written with a value netc does not act on; the
+        message says what netc does instead. ``section``: the solver is a ``solver:`` section of a
+        net document (``net`` is then ignored too), not a separate solver file."""
+        return [
+            (name, f"{name} has no effect in netc: {instead}")
+            for name, (written, instead) in _IGNORED.items()
+            if written(self, section)
+        ]
+
+    def record(self, backend: str | None = None) -> dict[str, Any]:
+        """The solver as a run should record it (solver.json): the resolved values (the
+        effective type, warmup_start_factor, ...) with what netc really does in place of the
+        fields it ignores: ``snapshot_format: safetensors``, ``solver_mode``: the JAX backend
+        the run used (``backend``, e.g. ``jax.default_backend()``), ``device_id`` / ``weights`` /
+        ``net`` left out, ``snapshot_diff`` / ``debug_info`` / ``test_compute_loss`` false."""
+        doc = self.resolved().model_dump(mode="json")
+        doc.update(snapshot_format="safetensors", solver_mode=backend, snapshot_diff=False,
+                   debug_info=False, test_compute_loss=False)
+        for name in ("device_id", "layer_wise_reduce", "weights", "train_net", "test_net"):
+            doc.pop(name)
+        return doc
 
     def resolved(self) -> SolverParameter:
         """A copy holding the values Caffe's getters return for fields the spec left out:
-        ``momentum`` / ``weight_decay`` / ``gamma`` / ``power`` 0, ``display`` / ``max_iter`` 0, and ``type`` upgraded from
-        the deprecated ``solver_type``. String fields stay ``None``."""
+        ``momentum`` / ``weight_decay`` / ``gamma`` / ``power`` 0, ``display`` / ``max_iter`` 0,
+        ``type`` upgraded from the deprecated ``solver_type``, and ``warmup_start_factor``
+        1 / (warmup_iter + 1). String fields stay ``None``."""
         fill = {
             "momentum": 0.0,
             "weight_decay": 0.0,
@@ -167,6 +340,7 @@ class SolverParameter(Message):
             "power": 0.0,
             "display": 0,
             "max_iter": 0,
+            "warmup_start_factor": 1.0 / (self.warmup_iter + 1),
         }
         update = {k: v for k, v in fill.items() if getattr(self, k) is None}
         if self.solver != self.type:

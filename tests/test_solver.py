@@ -305,11 +305,18 @@ def test_multistep_boundaries_match_caffe_current_step_loop():
 
 
 def test_warmup_starts_at_factor_and_cosine_clamps():
+    # The default start factor 1 / (warmup_iter + 1): iteration i of the warmup gets (i+1)/(W+1),
+    # never 0; the cosine decays from the end of the warmup (iteration 5) to max_iter.
     s = sp(base_lr=0.2, lr_policy="cosine", max_iter=10, warmup_iter=5)
-    assert learning_rate(s, 0) == 0.0
-    assert learning_rate(s, 5) == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert learning_rate(s, 0) == pytest.approx(0.2 / 6, rel=1e-15)
+    assert learning_rate(s, 4) == pytest.approx(0.2 * 5 / 6, rel=1e-15)
+    assert learning_rate(s, 5) == 0.2
+    assert learning_rate(s, 7) == pytest.approx(0.2 * 0.5 * (1 + math.cos(math.pi * 2 / 5)))
     assert learning_rate(s, 10) == pytest.approx(0.0, abs=1e-15)
     assert learning_rate(s, 15) == pytest.approx(0.0, abs=1e-15)
+    # A start factor of 0, written, starts from 0.
+    assert learning_rate(sp(base_lr=0.2, lr_policy="cosine", max_iter=10, warmup_iter=5,
+                            warmup_start_factor=0.0), 0) == 0.0
 
 
 # --- (d) lr_mult 0 -------------------------------------------------------------------------------

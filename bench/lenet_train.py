@@ -21,32 +21,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def netc_step(batch: int):
+    """netc's own train step (the one `netc train` runs), through the public API."""
     import jax
+    import numpy as np
 
-    from netc.compiler.catalogue import layer_models
-    from netc.compiler.lower import lower
-    from netc.compiler.plan import plan
-    from netc.runtime.solver import make_optimizer
-    from netc.spec.messages import NetState
-    from netc.spec.net import parse_spec
+    import netc
 
-    spec = parse_spec(str(ROOT / "models" / "lenet.yaml"), layer_models())
-    net = lower(plan(spec, NetState(phase="TRAIN"), batch=batch))
-    params, state = net.init(jax.random.key(0))
-    opt = make_optimizer(spec.solver, *net.multipliers())
-    opt_state = opt.init(params)
-
-    @jax.jit
-    def step(params, state, opt_state, x, y):
-        grads, (_, new_state) = jax.grad(
-            lambda p: net.loss(p, state, {"data": x, "label": y}), has_aux=True)(params)
-        updates, opt_state = opt.update(grads, opt_state, params)
-        return jax.tree.map(lambda a, b: a + b, params, updates), new_state, opt_state
-
-    carry = [params, state, opt_state]
+    model = netc.load(str(ROOT / "models" / "lenet.yaml"), phase="TRAIN", batch=batch)
+    params, state = model.init(jax.random.key(0))
+    opt_state, step = model.train_step()
+    carry = [params, state, opt_state, 0]
 
     def run(x, y):
-        carry[0], carry[1], carry[2] = step(carry[0], carry[1], carry[2], x, y)
+        carry[0], carry[1], carry[2], _ = step(carry[0], carry[1], carry[2],
+                                               {"data": x, "label": y}, np.int32(carry[3]))
+        carry[3] += 1
         return carry[0]
 
     return run

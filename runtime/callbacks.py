@@ -104,7 +104,8 @@ class MetricsLog(Callback):
         self.write("stop", iter=e.iter, reason=e.data["reason"], **extra)
 
     def on_done(self, solver, e: Event) -> None:
-        self.write("done", iter=e.iter, **e.data)
+        # the checkpoint is in its own "snapshot" event; the path would tie the log to a folder
+        self.write("done", iter=e.iter, **{k: v for k, v in e.data.items() if k != "snapshot"})
 
     def close(self) -> None:
         self.f.close()

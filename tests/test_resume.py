@@ -1,5 +1,7 @@
 """Interrupting `netc train` — SIGKILL mid-run, SIGKILL while a checkpoint is being written,
-SIGINT / SIGTERM, a diverging loss — and resuming it bit-identically."""
+SIGINT / SIGTERM, a diverging loss — and resuming it bit-identically. The runs that are
+interrupted are real processes; the reference run, the resumes and the error cases run the command
+in-process (so a resume is also checked across processes: killed there, finished here)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_netc
+from conftest import MLP, ROOT, netc
 
 from netc.runtime.checkpoint import (
     flatten,
@@ -23,7 +25,6 @@ from netc.runtime.checkpoint import (
     verify_checkpoint,
 )
 
-MLP = ROOT / "tests" / "specs" / "mlp.yaml"  # max_iter 1500, snapshot 100, dropout, shuffle
 NETC = Path(sys.executable).with_name("netc")
 
 
@@ -37,7 +38,8 @@ def events(run_dir: Path) -> list[dict]:
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for r in recs:
         r.pop("time", None)
-        for k in ("it_per_s", "wall_s", "train_s", "eval_s", "samples_per_s", "path"):
+        for k in ("it_per_s", "wall_s", "train_s", "eval_s", "samples_per_s", "path", "first_step_s",
+                  "steady_s", "steady_iters", "trained"):  # timings of this process
             r.pop(k, None)
     return recs
 
@@ -55,7 +57,7 @@ def assert_identical(a: Path, b: Path) -> None:
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run (seed 7 from the spec's random_seed)."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    r = run_netc("train", MLP, "--out", out)
+    r = netc("train", MLP, "--out", out)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -88,7 +90,7 @@ def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, reference):
     assert proc.returncode == -signal.SIGKILL
     killed_at = load_checkpoint(latest_checkpoint(out))[1]["iteration"]
     assert 100 <= killed_at < 1500
-    r = run_netc("train", MLP, "--resume", out)
+    r = netc("train", MLP, "--resume", out)
     assert r.returncode == 0, r.stderr
     assert f"at iteration {killed_at}" in r.stdout
     assert_identical(out, reference)
@@ -123,7 +125,7 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, ref
     assert not (out / "mlp_iter_300.json").exists()
     last = latest_checkpoint(out)
     assert last.name == "mlp_iter_200.json" and verify_checkpoint(last)
-    r = run_netc("train", MLP, "--resume", out)
+    r = netc("train", MLP, "--resume", out)
     assert r.returncode == 0, r.stderr
     assert "at iteration 200" in r.stdout
     assert_identical(out, reference)
@@ -133,7 +135,7 @@ def test_resume_refuses_a_changed_architecture(tmp_path, reference):
     spec = tmp_path / "wider.yaml"
     spec.write_text(MLP.read_text().replace("num_output: 32", "num_output: 48"))
     before = sorted(p.name for p in reference.iterdir())
-    r = run_netc("train", spec, "--resume", reference)
+    r = netc("train", spec, "--resume", reference)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "cannot resume from" in r.stderr
     assert "layer 'ip1': weight is 32×784 in the checkpoint, 48×784 in the spec" in r.stderr
@@ -141,38 +143,38 @@ def test_resume_refuses_a_changed_architecture(tmp_path, reference):
     # a new layer and another solver type
     solver = tmp_path / "adam.yaml"
     solver.write_text("type: Adam\nbase_lr: 0.001\nlr_policy: fixed\nmax_iter: 10\n")
-    r = run_netc("train", MLP, "--resume", reference, "--solver", solver)
+    r = netc("train", MLP, "--resume", reference, "--solver", solver)
     assert r.returncode == 1
     assert "solver type: SGD in the checkpoint, Adam in the spec" in r.stderr
     extra = tmp_path / "extra.yaml"
     extra.write_text(MLP.read_text().replace(
         "  - {name: relu1,", "  - {name: sig, type: Sigmoid, bottom: ip1, top: ip1}\n  - {name: relu1,"))
-    r = run_netc("train", extra, "--resume", reference)
+    r = netc("train", extra, "--resume", reference)
     assert r.returncode == 1
     assert "layer 'sig' (Sigmoid) is new in the spec" in r.stderr
     assert sorted(p.name for p in reference.iterdir()) == before  # nothing touched
 
 
 def test_resume_last_extends_a_finished_run(tmp_path):
-    r = run_netc("train", MLP, "--max-iter", 200, cwd=tmp_path)
+    r = netc("train", MLP, "--max-iter", 200, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("mlp-")
-    r = run_netc("train", MLP, "--resume", "last", cwd=tmp_path)
+    r = netc("train", MLP, "--resume", "last", cwd=tmp_path)
     assert r.returncode == 0 and "Nothing to do" in r.stdout  # its max_iter (200) is kept
-    r = run_netc("train", MLP, "--resume", "last", "--max-iter", 300, cwd=tmp_path)
+    r = netc("train", MLP, "--resume", "last", "--max-iter", 300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "at iteration 200" in r.stdout
     assert load_checkpoint(latest_checkpoint(runs[0]))[1]["iteration"] == 300
-    r = run_netc("train", MLP, "--resume", "last", "--weights", "x.json", cwd=tmp_path)
+    r = netc("train", MLP, "--resume", "last", "--weights", "x.json", cwd=tmp_path)
     assert r.returncode == 1 and "exclude each other" in r.stderr
-    r = run_netc("train", MLP, "--resume", tmp_path / "nowhere", cwd=tmp_path)
+    r = netc("train", MLP, "--resume", tmp_path / "nowhere", cwd=tmp_path)
     assert r.returncode == 1 and "no such run directory" in r.stderr
 
 
 def test_nonfinite_loss_stops_cleanly_without_a_snapshot(tmp_path):
     out = tmp_path / "run"
-    r = run_netc("train", MLP, "--solver", ROOT / "tests/specs/solvers/nan.yaml", "--out", out)
+    r = netc("train", MLP, "--solver", ROOT / "tests/specs/solvers/nan.yaml", "--out", out)
     assert r.returncode == 3, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
     assert "error: the loss is nan at iteration 1: training diverged" in r.stderr
@@ -189,7 +191,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
     solver.write_text("base_lr: 1.0\nlr_policy: exp\ngamma: 20.0\nmax_iter: 100\nsnapshot: 1\n"
                       "display: 1\n")
     out = tmp_path / "run"
-    r = run_netc("train", MLP, "--solver", solver, "--out", out)
+    r = netc("train", MLP, "--solver", solver, "--out", out)
     assert r.returncode == 3, (r.stdout, r.stderr)
     stop = [e for e in events(out) if e["event"] == "stop"][0]
     # Either the loss or (SoftmaxWithLoss caps each term at −log FLT_MIN) a parameter goes

@@ -18,6 +18,7 @@ def main() -> None:
 
     \b
     netc check models/lenet.yaml      shapes, parameters, MACs, receptive fields; errors as FILE:LINE:COL
+    netc import-caffe NET.prototxt -o NET.yaml    a Caffe net (protobuf text format) as netc YAML
     netc layers [TYPE]                the layer catalogue with fields, defaults and examples
     netc schema                       a JSON Schema of the spec language for editors
     netc train models/lenet.yaml      train with the spec's solver (Caffe semantics), snapshots, resume
@@ -47,13 +48,14 @@ def _rf_text(rf) -> str:
 def _check_one(path: str, phase: str | None, stages, level: int, batch: int | None):
     """Validate and plan one spec: (spec, the plan to show or None)."""
     from netc.compiler.catalogue import layer_models
-    from netc.compiler.plan import plan_all_phases
+    from netc.compiler.plan import plan_all_phases, training_warnings
     from netc.spec.net import parse_spec
 
     spec = parse_spec(path, layer_models())
     shown = None
     if spec.layers or not spec.diagnostics.errors:
         plans = plan_all_phases(spec, stages=stages, level=level, batch=batch, phase=phase)
+        training_warnings(spec, plans)
         shown = plans[phase or "TRAIN"]
     return spec, shown
 
@@ -152,6 +154,44 @@ def check(specs, phase, stages, level, batch, fmt, quiet) -> None:
     if fmt == "json":
         click.echo(json.dumps({"specs": docs}, indent=2))
     sys.exit(1 if failed else 0)
+
+
+@main.command(name="import-caffe")
+@click.argument("net", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the YAML (default: standard output).")
+def import_caffe(net, output) -> None:
+    """Translate a Caffe net from protobuf text format (.prototxt) to netc YAML.
+
+    \b
+    netc import-caffe lenet_train_test.prototxt -o lenet.yaml && netc check lenet.yaml
+
+    The translation is syntax only (spec/prototxt.py); `netc check` validates the result.
+    Errors are printed as FILE:LINE:COL: error: ... Exit status 0, or 1 on an error.
+    """
+    from netc.spec.prototxt import PrototxtError, prototxt_to_yaml
+
+    try:
+        with open(net, "rb") as f:
+            text = f.read()
+        yaml_text = prototxt_to_yaml(text, net_source=net,
+                                     comment=f"Translated from {net} by netc import-caffe.")
+    except OSError as e:
+        click.echo(f"{net}: error: cannot read file: {e.strerror}", err=True)
+        sys.exit(1)
+    except PrototxtError as e:
+        click.echo(f"{e.source or net}:{e.line}:{e.col}: error: {e.message}", err=True)
+        sys.exit(1)
+    if output is None:
+        click.echo(yaml_text, nl=False)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(yaml_text)
+    except OSError as e:
+        click.echo(f"{output}: error: cannot write file: {e.strerror}", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {output}", err=True)
 
 
 @main.command()

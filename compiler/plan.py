@@ -471,4 +471,30 @@ def _runs_in(spec: NetSpec, states: dict[str, NetState]):
     return applies
 
 
-__all__ = ["Plan", "PlannedLayer", "plan", "plan_all_phases", "BATCH"]
+def training_warnings(spec: NetSpec, plans: dict[str, Plan]) -> None:
+    """Warn (in the spec's diagnostics) where `netc train` would reject a spec that checks clean:
+    no solver, or a TRAIN net without a loss. Only for specs that look meant for training (a
+    solver, or a loss in some phase): a deploy net, for predict and export, gets no warning."""
+    registry = units()
+
+    def has_loss(layers) -> bool:
+        return any(any(layer.loss_weight) or (registry[layer.type].is_loss and not layer.loss_weight)
+                   for layer in layers)
+
+    has_solver = (spec.solver is not None or spec.solver_file is not None
+                  or ("solver",) in spec.diagnostics.positions)
+    if not (has_solver or has_loss(spec.layers)):
+        return
+    if not has_solver:
+        spec.diagnostics.warning("netc train needs a solver: add a `solver:` section or pass "
+                                 "--solver FILE (warned because the net has a loss layer; a "
+                                 "deploy net with no loss and no solver gets no warning)")
+    train = plans.get("TRAIN")
+    active = [layer for layer in spec.layers if train and layer.in_state(train.state)]
+    if active and not has_loss(active):
+        spec.diagnostics.warning("the TRAIN net has no loss (no layer with a loss weight), so "
+                                 "netc train has nothing to minimise: add a loss layer such as "
+                                 "SoftmaxWithLoss, or a loss_weight", ("layers",))
+
+
+__all__ = ["Plan", "PlannedLayer", "plan", "plan_all_phases", "training_warnings", "BATCH"]

@@ -4,6 +4,7 @@ per layer type, every problem reported with FILE:LINE:COL."""
 from __future__ import annotations
 
 import os
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -264,14 +265,42 @@ def read_document(path: str, diags: Diagnostics) -> Any:
     except OSError as e:
         diags.error(f"cannot read file: {e.strerror}")
         return None
+    if path.lower().endswith(CAFFE_TEXT_SUFFIXES):
+        return _report_caffe_text(path, _caffe_block(text) or (1, 1), diags)
     try:
         doc = read_yaml(text)
     except YamlError as e:
+        if _caffe_block(text):
+            return _report_caffe_text(path, _caffe_block(text), diags)
         diags.positions[("__yaml__",)] = (e.line, e.col)
         diags.error(e.message, ("__yaml__",))
         return None
     diags.positions.update(doc.positions)
     return doc.data
+
+
+CAFFE_TEXT_SUFFIXES = (".prototxt", ".pt")
+# A message field opened with a brace at the start of a line (`layer {`, `input_shape {`): protobuf
+# text format; a YAML mapping key always has a colon.
+_CAFFE_BLOCK = re.compile(rb"^[ \t]*[A-Za-z_][A-Za-z0-9_]*[ \t]*\{", re.M)
+
+
+def _caffe_block(text: bytes) -> tuple[int, int] | None:
+    """Line:column of the first `name {` block: the mark of Caffe's protobuf text format."""
+    block = _CAFFE_BLOCK.search(text)
+    if block is None:
+        return None
+    line = text.count(b"\n", 0, block.start()) + 1
+    return (line, len(block.group()) - len(block.group().lstrip()) + 1)
+
+
+def _report_caffe_text(path: str, where: tuple[int, int], diags: Diagnostics) -> None:
+    out = os.path.splitext(path)[0] + ".yaml"
+    out = out if out != path else os.path.splitext(path)[0] + ".netc.yaml"
+    diags.positions[("__caffe__",)] = where
+    diags.error(f"this is Caffe's protobuf text format (.prototxt), not netc YAML; convert it with: "
+                f"netc import-caffe {path} -o {out}", ("__caffe__",))
+    return None
 
 
 def layer_label(raw: Any, index: int) -> str:
@@ -417,10 +446,13 @@ def validate_solver(raw: Any, diags: Diagnostics, base: Path, root: str) -> Any:
         diags.error(f"{root or 'solver'}: expected a mapping of SolverParameter fields, got {_kind(raw)}", base)
         return None
     try:
-        return SolverParameter.model_validate(raw)
+        solver = SolverParameter.model_validate(raw)
     except ValidationError as err:
         report_validation(err, SolverParameter, raw, base, diags, "", root)
         return None
+    for name, message in solver.ignored_fields(section=bool(root)):
+        diags.warning(f"{'.'.join(w for w in (root, name) if w)}: {message}", base + (name,))
+    return solver
 
 
 def _parse_solver_file(path, data, diags, layer_models) -> NetSpec:

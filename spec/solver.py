@@ -310,7 +310,7 @@ class SolverParameter(Message):
         message says what netc does instead. ``section``: the solver is a ``solver:`` section of a
         net document (``net`` is then ignored too), not a separate solver file."""
         return [
-            (name, f"{name} has no effect in netc: {instead}")
+            (name, f"has no effect in netc: {instead}")
             for name, (written, instead) in _IGNORED.items()
             if written(self, section)
         ]

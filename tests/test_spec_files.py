@@ -16,7 +16,7 @@ def test_solver_section_is_validated(write_spec):
     path = write_spec(NET + "solver: {base_lr: 1e-2, lr_policy: step, gamma: 0.1, max_iter: 10}\n")
     spec = parse_spec(str(path), layer_models(), display_name="spec.yaml")
     assert [d.format() for d in spec.diagnostics.errors] == [
-        "spec.yaml:6:1: error: solver: lr_policy 'step' needs stepsize"]
+        "spec.yaml:6:25: error: solver.lr_policy: lr_policy 'step' needs stepsize"]
 
 
 def test_solver_section_ok_and_numbers(write_spec):

@@ -1,13 +1,16 @@
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
+MLP = ROOT / "tests" / "specs" / "mlp.yaml"  # max_iter 1500, snapshot 100, dropout, shuffle
 
 
 def run_netc(*args, cwd=None, timeout=300, env=None):
@@ -17,6 +20,110 @@ def run_netc(*args, cwd=None, timeout=300, env=None):
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run(cmd + [str(a) for a in args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+@contextlib.contextmanager
+def _chdir(path):
+    if path is None:
+        yield
+        return
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def netc(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run `netc ARGS` in this process (click's CliRunner): the same command, options, output and
+    exit status as the console script, without a new interpreter importing JAX and compiling again.
+    Use `run_netc` where the process itself is under test (signals, the entry point).
+
+    An exception that escapes the command is what a user would see as a traceback: it is appended
+    to stderr as one, with exit status 1, so `"Traceback" not in r.stderr` checks still mean what
+    they say."""
+    from click.testing import CliRunner
+
+    from netc.cli import main
+
+    with _chdir(cwd):
+        res = CliRunner().invoke(main, [str(a) for a in args], env=env, prog_name="netc",
+                                 catch_exceptions=True)
+    stderr = res.stderr
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        stderr += "Traceback (most recent call last):\n" + "".join(
+            traceback.format_exception(*res.exc_info))
+    return subprocess.CompletedProcess(["netc", *map(str, args)], res.exit_code, res.stdout, stderr)
+
+
+# -- a run that skips a test for a missing module must not pass ------------------------------------
+# jax, torch, flatbuffers... are declared dependencies: tests import them plainly. Any skip (a
+# stray importorskip, a skipif on the platform) makes the session fail unless --allow-skips is given,
+# so a broken install cannot report "N passed, M skipped" with exit status 0.
+
+pytest_plugins = ["pytester"]  # test_skip_guard.py runs the guard below on made-up suites
+
+
+def pytest_addoption(parser):
+    parser.addoption("--allow-skips", action="store_true", default=False,
+                     help="netc: do not fail the session when tests are skipped")
+
+
+def pytest_configure(config):
+    if not config.getoption("allow_skips"):
+        config.pluginmanager.register(_SkipGuard(), "netc-skip-guard")
+
+
+class _SkipGuard:
+    def __init__(self):
+        self.skipped: list[str] = []
+
+    def _note(self, report):
+        lr = report.longrepr
+        reason = lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)
+        reason = reason.removeprefix("Skipped: ")
+        self.skipped.append(f"{report.nodeid or '<collection>'}: {reason}")
+
+    def pytest_collectreport(self, report):
+        if report.skipped:
+            self._note(report)
+
+    def pytest_runtest_logreport(self, report):
+        if report.skipped and not hasattr(report, "wasxfail"):
+            self._note(report)
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if self.skipped and exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter):
+        if self.skipped:
+            terminalreporter.section("netc: skipped tests fail the run", sep="=", red=True,
+                                     bold=True)
+            for line in self.skipped:
+                terminalreporter.line(f"SKIPPED {line}", red=True)
+            terminalreporter.line("the suite's dependencies are all declared "
+                                  "(pip install -e '.[test]'); --allow-skips accepts skips",
+                                  red=True)
+
+
+@pytest.fixture(scope="session")
+def trained_mlp_run(tmp_path_factory) -> Path:
+    """One run of tests/specs/mlp.yaml, 200 iterations with the spec's seed (7), shared by every
+    test that only needs *some* trained weights and run directory (predict, test, export...).
+    Read-only: a test that writes into a run directory copies it first (`shutil.copytree`)."""
+    out = tmp_path_factory.mktemp("shared") / "mlp"
+    r = netc("train", MLP, "--max-iter", 200, "--out", out)
+    assert r.returncode == 0, r.stderr
+    before = _tree_state(out)
+    yield out
+    assert _tree_state(out) == before, "a test changed the shared run directory"
+
+
+def _tree_state(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture

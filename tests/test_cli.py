@@ -1,4 +1,6 @@
-"""End to end: `netc` run as a subprocess, as a user runs it — exit codes, stdout/stderr, JSON."""
+"""The command line end to end — exit codes, stdout/stderr, JSON. The commands run in-process
+(click's runner, the same group the console script calls); test_console_script_* run the installed
+`netc` in a subprocess, as a user does."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import textwrap
 
 import pytest
 from conftest import ROOT, run_netc
+from conftest import netc as netc_in_process
 
 from netc.compiler.catalogue import units
 
@@ -46,7 +49,7 @@ BAD_ERRORS = [
 
 
 def netc(*args):
-    return run_netc(*args, cwd=ROOT)
+    return netc_in_process(*args, cwd=ROOT)
 
 
 @pytest.fixture
@@ -54,6 +57,40 @@ def bad_spec(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(BAD)
     return path
+
+
+# --- the installed console script, in a subprocess -------------------------------------------------
+
+
+def test_console_script_help_and_version():
+    r = run_netc("--help")
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+    assert r.stdout.startswith("Usage: netc [OPTIONS] COMMAND [ARGS]...")
+    for command in ("check", "layers", "schema", "train", "test", "predict", "export"):
+        assert f"\n  {command} " in r.stdout, command
+    r = run_netc("--version")
+    assert r.returncode == 0 and r.stdout.startswith("netc, version "), r.stdout
+
+
+def test_console_script_check_good_and_bad(bad_spec):
+    r = run_netc("check", LENET, bad_spec, "--format", "json", cwd=ROOT)
+    assert r.returncode == 1, r.stderr
+    assert r.stdout == netc("check", LENET, bad_spec, "--format", "json").stdout
+    good, bad = json.loads(r.stdout)["specs"]
+    assert good["ok"] and good["params"] == {"trainable": 431080, "non_trainable": 0}
+    assert [(e["line"], e["col"], e["message"]) for e in bad["errors"]] == BAD_ERRORS
+
+
+def test_in_process_runner_reports_an_escaping_exception_as_a_traceback(monkeypatch):
+    """conftest.netc: an exception a command does not handle reads as the console script's
+    traceback, so the suite's `"Traceback" not in r.stderr` checks keep their meaning."""
+    def boom(*a, **k):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr("netc.spec.net.parse_spec", boom)
+    r = netc("check", LENET)
+    assert r.returncode == 1
+    assert "Traceback" in r.stderr and "ZeroDivisionError: boom" in r.stderr
 
 
 # --- netc check: the good path -------------------------------------------------------------------

@@ -133,7 +133,11 @@ def check(specs, phase, stages, level, batch, fmt, quiet) -> None:
 
     Prints, per spec, each layer's output shapes, parameter count, multiply-accumulates per sample
     and receptive field / jump, then the totals. Errors and warnings are printed as
-    FILE:LINE:COL: error: ... Exit status: 0 all good, 1 any spec has an error, 2 usage error.
+    FILE:LINE:COL: error: ... A problem found in both phases is printed once; where the phases
+    differ (e.g. their batch) the message names them. A spec that looks meant for training (it
+    has a solver or a loss layer) is also warned about what `netc train` would reject: no solver,
+    no loss in the TRAIN net. A Caffe .prototxt is recognised: convert it with `netc import-caffe`.
+    Exit status: 0 all good, 1 any spec has an error, 2 usage error.
     """
     phase = phase.upper() if phase else None
     failed = False

@@ -25,7 +25,6 @@ from netc.spec.messages import (
 )
 from netc.spec.yaml_io import YamlError, read_yaml
 
-
 # Every layer type BVLC Caffe registers (REGISTER_LAYER_CLASS / REGISTER_LAYER_CREATOR in
 # src/caffe/layers/*.cpp and layer_factory.cpp, at 9b89154). A type here that netc's registry
 # lacks is reported as "not supported yet" rather than as a misspelling of a netc type.

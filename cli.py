@@ -61,36 +61,9 @@ def _check_one(path: str, phase: str | None, stages, level: int, batch: int | No
 
 
 def _report_json(spec, plan) -> dict:
-    diags = spec.diagnostics.sorted()
-    doc = {
-        "file": spec.diagnostics.file,
-        "name": spec.name,
-        "ok": not spec.diagnostics.errors,
-        "errors": [d.to_json() for d in diags if d.severity == "error"],
-        "warnings": [d.to_json() for d in diags if d.severity == "warning"],
-    }
-    if plan is not None:
-        trainable, frozen = plan.param_counts()
-        doc.update({
-            "phase": plan.state.phase,
-            "layers": [{
-                "name": pl.name,
-                "type": pl.type,
-                "bottoms": list(pl.bottoms),
-                "tops": {t: list(s) for t, s in zip(pl.tops, pl.top_shapes)},
-                "params": sum(d.count for r, d in pl.params.items() if pl.param_owner[r][0] == pl.name),
-                "macs": pl.macs,
-                "receptive_field": [r for r, _ in pl.rf] if pl.rf else None,
-                "jump": [j for _, j in pl.rf] if pl.rf else None,
-                "detail": pl.unit.describe(),
-            } for pl in plan.layers],
-            "params": {"trainable": trainable, "non_trainable": frozen},
-            "macs": plan.macs,
-            "activation_bytes": plan.activation_bytes(),
-            "inputs": {b: list(plan.blobs[b]) for b in plan.inputs},
-            "outputs": {b: list(plan.blobs[b]) for b in plan.outputs},
-        })
-    return doc
+    from netc.compiler.report import check_report
+
+    return check_report(spec, plan)
 
 
 def _print_table(spec, plan) -> None:

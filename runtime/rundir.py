@@ -74,9 +74,11 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
-def trim_metrics(path: Path, iteration: int) -> list[dict]:
+def trim_metrics(path: Path, iteration: int, checkpoint: Path | None = None) -> list[dict]:
     """On resume: drop the events the interrupted run logged after its last checkpoint (they are
-    logged again), keep the rest."""
+    logged again), keep the rest. A kill between writing the checkpoint and logging it leaves
+    no "snapshot" event for the checkpoint resumed from: it is logged here, where the
+    uninterrupted run logged it (last: it is written after everything up to its iteration)."""
     from netc.runtime.checkpoint import write_bytes_atomic
 
     kept = []
@@ -89,6 +91,9 @@ def trim_metrics(path: Path, iteration: int) -> list[dict]:
         if rec.get("event") in ("stop", "done"):
             continue
         kept.append(rec)
+    if checkpoint is not None and not any(
+            r.get("event") == "snapshot" and r.get("iter") == iteration for r in kept):
+        kept.append({"event": "snapshot", "iter": iteration, "path": checkpoint.name})
     text = "".join(json.dumps(r) + "\n" for r in kept)
     write_bytes_atomic(path, text.encode("utf-8"))
     return kept

@@ -410,7 +410,7 @@ class Solver:
         s.run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = s.run_dir / "metrics.jsonl"
         if s.resumed:
-            self.history = trim_metrics(metrics_path, self.iter)
+            self.history = trim_metrics(metrics_path, self.iter, Path(s.checkpoint))
         else:
             self.history = []
             shutil.copyfile(s.context.spec.file, s.run_dir / "spec.yaml")

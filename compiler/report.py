@@ -1,0 +1,41 @@
+"""`netc check`'s report as data (the `--format json` document of one spec, and `Model.check()`).
+Pure Python: no JAX."""
+
+from __future__ import annotations
+
+__all__ = ["check_report"]
+
+
+def check_report(spec, plan) -> dict:
+    """The spec's diagnostics and, when it planned, every layer's shapes, parameters, MACs and
+    receptive field, with the totals."""
+    diags = spec.diagnostics.sorted()
+    doc = {
+        "file": spec.diagnostics.file,
+        "name": spec.name,
+        "ok": not spec.diagnostics.errors,
+        "errors": [d.to_json() for d in diags if d.severity == "error"],
+        "warnings": [d.to_json() for d in diags if d.severity == "warning"],
+    }
+    if plan is not None:
+        trainable, frozen = plan.param_counts()
+        doc.update({
+            "phase": plan.state.phase,
+            "layers": [{
+                "name": pl.name,
+                "type": pl.type,
+                "bottoms": list(pl.bottoms),
+                "tops": {t: list(s) for t, s in zip(pl.tops, pl.top_shapes)},
+                "params": sum(d.count for r, d in pl.params.items() if pl.param_owner[r][0] == pl.name),
+                "macs": pl.macs,
+                "receptive_field": [r for r, _ in pl.rf] if pl.rf else None,
+                "jump": [j for _, j in pl.rf] if pl.rf else None,
+                "detail": pl.unit.describe(),
+            } for pl in plan.layers],
+            "params": {"trainable": trainable, "non_trainable": frozen},
+            "macs": plan.macs,
+            "activation_bytes": plan.activation_bytes(),
+            "inputs": {b: list(plan.blobs[b]) for b in plan.inputs},
+            "outputs": {b: list(plan.blobs[b]) for b in plan.outputs},
+        })
+    return doc

@@ -129,10 +129,8 @@ def register_solver(rule: SolverRule) -> SolverRule:
     """Add a solver type: its update rule here and its name (``type:``) to the spec validator."""
     if rule.name in SOLVERS and SOLVERS[rule.name] != rule:
         raise ValueError(f"solver type {rule.name!r} is already registered")
-    if rule.histories and rule.histories[0] != "history" or len(set(rule.histories)) != len(
-        rule.histories
-    ):
-        raise ValueError(f"{rule.name}: histories must be distinct, the first named 'history'")
+    if "iter" in rule.histories or len(set(rule.histories)) != len(rule.histories):
+        raise ValueError(f"{rule.name}: history names must be distinct and not 'iter'")
     register_solver_type(rule.info)
     SOLVERS[rule.name] = rule
     return rule
@@ -143,17 +141,21 @@ def unregister_solver(name: str) -> None:
     unregister_solver_type(name)
 
 
+def _builtin(name: str, histories: tuple[str, ...], update: Callable, decoupled: bool = False):
+    """A built-in rule: its summary and the hyper-parameters it reads are the spec's entry (the
+    spec must know the built-in names without importing JAX)."""
+    info = SOLVER_TYPES[name]
+    return SolverRule(name, info.summary, info.reads, histories, update, decoupled)
+
+
 for _rule in (
-    SolverRule("SGD", SOLVER_TYPES["SGD"].summary, ("momentum",), _ONE, _sgd),
-    SolverRule("Nesterov", SOLVER_TYPES["Nesterov"].summary, ("momentum",), _ONE, _nesterov),
-    SolverRule("AdaGrad", SOLVER_TYPES["AdaGrad"].summary, ("delta",), _ONE, _adagrad),
-    SolverRule("RMSProp", SOLVER_TYPES["RMSProp"].summary, ("delta", "rms_decay"), _ONE, _rmsprop),
-    SolverRule("AdaDelta", SOLVER_TYPES["AdaDelta"].summary, ("momentum", "delta"), _TWO,
-               _adadelta),
-    SolverRule("Adam", SOLVER_TYPES["Adam"].summary, ("momentum", "momentum2", "delta"), _TWO,
-               _adam),
-    SolverRule("AdamW", SOLVER_TYPES["AdamW"].summary, ("momentum", "momentum2", "delta"), _TWO,
-               _adam, decoupled_decay=True),
+    _builtin("SGD", _ONE, _sgd),
+    _builtin("Nesterov", _ONE, _nesterov),
+    _builtin("AdaGrad", _ONE, _adagrad),
+    _builtin("RMSProp", _ONE, _rmsprop),
+    _builtin("AdaDelta", _TWO, _adadelta),
+    _builtin("Adam", _TWO, _adam),
+    _builtin("AdamW", _TWO, _adam, decoupled=True),
 ):
     register_solver(_rule)
 

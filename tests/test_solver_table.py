@@ -126,6 +126,8 @@ def test_register_refuses_a_second_rule_of_the_same_name(sign_sgd):
         register_solver(other)
     with pytest.raises(ValueError, match="already registered"):
         register_solver(SolverRule("Adam", "mine", (), ("history",), _sign_sgd))
+    with pytest.raises(ValueError, match="distinct and not 'iter'"):
+        register_solver(SolverRule("Odd", "x", (), ("iter",), _sign_sgd))
     with pytest.raises(ValueError, match="reads unknown fields"):
         register_solver(SolverRule("Odd", "x", ("gamma",), (), _sign_sgd))
     assert "Odd" not in SOLVERS and "Odd" not in SOLVER_TYPES

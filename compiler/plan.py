@@ -491,7 +491,8 @@ def training_warnings(spec: NetSpec, plans: dict[str, Plan]) -> None:
                                  "deploy net with no loss and no solver gets no warning)")
     train = plans.get("TRAIN")
     active = [layer for layer in spec.layers if train and layer.in_state(train.state)]
-    if active and not has_loss(active):
+    # after an error the loss may be the layer that failed: no cascade
+    if active and not has_loss(active) and not spec.diagnostics.errors:
         spec.diagnostics.warning("the TRAIN net has no loss (no layer with a loss weight), so "
                                  "netc train has nothing to minimise: add a loss layer such as "
                                  "SoftmaxWithLoss, or a loss_weight", ("layers",))

@@ -264,7 +264,7 @@ def read_document(path: str, diags: Diagnostics) -> Any:
     except OSError as e:
         diags.error(f"cannot read file: {e.strerror}")
         return None
-    if path.lower().endswith(CAFFE_TEXT_SUFFIXES):
+    if path.lower().endswith(CAFFE_TEXT_SUFFIXES) and b"\0" not in text[:4096]:
         return _report_caffe_text(path, _caffe_block(text) or (1, 1), diags)
     try:
         doc = read_yaml(text)
@@ -278,6 +278,7 @@ def read_document(path: str, diags: Diagnostics) -> Any:
     return doc.data
 
 
+# Caffe's names for text-format files (a binary .pt, PyTorch's, is not one).
 CAFFE_TEXT_SUFFIXES = (".prototxt", ".pt")
 # A message field opened with a brace at the start of a line (`layer {`, `input_shape {`): protobuf
 # text format; a YAML mapping key always has a colon.

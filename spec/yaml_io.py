@@ -208,7 +208,14 @@ def read_yaml(text: str | bytes, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
             raise YamlError(f"file is not UTF-8 text ({e.reason} at byte {e.start})") from None
     elif len(text) > max_bytes:
         raise YamlError(f"file is {len(text):,} characters, more than the {max_bytes:,} allowed")
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as e:  # a control character: binary data, not text
+        line = text.count("\n", 0, e.position) + 1
+        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        char = e.character if isinstance(e.character, int) else ord(e.character)
+        raise YamlError(f"invalid YAML: character #x{char:04x} is not allowed (is this a binary "
+                        f"file?)", line, col) from None
     try:
         node = loader.get_single_node()
     except _MarkedError as e:

@@ -110,6 +110,14 @@ def test_check_warns_a_train_net_without_a_loss(tmp_path):
         f"{test_only}:1:1: {NO_SOLVER}", f"{test_only}:2:1: {NO_LOSS}"]
 
 
+def test_no_loss_warning_is_not_a_cascade_of_a_failed_loss_layer(tmp_path):
+    path = write(tmp_path, INPUTS + LOSS.replace("bottom: [ip, label]", "bottom: [ip, label]\n"
+                                                  "    loss_param: {ignore_lable: 0}") + SOLVER)
+    code, _, err = cli("check", path)
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "loss_param.ignore_lable: unknown field (did you mean 'ignore_label'?)" in err
+
+
 def test_deploy_nets_get_no_training_warnings(tmp_path):
     """No loss and no solver: a net for predict and export, not for training."""
     code, out, err = cli("check", write(tmp_path, INPUTS))
@@ -347,6 +355,11 @@ def test_caffe_text_under_another_name_is_recognised_by_its_blocks(tmp_path):
     assert cli("check", path)[2].splitlines() == [
         f"{path}:3:1: error: this is Caffe's protobuf text format (.prototxt), not netc YAML; "
         f"convert it with: netc import-caffe {path} -o {tmp_path / 'net.netc.yaml'}"]
+    # PyTorch's binary .pt is not Caffe text
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"PK\x03\x04\x00\x00layer {")
+    assert cli("check", binary)[2] == (f"{binary}:1:3: error: invalid YAML: character #x0003 is "
+                                       f"not allowed (is this a binary file?)\n")
     # a YAML mistake is still YAML's to report
     bad = write(tmp_path, "name: x\nlayers: [\n", "bad.yaml")
     assert "Caffe" not in cli("check", bad)[2]

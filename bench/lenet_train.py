@@ -1,6 +1,6 @@
 """LeNet training step, side by side: netc (the compiled spec models/lenet.yaml with Caffe's LeNet
 solver) vs a hand-written JAX + optax program vs PyTorch eager, on the same work: batch 64 of
-random 1×28×28 inputs, SGD with momentum 0.9, weight decay 5e-4 (REFERENCE §4's setting).
+random 1×28×28 inputs, SGD with momentum 0.9, weight decay 5e-4 (Caffe's LeNet solver).
 
 Run: python bench/lenet_train.py [--batch 64] [--steps 200] [--repeats 5]
 Prints samples/s (median over alternating repeats) and ratios. Not a test: numbers vary by machine.
@@ -42,7 +42,7 @@ def netc_step(batch: int):
 
 
 def jax_step(batch: int):
-    """Hand-written LeNet in JAX (NHWC, lax.conv, optax SGD): the REFERENCE §4 anchor."""
+    """Hand-written LeNet in JAX (NHWC, lax.conv, optax SGD)."""
     import jax
     import jax.numpy as jnp
     import optax

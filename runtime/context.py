@@ -19,7 +19,8 @@ def diag_lines(diags) -> list[str]:
     return [d.format() for d in diags.sorted()]
 
 
-def _read_solver_file(solver_path: str):
+def _read_solver_file(solver_path: str) -> tuple[Any, list[str]]:
+    """(solver, warning lines) from a separate solver file (--solver)."""
     from netc.spec.errors import Diagnostics
     from netc.spec.net import read_document, validate_solver
 
@@ -32,18 +33,20 @@ def _read_solver_file(solver_path: str):
         diags.error("the file is empty: expected SolverParameter fields (base_lr, ...)")
     if isinstance(raw, dict) and "solver" in raw and isinstance(raw["solver"], dict) \
             and "layers" not in raw:
-        solver = validate_solver(raw["solver"], diags, ("solver",), "solver.")
+        solver = validate_solver(raw["solver"], diags, ("solver",), "solver")
     elif raw is not None:
         solver = validate_solver(raw, diags, (), "")
     if diags.errors:
         raise RunError(lines=diag_lines(diags))
-    return solver
+    return solver, diag_lines(diags)
 
 
-def load_spec(path: str, solver_path: str | None = None, *, need_solver: bool = False):
+def load_spec(path: str, solver_path: str | None = None, *, need_solver: bool = False,
+              warnings: list[str] | None = None):
     """Parse `path` (a net, or a solver file naming its net) and optionally a separate solver
     file (`--solver`), which overrides the spec's own `solver:` section. Returns (spec, solver);
-    raises RunError with FILE:LINE:COL lines on any error."""
+    raises RunError with FILE:LINE:COL lines on any error. The solver file's warnings are
+    appended to `warnings` (the spec's stay in spec.diagnostics)."""
     from netc.compiler.catalogue import layer_models
     from netc.spec.net import parse_spec
 
@@ -57,7 +60,11 @@ def load_spec(path: str, solver_path: str | None = None, *, need_solver: bool = 
         if spec.layers:
             plan_all_phases(spec)
         raise RunError(lines=diag_lines(spec.diagnostics))
-    solver = _read_solver_file(solver_path) if solver_path is not None else spec.solver
+    solver = spec.solver
+    if solver_path is not None:
+        solver, lines = _read_solver_file(solver_path)
+        if warnings is not None:
+            warnings.extend(lines)
     if need_solver and solver is None:
         raise RunError(f"{path}: no solver: add a `solver:` section to the spec or pass "
                        "--solver FILE")
@@ -120,6 +127,7 @@ class RunContext:
     spec: Any
     solver: Any
     plans: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # the --solver file's, as lines
 
     def plan(self, phase: str, batch: int | None = None):
         key = (phase, batch)
@@ -130,7 +138,8 @@ class RunContext:
 
 def load_context(path: str, solver_path: str | None = None, *, data: str | None = None,
                  need_solver: bool = False) -> RunContext:
-    spec, solver = load_spec(path, solver_path, need_solver=need_solver)
+    warnings: list[str] = []
+    spec, solver = load_spec(path, solver_path, need_solver=need_solver, warnings=warnings)
     if data is not None:
         spec = with_source(spec, data)
-    return RunContext(path, spec, solver)
+    return RunContext(path, spec, solver, warnings=warnings)

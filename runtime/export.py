@@ -123,10 +123,11 @@ def deploy_graph(plan, outputs: Sequence[str] | None = None) -> DeployGraph:
     for pl in plan.layers:
         if pl.unit.is_data:
             tops = pl.tops
-            if pl.type == "Data":  # (data, label): the label is not a deploy input
-                dropped.update(tops[1:])
-                tops = tops[:1]
-                t = pl.unit.spec.transform_param
+            fact = pl.unit.data_fact()
+            if fact is not None and fact.source is not None:  # reads a source: its label is
+                dropped.update(t for t, r in zip(tops, fact.roles) if r != "data")  # no input
+                tops = tuple(t for t, r in zip(tops, fact.roles) if r == "data")
+                t = fact.transform
                 if t is not None and t.set_fields():
                     transforms[tops[0]] = t.model_dump(include=t.set_fields(), mode="json")
             for t, shape in zip(pl.tops, pl.top_shapes):
@@ -284,36 +285,41 @@ def export_model(
     path. `platforms` defaults to `default_platforms()`. `batch` fixes the batch size (default:
     symbolic). Raises ExportError for a spec with errors, missing/mis-shaped weights, a graph
     without outputs, a platform jax cannot lower for, or an `out_dir` holding other files."""
-    import jax
-    import jax.numpy as jnp
-    from jax import export
-
-    import netc
-    from netc.compiler.catalogue import layer_models
-    from netc.compiler.plan import plan as make_plan
-    from netc.runtime.checkpoint import sha256_file, write_bytes_atomic, write_json_atomic
-    from netc.spec.messages import NetState
-    from netc.spec.net import parse_spec
-
     spec_path = Path(spec_path)
     platforms = tuple(platforms) if platforms is not None else default_platforms()
     if not platforms:
         raise ExportError("no platforms to lower for")
     if batch is not None and (not isinstance(batch, int) or batch < 1):
         raise ExportError(f"batch must be a positive int or None (symbolic), got {batch!r}")
+    spec, graph = _plan_deploy(spec_path, phase, stages, level, outputs)
+    params, state, provenance = _load_weights(weights, graph)
+    exported = _lower(graph, params, state, platforms, batch)
+    source = {"spec": spec_path.name, "phase": phase, "stages": list(stages), "level": level,
+              "layers": [pl.name for pl in graph.layers], **provenance}
+    return _write_artifact(Path(out_dir), exported, spec, spec_path, graph, batch, source)
+
+
+def _plan_deploy(spec_path: Path, phase: str, stages, level: int, outputs):
+    from netc.compiler.catalogue import layer_models
+    from netc.compiler.plan import plan as make_plan
+    from netc.spec.messages import NetState
+    from netc.spec.net import parse_spec
 
     spec = parse_spec(str(spec_path), layer_models())
     if spec.diagnostics.errors:
         raise ExportError(f"{spec_path}: the spec has errors:\n{_spec_error_text(spec)}")
-    state_ = NetState(phase=phase, level=level, stage=tuple(stages))
-    the_plan = make_plan(spec, state_)
+    the_plan = make_plan(spec, NetState(phase=phase, level=level, stage=tuple(stages)))
     if not the_plan.ok:
         raise ExportError(f"{spec_path}: the {phase} net has errors:\n{_spec_error_text(spec)}")
-    graph = deploy_graph(the_plan, outputs)
-    params, state, provenance = _load_weights(weights, graph)
+    return spec, deploy_graph(the_plan, outputs)
+
+
+def _lower(graph: DeployGraph, params, state, platforms, batch):
+    import jax
+    import jax.numpy as jnp
+    from jax import export
 
     in_names = sorted(graph.inputs)  # jax flattens a dict in sorted-key order
-    out_names = sorted(graph.outputs)
     (b,) = export.symbolic_shape(BATCH_SYMBOL) if batch is None else (batch,)
     in_specs = {n: jax.ShapeDtypeStruct((b,) + graph.inputs[n], jnp.float32) for n in in_names}
 
@@ -321,13 +327,13 @@ def export_model(
         return graph.forward(params, state, inputs)  # params/state: constants of the module
 
     try:
-        exported = export.export(jax.jit(deploy), platforms=platforms)(in_specs)
+        return export.export(jax.jit(deploy), platforms=platforms)(in_specs)
     except Exception as e:  # noqa: BLE001 - tracing/lowering errors of any kind
         raise ExportError(f"jax.export failed for platforms {', '.join(platforms)}: "
                           f"{type(e).__name__}: {e}") from e
-    blob = bytes(exported.serialize())
 
-    out = Path(out_dir)
+
+def _prepare_folder(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     ours = {MODEL_FILE, MANIFEST_FILE}
     stray = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith("."))
@@ -337,17 +343,27 @@ def export_model(
     manifest_path = out / MANIFEST_FILE
     if manifest_path.exists():  # un-commit the previous artifact before replacing its model
         manifest_path.unlink()
-    write_bytes_atomic(out / MODEL_FILE, blob)
-    files = {MODEL_FILE: {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}}
+    return manifest_path
 
+
+def _write_artifact(out: Path, exported, spec, spec_path: Path, graph: DeployGraph,
+                    batch: int | None, source: dict) -> Path:
+    import jax
+
+    import netc
+    from netc.runtime.checkpoint import sha256_file, write_bytes_atomic, write_json_atomic
+
+    blob = bytes(exported.serialize())
+    manifest_path = _prepare_folder(out)
+    write_bytes_atomic(out / MODEL_FILE, blob)
     manifest = {
         "format": ARTIFACT_FORMAT,
         "version": ARTIFACT_VERSION,
         "name": spec.name,
         "model_file": MODEL_FILE,
         "calling": "exported.call({input name: array}) -> {output name: array}",
-        "inputs": _signature(in_names, exported.in_avals),
-        "outputs": _signature(out_names, exported.out_avals),
+        "inputs": _signature(sorted(graph.inputs), exported.in_avals),
+        "outputs": _signature(sorted(graph.outputs), exported.out_avals),
         "batch": {"axis": 0, "symbol": BATCH_SYMBOL} if batch is None else {"axis": 0, "size": batch},
         "layout": LAYOUT,
         "transform_param": graph.transforms,
@@ -356,10 +372,8 @@ def export_model(
         "netc_version": netc.__version__,
         "jax_version": jax.__version__,
         "jaxlib_version": _jaxlib_version(),
-        "source": {"spec": spec_path.name, "spec_sha256": sha256_file(spec_path),
-                   "phase": phase, "stages": list(stages), "level": level,
-                   "layers": [pl.name for pl in graph.layers], **provenance},
-        "files": files,
+        "source": {**source, "spec_sha256": sha256_file(spec_path)},
+        "files": {MODEL_FILE: {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}},
     }
     return write_json_atomic(manifest_path, manifest)
 

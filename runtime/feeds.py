@@ -25,13 +25,14 @@ class DataFeed:
     transform: Any
     shuffle: bool
     train: bool
+    real_labels: bool = False  # float targets (EuclideanLoss, ...) rather than class indices
 
     def stream(self, seed: int, position: dict | None = None, prefetch: int = 4):
         from netc.runtime.data import BatchStream
 
         return BatchStream(self.dataset, batch_size=self.batch_size, transform=self.transform,
                            train=self.train, seed=seed, shuffle=self.shuffle, position=position,
-                           prefetch=prefetch)
+                           prefetch=prefetch, real_labels=self.real_labels)
 
     def feed(self, batch: dict) -> dict:
         """A BatchStream batch ({data, label}) keyed by this layer's top names."""
@@ -41,62 +42,40 @@ class DataFeed:
         return out
 
 
-def _class_count(plan, label_top: str) -> tuple[int | None, int | None]:
-    """(classes, ignore_label) of the first layer that takes `label_top` as its second bottom
-    beside predictions (a classifier loss or metric), read from the plan's shapes."""
-    for pl in plan.layers:
-        if len(pl.bottoms) != 2 or pl.bottoms[1] != label_top:
-            continue
-        if tuple(pl.unit.bottom_names) != ("predictions", "label"):
-            continue
-        pred = pl.bottom_shapes[0]
-        axis = getattr(pl.unit.p, "axis", 1) if pl.unit.p is not None else 1
-        axis = axis + len(pred) if axis < 0 else axis
-        if not (0 < axis < len(pred)) or not isinstance(pred[axis], int):
-            return None, None
-        ignore = None
-        for holder in (getattr(pl.unit.spec, "loss_param", None), pl.unit.p):
-            value = getattr(holder, "ignore_label", None) if holder is not None else None
-            if value is not None:
-                ignore = value
-                break
-        return int(pred[axis]), ignore
-    return None, None
+def _feed(plan, pl, fact, spec_dir: str, train: bool) -> DataFeed:
+    from netc.runtime.data import DataError, check_dataset, label_requirements, load_source
+
+    need_label = "label" in fact.roles
+    try:
+        ds = load_source(fact.source, base_dir=spec_dir, need_label=need_label)
+        labels = label_requirements(plan, pl.tops[fact.roles.index("label")]) if need_label \
+            else None
+        check_dataset(ds, sample_shape=fact.sample_shape, labels=labels,
+                      transform=fact.transform, need_label=need_label)
+    except DataError as e:
+        raise RunError(str(e)) from None
+    return DataFeed(pl.name, pl.tops, ds, int(fact.batch_size), fact.transform,
+                    fact.shuffle and train, train,
+                    real_labels=labels is not None and labels.kind == "target")
 
 
 def data_feeds(plan, spec_dir: str) -> list[DataFeed]:
-    """Load and check the source of every Data layer of `plan` (raises RunError with the
-    DataError message). A net fed by Input layers has no feeds."""
-    from netc.runtime.data import DataError, check_dataset, load_source
-
-    feeds = []
+    """Load and check the source of every data layer of `plan` that reads one (raises RunError
+    with the DataError message). A net fed by Input layers has no feeds. The layers describe
+    themselves (`data_fact`, and the losses' `label_fact`): nothing here knows a layer type."""
     train = plan.state.phase == "TRAIN"
+    feeds = []
     for pl in plan.layers:
-        if not pl.unit.is_data:
-            continue
-        dp = getattr(pl.unit.spec, "data_param", None)
-        if dp is None:
-            continue
-        need_label = len(pl.tops) > 1
-        try:
-            ds = load_source(dp.source, base_dir=spec_dir, need_label=need_label)
-            sample = pl.unit.sample_shape() if hasattr(pl.unit, "sample_shape") else None
-            classes, ignore = _class_count(plan, pl.tops[1]) if need_label else (None, None)
-            check_dataset(ds, sample_shape=sample, num_classes=classes, ignore_label=ignore,
-                          need_label=need_label)
-        except DataError as e:
-            raise RunError(str(e)) from None
-        except Exception as e:  # noqa: BLE001 - e.g. a SpecError from sample_shape
-            raise RunError(f"{dp.source}: {getattr(e, 'message', e)}") from None
-        feeds.append(DataFeed(pl.name, pl.tops, ds, int(dp.batch_size),
-                              getattr(pl.unit.spec, "transform_param", None),
-                              bool(dp.shuffle) and train, train))
+        fact = pl.unit.data_fact()
+        if fact is not None and fact.source is not None:
+            feeds.append(_feed(plan, pl, fact, spec_dir, train))
     return feeds
 
 
 def input_only(plan) -> bool:
-    return any(pl.unit.is_data for pl in plan.layers) and not any(
-        getattr(pl.unit.spec, "data_param", None) is not None for pl in plan.layers if pl.unit.is_data)
+    """The net's data layers hold no data (Input layers): it runs on given arrays."""
+    facts = [pl.unit.data_fact() for pl in plan.layers if pl.unit.is_data]
+    return bool(facts) and all(f is None or f.source is None for f in facts)
 
 
 # --- evaluation ---
@@ -113,8 +92,7 @@ def make_eval_fn(net):
     names = metric_names(net)
 
     def ev(params, state, inputs):
-        blobs, _ = net.apply(params, state, inputs, rng=None, train=False)
-        return {n: blobs[n] for n in names}
+        return net.apply(params, state, inputs, rng=None, train=False, outputs=names)[0]
 
     return jax.jit(ev)
 

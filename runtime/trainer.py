@@ -316,8 +316,8 @@ class Solver:
         spec = s.context.spec
         self.train_plan = make_plan(spec, "TRAIN", s.context.solver)
         self.test_plan = make_plan(spec, "TEST", s.context.solver)
-        for d in spec.diagnostics.sorted():
-            self.err.write(d.format() + "\n")
+        for line in [d.format() for d in spec.diagnostics.sorted()] + s.context.warnings:
+            self.err.write(line + "\n")
         if not self.train_plan.has_loss:
             raise RunError(f"{s.config.spec}: the TRAIN net has no loss (no layer with a "
                            "loss_weight), so there is nothing to minimise")
@@ -419,9 +419,8 @@ class Solver:
                 shutil.copyfile(solver_file, s.run_dir / "solver.yaml")
             metrics_path.write_text("")
         backend, devices = _backend()
-        doc = s.sp.model_dump(mode="json")
-        doc.update({"max_iter": s.max_iter, "random_seed": s.seed,
-                    "snapshot_format": "safetensors", "backend": backend, "devices": devices})
+        doc = s.context.solver.record(backend)  # what netc does, not the ignored fields
+        doc.update({"max_iter": s.max_iter, "random_seed": s.seed, "devices": devices})
         ckpt.write_json_atomic(s.run_dir / "solver.json", doc)
         self.tested = {r["iter"] for r in self.history if r.get("event") == "test"}
         self.best: dict[str, tuple[float, int]] = {}

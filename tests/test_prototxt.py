@@ -54,7 +54,7 @@ CAFFE_MODELS: dict[str, tuple[str, str]] = {
         "9b891540183ddc834a02b2bd81b31afae71b2153 (last change 2cc3844cb2a4a72de10d321781dc8f994bef95c7,\n"
         "blob 45b2b0e361ab81afe3155f9823021f72203beece); the model readme says \"license: unrestricted\".\n"
         + _CAFFE_LICENCE
-        + "Published figures (REFERENCE §2): 10×3×227×227 → 10×1000 (prob); 60,965,224 parameters (all\n"
+        + "Published figures (Caffe Model Zoo / the original paper): 10×3×227×227 → 10×1000 (prob); 60,965,224 parameters (all\n"
         "learned); 724,406,816 multiply-accumulates per sample.\n",
     ),
     "bvlc_googlenet.yaml": (
@@ -65,7 +65,7 @@ CAFFE_MODELS: dict[str, tuple[str, str]] = {
         "9b891540183ddc834a02b2bd81b31afae71b2153 (last change 2cc3844cb2a4a72de10d321781dc8f994bef95c7,\n"
         "blob 50b54a9f3c17a38bb399b818e9b4acd3d95c19c6); the model readme says \"license: unrestricted\".\n"
         + _CAFFE_LICENCE
-        + "Published figures (REFERENCE §2): 10×3×224×224 → 10×1000 (prob); 6,998,552 parameters (all\n"
+        + "Published figures (Caffe Model Zoo / the original paper): 10×3×224×224 → 10×1000 (prob); 6,998,552 parameters (all\n"
         "learned). Pooling uses Caffe's default CEIL rounding: pool1 112→56, pool2 56→28, pool3 28→14,\n"
         "pool4 14→7 (floor would give 55/27/13/6 and break pool5's 7×7 window).\n",
     ),
@@ -78,7 +78,7 @@ CAFFE_MODELS: dict[str, tuple[str, str]] = {
         "a7026cb6d478e131b765b898c312e25f9f6dc031 (last change 872cc54494de59887bb3568d493dfb8e24073aac,\n"
         "blob cc50de4cc4c01c5baa900322c4e30be05eac64e5).\n"
         "Licence: MIT, Copyright (c) 2016 Shaoqing Ren (see the upstream LICENSE for the full text).\n"
-        "Published figures (REFERENCE §2): 1×3×224×224 → 1×1000 (prob); 25,557,096 learned parameters\n"
+        "Published figures (Caffe Model Zoo / the original paper): 1×3×224×224 → 1×1000 (prob); 25,557,096 learned parameters\n"
         "(conv weights + conv1 bias + Scale γ/β + fc1000) and 53,173 non-learned BatchNorm blob elements\n"
         "(2 × 26,560 running mean/variance + 53 scale factors): netc reports 25,557,096 trainable +\n"
         "53,173 non-trainable; 3,857,973,248 multiply-accumulates per sample; pool1 3×3/2 pad 0 CEIL\n"

@@ -1,20 +1,15 @@
-"""`netc export` and `netc predict --exported` end to end: train briefly, export, and check that
-the artifact's outputs equal `netc predict` of the spec for batches 1 and 7; tampering is refused."""
+"""`netc export` and `netc predict --exported` (the commands, in-process) on a trained run: the
+artifact's outputs equal `netc predict` of the spec for batches 1 and 7; tampering is refused."""
 
 import numpy as np
-from conftest import ROOT, run_netc
-
-MLP = ROOT / "tests" / "specs" / "mlp.yaml"
+from conftest import MLP, netc
 
 
-def test_export_round_trip_equals_predict(tmp_path):
-    run = tmp_path / "run"
-    r = run_netc("train", MLP, "--max-iter", "20", "--out", run, "--seed", "3")
-    assert r.returncode == 0, r.stderr
-    ckpt = sorted(run.glob("*_iter_20.json"))
-    assert ckpt, sorted(p.name for p in run.iterdir())
+def test_export_round_trip_equals_predict(tmp_path, trained_mlp_run):
+    ckpt = sorted(trained_mlp_run.glob("*_iter_200.json"))
+    assert ckpt, sorted(p.name for p in trained_mlp_run.iterdir())
     art = tmp_path / "artifact"
-    r = run_netc("export", MLP, "--weights", ckpt[0], "-o", art, "--platform", "cpu",
+    r = netc("export", MLP, "--weights", ckpt[0], "-o", art, "--platform", "cpu",
                  "--platform", "cuda")
     assert r.returncode == 0, r.stderr
     assert (art / "model.jaxexport").exists() and (art / "manifest.json").exists()
@@ -22,10 +17,10 @@ def test_export_round_trip_equals_predict(tmp_path):
     for batch in (1, 7):
         x = rng.random((batch, 1, 28, 28), dtype=np.float32)
         np.savez(tmp_path / "in.npz", data=x)
-        r1 = run_netc("predict", MLP, tmp_path / "in.npz", "--weights", ckpt[0], "-o",
+        r1 = netc("predict", MLP, tmp_path / "in.npz", "--weights", ckpt[0], "-o",
                       tmp_path / "a.npz", "--blobs", "ip2")
         assert r1.returncode == 0, r1.stderr
-        r2 = run_netc("predict", "--exported", art, tmp_path / "in.npz", "-o", tmp_path / "b.npz")
+        r2 = netc("predict", "--exported", art, tmp_path / "in.npz", "-o", tmp_path / "b.npz")
         assert r2.returncode == 0, r2.stderr
         a, b = np.load(tmp_path / "a.npz")["ip2"], np.load(tmp_path / "b.npz")["ip2"]
         assert a.shape == b.shape == (batch, 10)
@@ -37,12 +32,12 @@ def test_export_round_trip_equals_predict(tmp_path):
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 1
     model.write_bytes(bytes(data))
-    r = run_netc("predict", "--exported", art, tmp_path / "in.npz", "-o", tmp_path / "c.npz")
+    r = netc("predict", "--exported", art, tmp_path / "in.npz", "-o", tmp_path / "c.npz")
     assert r.returncode == 1 and "sha256" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_predict_usage_errors(tmp_path):
-    r = run_netc("predict", "--exported", tmp_path, MLP, tmp_path / "x.npz", "-o", tmp_path / "o.npz")
+    r = netc("predict", "--exported", tmp_path, MLP, tmp_path / "x.npz", "-o", tmp_path / "o.npz")
     assert r.returncode == 2 and "with --exported give only INPUT.npz" in r.stderr
-    r = run_netc("predict", MLP, tmp_path / "x.npz", "-o", tmp_path / "o.npz")
+    r = netc("predict", MLP, tmp_path / "x.npz", "-o", tmp_path / "o.npz")
     assert r.returncode == 2 and "--weights is required" in r.stderr

@@ -1,5 +1,5 @@
 """Training sanity for BatchNorm + Scale, Dropout and a residual block: models/small_resnet_digits.yaml
-trained by `netc train` (a subprocess, as a user runs it) on the built-in digits, and BatchNorm's
+trained by `netc train` (the command, in-process) on the built-in digits, and BatchNorm's
 running statistics carried through the trainer's step into the checkpoint."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import time
 
 import numpy as np
-from conftest import MODELS, run_netc
+from conftest import MODELS, netc
 
 from netc.runtime.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -18,7 +18,7 @@ SPEC = MODELS / "small_resnet_digits.yaml"
 def test_small_resnet_reaches_97_percent_and_batch_norm_state_updates(tmp_path):
     out = tmp_path / "run"
     t0 = time.perf_counter()
-    r = run_netc("train", SPEC, "--out", out, "--seed", 1, timeout=600)
+    r = netc("train", SPEC, "--out", out, "--seed", 1)
     wall = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stdout + r.stderr

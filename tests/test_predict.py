@@ -1,5 +1,5 @@
-"""`netc predict` and `netc test` end to end: REFERENCE §3's worked examples with given weights,
-round trips through a trained checkpoint, and their errors."""
+"""`netc predict` and `netc test` (the commands, in-process): REFERENCE §3's worked examples with
+given weights, round trips through a trained checkpoint, and their errors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_netc
+from conftest import ROOT, netc
 
 from netc.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from netc.runtime.data import load_source
@@ -29,7 +29,7 @@ def test_x_through_conv_relu_ceil_pool(tmp_path):
                     {"conv": {"weight": (diag / 9).reshape(1, 1, 3, 3),
                               "bias": np.zeros(1, np.float32)}}, {"iteration": 0})
     np.savez(tmp_path / "in.npz", data=x_image().reshape(1, 1, 9, 9))
-    r = run_netc("predict", SPECS / "xconv.yaml", "--weights", tmp_path / "xweights.json",
+    r = netc("predict", SPECS / "xconv.yaml", "--weights", tmp_path / "xweights.json",
                  tmp_path / "in.npz", "-o", tmp_path / "out.npz", "--blobs", "conv,relu,pool")
     assert r.returncode == 0, r.stderr
     assert "weights: loaded 2 blob(s), skipped 0" in r.stderr
@@ -52,7 +52,7 @@ def test_xor_exactly(tmp_path):
         "out/weight": np.array([[1, -2]], np.float32),
         "out/bias": np.array([0], np.float32)})
     np.savez(tmp_path / "in.npz", data=np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32))
-    r = run_netc("predict", SPECS / "xor.yaml", "--weights", tmp_path / "w.npz",
+    r = netc("predict", SPECS / "xor.yaml", "--weights", tmp_path / "w.npz",
                  tmp_path / "in.npz", "-o", tmp_path / "out.npz")
     assert r.returncode == 0, r.stderr
     out = np.load(tmp_path / "out.npz")
@@ -60,19 +60,16 @@ def test_xor_exactly(tmp_path):
     assert np.array_equal(out["out"], np.array([[0], [1], [1], [0]], np.float32))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("mlp") / "run"
-    r = run_netc("train", MLP, "--max-iter", 200, "--out", out)
-    assert r.returncode == 0, r.stderr
-    return out
+@pytest.fixture
+def trained(trained_mlp_run):
+    return trained_mlp_run  # mlp.yaml, 200 iterations (conftest)
 
 
 def test_predict_matches_a_numpy_forward(tmp_path, trained):
     ds = load_source("netc:digits/test")
     x = ds.data[:100].astype(np.float32) / 256
     np.savez(tmp_path / "in.npz", data=x)
-    r = run_netc("predict", MLP, "--weights", trained, tmp_path / "in.npz", "-o",
+    r = netc("predict", MLP, "--weights", trained, tmp_path / "in.npz", "-o",
                  tmp_path / "out.npz")
     assert r.returncode == 0, r.stderr
     out = np.load(tmp_path / "out.npz")
@@ -86,7 +83,7 @@ def test_predict_matches_a_numpy_forward(tmp_path, trained):
     assert (logits.argmax(1) == ds.label[:100]).mean() > 0.8
     # with labels, the net's own outputs
     np.savez(tmp_path / "in2.npz", data=x, label=ds.label[:100])
-    r = run_netc("predict", MLP, "--weights", trained, tmp_path / "in2.npz", "-o",
+    r = netc("predict", MLP, "--weights", trained, tmp_path / "in2.npz", "-o",
                  tmp_path / "out2.npz")
     assert r.returncode == 0, r.stderr
     out2 = np.load(tmp_path / "out2.npz")
@@ -95,14 +92,14 @@ def test_predict_matches_a_numpy_forward(tmp_path, trained):
 
 
 def test_netc_test_reproduces_the_trainers_final_test(trained):
-    r = run_netc("test", MLP, "--weights", latest_checkpoint(trained))
+    r = netc("test", MLP, "--weights", latest_checkpoint(trained))
     assert r.returncode == 0, r.stderr
     final = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()
              if '"test"' in x][-1]["metrics"]
     assert "TEST phase, 2 iterations (200 samples)" in r.stdout  # the solver's test_iter
     assert f"accuracy = {final['accuracy']:.6g}\n" in r.stdout
     assert f"loss = {final['loss']:.6g}\n" in r.stdout
-    r = run_netc("test", MLP, "--weights", trained, "--iterations", 10)
+    r = netc("test", MLP, "--weights", trained, "--iterations", 10)
     assert r.returncode == 0, r.stderr
     assert "10 iterations (1,000 samples)" in r.stdout
     acc = float(r.stdout.split("accuracy = ")[1].split()[0])
@@ -112,27 +109,27 @@ def test_netc_test_reproduces_the_trainers_final_test(trained):
 def test_predict_and_test_errors(tmp_path, trained):
     ck = latest_checkpoint(trained)
     np.savez(tmp_path / "typo.npz", dat=np.zeros((2, 1, 28, 28), np.float32))
-    r = run_netc("predict", MLP, "--weights", ck, tmp_path / "typo.npz", "-o", tmp_path / "o.npz")
+    r = netc("predict", MLP, "--weights", ck, tmp_path / "typo.npz", "-o", tmp_path / "o.npz")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "array 'dat' is not an input blob of the net" in r.stderr and "'data'" in r.stderr
     np.savez(tmp_path / "shape.npz", data=np.zeros((2, 1, 14, 14), np.float32))
-    r = run_netc("predict", MLP, "--weights", ck, tmp_path / "shape.npz", "-o", tmp_path / "o.npz")
+    r = netc("predict", MLP, "--weights", ck, tmp_path / "shape.npz", "-o", tmp_path / "o.npz")
     assert r.returncode == 1
     assert "array 'data' has shape (2, 1, 14, 14), but the net's blob 'data' is N×1×28×28" \
         in r.stderr
     np.savez(tmp_path / "ok.npz", data=np.zeros((2, 1, 28, 28), np.float32))
-    r = run_netc("predict", MLP, "--weights", ck, tmp_path / "ok.npz", "-o", tmp_path / "o.npz",
+    r = netc("predict", MLP, "--weights", ck, tmp_path / "ok.npz", "-o", tmp_path / "o.npz",
                  "--blobs", "ip3")
     assert r.returncode == 1 and "the TEST net has no blob 'ip3'" in r.stderr
-    r = run_netc("predict", MLP, "--weights", ck, tmp_path / "ok.npz", "-o", tmp_path / "o.npz",
+    r = netc("predict", MLP, "--weights", ck, tmp_path / "ok.npz", "-o", tmp_path / "o.npz",
                  "--blobs", "accuracy")
     assert r.returncode == 1 and "blob 'accuracy' needs the input(s) label" in r.stderr
-    r = run_netc("predict", MLP, "--weights", tmp_path / "none.json", tmp_path / "ok.npz", "-o",
+    r = netc("predict", MLP, "--weights", tmp_path / "none.json", tmp_path / "ok.npz", "-o",
                  tmp_path / "o.npz")
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    r = run_netc("test", SPECS / "xor.yaml", "--weights", ck)
+    r = netc("test", SPECS / "xor.yaml", "--weights", ck)
     assert r.returncode == 1 and "the TEST net has no Data layer" in r.stderr
     # weights for another net: nothing matches
-    r = run_netc("predict", SPECS / "xor.yaml", "--weights", ck, tmp_path / "ok.npz", "-o",
+    r = netc("predict", SPECS / "xor.yaml", "--weights", ck, tmp_path / "ok.npz", "-o",
                  tmp_path / "o.npz")
     assert r.returncode == 1 and "Traceback" not in r.stderr

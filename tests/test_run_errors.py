@@ -1,6 +1,6 @@
 """Commands that need JAX report every spec problem at once, like `netc check`."""
 
-from conftest import run_netc
+from conftest import netc
 
 SPEC = """name: t
 layers:
@@ -12,7 +12,7 @@ layers:
 
 def test_train_reports_validation_and_plan_errors_together(write_spec):
     path = write_spec(SPEC)
-    r = run_netc("train", path)
+    r = netc("train", path)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ": error: " in ln]
     assert [ln.split(": error: ")[0] for ln in lines] == [f"{path}:4:15", f"{path}:5:68"]

@@ -47,17 +47,9 @@ def _rf_text(rf) -> str:
 
 def _check_one(path: str, phase: str | None, stages, level: int, batch: int | None):
     """Validate and plan one spec: (spec, the plan to show or None)."""
-    from netc.compiler.catalogue import layer_models
-    from netc.compiler.plan import plan_all_phases, training_warnings
-    from netc.spec.net import parse_spec
+    from netc.compiler.report import check_file
 
-    spec = parse_spec(path, layer_models())
-    shown = None
-    if spec.layers or not spec.diagnostics.errors:
-        plans = plan_all_phases(spec, stages=stages, level=level, batch=batch, phase=phase)
-        training_warnings(spec, plans)
-        shown = plans[phase or "TRAIN"]
-    return spec, shown
+    return check_file(path, phase=phase, stages=stages, level=level, batch=batch)
 
 
 def _report_json(spec, plan) -> dict:

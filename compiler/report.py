@@ -3,7 +3,24 @@ Pure Python: no JAX."""
 
 from __future__ import annotations
 
-__all__ = ["check_report"]
+__all__ = ["check_file", "check_report"]
+
+
+def check_file(path: str, *, phase: str | None = None, stages=(), level: int = 0,
+               batch: int | None = None, shown: str | None = None):
+    """What `netc check` does to one file: validate, plan TRAIN and TEST (or only `phase`) with
+    their diagnostics merged, and warn where `netc train` would refuse it. Returns (spec, the
+    plan of `shown` (default: `phase`, else TRAIN), or None when nothing could be planned)."""
+    from netc.compiler.catalogue import layer_models
+    from netc.compiler.plan import plan_all_phases, training_warnings
+    from netc.spec.net import parse_spec
+
+    spec = parse_spec(path, layer_models())
+    if not spec.layers and spec.diagnostics.errors:
+        return spec, None
+    plans = plan_all_phases(spec, stages=stages, level=level, batch=batch, phase=phase)
+    training_warnings(spec, plans)
+    return spec, plans[shown or phase or "TRAIN"]
 
 
 def check_report(spec, plan) -> dict:

@@ -55,9 +55,10 @@ class Model:
 
     def check(self) -> dict:
         """The `netc check --format json` report of this spec and phase, as a dict."""
-        from netc.compiler.report import check_report
+        from netc.compiler.report import check_file, check_report
 
-        return check_report(self.spec, self.plan)
+        spec, plan = check_file(self.context.path, batch=self.plan.batch, shown=self.phase)
+        return check_report(spec, plan)
 
     # --- JAX ----------------------------------------------------------------------------------
     @property

@@ -130,10 +130,28 @@ class RunContext:
     warnings: list[str] = field(default_factory=list)  # the --solver file's, as lines
 
     def plan(self, phase: str, batch: int | None = None):
+        """The plan of `phase` (made once). TRAIN and TEST are planned together when their
+        NetStates differ only by phase, so a problem of both is reported once, as `netc check`
+        does. Raises RunError with every FILE:LINE:COL error."""
         key = (phase, batch)
         if key not in self.plans:
-            self.plans[key] = make_plan(self.spec, phase, self.solver, batch=batch)
+            self._plan_phases(batch)
         return self.plans[key]
+
+    def _plan_phases(self, batch: int | None) -> None:
+        from netc.compiler.plan import plan, plan_all_phases
+
+        states = {ph: net_state(ph, self.solver, self.spec) for ph in ("TRAIN", "TEST")}
+        train, test = states["TRAIN"], states["TEST"]
+        if (train.level, tuple(train.stage)) == (test.level, tuple(test.stage)):
+            plans = plan_all_phases(self.spec, stages=tuple(train.stage), level=train.level,
+                                    batch=batch)
+        else:
+            plans = {ph: plan(self.spec, st, batch=batch) for ph, st in states.items()}
+        if self.spec.diagnostics.errors:
+            raise RunError(lines=diag_lines(self.spec.diagnostics))
+        for ph, p in plans.items():
+            self.plans[(ph, batch)] = p
 
 
 def load_context(path: str, solver_path: str | None = None, *, data: str | None = None,

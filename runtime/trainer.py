@@ -54,7 +54,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from netc.runtime.callbacks import Diverged, Event, MetricsLog, NanGuard, Progress
-from netc.runtime.context import RunContext, load_context, make_plan
+from netc.runtime.context import RunContext, load_context
 from netc.runtime.errors import EXIT_DIVERGED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, RunError
 from netc.runtime.rundir import new_run_dir, resolve_run_dir, slug, trim_metrics
 
@@ -314,8 +314,8 @@ class Solver:
     def _build_plans(self) -> None:
         s = self.settings
         spec = s.context.spec
-        self.train_plan = make_plan(spec, "TRAIN", s.context.solver)
-        self.test_plan = make_plan(spec, "TEST", s.context.solver)
+        self.train_plan = s.context.plan("TRAIN")
+        self.test_plan = s.context.plan("TEST")
         for line in [d.format() for d in spec.diagnostics.sorted()] + s.context.warnings:
             self.err.write(line + "\n")
         if not self.train_plan.has_loss:

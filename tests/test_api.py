@@ -115,3 +115,21 @@ def test_solver_step_test_snapshot_restore(tmp_path):
     for k, v in solver.params["ip1"].items():
         np.testing.assert_array_equal(np.asarray(v), after[k])
     solver.close()
+
+
+def test_weights_from_a_run_directory_in_predict_and_export(tmp_path, trained_mlp_run):
+    from conftest import netc as run_cli
+
+    x = np.random.default_rng(3).random((5, 1, 28, 28)).astype(np.float32)
+    model = netc.load(str(MLP), weights=str(trained_mlp_run))
+    via_api = model.predict({"data": x})
+    assert list(via_api) == ["ip2"] and via_api["ip2"].shape == (5, 10)
+    np.savez(tmp_path / "in.npz", data=x)
+    r = run_cli("export", MLP, "--weights", trained_mlp_run, "-o", tmp_path / "art",
+                "--platform", "cpu")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("predict", "--exported", tmp_path / "art", tmp_path / "in.npz", "-o",
+                tmp_path / "out.npz")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "out.npz")["ip2"], via_api["ip2"], rtol=1e-5,
+                               atol=1e-6)

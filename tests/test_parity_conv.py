@@ -279,7 +279,9 @@ def test_pooling_apply_adds_no_warnings():
     net = build([inputs_layer({"x": (1, 1, 9, 9)}), layer])
     unit = net.plan.layers[-1].unit
     before = list(unit.warnings)
-    assert len(before) == 2  # H and W do not tile
+    assert [m for m, _ in before] == [  # 2×2 windows every 3: positions 2, 5, 8 are skipped
+        "3 of 9 input positions on axis H and 3 of 9 on axis W are never read by any window "
+        "(between windows, the last 1 past the last one)"]
     for _ in range(3):
         net.apply({}, {}, {"x": jnp.zeros((1, 1, 9, 9))})
     assert unit.warnings == before
@@ -556,31 +558,38 @@ COVERED = {
 
 def test_im2col_lowering_equals_lax_conv_on_random_geometries():
     """The im2col + matmul path (chosen by shape for small 2-D convolutions) against lax.conv,
-    forward and gradients, over strides, dilations and asymmetric pads."""
-    from jax import lax
-
-    from netc.compiler.layers.conv import _im2col_conv
-    from netc.compiler.layers.geometry import Window
+    forward and gradients, over strides, dilations and asymmetric pads. The choice is made once
+    at plan time (ctx.layer.resolved.im2col); flipping it there switches the lowering, which
+    shows that apply reads the resolved geometry instead of deciding again."""
+    import dataclasses
 
     rng = np.random.default_rng(7)
-    for _ in range(6):
-        k = tuple(int(v) for v in rng.integers(1, 4, 2))
-        s = tuple(int(v) for v in rng.integers(1, 3, 2))
-        d = tuple(int(v) for v in rng.integers(1, 3, 2))
-        pads = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (2, 2)))
-        w = Window(k, s, tuple(p[0] for p in pads), d)
+    for _ in range(4):
+        k = [int(v) for v in rng.integers(1, 4, 2)]
+        s = [int(v) for v in rng.integers(1, 3, 2)]
+        d = [int(v) for v in rng.integers(1, 3, 2)]
+        pads = rng.integers(0, 3, (2, 2))
+        layer = {"name": "c", "type": "Convolution", "bottom": ["x"], "top": ["y"],
+                 "convolution_param": {"num_output": 4, "kernel_size": k, "stride": s,
+                                       "dilation": d, "pad_begin": [int(v) for v in pads[:, 0]],
+                                       "pad_end": [int(v) for v in pads[:, 1]],
+                                       "weight_filler": {"type": "gaussian", "std": 1.0}}}
+        net = build([inputs_layer({"x": (2, 3, 9, 8)}), layer])
+        pl = net.plan.layers[-1]
+        assert pl.resolved.im2col  # small: chosen at plan time
+        params, state = net.init(jax.random.key(0))
         x = jnp.asarray(rng.standard_normal((2, 3, 9, 8)), jnp.float32)
-        wt = jnp.asarray(rng.standard_normal((4, 3) + k), jnp.float32)
 
-        def ref(x, wt, pads=pads, s=s, d=d):
-            return lax.conv_general_dilated(x, wt, s, pads, rhs_dilation=d,
-                                            dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        def f(params, x):
+            return net.apply(params, state, {"x": x})[0]["y"]
+
+        def value_and_grad():  # traced anew: reads pl.resolved as it is now
+            return jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(f(p, x) ** 2), (0, 1)))
 
         with jax.default_matmul_precision("highest"):
-            a, b = ref(x, wt), _im2col_conv(x, wt, w, pads)
-            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
-            ga = jax.grad(lambda x, wt: jnp.sum(ref(x, wt) ** 2), (0, 1))(x, wt)
-            gb = jax.grad(lambda x, wt, w=w, pads=pads: jnp.sum(_im2col_conv(x, wt, w, pads) ** 2),
-                          (0, 1))(x, wt)
-            for u, v in zip(ga, gb):
-                np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-4 * float(jnp.abs(u).max()))
+            a, ga = jax.jit(f)(params, x), value_and_grad()(params, x)
+            pl.resolved = dataclasses.replace(pl.resolved, im2col=False)
+            b, gb = jax.jit(f)(params, x), value_and_grad()(params, x)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+        for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+            np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-4 * float(jnp.abs(u).max()))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from netc.compiler.layer import Layer, ParamDecl, Shape, canonical_axis, count, fmt_shape, register
-from netc.compiler.layers.geometry import Window, axis_name, axis_values, window
+from netc.compiler.layers.geometry import Window, axis_name, axis_values, warn_unread, window
 from netc.spec.errors import SpecError
 from netc.spec.messages import ConvolutionParameter
 
@@ -13,16 +14,28 @@ from netc.spec.messages import ConvolutionParameter
 IM2COL_MAX_ELEMENTS = 1 << 18
 
 
-def _im2col_conv(x, wt, w: Window, pads):
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A (de)convolution resolved for its input shape once, at plan time (Layer.resolve); apply
+    reads it as ctx.layer.resolved. Nothing here depends on the batch."""
+
+    axis: int  # the channel axis; the axes before it act as the batch
+    window: Window
+    pads: tuple[tuple[int, int], ...]  # per spatial axis (before, after), as lax.conv takes them
+    out: tuple[int, ...]  # the output's spatial dims
+    im2col: bool = False  # lowered as im2col + one matmul; else lax.conv_general_dilated
+
+
+def _im2col_conv(x, wt, g: ConvGeometry):
     """N×C×H×W convolution as one matmul: gather the kh·kw shifted (strided, dilated) slices of
     the padded input channels-last, then (N·Ho·Wo, kh·kw·C) @ (kh·kw·C, O)."""
     import jax.numpy as jnp
 
-    xt = jnp.pad(x, ((0, 0), (0, 0)) + tuple(pads)).transpose(0, 2, 3, 1)
-    n, h, wd, c = xt.shape
+    w = g.window
+    xt = jnp.pad(x, ((0, 0), (0, 0)) + g.pads).transpose(0, 2, 3, 1)
+    n, c = xt.shape[0], xt.shape[3]
     (kh, kw), (sh, sw), (dh, dw) = w.kernel, w.stride, w.dilation
-    ho = (h - w.extent[0]) // sh + 1
-    wo = (wd - w.extent[1]) // sw + 1
+    ho, wo = g.out
     cols = jnp.stack([xt[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]
                       for i in range(kh) for j in range(kw)], axis=3)  # N, Ho, Wo, kh·kw, C
     o = wt.shape[0]
@@ -102,11 +115,10 @@ convolution_param:
   bias_filler: {type: constant}
 """
 
-    def pads(self, x: Shape) -> tuple[tuple[int, int], ...]:
+    def pads(self, x: Shape, axis: int, n: int, w: Window) -> tuple[tuple[int, int], ...]:
         """Per spatial axis (before, after): Caffe's symmetric `pad`, explicit `pad_begin` /
         `pad_end`, or the padding `pad_mode` SAME / VALID / CAUSAL computes from the input."""
         p = self.p
-        axis, n, w = self._geometry(x)
         sym = "pad" if p.pad else "pad_h" if p.pad_h is not None else "pad_w" if p.pad_w is not None else ""
         side = "pad_begin" if p.pad_begin else "pad_end" if p.pad_end else ""
         if p.pad_mode != "CAFFE":
@@ -121,7 +133,7 @@ convolution_param:
                 raise SpecError(f"give either {sym} or pad_begin/pad_end, not both", ("convolution_param", sym))
             begin = axis_values(p, "pad_begin", n, 0, "convolution_param")
             end = axis_values(p, "pad_end", n, 0, "convolution_param")
-            return tuple(zip(begin, end))
+            return tuple(zip(begin, end, strict=True))
         if p.pad_mode == "SAME":  # TF/Keras: out = ceil(in / stride), the odd pixel at the end
             pads = []
             for size, e, s in zip(x[axis + 1:], w.extent, w.stride):
@@ -138,27 +150,31 @@ convolution_param:
             return ((w.extent[0] - 1, 0),)
         return tuple((q, q) for q in w.pad)
 
-    def infer(self, bottoms):
+    def resolve(self, bottoms) -> ConvGeometry:
+        """The one computation of the geometry: pads, output dims (Caffe floors) and the
+        lowering, from the input shape. infer() derives the output shape from it."""
         x = bottoms[0]
         axis, n, w = self._geometry(x)
-        pads = self.pads(x)
+        pads = self.pads(x, axis, n, w)
         out = []
         for i in range(n):
             size, k, s, (lo, hi) = x[axis + 1 + i], w.extent[i], w.stride[i], pads[i]
-            span = size + lo + hi - k
-            padded = f"{size} + 2·{lo}" if lo == hi else f"{size} + {lo} + {hi}"
-            name = axis_name(i, n)
-            if span < 0:
+            if size + lo + hi < k:
+                padded = f"{size} + 2·{lo}" if lo == hi else f"{size} + {lo} + {hi}"
                 raise SpecError(
-                    f"output would be empty: input {fmt_shape(x)}, on axis {name} the padded input "
-                    f"{padded} = {size + lo + hi} is smaller than the kernel extent {k}",
+                    f"output would be empty: input {fmt_shape(x)}, on axis {axis_name(i, n)} the padded "
+                    f"input {padded} = {size + lo + hi} is smaller than the kernel extent {k}",
                     ("convolution_param", "kernel_size"))
-            if span % s and self.p.pad_mode != "SAME":  # SAME chose its padding: no surprise there
-                self.warn(f"windows do not tile the input on axis {name}: ({padded} − {k}) / {s} "
-                          f"= {span}/{s} is not whole; the last {span % s} input position(s) are "
-                          f"never covered (Caffe floors silently)", "convolution_param", "stride")
-            out.append(span // s + 1)
-        return [x[: axis] + (self.p.num_output,) + tuple(out)]
+            out.append((size + lo + hi - k) // s + 1)
+        out = tuple(out)
+        return ConvGeometry(axis, w, pads, out, self._use_im2col(x[axis], w, out))
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        g = self.resolve(bottoms)
+        warn_unread(self, x[g.axis + 1:], g.window, [lo for lo, _ in g.pads], g.out,
+                    ("convolution_param", "stride"))
+        return [x[: g.axis] + (self.p.num_output,) + g.out]
 
     def describe(self) -> str:
         p = self.p
@@ -176,19 +192,18 @@ convolution_param:
     def apply(self, params, bottoms, ctx):
         from jax import lax
 
+        g: ConvGeometry = ctx.layer.resolved
         x = bottoms[0]
-        axis, n, w = self._geometry(x.shape)
-        x2, lead = self._flat(x, axis)
-        pads = self.pads(x.shape)
+        x2, lead = self._flat(x, g.axis)
         wt = params["weight"].astype(x.dtype)
-        if self._use_im2col(x2.shape, n, w):
-            y = _im2col_conv(x2, wt, w, pads)
+        if g.im2col:
+            y = _im2col_conv(x2, wt, g)
         else:
             y = lax.conv_general_dilated(
-                x2, wt, window_strides=w.stride, padding=pads, rhs_dilation=w.dilation,
-                dimension_numbers=self._dims(n), feature_group_count=self.p.group)
+                x2, wt, window_strides=g.window.stride, padding=g.pads, rhs_dilation=g.window.dilation,
+                dimension_numbers=self._dims(len(g.out)), feature_group_count=self.p.group)
         y = self._bias(y, params, 1)
-        return [y.reshape(lead + y.shape[1:]) if axis != 1 else y]
+        return [y.reshape(lead + y.shape[1:]) if g.axis != 1 else y]
 
     def macs(self, bottoms, tops):
         x, y = bottoms[0], tops[0]
@@ -196,16 +211,15 @@ convolution_param:
         per_out = (x[axis] // self.p.group) * math.prod(w.kernel)
         return count(y, 1) * per_out
 
-    def _use_im2col(self, shape, n: int, w: Window) -> bool:
+    def _use_im2col(self, channels: int, w: Window, out: tuple[int, ...]) -> bool:
         """The lowering is chosen by shape (bench/lenet_train.py): small 2-D convolutions run
         faster on CPU as one matmul over shifted slices (Caffe's own im2col strategy) than through
-        lax.conv; large ones would materialise a huge patch matrix, so they keep lax.conv."""
-        if n != 2 or self.p.group != 1:
+        lax.conv; large ones would materialise a huge patch matrix, so they keep lax.conv. The
+        bound is on the patch matrix of one sample, so the choice never depends on the batch
+        (which may still be the symbolic N at plan time)."""
+        if len(out) != 2 or self.p.group != 1:
             return False
-        pads = self.pads(tuple(shape))
-        out = [(size + b + e - k) // s + 1
-               for size, (b, e), k, s in zip(shape[2:], pads, w.extent, w.stride)]
-        return shape[1] * math.prod(w.kernel) * math.prod(out) <= IM2COL_MAX_ELEMENTS
+        return channels * math.prod(w.kernel) * math.prod(out) <= IM2COL_MAX_ELEMENTS
 
 
 @register
@@ -226,7 +240,9 @@ convolution_param:
   weight_filler: {type: bilinear}
 """
 
-    def infer(self, bottoms):
+    def resolve(self, bottoms) -> ConvGeometry:
+        """Caffe's output size stride·(in − 1) + extent − 2·pad; `pads` are those of the
+        equivalent stride-1 convolution of the stride-dilated input (extent − 1 − pad per side)."""
         x = bottoms[0]
         axis, n, w = self._geometry(x)
         p = self.p
@@ -246,7 +262,13 @@ convolution_param:
                     f"{w.stride[i]}·({size} − 1) + {w.extent[i]} − 2·{w.pad[i]} = {o}",
                     ("convolution_param", "pad"))
             out.append(o)
-        return [x[: axis] + (self.p.num_output,) + tuple(out)]
+        pads = tuple((e - 1 - q, e - 1 - q) for e, q in zip(w.extent, w.pad, strict=True))
+        return ConvGeometry(axis, w, pads, tuple(out))
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        g = self.resolve(bottoms)
+        return [x[: g.axis] + (self.p.num_output,) + g.out]
 
     def _weight_shape(self, channels: int, w: Window) -> tuple[int, ...]:
         return (channels, self.p.num_output // self.p.group) + w.kernel
@@ -256,21 +278,21 @@ convolution_param:
         import jax.numpy as jnp
         from jax import lax
 
+        geo: ConvGeometry = ctx.layer.resolved
+        w, n = geo.window, len(geo.out)
         x = bottoms[0]
-        axis, n, w = self._geometry(x.shape)
-        x2, lead = self._flat(x, axis)
+        x2, lead = self._flat(x, geo.axis)
         g = self.p.group
         wt = params["weight"].astype(x.dtype)  # (C_in, O/g, k...)
         cin, og = wt.shape[0], wt.shape[1]
         wt = wt.reshape((g, cin // g, og) + wt.shape[2:])
         wt = jnp.swapaxes(wt, 1, 2).reshape((g * og, cin // g) + wt.shape[3:])
         wt = jnp.flip(wt, axis=tuple(range(2, 2 + n)))
-        pads = [(e - 1 - p, e - 1 - p) for e, p in zip(w.extent, w.pad)]
         y = lax.conv_general_dilated(
-            x2, wt, window_strides=(1,) * n, padding=pads, lhs_dilation=w.stride,
+            x2, wt, window_strides=(1,) * n, padding=geo.pads, lhs_dilation=w.stride,
             rhs_dilation=w.dilation, dimension_numbers=self._dims(n), feature_group_count=g)
         y = self._bias(y, params, 1)
-        return [y.reshape(lead + y.shape[1:]) if axis != 1 else y]
+        return [y.reshape(lead + y.shape[1:]) if geo.axis != 1 else y]
 
     def macs(self, bottoms, tops):
         x = bottoms[0]

@@ -53,11 +53,19 @@ crop_param: {axis: 2, offset: 0}  # FCN-32s uses offset 19
                                 f"{axis}: {offsets[i]} + {ref[i]} > {x[i]}", where)
         return offsets
 
+    def resolve(self, bottoms) -> tuple[tuple[int, int] | None, ...]:
+        """Per axis of the first bottom, the [start, stop) kept, or None for the whole axis (the
+        axes before `axis`, and a symbolic batch, which is never cropped)."""
+        x, ref = bottoms
+        start = self.offsets(x, ref)
+        axis = canonical_axis(self.p.axis, len(x))
+        return tuple(None if i < axis or isinstance(x[i], str) else (start[i], start[i] + ref[i])
+                     for i in range(len(x)))
+
     def infer(self, bottoms):
         x, ref = bottoms
-        self.offsets(x, ref)
-        axis = canonical_axis(self.p.axis, len(x))
-        return [x[:axis] + ref[axis:]]
+        kept = self.resolve(bottoms)
+        return [tuple(d if k is None else k[1] - k[0] for d, k in zip(x, kept))]
 
     def window(self, bottoms):
         return [(1, 1)] * (len(bottoms[0]) - 2)
@@ -66,10 +74,7 @@ crop_param: {axis: 2, offset: 0}  # FCN-32s uses offset 19
         return f"offset {fmt_offsets(self.p.offset)}" if self.p.offset else ""
 
     def apply(self, params, bottoms, ctx):
-        x, ref = bottoms
-        start = self.offsets(x.shape, ref.shape)
-        axis = canonical_axis(self.p.axis, x.ndim)
-        return [x[tuple(slice(s, s + d) for s, d in zip(start, x.shape[:axis] + ref.shape[axis:]))]]
+        return [bottoms[0][tuple(slice(None) if k is None else slice(*k) for k in ctx.layer.resolved)]]
 
 
 def fmt_offsets(values) -> str:

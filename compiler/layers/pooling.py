@@ -5,9 +5,10 @@ stack of such poolings."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from netc.compiler.layer import Layer, Shape, fmt_shape, register
-from netc.compiler.layers.geometry import Window, axis_name, window
+from netc.compiler.layers.geometry import Window, axis_name, warn_unread, window
 from netc.spec.errors import SpecError
 from netc.spec.messages import PoolingParameter, SPPParameter
 
@@ -24,65 +25,112 @@ def pooled_size(size: int, k: int, s: int, p: int, round_mode: str) -> int:
     return out
 
 
-def _pad_to_windows(x, w: Window, out, value):
-    """`x` padded with `value` (Caffe's pad before; after it, as far as the last window reaches)
-    and cut where FLOOR drops input, so that windows j·stride + [0, kernel) tile it exactly."""
+@dataclass(frozen=True)
+class PoolGeometry:
+    """A pooling resolved for its input shape once, at plan time (Layer.resolve); apply reads it
+    as ctx.layer.resolved. Per spatial axis: the input is cut to `keep` positions (FLOOR drops
+    the rest) and padded by `pads` (Caffe's pad before; after it, as far as the last window
+    reaches), so that windows j·stride + [0, kernel) tile it exactly."""
+
+    window: Window
+    size: tuple[int, ...]  # input spatial dims
+    out: tuple[int, ...]  # output spatial dims
+    keep: tuple[int, ...]
+    pads: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, w: Window, size: tuple[int, ...], out: tuple[int, ...]) -> PoolGeometry:
+        need = [(o - 1) * s + k - p for o, s, k, p in zip(out, w.stride, w.kernel, w.pad, strict=True)]
+        return cls(w, tuple(size), tuple(out), tuple(min(n, e) for n, e in zip(size, need)),
+                   tuple((p, max(0, e - n)) for p, n, e in zip(w.pad, size, need)))
+
+    @property
+    def tiles(self) -> bool:
+        """The windows tile the input exactly: no padding, no overlap, nothing dropped."""
+        w = self.window
+        return (w.kernel == w.stride and not any(w.pad)
+                and all(o * k == n for o, k, n in zip(self.out, w.kernel, self.size)))
+
+    def divisors(self):
+        """AVE's divisor per output: Caffe divides by the window clipped to the padded input
+        (not to the image); a window wholly past it holds nothing and gets 1."""
+        import numpy as np
+
+        w, n = self.window, len(self.out)
+        div = np.ones(self.out, np.float32)
+        for i in range(n):
+            size, k, s, p = self.size[i], w.kernel[i], w.stride[i], w.pad[i]
+            start = np.arange(self.out[i]) * s - p
+            extent = np.maximum(np.minimum(start + k, size + p) - start, 1)
+            div = div * extent.reshape((-1,) + (1,) * (n - 1 - i))
+        return div
+
+
+def _pad_to_windows(x, g: PoolGeometry, value):
+    """`x` cut and padded with `value` so that the windows tile it exactly (PoolGeometry)."""
     import jax.numpy as jnp
 
-    widths, cut = [(0, 0), (0, 0)], []
-    for i, o in enumerate(out):
-        size, k, s, p = x.shape[2 + i], w.kernel[i], w.stride[i], w.pad[i]
-        need = (o - 1) * s + k - p  # end of the last window, in input coordinates
-        cut.append(min(size, need))
-        widths.append((p, max(0, need - size)))
-    x = x[(slice(None), slice(None)) + tuple(slice(0, c) for c in cut)]
-    return jnp.pad(x, widths, constant_values=value)
+    x = x[(slice(None), slice(None)) + tuple(slice(0, c) for c in g.keep)]
+    return jnp.pad(x, ((0, 0), (0, 0)) + g.pads, constant_values=value)
 
 
-def _windows(xp, w: Window, out):
+def _windows(xp, g: PoolGeometry):
     """N×C×K×out...: the K = Π kernel elements of every window, in Caffe's row-major scan order."""
     import itertools
 
     import jax.numpy as jnp
 
     return jnp.stack([xp[(slice(None), slice(None)) + tuple(
-        slice(o, o + (n - 1) * s + 1, s) for o, n, s in zip(off, out, w.stride))]
-        for off in itertools.product(*(range(k) for k in w.kernel))], 2)
+        slice(o, o + (n - 1) * s + 1, s) for o, n, s in zip(off, g.out, g.window.stride))]
+        for off in itertools.product(*(range(k) for k in g.window.kernel))], 2)
 
 
-def pool(x, method: str, w: Window, out: tuple[int, ...], ctx, *, mask: bool = False) -> list:
-    """Pool N×C×spatial `x` into `out` windows (Caffe's forward passes; autodiff gives the backward)."""
+def _stochastic(x, g: PoolGeometry, ctx) -> list:
+    """Caffe's STOCHASTIC pooling: TRAIN samples an element with probability ∝ its value; TEST
+    takes the probability-weighted average."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
+
+    win = _windows(_pad_to_windows(x, g, 0.0), g)
+    if not ctx.train:  # the probability-weighted average Σx² / (FLT_MIN + Σx)
+        total = jnp.sum(win, 2)
+        # An all-zero window gives 0 (Caffe: 0 / FLT_MIN); dividing by 1 there keeps its
+        # gradient finite (0) instead of 0 · 1/FLT_MIN².
+        return [jnp.sum(win * win, 2) / (FLT_MIN + jnp.where(total == 0, 1.0, total))]
+    if ctx.rng is None:
+        raise ValueError(f"STOCHASTIC pooling layer '{ctx.layer.name}' needs an rng in TRAIN")
+    # Caffe: the first element whose running sum reaches u·Σx, u ~ U[0, 1)
+    cum = jnp.cumsum(win, 2)
+    thresh = jax.random.uniform(ctx.rng, cum[:, :, -1].shape, x.dtype) * cum[:, :, -1]
+    pick = jnp.argmax(cum >= thresh[:, :, None], axis=2)[:, :, None]
+    return [jnp.take_along_axis(win, pick, 2)[:, :, 0]]
+
+
+def _max_tiled(x, g: PoolGeometry):
+    """MAX over windows that tile the input exactly (LeNet's 2×2/2): reshape into windows and
+    gather each window's first maximum. The gradient goes to that element, as in Caffe, and the
+    backward pass avoids select-and-scatter (bench: LeNet step about +10% on CPU)."""
+    import jax.numpy as jnp
+
+    n, out, kernel = len(g.out), g.out, g.window.kernel
+    split = x.shape[:2] + tuple(d for o, k in zip(out, kernel) for d in (o, k))
+    order = (0, 1) + tuple(2 + 2 * i for i in range(n)) + tuple(3 + 2 * i for i in range(n))
+    win = x.reshape(split).transpose(order).reshape(x.shape[:2] + tuple(out) + (-1,))
+    first = jnp.argmax(win, axis=-1)[..., None]
+    return [jnp.take_along_axis(win, first, axis=-1)[..., 0]]
+
+
+def pool(x, method: str, g: PoolGeometry, ctx, *, mask: bool = False) -> list:
+    """Pool N×C×spatial `x` as `g` resolved (Caffe's forward passes; autodiff gives the backward)."""
+    import jax.numpy as jnp
     from jax import lax
 
-    n = len(out)
+    w = g.window
     if method == "STOCHASTIC":
-        win = _windows(_pad_to_windows(x, w, out, 0.0), w, out)
-        if not ctx.train:  # the probability-weighted average Σx² / (FLT_MIN + Σx)
-            total = jnp.sum(win, 2)
-            # An all-zero window gives 0 (Caffe: 0 / FLT_MIN); dividing by 1 there keeps its
-            # gradient finite (0) instead of 0 · 1/FLT_MIN².
-            return [jnp.sum(win * win, 2) / (FLT_MIN + jnp.where(total == 0, 1.0, total))]
-        if ctx.rng is None:
-            raise ValueError(f"STOCHASTIC pooling layer '{ctx.layer.name}' needs an rng in TRAIN")
-        # Caffe: the first element whose running sum reaches u·Σx, u ~ U[0, 1)
-        cum = jnp.cumsum(win, 2)
-        thresh = jax.random.uniform(ctx.rng, cum[:, :, -1].shape, x.dtype) * cum[:, :, -1]
-        pick = jnp.argmax(cum >= thresh[:, :, None], axis=2)[:, :, None]
-        return [jnp.take_along_axis(win, pick, 2)[:, :, 0]]
-    if (method == "MAX" and not mask and w.kernel == w.stride and not any(w.pad)
-            and all(o * k == size for o, k, size in zip(out, w.kernel, x.shape[2:]))):
-        # Windows that tile the input exactly (LeNet's 2×2/2): reshape into windows and gather
-        # each window's first maximum. The gradient goes to that element, as in Caffe, and the
-        # backward pass avoids select-and-scatter (bench: LeNet step about +10% on CPU).
-        split = x.shape[:2] + tuple(d for o, k in zip(out, w.kernel) for d in (o, k))
-        order = (0, 1) + tuple(2 + 2 * i for i in range(n)) + tuple(3 + 2 * i for i in range(n))
-        win = x.reshape(split).transpose(order).reshape(x.shape[:2] + tuple(out) + (-1,))
-        first = jnp.argmax(win, axis=-1)[..., None]
-        return [jnp.take_along_axis(win, first, axis=-1)[..., 0]]
-    xp = _pad_to_windows(x, w, out, -jnp.inf if method == "MAX" else 0.0)
+        return _stochastic(x, g, ctx)
+    if method == "MAX" and not mask and g.tiles:
+        return _max_tiled(x, g)
+    xp = _pad_to_windows(x, g, -jnp.inf if method == "MAX" else 0.0)
     dims, strides = (1, 1) + w.kernel, (1, 1) + w.stride
     if method == "MAX":
         # A Python scalar −inf init lets JAX recognise the max monoid (differentiable).
@@ -91,25 +139,17 @@ def pool(x, method: str, w: Window, out: tuple[int, ...], ctx, *, mask: bool = F
         if not mask:
             return [y]
         # Caffe's top mask: the flat index into the input plane of the first maximum (−1: none).
-        plane = jnp.arange(math.prod(x.shape[2:]), dtype=x.dtype).reshape((1, 1) + x.shape[2:])
-        first = jnp.argmax(_windows(xp, w, out), axis=2)[:, :, None]
-        idx = jnp.broadcast_to(_windows(_pad_to_windows(plane, w, out, -1.0), w, out),
-                               x.shape[:2] + (math.prod(w.kernel),) + tuple(out))
+        plane = jnp.arange(math.prod(g.size), dtype=x.dtype).reshape((1, 1) + g.size)
+        first = jnp.argmax(_windows(xp, g), axis=2)[:, :, None]
+        idx = jnp.broadcast_to(_windows(_pad_to_windows(plane, g, -1.0), g),
+                               x.shape[:2] + (math.prod(w.kernel),) + g.out)
         return [y, lax.stop_gradient(jnp.take_along_axis(idx, first, 2)[:, :, 0])]
     if method == "L2":  # sqrt(Σ x²); the padding adds 0; gradient 0 where the window is all 0
         total = lax.reduce_window(xp * xp, 0.0, lax.add, dims, strides, "VALID")
         safe = jnp.where(total > 0, total, 1.0)
         return [jnp.where(total > 0, jnp.sqrt(safe), 0.0)]
     total = lax.reduce_window(xp, 0.0, lax.add, dims, strides, "VALID")
-    # AVE: Caffe divides by the window clipped to the padded input (not to the image); a window
-    # wholly past it holds nothing and gives 0.
-    div = np.ones(out, np.float32)
-    for i in range(n):
-        size, k, s, p = x.shape[2 + i], w.kernel[i], w.stride[i], w.pad[i]
-        start = np.arange(out[i]) * s - p
-        extent = np.maximum(np.minimum(start + k, size + p) - start, 1)
-        div = div * extent.reshape((-1,) + (1,) * (n - 1 - i))
-    return [total / jnp.asarray(div, x.dtype)]
+    return [total / jnp.asarray(g.divisors(), x.dtype)]  # AVE
 
 
 @register
@@ -170,29 +210,20 @@ pooling_param:
             out.append(o)
         return tuple(out)
 
-    def infer(self, bottoms):
+    def resolve(self, bottoms) -> PoolGeometry:
+        """The one computation of the geometry (window, Caffe's output size, cut and pads)."""
         x = bottoms[0]
         w = self._window(x)
-        out = self._sizes(x, w)
+        return PoolGeometry.of(w, x[2:], self._sizes(x, w))
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        g = self.resolve(bottoms)
         if len(self.spec.top) == 2 and self.p.pool != "MAX":
             raise SpecError(f"a second top (the argmax mask) comes only from MAX pooling, "
                             f"not {self.p.pool}", ("top",))
-        n = len(x) - 2
-        mode = self.p.round_mode
-        for i in range(n):
-            size, k, s, p = x[2 + i], w.kernel[i], w.stride[i], w.pad[i]
-            span, name, o = size + 2 * p - k, axis_name(i, n), out[i]
-            if span % s and not self.p.global_pooling:
-                if mode == "CEIL":
-                    self.warn(f"windows do not tile the input on axis {name}: ({size} + 2·{p} − {k}) / {s} "
-                              f"= {span}/{s} is not whole; CEIL rounding adds a last window that "
-                              f"overhangs the input ({o} outputs; FLOOR would give {span // s + 1})",
-                              "pooling_param", "stride")
-                else:
-                    self.warn(f"windows do not tile the input on axis {name}: ({size} + 2·{p} − {k}) / {s} "
-                              f"= {span}/{s} is not whole; FLOOR rounding drops the last {span % s} "
-                              f"input position(s)", "pooling_param", "stride")
-        return [x[:2] + out] * len(self.spec.top)
+        warn_unread(self, g.size, g.window, g.window.pad, g.out, ("pooling_param", "stride"))
+        return [x[:2] + g.out] * len(self.spec.top)
 
     def window(self, bottoms):
         w = self._window(bottoms[0])
@@ -208,9 +239,7 @@ pooling_param:
         return 0  # comparisons / additions, not multiply-accumulates
 
     def apply(self, params, bottoms, ctx):
-        x = bottoms[0]
-        w = self._window(x.shape)
-        return pool(x, self.p.pool, w, self._sizes(x.shape, w), ctx, mask=len(self.spec.top) == 2)
+        return pool(bottoms[0], self.p.pool, ctx.layer.resolved, ctx, mask=len(self.spec.top) == 2)
 
 
 @register
@@ -231,8 +260,9 @@ spp_param:
   pool: MAX
 """
 
-    def levels(self, x: Shape) -> list[tuple[Window, tuple[int, int]]]:
-        """Per level, Caffe's SPPLayer::GetPoolingParam window and the pooled H×W (CEIL rule)."""
+    def levels(self, x: Shape) -> list[PoolGeometry]:
+        """Per level, Caffe's SPPLayer::GetPoolingParam window and the pooled H×W (CEIL rule).
+        Its windows (kernel = stride, pad < kernel) always read every input position."""
         if len(x) != 4:
             raise SpecError(f"needs N×C×H×W input; input is {fmt_shape(x)}")
         out = []
@@ -256,15 +286,19 @@ spp_param:
                 kernel.append(k)
                 pad.append(p)
                 sizes.append(pooled_size(size, k, k, p, "CEIL"))
-            out.append((Window(tuple(kernel), tuple(kernel), tuple(pad), (1, 1)), tuple(sizes)))
+            w = Window(tuple(kernel), tuple(kernel), tuple(pad), (1, 1))
+            out.append(PoolGeometry.of(w, x[2:], tuple(sizes)))
         return out
+
+    def resolve(self, bottoms) -> tuple[PoolGeometry, ...]:
+        return tuple(self.levels(bottoms[0]))
 
     def infer(self, bottoms):
         x = bottoms[0]
-        levels = self.levels(x)
+        levels = self.resolve(bottoms)
         if len(levels) == 1:
-            return [x[:2] + levels[0][1]]
-        return [(x[0], x[1] * sum(h * w for _, (h, w) in levels))]
+            return [x[:2] + levels[0].out]
+        return [(x[0], x[1] * sum(math.prod(g.out) for g in levels))]
 
     def describe(self) -> str:
         return f"{self.p.pool} {self.p.pyramid_height} levels"
@@ -277,9 +311,9 @@ spp_param:
 
         x = bottoms[0]
         pooled = []
-        for level, (w, out) in enumerate(self.levels(x.shape)):
+        for level, g in enumerate(ctx.layer.resolved):
             rng = None if ctx.rng is None else jax.random.fold_in(ctx.rng, level)
-            pooled.append(pool(x, self.p.pool, w, out, dataclasses.replace(ctx, rng=rng))[0])
+            pooled.append(pool(x, self.p.pool, g, dataclasses.replace(ctx, rng=rng))[0])
         if len(pooled) == 1:
             return pooled
         return [jnp.concatenate([y.reshape(y.shape[0], -1) for y in pooled], 1)]

@@ -3,10 +3,20 @@ second top) and, as a netc extension, NEAREST / BILINEAR resizing of one bottom.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from netc.compiler.layer import Layer, Shape, fmt_shape, register
 from netc.compiler.layers.geometry import axis_name
 from netc.spec.errors import SpecError
 from netc.spec.messages import UpsampleParameter
+
+
+@dataclass(frozen=True)
+class Resize:
+    """An Upsample resolved at plan time: the input and output spatial dims."""
+
+    size: tuple[int, ...]
+    out: tuple[int, ...]
 
 
 @register
@@ -73,9 +83,13 @@ upsample_param: {scale: 2}  # or upsample_h/upsample_w: the pooling input's size
                                 ("upsample_param", fields[i]))
         return out
 
+    def resolve(self, bottoms) -> Resize:
+        x = bottoms[0]
+        return Resize(tuple(x[2:]), self.out_size(x))
+
     def infer(self, bottoms):
         x = bottoms[0]
-        out = self.out_size(x)
+        out = self.resolve(bottoms).out
         if len(bottoms) == 2:
             if "mode" in self.p.set_fields():
                 raise SpecError(f"mode {self.p.mode} is for the one-bottom form; with a mask (the second "
@@ -93,11 +107,10 @@ upsample_param: {scale: 2}  # or upsample_h/upsample_w: the pooling input's size
         return "unpool (mask)" if len(self.spec.bottom) == 2 else self.p.mode
 
     def apply(self, params, bottoms, ctx):
-        x = bottoms[0]
-        out = self.out_size(x.shape)
+        x, g = bottoms[0], ctx.layer.resolved
         if len(bottoms) == 2:
-            return [_unpool(x, bottoms[1], out)]
-        for i, (size, o) in enumerate(zip(x.shape[2:], out)):
+            return [_unpool(x, bottoms[1], g.out)]
+        for i, (size, o) in enumerate(zip(g.size, g.out)):
             x = (_nearest if self.p.mode == "NEAREST" else _linear)(x, 2 + i, size, o)
         return [x]
 

@@ -1,12 +1,36 @@
+import atexit
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import traceback
 from pathlib import Path
 
 import pytest
+
+# -- one XLA compilation cache for the session ----------------------------------------------------
+# Many tests train the same small nets (tests/specs/mlp.yaml above all), in this process and in
+# `netc train` subprocesses; each run builds a new jitted step, which XLA would compile again
+# (~2 s of a ~3 s run). JAX's persistent cache keys an executable by its HLO, compile options,
+# backend and versions, so a hit is the same program. The directory is new for every session (and
+# removed at its end): nothing carries over between runs of the suite. Set before JAX is imported
+# (test modules import it; subprocesses inherit the environment).
+_JAX_CACHE = tempfile.mkdtemp(prefix="netc-tests-xla-cache-")
+atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+os.environ.update({
+    "JAX_COMPILATION_CACHE_DIR": _JAX_CACHE,
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+})
+if "jax" in sys.modules:  # imported before this conftest (a plugin): configure it directly
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

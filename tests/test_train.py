@@ -1,5 +1,6 @@
-"""`netc train` end to end (a subprocess, as a user runs it): LeNet's accuracy on the built-in
-digits, the run directory, errors, fine-tuning with --weights."""
+"""`netc train` end to end: LeNet's accuracy on the built-in digits, the run directory, errors,
+fine-tuning with --weights. The command runs in-process (click's runner: the same options, output
+and exit status); test_run_directory_and_metrics runs the console script as a user does."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_netc
+from conftest import ROOT, netc, run_netc
 
 from netc.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -32,7 +33,7 @@ def test_lenet_reaches_96_percent_on_digits(tmp_path):
     after 2,000 iterations of batch 64."""
     out = tmp_path / "lenet"
     t0 = time.perf_counter()
-    r = run_netc("train", LENET, "--max-iter", 2000, "--out", out, "--seed", 1, timeout=900)
+    r = netc("train", LENET, "--max-iter", 2000, "--out", out, "--seed", 1)
     wall = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
     tests = events(out, "test")
@@ -66,6 +67,7 @@ def test_lenet_reaches_96_percent_on_digits(tmp_path):
 
 
 def test_run_directory_and_metrics(tmp_path):
+    """The console script in a subprocess, as a user runs it."""
     out = tmp_path / "run"
     r = run_netc("train", MLP, "--max-iter", 250, "--out", out)
     assert r.returncode == 0, r.stderr
@@ -84,7 +86,7 @@ def test_run_directory_and_metrics(tmp_path):
 def test_seed_option_changes_the_run(tmp_path):
     def final(seed, name):
         out = tmp_path / name
-        r = run_netc("train", MLP, "--max-iter", 20, "--out", out, "--seed", seed)
+        r = netc("train", MLP, "--max-iter", 20, "--out", out, "--seed", seed)
         assert r.returncode == 0, r.stderr
         return load_checkpoint(latest_checkpoint(out))[0]["params"]["ip1"]["weight"]
 
@@ -95,13 +97,13 @@ def test_seed_option_changes_the_run(tmp_path):
 
 def test_weights_fine_tuning_reports_skipped_layers(tmp_path):
     src = tmp_path / "src"
-    r = run_netc("train", MLP, "--max-iter", 30, "--out", src)
+    r = netc("train", MLP, "--max-iter", 30, "--out", src)
     assert r.returncode == 0, r.stderr
     # a 12-class head: ip2 no longer fits, ip1 does
     spec = tmp_path / "mlp12.yaml"
     spec.write_text(MLP.read_text().replace("num_output: 10", "num_output: 12"))
     out = tmp_path / "ft"
-    r = run_netc("train", spec, "--weights", src / "mlp_iter_30.json", "--max-iter", 0,
+    r = netc("train", spec, "--weights", src / "mlp_iter_30.json", "--max-iter", 0,
                  "--out", out)
     assert r.returncode == 0, r.stderr
     assert "weights: loaded 2 blob(s), skipped 2" in r.stdout
@@ -114,7 +116,7 @@ def test_weights_fine_tuning_reports_skipped_layers(tmp_path):
     assert tree["params"]["ip2"]["weight"].shape == (12, 32)
     assert not np.any(tree["opt_state"]["history"]["ip1"]["weight"])  # fresh solver state
     # nothing matches: refused
-    r = run_netc("train", spec, "--weights", src / "missing.json", "--max-iter", 0,
+    r = netc("train", spec, "--weights", src / "missing.json", "--max-iter", 0,
                  "--out", tmp_path / "x")
     assert_clean_error(r)
 
@@ -134,7 +136,7 @@ def test_spec_errors_are_file_line_col(tmp_path, command):
     spec = tmp_path / "broken.yaml"
     spec.write_text(BROKEN)
     args = [command[0], spec, *command[1:]]
-    r = run_netc(*args, cwd=tmp_path)
+    r = netc(*args, cwd=tmp_path)
     assert_clean_error(r)
     assert f"{spec}:4:" in r.stderr and "unknown blob 'dta'" in r.stderr
 
@@ -149,11 +151,11 @@ layers:
   - {name: loss, type: EuclideanLoss, bottom: [ip, target], top: loss}
 solver: {base_lr: 0.1, lr_policy: fixed, max_iter: 10}
 """)
-    r = run_netc("train", spec, "--out", tmp_path / "run")
+    r = netc("train", spec, "--out", tmp_path / "run")
     assert_clean_error(r)
     assert "the TRAIN net is fed by Input layers, which hold no data" in r.stderr
     # and a net without a solver
-    r = run_netc("train", ROOT / "tests" / "specs" / "xor.yaml", "--out", tmp_path / "run2")
+    r = netc("train", ROOT / "tests" / "specs" / "xor.yaml", "--out", tmp_path / "run2")
     assert_clean_error(r)
     assert "no solver" in r.stderr
 
@@ -161,17 +163,17 @@ solver: {base_lr: 0.1, lr_policy: fixed, max_iter: 10}
 def test_bad_data_gives_the_data_error(tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, data=np.zeros((8, 1, 28, 28), np.uint8), label=np.arange(8) + 5)  # 12 > 9
-    r = run_netc("train", MLP, "--data", bad, "--out", tmp_path / "run")
+    r = netc("train", MLP, "--data", bad, "--out", tmp_path / "run")
     assert_clean_error(r)
     assert f"{bad}: labels range over [5, 12], outside [0, 10)" in r.stderr
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, data=np.zeros((8, 1, 14, 14), np.uint8), label=np.zeros(8, np.int64))
-    r = run_netc("train", MLP, "--data", wrong, "--out", tmp_path / "run2")
+    r = netc("train", MLP, "--data", wrong, "--out", tmp_path / "run2")
     assert_clean_error(r)
     assert ("layer 'ip1': its weight is 32×196 in the TRAIN net but 32×784 in the TEST net"
             in r.stderr and "--data replaced only the TRAIN Data layer's source" in r.stderr)
     # the spec is re-planned for the new source: the shapes follow the data
-    r = run_netc("train", MLP, "--data", tmp_path / "nope.npz", "--out", tmp_path / "run3")
+    r = netc("train", MLP, "--data", tmp_path / "nope.npz", "--out", tmp_path / "run3")
     assert_clean_error(r)
     assert "nope.npz" in r.stderr
 
@@ -182,7 +184,7 @@ def test_data_override_trains_on_the_given_source(tmp_path):
     np.savez(src, data=rng.integers(0, 255, (64, 1, 28, 28), dtype=np.uint8),
              label=rng.integers(0, 10, 64))
     out = tmp_path / "run"
-    r = run_netc("train", MLP, "--data", src, "--max-iter", 5, "--out", out)
+    r = netc("train", MLP, "--data", src, "--max-iter", 5, "--out", out)
     assert r.returncode == 0, r.stderr
     _, meta = load_checkpoint(latest_checkpoint(out))
     assert meta["data_position"][0] == {"epoch": 2, "index": 32, "size": 64}
@@ -194,7 +196,7 @@ def test_weights_npz_and_plain_checkpoint(tmp_path):
     w = np.full((32, 784), 0.01, np.float32)
     save_checkpoint(tmp_path, "plain", {"ip1": {"weight": w}}, {"iteration": 0})
     out = tmp_path / "ft"
-    r = run_netc("train", MLP, "--weights", tmp_path / "plain.json", "--max-iter", 0,
+    r = netc("train", MLP, "--weights", tmp_path / "plain.json", "--max-iter", 0,
                  "--out", out)
     assert r.returncode == 0, r.stderr
     assert "weights: loaded 1 blob(s), skipped 3" in r.stdout
@@ -215,7 +217,7 @@ def test_iter_size_accumulates_like_one_big_batch(tmp_path):
     finals = []
     for spec in (big, small):
         out = tmp_path / spec.stem
-        r = run_netc("train", spec, "--max-iter", 40, "--out", out)
+        r = netc("train", spec, "--max-iter", 40, "--out", out)
         assert r.returncode == 0, r.stderr
         assert "batch 32" in r.stdout
         tree, meta = load_checkpoint(latest_checkpoint(out))
@@ -230,7 +232,7 @@ def test_iter_size_accumulates_like_one_big_batch(tmp_path):
 
 def test_out_directory_with_checkpoints_is_not_overwritten(tmp_path):
     out = tmp_path / "run"
-    assert run_netc("train", MLP, "--max-iter", 1, "--out", out).returncode == 0
-    r = run_netc("train", MLP, "--max-iter", 1, "--out", out)
+    assert netc("train", MLP, "--max-iter", 1, "--out", out).returncode == 0
+    r = netc("train", MLP, "--max-iter", 1, "--out", out)
     assert_clean_error(r)
     assert f"--resume {out}" in r.stderr

@@ -110,7 +110,7 @@ def unread_message(axes: list[tuple[str, int, int, int]]) -> str:
     def where(unread: int, trailing: int) -> str:
         if trailing == unread:
             return "past the last window"
-        return "between windows" if not trailing else f"between windows, the last {trailing} past the last one"
+        return "between windows" if not trailing else f"{unread - trailing} between windows, {trailing} past the last one"
 
     counts = [f"{u} of {n} input positions on axis {name}" if j == 0 else f"{u} of {n} on axis {name}"
               for j, (name, n, u, _) in enumerate(axes)]

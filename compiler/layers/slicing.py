@@ -95,16 +95,21 @@ slice_param: {axis: 1, slice_point: [1]}
         out.append(dim - prev)
         return axis, out
 
+    def resolve(self, bottoms) -> tuple[int, tuple[int, ...]]:
+        """(axis, size of each piece), decided at plan time; apply reads it."""
+        axis, sizes = self.sizes(bottoms[0])
+        return axis, tuple(sizes)
+
     def infer(self, bottoms):
         x = bottoms[0]
-        axis, sizes = self.sizes(x)
+        axis, sizes = self.resolve(bottoms)
         return [x[:axis] + (s,) + x[axis + 1:] for s in sizes]
 
     def apply(self, params, bottoms, ctx):
         import jax
 
         x = bottoms[0]
-        axis, sizes = self.sizes(x.shape)
+        axis, sizes = ctx.layer.resolved
         out, start = [], 0
         for s in sizes:
             out.append(jax.lax.slice_in_dim(x, start, start + s, axis=axis))

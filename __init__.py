@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from netc.spec.errors import NetcError
+from netc.errors import NetcError
 
 __version__ = "0.1.0"
 

@@ -205,7 +205,7 @@ def _run_command(fn) -> None:
     """The one place a user-facing error becomes a message and an exit code: any NetcError
     (spec, run, data, checkpoint, export, artifact) prints its text (FILE:LINE:COL lines, then
     `error: ...`) and exits with its code; Ctrl-C outside training exits 130."""
-    from netc.spec.errors import NetcError
+    from netc.errors import NetcError
 
     try:
         code = fn()

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from netc.spec.errors import NetcError, SpecError
+from netc.errors import NetcError
+from netc.spec.errors import SpecError
 from netc.spec.messages import FillerParameter, Message
 
 # A blob shape in Caffe's order (N×C×H×W). Axis 0 may be the symbolic batch "N".

@@ -48,7 +48,7 @@ import numpy as np
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
-from netc.spec.errors import NetcError
+from netc.errors import NetcError
 
 __all__ = [
     "FORMAT",

@@ -50,7 +50,7 @@ from netc.compiler.layers.data import (
     is_label_map,
     transformed_label_shape,
 )
-from netc.spec.errors import NetcError
+from netc.errors import NetcError
 from netc.spec.messages import TransformationParameter
 
 __all__ = [

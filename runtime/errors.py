@@ -3,7 +3,7 @@ the CLI turns any NetcError into its text and exit code in one place)."""
 
 from __future__ import annotations
 
-from netc.spec.errors import NetcError
+from netc.errors import NetcError
 
 __all__ = ["NetcError", "RunError", "EXIT_OK", "EXIT_ERROR", "EXIT_DIVERGED", "EXIT_SIGINT",
            "EXIT_SIGTERM"]

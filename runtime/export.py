@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from netc.spec.errors import NetcError
+from netc.errors import NetcError
 
 __all__ = [
     "ARTIFACT_FORMAT",

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from netc.spec.errors import NetcError
+from netc.errors import NetcError
 
 __all__ = [
     "ExportedError",

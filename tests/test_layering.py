@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 from netc.compiler import layer, lower
-from netc.spec.errors import NetcError
+from netc.errors import NetcError
 
 LAYERS = Path(__file__).resolve().parents[1] / "compiler" / "layers"
 

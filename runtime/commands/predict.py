@@ -56,8 +56,8 @@ def check_inputs(plan, arrays: dict[str, np.ndarray], source: str) -> None:
 
 
 def choose_outputs(plan, requested: list[str] | None, given: set[str], source: str) -> list[str]:
-    """The blobs to compute: the requested ones, else the deploy net's outputs (those `netc
-    export` exports: losses, metrics and what reads labels dropped) computable from `given`."""
+    """The blobs to compute: the requested ones, else the net's outputs computable from `given`,
+    else the deploy outputs (those `netc export` exports) computable from it."""
     from netc.runtime.export import ExportError, deploy_graph
     from netc.spec.errors import did_you_mean
 
@@ -68,11 +68,17 @@ def choose_outputs(plan, requested: list[str] | None, given: set[str], source: s
                                f"{did_you_mean(b, plan.blobs)}")
         blobs = list(requested)
     else:
+        # the net's outputs the given arrays can compute; failing that (a train/test spec given
+        # only `data`), the deploy outputs `netc export` would export (the classifier's scores)
         try:
-            candidates = deploy_graph(plan).outputs
+            deploy = deploy_graph(plan).outputs
         except ExportError:
-            candidates = list(plan.outputs)
+            deploy = []
+        candidates = list(plan.outputs)
         blobs = [b for b in candidates if set(plan.needed_inputs([b])) <= given]
+        if not blobs:
+            candidates += [b for b in deploy if b not in candidates]
+            blobs = [b for b in deploy if set(plan.needed_inputs([b])) <= given]
         if not blobs:
             raise RunError(f"{source}: none of the net's outputs ({', '.join(candidates)}) can be "
                            f"computed from the given arrays ({', '.join(sorted(given))}); add "

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from netc.compiler.layer import fmt_shape
 from netc.errors import NetcError
 
 __all__ = [
@@ -216,12 +217,12 @@ def _load_weights(weights: Any, graph: DeployGraph) -> tuple[dict, dict, dict]:
             value = src[owner][role]
         except (KeyError, TypeError):
             raise ExportError(f"the weights have no {kind} '{owner}/{role}' (shape "
-                              f"{'×'.join(map(str, shape))}) needed by layer '{owner}'") from None
+                              f"{fmt_shape(shape)}) needed by layer '{owner}'") from None
         value = np.asarray(value)
         if tuple(value.shape) != shape:
-            raise ExportError(f"{kind} '{owner}/{role}' has shape {'×'.join(map(str, value.shape))} "
+            raise ExportError(f"{kind} '{owner}/{role}' has shape {fmt_shape(value.shape)} "
                               f"in the weights, but the spec declares "
-                              f"{'×'.join(map(str, shape))}")
+                              f"{fmt_shape(shape)}")
         total += value.nbytes
         (out_params if learned else out_state).setdefault(owner, {})[role] = value
     if total > MAX_CONSTANT_BYTES:

@@ -496,6 +496,15 @@ def training_warnings(spec: NetSpec, plans: dict[str, Plan]) -> None:
         spec.diagnostics.warning("the TRAIN net has no loss (no layer with a loss weight), so "
                                  "netc train has nothing to minimise: add a loss layer such as "
                                  "SoftmaxWithLoss, or a loss_weight", ("layers",))
+    if train is not None and not spec.diagnostics.errors and _fed_by_inputs_only(train):
+        spec.diagnostics.warning("the TRAIN net is fed only by Input layers, which hold no data: "
+                                 "netc train needs a Data layer with data_param.source (a .npz "
+                                 "file or netc:digits/train)", ("layers",))
+
+
+def _fed_by_inputs_only(plan: Plan) -> bool:
+    facts = [pl.unit.data_fact() for pl in plan.layers if pl.unit.is_data]
+    return bool(facts) and all(f is None or f.source is None for f in facts)
 
 
 __all__ = ["Plan", "PlannedLayer", "plan", "plan_all_phases", "training_warnings", "BATCH"]

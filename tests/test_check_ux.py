@@ -41,9 +41,9 @@ INPUTS = """
 name: t
 layers:
   - name: data
-    type: Input
+    type: Data
     top: [data, label]
-    input_param: {shape: [{dim: [2, 1, 8, 8]}, {dim: [2]}]}
+    data_param: {source: "netc:digits/train", batch_size: 2}
   - name: ip
     type: InnerProduct
     bottom: data
@@ -56,6 +56,8 @@ LOSS = """
     bottom: [ip, label]
     top: loss
 """
+OLD_IN = '  - name: data\n    type: Input\n    top: [data, label]\n    input_param: {shape: [{dim: [2, 1, 8, 8]}, {dim: [2]}]}\n'
+NEW_IN = '  - name: data\n    type: Data\n    top: [data, label]\n    data_param: {source: "netc:digits/train", batch_size: 2}\n'
 SOLVER = "solver: {base_lr: 0.1, lr_policy: fixed, max_iter: 10}\n"
 
 
@@ -116,6 +118,16 @@ def test_no_loss_warning_is_not_a_cascade_of_a_failed_loss_layer(tmp_path):
     code, _, err = cli("check", path)
     assert code == 1 and len(err.splitlines()) == 1
     assert "loss_param.ignore_lable: unknown field (did you mean 'ignore_label'?)" in err
+
+
+def test_check_warns_a_train_net_fed_only_by_input_layers(tmp_path):
+    """netc train refuses a TRAIN net whose data layers hold no data: check says so first."""
+    path = write(tmp_path, INPUTS.replace(NEW_IN, OLD_IN) + LOSS + SOLVER)
+    code, _, err = cli("check", path)
+    assert code == 0 and err.splitlines() == [
+        f"{path}:2:1: warning: the TRAIN net is fed only by Input layers, which hold no data: "
+        "netc train needs a Data layer with data_param.source (a .npz file or "
+        "netc:digits/train)"]
 
 
 def test_deploy_nets_get_no_training_warnings(tmp_path):
@@ -281,7 +293,7 @@ TYPO_NEXT = """
      "unknown field (did you mean 'kernel_size'?)"),
     ("{num_output: 4, kernel_size: 50}",  # shape inference
      "spec.yaml:12:40: error: layer 'conv1' (Convolution): convolution_param.kernel_size: output "
-     "would be empty: input 2×1×8×8, on axis H the padded input 8 + 2·0 = 8 is smaller than the "
+     "would be empty: input 2×1×28×28, on axis H the padded input 28 + 2·0 = 28 is smaller than the "
      "kernel extent 50"),
 ])
 def test_a_failed_layer_still_declares_its_tops_for_suggestions(check_spec, params, error):

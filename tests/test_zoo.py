@@ -298,20 +298,22 @@ def test_forward_backward(name, tmp_path):
     # netc's fillers cost more compile time than the step itself (one XLA program per blob shape);
     # the step only needs values of the right shapes: init's structure (eval_shape, nothing
     # compiled), filled from NumPy — weights N(0, 1/fan_in), vectors (biases, γ, BN state) ones.
+    # NumPy arrays all through (jnp.ones would compile a broadcast per distinct shape): the
+    # compiled step takes them as they are.
     shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0))
 
     def fill(s):
         if len(s.shape) >= 2:
             fan_in = math.prod(s.shape[1:])
-            return jnp.asarray(rng.standard_normal(s.shape) / math.sqrt(fan_in), jnp.float32)
-        return jnp.ones(s.shape, jnp.float32)
+            return (rng.standard_normal(s.shape) / math.sqrt(fan_in)).astype(np.float32)
+        return np.ones(s.shape, np.float32)
 
     params, state = jax.tree_util.tree_map(fill, shapes)
-    inputs = {b: jnp.asarray(rng.standard_normal(p.blobs[b]), jnp.float32) for b in p.inputs}
+    inputs = {b: rng.standard_normal(p.blobs[b]).astype(np.float32) for b in p.inputs}
 
     # Σ outputs, each element weighted by a fixed random number: a plain sum of a Softmax top is
     # always 1 (zero gradient), as it is for the Caffe deploy nets' `prob`.
-    weights = {o: jnp.asarray(rng.standard_normal(p.blobs[o]), jnp.float32) for o in p.outputs}
+    weights = {o: rng.standard_normal(p.blobs[o]).astype(np.float32) for o in p.outputs}
 
     def objective(params, state, inputs, key):
         blobs, new_state = net.apply(params, state, inputs, rng=key)

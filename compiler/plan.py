@@ -184,7 +184,7 @@ class _Planner:
         # still uses its bottoms, so they are never reported as unused outputs.
         self.consumed: set[str] = {b for _, layer in self.active for b in layer.bottom}
         self.consumed |= spec.failed_bottoms
-        self.names: dict[str, int] = {}
+        self.names: dict[str, tuple] = {}  # layer name -> the YAML path of its first layer
         self.shared: dict[str, tuple[tuple[str, str], ParamDecl]] = {}
         self.out = Plan(spec, state, [], self.blobs, [], [], diags, batch)
 
@@ -197,7 +197,7 @@ class _Planner:
 
     def _layer(self, k: int, i: int, layer) -> None:
         path, prefix = self.spec.layer_paths[i], _layer_prefix(layer)
-        if not self._unique_name(layer, i, path, prefix):
+        if not self._unique_name(layer, path, prefix):
             return
         unit = self.registry[layer.type](layer, self.spec.spec_dir)
         if not self._arity(unit, path, prefix):
@@ -229,13 +229,15 @@ class _Planner:
     def _poison(self, layer) -> None:
         self.poisoned.update(t for t in layer.top if t not in self.blobs)
 
-    def _unique_name(self, layer, i: int, path: tuple, prefix: str) -> bool:
-        if layer.name in self.names:
-            self.diags.error(f"{prefix}name: another layer in the {self.state.phase} net is also "
-                             f"called '{layer.name}'; parameters are keyed by layer name",
+    def _unique_name(self, layer, path: tuple, prefix: str) -> bool:
+        first = self.names.get(layer.name)
+        if first is not None:
+            line, _ = self.diags.locate(first + ("name",))
+            self.diags.error(f"{prefix}name: another layer is also called '{layer.name}' (first at "
+                             f"{self.diags.file}:{line}); parameters are keyed by layer name",
                              path + ("name",))
             return False
-        self.names[layer.name] = i
+        self.names[layer.name] = path
         return True
 
     def _arity(self, unit: Layer, path: tuple, prefix: str) -> bool:

@@ -77,7 +77,7 @@ class SolverRule:
 
     @property
     def info(self) -> SolverTypeInfo:
-        return SolverTypeInfo(self.name, self.summary, self.reads)
+        return SolverTypeInfo(self.name, self.summary, self.reads, len(self.histories))
 
 
 def _sgd(g, hs, rate, c):

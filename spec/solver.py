@@ -63,11 +63,14 @@ UPDATE_HYPERS = ("momentum", "momentum2", "delta", "rms_decay")
 class SolverTypeInfo:
     """What the spec language knows of a solver type: its ``type:`` name, one line for docs and
     errors, and which of :data:`UPDATE_HYPERS` its update rule reads (``momentum`` given to a type
-    that does not read it is refused, as Caffe refuses it for AdaGrad and RMSProp)."""
+    that does not read it is refused, as Caffe refuses it for AdaGrad and RMSProp), and how many
+    history blobs per parameter its state holds (``histories``: the optimizer-state part of
+    ``netc check``'s memory estimate; ``register_solver`` fills it from the rule)."""
 
     name: str
     summary: str
     reads: tuple[str, ...] = ()
+    histories: int | None = None  # history blobs per parameter (optimizer state); None: unknown
 
     def __post_init__(self) -> None:
         unknown = set(self.reads) - set(UPDATE_HYPERS)
@@ -80,16 +83,17 @@ SOLVER_TYPES: dict[str, SolverTypeInfo] = {
     info.name: info
     for info in (
         SolverTypeInfo("SGD", "Caffe's SGD: history = momentum*history + lr*g; w -= history",
-                       ("momentum",)),
-        SolverTypeInfo("Nesterov", "Nesterov's accelerated gradient, Caffe's form", ("momentum",)),
-        SolverTypeInfo("AdaGrad", "AdaGrad (Duchi et al.)", ("delta",)),
-        SolverTypeInfo("RMSProp", "RMSProp with rms_decay (Tieleman & Hinton)", ("delta", "rms_decay")),
+                       ("momentum",), 1),
+        SolverTypeInfo("Nesterov", "Nesterov's accelerated gradient, Caffe's form", ("momentum",), 1),
+        SolverTypeInfo("AdaGrad", "AdaGrad (Duchi et al.)", ("delta",), 1),
+        SolverTypeInfo("RMSProp", "RMSProp with rms_decay (Tieleman & Hinton)", ("delta", "rms_decay"),
+                       1),
         SolverTypeInfo("AdaDelta", "AdaDelta (Zeiler), times the learning rate as in Caffe",
-                       ("momentum", "delta")),
+                       ("momentum", "delta"), 2),
         SolverTypeInfo("Adam", "Adam (Kingma & Ba): momentum = beta1, momentum2 = beta2",
-                       ("momentum", "momentum2", "delta")),
+                       ("momentum", "momentum2", "delta"), 2),
         SolverTypeInfo("AdamW", "netc: Adam with decoupled weight decay (Loshchilov & Hutter)",
-                       ("momentum", "momentum2", "delta")),
+                       ("momentum", "momentum2", "delta"), 2),
     )
 }
 

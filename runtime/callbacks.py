@@ -11,6 +11,7 @@ subclass `Callback` to get one `on_<kind>(solver, event)` method per event kind.
     checkpoint  a snapshot is about to be taken (data: params, host arrays); a callback may veto
                 it by raising Diverged
     snapshot    a checkpoint was written (data: path)
+    warning     something the user should know (data: message), e.g. a damaged checkpoint skipped
     stop        the run stops early (data: reason, detail, path)
     done        the run finished (data: the summary)
 
@@ -82,7 +83,9 @@ class MetricsLog(Callback):
 
     def __init__(self, path: Path):
         self.path = path
-        self.f = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        from netc.runtime.rundir import open_append
+
+        self.f = open_append(path)  # never through a link out of the run directory
 
     def write(self, event: str, **fields: Any) -> None:
         rec = {"event": event, **fields, "time": round(time.time(), 3)}
@@ -98,6 +101,9 @@ class MetricsLog(Callback):
 
     def on_snapshot(self, solver, e: Event) -> None:
         self.write("snapshot", iter=e.iter, path=Path(e.data["path"]).name)
+
+    def on_warning(self, solver, e: Event) -> None:
+        self.write("warning", iter=e.iter, message=e.data["message"])
 
     def on_stop(self, solver, e: Event) -> None:
         extra = {"detail": e.data["detail"]} if e.data.get("detail") else {}
@@ -179,6 +185,11 @@ class Progress(Callback):
         if d["resumed"] and e.iter >= self.max_iter:
             self.echo(f"Nothing to do: the run is at iteration {e.iter} and max_iter is "
                       f"{self.max_iter} (pass --max-iter to train longer)")
+
+    def on_warning(self, solver, e: Event) -> None:
+        self.clear()
+        self.err.write(f"warning: {e.data['message']}\n")
+        self.err.flush()
 
     def on_iteration(self, solver, e: Event) -> None:
         if self.live:

@@ -574,14 +574,20 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[
     return tree, meta
 
 
-def verify_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """True when the checkpoint's JSON is valid and its tensors file has the recorded size and sha256."""
+def checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the checkpoint cannot be used (its JSON invalid, its tensors file missing, truncated or
+    failing its sha256), or None when it verifies."""
     try:
         json_path, _ = checkpoint_paths(path)
         _read_verified_tensors(json_path, read_checkpoint_meta(json_path))
-    except CheckpointError:
-        return False
-    return True
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
+def verify_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """True when the checkpoint's JSON is valid and its tensors file has the recorded size and sha256."""
+    return checkpoint_problem(path) is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -589,7 +595,11 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _committed(run_dir: Path, prefix: str | None) -> list[tuple[int, str, Path]]:
+_SNAPSHOT_NAME = re.compile(r".+_iter_\d+")
+
+
+def _committed(run_dir: Path, prefix: str | None,
+               damaged: list | None = None) -> list[tuple[int, str, Path]]:
     found: list[tuple[int, str, Path]] = []
     try:
         entries = list(os.scandir(run_dir))
@@ -605,8 +615,12 @@ def _committed(run_dir: Path, prefix: str | None) -> list[tuple[int, str, Path]]
         json_path = run_dir / name
         try:
             record = read_checkpoint_meta(json_path)
-        except CheckpointError:
-            continue  # other JSON (metrics, spec copies) or a damaged record
+        except CheckpointError as e:
+            # other JSON (solver.json, spec copies), or a damaged record: named like a snapshot
+            # (<prefix>_iter_<N>.json) it is reported to `damaged`
+            if damaged is not None and _SNAPSHOT_NAME.fullmatch(stem):
+                damaged.append((json_path, str(e)))
+            continue
         found.append((record["iteration"], stem, json_path))
     found.sort(key=lambda t: (t[0], t[1]))
     return found
@@ -621,15 +635,34 @@ def list_checkpoints(run_dir: str | os.PathLike[str], prefix: str | None = None)
     return [p for _, _, p in _committed(Path(run_dir), prefix)]
 
 
-def latest_checkpoint(run_dir: str | os.PathLike[str], prefix: str | None = None) -> Path | None:
+def latest_checkpoint(run_dir: str | os.PathLike[str], prefix: str | None = None,
+                      skipped: list | None = None) -> Path | None:
     """JSON path of the newest checkpoint that passes verification, or None.
 
-    Checkpoints whose tensors file is missing, truncated or fails its sha256 are skipped.
+    Checkpoints whose tensors file is missing, truncated or fails its sha256 are skipped; so are
+    snapshot records whose JSON is damaged. Each skipped checkpoint NEWER than the one returned is
+    appended to `skipped` as (path, reason), so callers can say that they fell back and why.
     """
-    for path in reversed(list_checkpoints(run_dir, prefix)):
-        if verify_checkpoint(path):
-            return path
-    return None
+    damaged: list = []
+    committed = _committed(Path(run_dir), prefix, damaged)
+    chosen = None
+    problems = []
+    for _, _, path in reversed(committed):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            chosen = path
+            break
+        problems.append((path, problem))
+    if skipped is not None:
+        newest = read_checkpoint_meta(chosen)["iteration"] if chosen is not None else -1
+        late = [(p, why) for p, why in damaged if _iteration_of(p) > newest]
+        skipped.extend(sorted(problems + late, key=lambda t: -_iteration_of(t[0])))
+    return chosen
+
+
+def _iteration_of(path: Path) -> int:
+    m = re.search(r"_iter_(\d+)$", Path(path).name[: -len(META_SUFFIX)])
+    return int(m.group(1)) if m else -1
 
 
 def keep_last(run_dir: str | os.PathLike[str], n: int, prefix: str | None = None) -> list[Path]:

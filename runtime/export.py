@@ -180,9 +180,11 @@ def _load_weights(weights: Any, graph: DeployGraph) -> tuple[dict, dict, dict]:
     trainer's {"params": ..., "state": ...} or a plain {layer: {role: array}}."""
     provenance: dict[str, Any] = {}
     if isinstance(weights, (str, os.PathLike)) and Path(weights).is_dir():
-        from netc.runtime.checkpoint import latest_checkpoint
+        import sys
 
-        found = latest_checkpoint(weights)
+        from netc.runtime.rundir import newest_checkpoint
+
+        found = newest_checkpoint(weights, warn=lambda m: sys.stderr.write(f"warning: {m}\n"))
         if found is None:
             raise ExportError(f"{weights}: no checkpoint in this run directory")
         weights = found

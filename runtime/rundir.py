@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
 
 from netc.runtime.errors import RunError
 
-__all__ = ["slug", "resolve_run_dir", "new_run_dir", "read_metrics", "trim_metrics"]
+__all__ = ["slug", "resolve_run_dir", "new_run_dir", "read_metrics", "trim_metrics",
+           "newest_checkpoint", "foreign_files", "RunLock", "open_append", "LOCK_FILE"]
+
+
+def newest_checkpoint(run_dir, warn=None) -> Path | None:
+    """The run's newest checkpoint that verifies. Falling back past damaged ones is right;
+    doing it silently is not: each damaged newer checkpoint is reported through `warn(message)`
+    (naming the file, why, and which checkpoint is used instead)."""
+    from netc.runtime.checkpoint import latest_checkpoint
+
+    skipped: list = []
+    found = latest_checkpoint(run_dir, skipped=skipped)
+    if warn is not None:
+        used = found.name if found is not None else "none (no checkpoint verifies)"
+        for path, why in skipped:
+            warn(f"checkpoint {path} is damaged ({why}); using {used} instead")
+    return found
 
 
 def slug(name: str) -> str:
@@ -97,3 +114,65 @@ def trim_metrics(path: Path, iteration: int, checkpoint: Path | None = None) -> 
     text = "".join(json.dumps(r) + "\n" for r in kept)
     write_bytes_atomic(path, text.encode("utf-8"))
     return kept
+
+
+# --- owning a run directory -------------------------------------------------------------------
+
+LOCK_FILE = ".netc.lock"
+_OWN_NAMES = ("spec.yaml", "solver.yaml", "solver.json", "metrics.jsonl")
+
+
+def foreign_files(run_dir: Path) -> list[str]:
+    """Files in `run_dir` a fresh run would write over: netc's own names (spec.yaml, solver.json,
+    metrics.jsonl, checkpoints) that are already there. Other files are left alone."""
+    if not run_dir.exists():
+        return []
+    if not run_dir.is_dir():
+        raise RunError(f"--out {run_dir}: not a directory")
+    found = []
+    for entry in sorted(os.listdir(run_dir)):
+        if entry in _OWN_NAMES or re.fullmatch(r".+_iter_\d+\.(json|safetensors)", entry):
+            found.append(entry)
+    return found
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as one trainer uses it: a second
+    `netc train` on the same directory is refused. It is an flock on `.netc.lock`, which the
+    kernel drops when the process ends however it ends (SIGKILL included), so a killed run never
+    leaves the directory stuck."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+
+        path = run_dir / LOCK_FILE
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            raise RunError(f"{path}: cannot create the run lock: {e.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(self.fd, 64).decode("ascii", "replace").strip() or "?"
+            os.close(self.fd)
+            self.fd = None
+            raise RunError(f"{run_dir}: another netc train (pid {holder}) is using this run "
+                           "directory; wait for it to finish or choose another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+
+def open_append(path: Path):
+    """Open a file of the run for appending without following a symbolic link out of the run
+    directory (a link there is an error, not a redirection)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        why = "it is a symbolic link" if os.path.islink(path) else e.strerror
+        raise RunError(f"{path}: cannot write the run's log: {why}") from None
+    return os.fdopen(fd, "a", encoding="utf-8")

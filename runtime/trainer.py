@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import signal
 import sys
 import time
@@ -56,7 +55,15 @@ import numpy as np
 from netc.runtime.callbacks import Diverged, Event, MetricsLog, NanGuard, Progress
 from netc.runtime.context import RunContext, load_context
 from netc.runtime.errors import EXIT_DIVERGED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, RunError
-from netc.runtime.rundir import new_run_dir, resolve_run_dir, slug, trim_metrics
+from netc.runtime.rundir import (
+    RunLock,
+    foreign_files,
+    new_run_dir,
+    newest_checkpoint,
+    resolve_run_dir,
+    slug,
+    trim_metrics,
+)
 
 __all__ = ["TrainConfig", "SolverSettings", "Solver", "train", "resolve_settings",
            "make_train_step", "EXIT_DIVERGED"]
@@ -99,6 +106,7 @@ class SolverSettings:
     data: str | None  # the TRAIN Data layer's source override (--data, or the resumed run's)
     test_iter: int
     snapshot_prefix: str
+    notes: tuple[str, ...] = ()  # warnings found while resolving (e.g. a damaged checkpoint)
 
     @property
     def resumed(self) -> bool:
@@ -115,11 +123,11 @@ def _check_flags(cfg: TrainConfig) -> None:
         raise RunError("--resume continues in the run's own directory; do not pass --out")
 
 
-def _resume_point(cfg: TrainConfig, spec_slug: str) -> tuple[Path, Path, dict]:
-    from netc.runtime.checkpoint import CheckpointError, latest_checkpoint, read_checkpoint_meta
+def _resume_point(cfg: TrainConfig, spec_slug: str, notes: list) -> tuple[Path, Path, dict]:
+    from netc.runtime.checkpoint import CheckpointError, read_checkpoint_meta
 
     run_dir = resolve_run_dir(cfg.resume, spec_slug, cfg.runs_root)
-    path = latest_checkpoint(run_dir)
+    path = newest_checkpoint(run_dir, warn=notes.append)
     if path is None:
         raise RunError(f"{run_dir}: no complete checkpoint to resume from")
     try:
@@ -139,6 +147,10 @@ def _fresh_run_dir(cfg: TrainConfig, spec_slug: str) -> Path:
     if list_checkpoints(run_dir):
         raise RunError(f"--out {run_dir}: the directory already holds a run's checkpoints; "
                        f"continue it with --resume {run_dir} or choose another directory")
+    taken = foreign_files(run_dir)
+    if taken:  # never overwrite what netc did not write in this run
+        raise RunError(f"--out {run_dir}: the directory already holds {', '.join(taken)}, which a "
+                       "new run would overwrite; choose an empty or new directory")
     return run_dir
 
 
@@ -178,8 +190,9 @@ def resolve_settings(cfg: TrainConfig, err: TextIO | None = None) -> SolverSetti
         raise RunError(f"{cfg.spec}: no solver: add a `solver:` section to the spec or pass "
                        "--solver FILE")
     spec_slug = slug(ctx.spec.name or Path(cfg.spec).stem)
+    notes: list[str] = []
     if cfg.resume:
-        run_dir, ckpt, meta = _resume_point(cfg, spec_slug)
+        run_dir, ckpt, meta = _resume_point(cfg, spec_slug, notes)
     else:
         run_dir, ckpt, meta = _fresh_run_dir(cfg, spec_slug), None, None
     data = cfg.data if cfg.data is not None or meta is None else meta.get("data")
@@ -189,7 +202,7 @@ def resolve_settings(cfg: TrainConfig, err: TextIO | None = None) -> SolverSetti
     test_iter = int(sp.test_iter[0]) if sp.test_iter else 0
     prefix = slug(os.path.basename(sp.snapshot_prefix or "") or spec_slug)
     return SolverSettings(cfg, ctx, sp, spec_slug, run_dir, ckpt, meta, _seed(cfg, sp, meta, err),
-                          _max_iter(cfg, sp, meta), data, test_iter, prefix)
+                          _max_iter(cfg, sp, meta), data, test_iter, prefix, tuple(notes))
 
 
 # --- the jitted step --------------------------------------------------------------------------
@@ -297,14 +310,26 @@ class Solver:
         s = config if isinstance(config, SolverSettings) else resolve_settings(config, self.err)
         self.settings = s
         self.stop_reason: str | None = None
+        self._lock = None
+        self._notes: list[str] = list(s.notes)
+        self.callbacks: list = []
         self.iter = 0
         self._pending_snapshot = None
         self._next_batch = None
         self.streams: list = []
         self._build_plans()
         self._build_nets()
-        self._prepare_run_dir()
+        try:
+            self._prepare_run_dir()
+        except OSError as e:
+            self.close()
+            raise RunError(_io_message(e, f"cannot write the run directory {s.run_dir}")) from None
+        except BaseException:
+            self.close()
+            raise
         self.callbacks = list(self._default_callbacks() if default_callbacks else []) + list(callbacks)
+        for note in self._notes:
+            self.emit("warning", self.iter, message=note)
         self._start_streams(s.checkpoint_meta.get("data_position") if s.resumed else None)
         self.timer = Timer()
         self._window = None  # (time, iteration) where the current display interval began
@@ -408,16 +433,18 @@ class Solver:
 
         s = self.settings
         s.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = RunLock(s.run_dir)  # before anything is written
         metrics_path = s.run_dir / "metrics.jsonl"
         if s.resumed:
             self.history = trim_metrics(metrics_path, self.iter, Path(s.checkpoint))
         else:
             self.history = []
-            shutil.copyfile(s.context.spec.file, s.run_dir / "spec.yaml")
+            # atomic writes replace a name; they never write through a link out of the folder
+            ckpt.write_bytes_atomic(s.run_dir / "spec.yaml", Path(s.context.spec.file).read_bytes())
             solver_file = s.config.solver or s.context.spec.solver_file
             if solver_file:
-                shutil.copyfile(solver_file, s.run_dir / "solver.yaml")
-            metrics_path.write_text("")
+                ckpt.write_bytes_atomic(s.run_dir / "solver.yaml", Path(solver_file).read_bytes())
+            ckpt.write_bytes_atomic(metrics_path, b"")
         backend, devices = _backend()
         doc = s.context.solver.record(backend)  # what netc does, not the ignored fields
         doc.update({"max_iter": s.max_iter, "random_seed": s.seed, "devices": devices})
@@ -451,6 +478,13 @@ class Solver:
         event = Event(kind, it, data)
         for cb in self.callbacks:
             cb(self, event)
+
+    def _warn(self, message: str) -> None:
+        """A warning event (stderr and metrics.jsonl); held until the callbacks exist."""
+        if self.callbacks:
+            self.emit("warning", self.iter, message=message)
+        else:
+            self._notes.append(message)
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step, with a snapshot (a signal, or a callback's decision)."""
@@ -571,7 +605,7 @@ class Solver:
             "iteration": self.iter, "seed": s.seed, "max_iter": s.max_iter, "data": s.data,
             "data_position": self.positions, "arch": self.arch, "arch_digest": self.digest,
             "solver_type": s.sp.type, "spec": s.context.spec.name,
-            "recent_losses": list(self.losses),
+            "recent_losses": list(self.losses), "versions": _versions(),
         }
         tensors = {"params": params, "state": self._host(self.state),
                    "opt_state": self._host(self.opt_state)}
@@ -588,8 +622,15 @@ class Solver:
         t0 = time.perf_counter()
         it, tensors, meta = self._pending_snapshot
         self._pending_snapshot = None
-        path = ckpt.save_checkpoint(self.settings.run_dir, f"{self.settings.snapshot_prefix}"
-                                    f"_iter_{it}", tensors, meta)
+        stem = f"{self.settings.snapshot_prefix}_iter_{it}"
+        try:
+            path = ckpt.save_checkpoint(self.settings.run_dir, stem, tensors, meta)
+        except OSError as e:
+            kept = ckpt.latest_checkpoint(self.settings.run_dir)
+            raise RunError(_io_message(e, f"cannot write checkpoint {stem} in "
+                                          f"{self.settings.run_dir}") + "; the previous "
+                           f"checkpoint {'is kept: ' + str(kept) if kept else 'does not exist'}"
+                           ) from None
         self.timer.add("snap_s", time.perf_counter() - t0)
         self.emit("snapshot", it, path=path)
         return path
@@ -621,6 +662,13 @@ class Solver:
                            "spec and solver need")
         self.params, self.state, self.opt_state = loaded
         self.iter = self.last_snapshot = int(meta["iteration"])
+        then, now = meta.get("versions"), _versions()
+        if then != now:
+            differ = ", ".join(f"{k} {(then or {}).get(k, '?')} -> {v}" for k, v in now.items()
+                               if (then or {}).get(k) != v)
+            self._warn(f"{Path(path).name} was written by different software or hardware "
+                       f"({differ}): the resumed run is not promised to be bitwise equal to an "
+                       "uninterrupted one")
         self.losses.clear()
         self.losses.extend(float(x) for x in meta.get("recent_losses", []))
         if self.streams:
@@ -696,11 +744,15 @@ class Solver:
             return EXIT_OK
         except Diverged as e:
             return self._diverged(e)
+        except OSError as e:  # the run directory became unwritable (read-only, disk full...)
+            raise RunError(_io_message(e, f"cannot write to the run directory {self.settings.run_dir}")
+                           ) from None
         finally:
             _restore_signal_handlers(old)
             self.close()
 
     def close(self) -> None:
+        """Stop the data streams, close the callbacks and release the run directory."""
         for st in self.streams:
             st.close()
         self.streams = []
@@ -709,6 +761,27 @@ class Solver:
             if close is not None:
                 close()
         self.callbacks = []
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+def _io_message(e: OSError, what: str) -> str:
+    where = f" ({e.filename})" if e.filename else ""
+    return f"{what}{where}: {e.strerror or e}"
+
+
+def _versions() -> dict[str, str]:
+    """What produced a checkpoint: bitwise-exact resume is promised only on the same ones."""
+    import platform
+
+    import jax
+    import jaxlib
+
+    import netc
+
+    return {"netc": netc.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "backend": jax.default_backend(), "machine": platform.machine()}
 
 
 def _install_signal_handlers(solver: Solver) -> dict:

@@ -68,7 +68,7 @@ def architecture_diff(saved: list, now: list, saved_solver: str, now_solver: str
 # --- weights ---
 
 
-def read_weights(path: str) -> tuple[dict, dict]:
+def read_weights(path: str, err=None) -> tuple[dict, dict]:
     """(params-like tree, state-like tree) from a netc checkpoint (a run's snapshot, which holds
     `params` / `state` / `opt_state`, or any checkpoint of {layer: {role: array}}) or an .npz whose
     keys are `layer/role`. Raises RunError."""
@@ -76,9 +76,9 @@ def read_weights(path: str) -> tuple[dict, dict]:
 
     p = Path(path)
     if p.is_dir():
-        from netc.runtime.checkpoint import latest_checkpoint
+        from netc.runtime.rundir import newest_checkpoint
 
-        found = latest_checkpoint(p)
+        found = newest_checkpoint(p, warn=(lambda m: err.write(f"warning: {m}\n")) if err else None)
         if found is None:
             raise RunError(f"{path}: no checkpoint in this directory")
         p = found
@@ -164,7 +164,7 @@ def init_with_weights(net, weights: str, err=None, rng=None) -> tuple[dict, dict
     import jax
 
     params, state = net.init(rng if rng is not None else jax.random.PRNGKey(0))
-    wparams, wstate = read_weights(weights)
+    wparams, wstate = read_weights(weights, err)
     params, state, report = apply_weights(params, state, wparams, wstate)
     if err is not None:
         for line in report.lines():

@@ -12,6 +12,7 @@ def check_file(path: str, *, phase: str | None = None, stages=(), level: int = 0
     their diagnostics merged, and warn where `netc train` would refuse it. Returns (spec, the
     plan of `shown` (default: `phase`, else TRAIN), or None when nothing could be planned)."""
     from netc.compiler.catalogue import layer_models
+    from netc.compiler.memory import check_memory
     from netc.compiler.plan import plan_all_phases, training_warnings
     from netc.spec.net import parse_spec
 
@@ -20,12 +21,18 @@ def check_file(path: str, *, phase: str | None = None, stages=(), level: int = 0
         return spec, None
     plans = plan_all_phases(spec, stages=stages, level=level, batch=batch, phase=phase)
     training_warnings(spec, plans)
+    sized = plans.get("TRAIN") or plans[phase or "TEST"]
+    if not spec.diagnostics.errors:  # a net that failed to plan has no trustworthy sizes
+        check_memory(spec, sized)
     return spec, plans[shown or phase or "TRAIN"]
 
 
 def check_report(spec, plan) -> dict:
     """The spec's diagnostics and, when it planned, every layer's shapes, parameters, MACs and
-    receptive field, with the totals."""
+    receptive field, with the totals and the training-memory estimate (`memory`: bytes per part,
+    the batch they are counted at; see compiler/memory.py)."""
+    from netc.compiler.memory import estimate_for
+
     diags = spec.diagnostics.sorted()
     doc = {
         "file": spec.diagnostics.file,
@@ -52,6 +59,7 @@ def check_report(spec, plan) -> dict:
             "params": {"trainable": trainable, "non_trainable": frozen},
             "macs": plan.macs,
             "activation_bytes": plan.activation_bytes(),
+            "memory": estimate_for(spec, plan).to_json(),
             "inputs": {b: list(plan.blobs[b]) for b in plan.inputs},
             "outputs": {b: list(plan.blobs[b]) for b in plan.outputs},
         })

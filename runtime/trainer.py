@@ -346,7 +346,15 @@ class Solver:
         if not self.train_plan.has_loss:
             raise RunError(f"{s.config.spec}: the TRAIN net has no loss (no layer with a "
                            "loss_weight), so there is nothing to minimise")
+        import jax
+
+        from netc.compiler import memory
         from netc.runtime.feeds import data_feeds, input_only
+
+        too_big = memory.refusal(self.train_plan, s.sp.type, memory.available_bytes(jax.devices()[0]),
+                                 iter_size=int(s.sp.iter_size))
+        if too_big:  # before any parameter, optimizer state or batch is allocated
+            raise RunError(f"{s.config.spec}: {too_big}")
 
         self.feeds = data_feeds(self.train_plan, spec.spec_dir)
         if not self.feeds:

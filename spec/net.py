@@ -23,7 +23,8 @@ from netc.spec.messages import (
     Phase,
     Repeated,
 )
-from netc.spec.yaml_io import YamlError, read_yaml
+from netc.spec.files import FileRefused, read_regular
+from netc.spec.yaml_io import MAX_BYTES, YamlError, read_yaml
 
 # Every layer type BVLC Caffe registers (REGISTER_LAYER_CLASS / REGISTER_LAYER_CREATOR in
 # src/caffe/layers/*.cpp and layer_factory.cpp, at 9b89154). A type here that netc's registry
@@ -259,8 +260,10 @@ def _names_along(model: type[BaseModel], loc: tuple) -> set[str]:
 def read_document(path: str, diags: Diagnostics) -> Any:
     """Read a YAML file into plain data, recording positions; errors go to `diags`."""
     try:
-        with open(path, "rb") as f:
-            text = f.read(64 * 1024 * 1024 + 1)
+        text = read_regular(path, MAX_BYTES)
+    except FileRefused as e:
+        diags.error(f"cannot read this file: it {e.message}")
+        return None
     except OSError as e:
         diags.error(f"cannot read file: {e.strerror}")
         return None

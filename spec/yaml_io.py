@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 from yaml.composer import Composer
+from yaml.events import AliasEvent, ScalarEvent, SequenceStartEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.parser import Parser
 from yaml.reader import Reader
@@ -28,7 +29,6 @@ from netc.spec.errors import Path
 
 MAX_BYTES = 8 * 1024 * 1024
 MAX_DEPTH = 64
-MAX_NODES = 200_000
 
 _TAG = "tag:yaml.org,2002:"
 STR, INT, FLOAT, BOOL, NULL, MAP, SEQ, MERGE = (
@@ -55,20 +55,77 @@ for _tag, _regexp, _first in [
     _CoreResolver.add_implicit_resolver(_tag, re.compile(_regexp), list(_first))
 
 
+# What the composer and the builder refuse. A spec is at most MAX_BYTES; MAX_NODES is the number of
+# nodes written in it (keys, values, list items: ~10 per small layer, so 100,000 layers is about
+# 1,000,000 nodes, ~1 GB of PyYAML nodes at most), counted while composing so that a file that is
+# too big is refused before it costs memory. Aliases (`*a`) and merge keys (`<<: *a`) may add at most
+# MAX_ALIAS_NODES more nodes (the "billion laughs" is refused within that many). MAX_DEPTH bounds
+# nesting, merge chains included (Python's recursion would end first otherwise).
+MAX_NODES = 2_000_000
+MAX_ALIAS_NODES = 200_000
+
+
 class _BoundedComposer(Composer):
-    """Composer that refuses documents nested deeper than MAX_DEPTH."""
+    """Composer that counts nodes and nesting as it composes, refusing a document past MAX_NODES or
+    MAX_DEPTH before composing the rest; `!` (the non-specific tag) makes a string, as YAML says."""
 
     _depth = 0
+    nodes = 0
 
     def compose_node(self, parent, index):  # noqa: D401 - PyYAML's hook
+        event = self.peek_event()
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _MarkedError(f"the document has more than {MAX_NODES:,} YAML nodes (keys, values "
+                               f"and list items); refusing to read it", event.start_mark)
+        if isinstance(event, AliasEvent):
+            self.get_event()
+            if event.anchor not in self.anchors:
+                raise _MarkedError(f"found undefined alias '{event.anchor}'", event.start_mark)
+            return self.anchors[event.anchor]
+        if event.anchor is not None and event.anchor in self.anchors:
+            first = self.anchors[event.anchor].start_mark.line + 1
+            raise _MarkedError(f"anchor '&{event.anchor}' is defined twice (first on line {first})",
+                               event.start_mark)
+        if isinstance(event, ScalarEvent):
+            return self.compose_scalar_node(event.anchor)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
-                raise _MarkedError(f"YAML nesting is deeper than {MAX_DEPTH} levels", mark)
-            return super().compose_node(parent, index)
+                raise _MarkedError(f"YAML nesting is deeper than {MAX_DEPTH} levels", event.start_mark)
+            if isinstance(event, SequenceStartEvent):
+                return self.compose_sequence_node(event.anchor)
+            return self.compose_mapping_node(event.anchor)
         finally:
             self._depth -= 1
+
+    def compose_scalar_node(self, anchor):
+        event = self.get_event()
+        tag = event.tag
+        if tag == "!":
+            tag = STR
+        elif tag is None:
+            tag = self.resolve(ScalarNode, event.value, event.implicit)
+        node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+        if anchor is not None:
+            self.anchors[anchor] = node
+        return node
+
+    # No path resolvers: these PyYAML hooks do nothing here.
+    def descend_resolver(self, current_node, current_index):
+        pass
+
+    def ascend_resolver(self):
+        pass
+
+    def resolve(self, kind, value, implicit):
+        if kind is not ScalarNode:
+            return SEQ if kind is SequenceNode else MAP
+        if implicit[0]:
+            for tag, regexp in self.yaml_implicit_resolvers.get(value[:1], ()):
+                if regexp.match(value):
+                    return tag
+        return STR
 
 
 class _MarkedError(Exception):
@@ -79,13 +136,27 @@ class _MarkedError(Exception):
         self.col = mark.column + 1 if mark else 1
 
 
-class _Loader(Reader, Scanner, Parser, _BoundedComposer, _CoreResolver):
+class _PyLoader(Reader, Scanner, Parser, _BoundedComposer, _CoreResolver):
     def __init__(self, stream):
         Reader.__init__(self, stream)
         Scanner.__init__(self)
         Parser.__init__(self)
         _BoundedComposer.__init__(self)
         _CoreResolver.__init__(self)
+
+
+if yaml.__with_libyaml__:  # libyaml's parser (~20x faster) feeding the same Python composer
+    from yaml._yaml import CParser
+
+    class _CLoader(_BoundedComposer, CParser, _CoreResolver):
+        def __init__(self, stream):
+            CParser.__init__(self, stream)
+            _BoundedComposer.__init__(self)
+            _CoreResolver.__init__(self)
+
+    _Loader = _CLoader
+else:  # pragma: no cover - PyYAML built without libyaml
+    _Loader = _PyLoader
 
 
 @dataclass
@@ -106,26 +177,48 @@ def _pos(node: Node) -> tuple[int, int]:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+_SHORT = {t: "!!" + t[len(_TAG):] for t in (STR, INT, FLOAT, BOOL, NULL, MAP, SEQ)}
+_CORE_FORMS = {  # what an explicitly tagged scalar may hold (YAML 1.2 core schema)
+    BOOL: (re.compile(r"true|True|TRUE|false|False|FALSE"), "a boolean (true or false)"),
+    NULL: (re.compile(r"~|null|Null|NULL|"), "null (null or ~)"),
+    INT: (re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"), "an integer"),
+    FLOAT: (re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                       r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"), "a number"),
+}
+
+
+def _tag_name(tag: str) -> str:
+    return _SHORT.get(tag, tag)
+
+
 class _Builder:
-    def __init__(self) -> None:
+    """Plain data from composed nodes. `written` is the number of nodes the composer saw; nodes
+    that aliases and merge keys add beyond it are bounded by MAX_ALIAS_NODES."""
+
+    def __init__(self, written: int) -> None:
         self.positions: dict[Path, tuple[int, int]] = {}
         self.count = 0
+        self.limit = written + MAX_ALIAS_NODES
 
-    def build(self, node: Node, path: Path, depth: int = 0) -> Any:
-        self.count += 1
-        if self.count > MAX_NODES:
+    def _tick(self, node: Node, n: int = 1) -> None:
+        self.count += n
+        if self.count > self.limit:
             raise YamlError(
-                f"document expands to more than {MAX_NODES:,} nodes (through aliases?); "
-                "refusing to read it",
+                f"aliases ('*name') and merge keys ('<<') expand the document by more than "
+                f"{MAX_ALIAS_NODES:,} nodes; refusing to read it",
                 *_pos(node),
             )
-        if depth > MAX_DEPTH:
-            raise YamlError(f"YAML nesting is deeper than {MAX_DEPTH} levels", *_pos(node))
+
+    def build(self, node: Node, path: Path, depth: int = 0) -> Any:
+        self._tick(node)
+        if depth > MAX_DEPTH:  # only through aliases: the composer bounds what is written
+            raise YamlError(f"YAML nesting through aliases ('*name') or merge keys ('<<') is deeper "
+                            f"than {MAX_DEPTH} levels", *_pos(node))
         if isinstance(node, ScalarNode):
             return self.scalar(node)
         if isinstance(node, SequenceNode):
             if node.tag != SEQ:
-                raise YamlError(f"tag '{node.tag}' is not allowed", *_pos(node))
+                raise YamlError(f"tag '{_tag_name(node.tag)}' is not allowed on a list", *_pos(node))
             out = []
             for i, item in enumerate(node.value):
                 self.positions.setdefault(path + (i,), _pos(item))
@@ -133,19 +226,23 @@ class _Builder:
             return out
         if isinstance(node, MappingNode):
             if node.tag != MAP:
-                raise YamlError(f"tag '{node.tag}' is not allowed", *_pos(node))
+                raise YamlError(f"tag '{_tag_name(node.tag)}' is not allowed on a mapping",
+                                *_pos(node))
             return self.mapping(node, path, depth)
         raise YamlError("unsupported YAML node", *_pos(node))  # pragma: no cover
 
     def mapping(self, node: MappingNode, path: Path, depth: int) -> dict:
+        if depth > MAX_DEPTH:
+            raise YamlError(f"merge keys ('<<') nest deeper than {MAX_DEPTH} levels", *_pos(node))
         out: dict = {}
         seen: dict = {}
         merged: list[MappingNode] = []
         for key_node, value_node in node.value:
+            self._tick(key_node)
             if key_node.tag == MERGE:
                 sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
                 for src in sources:
-                    if not isinstance(src, MappingNode):
+                    if not isinstance(src, MappingNode) or src.tag != MAP:
                         raise YamlError("'<<' merges only mappings", *_pos(src))
                     merged.append(src)
                 continue
@@ -161,63 +258,110 @@ class _Builder:
             self.positions[path + (key,)] = _pos(key_node)
             out[key] = self.build(value_node, path + (key,), depth + 1)
         for src in merged:  # explicit keys win over merged ones
-            for key, value in self.mapping(src, path, depth).items():
+            self._tick(src)
+            for key, value in self.mapping(src, path, depth + 1).items():
                 out.setdefault(key, value)
         return out
 
     @staticmethod
     def scalar(node: ScalarNode) -> Any:
+        """The value of a scalar. A tag, resolved or explicit (`!!bool yes`), is honoured only when
+        the text is that type's YAML 1.2 core-schema form; anything else is refused, never misread."""
         v, tag = node.value, node.tag
         if tag == STR:
             return v
+        form = _CORE_FORMS.get(tag)
+        if form is None:
+            if tag in (SEQ, MAP):
+                raise YamlError(f"tag '{_tag_name(tag)}' is not allowed on a scalar", *_pos(node))
+            raise YamlError(f"tag '{tag}' is not allowed", *_pos(node))
+        pattern, what = form
+        if pattern.fullmatch(v) is None:
+            raise YamlError(f"'{v}' is not {what}", *_pos(node))
         if tag == NULL:
             return None
         if tag == BOOL:
             return v.lower() == "true"
         if tag == INT:
-            s = v.replace("_", "")
-            try:
-                if s.startswith("0o"):
-                    return int(s[2:], 8)
-                if s.startswith("0x"):
-                    return int(s[2:], 16)
-                return int(s)
-            except ValueError:
-                raise YamlError(f"'{v}' is not an integer", *_pos(node)) from None
-        if tag == FLOAT:
-            s = v.lower()
-            if s.endswith("inf"):
-                return -math.inf if s.startswith("-") else math.inf
-            if s.endswith("nan"):
-                return math.nan
-            try:
-                return float(v)
-            except ValueError:
-                raise YamlError(f"'{v}' is not a number", *_pos(node)) from None
-        raise YamlError(f"tag '{tag}' is not allowed", *_pos(node))
+            if v.startswith("0o"):
+                return int(v[2:], 8)
+            if v.startswith("0x"):
+                return int(v[2:], 16)
+            return int(v)
+        s = v.lower()
+        if s.endswith("inf"):
+            return -math.inf if s.startswith("-") else math.inf
+        if s.endswith("nan"):
+            return math.nan
+        return float(v)
+
+
+# Characters YAML allows in a stream (YAML 1.2, 5.1): tab, LF, CR, printable ASCII, NEL and the
+# printable Unicode planes. Anything else is binary data (or a lone surrogate).
+_NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+# YAML 1.2, 5.2: the encoding from a byte order mark, else from where the first ASCII character's
+# zero bytes are.
+_ENCODINGS = [
+    (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\xfe\xff", "utf-16"), (b"\xff\xfe", "utf-16"), (b"\xef\xbb\xbf", "utf-8-sig"),
+]
+
+
+def _encoding(data: bytes) -> str:
+    for bom, codec in _ENCODINGS:
+        if data.startswith(bom):
+            return codec
+    if len(data) >= 4 and data[:3] == b"\0\0\0" and data[3]:
+        return "utf-32-be"
+    if len(data) >= 4 and data[0] and data[1:4] == b"\0\0\0":
+        return "utf-32-le"
+    if len(data) >= 2 and not data[0] and data[1]:
+        return "utf-16-be"
+    if len(data) >= 2 and data[0] and not data[1] and (len(data) == 2 or data[2]):
+        return "utf-16-le"
+    return "utf-8"
+
+
+def _decode(data: bytes) -> str:
+    codec = _encoding(data)
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as e:
+        name = {"utf-8-sig": "UTF-8"}.get(codec, codec.upper().replace("-BE", "").replace("-LE", ""))
+        before = data[:e.start]
+        if codec.startswith("utf-8"):  # line and column of the bad byte
+            line = before.count(b"\n") + 1
+            col = len(before[before.rfind(b"\n") + 1:].decode("utf-8", "replace")) + 1
+        else:
+            line, col = 1, 1
+        raise YamlError(f"file is not {name} text: byte 0x{data[e.start]:02x} at offset {e.start} "
+                        f"({e.reason}); is this a binary file?", line, col) from None
+
+
+def _line_col(text: str, index: int) -> tuple[int, int]:
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
 def read_yaml(text: str | bytes, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
-    """Parse one YAML document safely; raise YamlError with a position on any problem."""
+    """Parse one YAML document safely; raise YamlError with a position on any problem.
+
+    Bytes are decoded as YAML says (UTF-8, or UTF-16/32 by byte order mark or zero bytes)."""
     if isinstance(text, bytes):
         if len(text) > max_bytes:
             raise YamlError(f"file is {len(text):,} bytes, more than the {max_bytes:,} allowed")
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise YamlError(f"file is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        text = _decode(text)
     elif len(text) > max_bytes:
         raise YamlError(f"file is {len(text):,} characters, more than the {max_bytes:,} allowed")
-    try:
-        loader = _Loader(text)
-    except yaml.reader.ReaderError as e:  # a control character: binary data, not text
-        line = text.count("\n", 0, e.position) + 1
-        col = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
-        char = e.character if isinstance(e.character, int) else ord(e.character)
-        raise YamlError(f"invalid YAML: character #x{char:04x} is not allowed (is this a binary "
-                        f"file?)", line, col) from None
+    bad = _NON_PRINTABLE.search(text)
+    if bad is not None:
+        raise YamlError(f"invalid YAML: character #x{ord(bad.group()):04x} is not allowed (is this "
+                        f"a binary file?)", *_line_col(text, bad.start()))
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
+        written = loader.nodes
     except _MarkedError as e:
         raise YamlError(e.message, e.line, e.col) from None
     except yaml.MarkedYAMLError as e:
@@ -232,7 +376,7 @@ def read_yaml(text: str | bytes, *, max_bytes: int = MAX_BYTES) -> YamlDocument:
         loader.dispose()
     if node is None:
         return YamlDocument(None, {(): (1, 1)})
-    builder = _Builder()
+    builder = _Builder(written)
     builder.positions[()] = _pos(node)
     data = builder.build(node, ())
     return YamlDocument(data, builder.positions)

@@ -132,8 +132,8 @@ def test_yaml_safety_errors(check_spec, write_spec):
         + [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]) + "\n"
     start = time.perf_counter()
     assert errors_of(check_spec, laughs) == [
-        "spec.yaml:1:58: error: document expands to more than 200,000 nodes (through aliases?); "
-        "refusing to read it"]
+        "spec.yaml:1:16: error: aliases ('*name') and merge keys ('<<') expand the document by "
+        "more than 200,000 nodes; refusing to read it"]
     assert time.perf_counter() - start < 2.0
     assert errors_of(check_spec, "name: a\nname: b\n") == [
         "spec.yaml:2:1: error: duplicate key 'name' (first given on line 1)"]
@@ -141,9 +141,10 @@ def test_yaml_safety_errors(check_spec, write_spec):
         "spec.yaml:1:67: error: YAML nesting is deeper than 64 levels"]
     assert errors_of(check_spec, "name: !!python/object:os.system x\n") == [
         "spec.yaml:1:7: error: tag 'tag:yaml.org,2002:python/object:os.system' is not allowed"]
-    assert errors_of(check_spec, "name: [unclosed\n") == [
-        "spec.yaml:2:1: error: invalid YAML: while parsing a flow sequence expected ',' or ']', "
-        "but got '<stream end>'"]
+    # libyaml's wording when PyYAML has it (the pure-Python parser says "expected ... but got")
+    [unclosed] = errors_of(check_spec, "name: [unclosed\n")
+    assert unclosed.startswith("spec.yaml:2:1: error: invalid YAML: while parsing a flow sequence ")
+    assert "expected ',' or ']'" in unclosed
 
 
 def test_file_size_is_bounded():

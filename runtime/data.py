@@ -51,6 +51,7 @@ from netc.compiler.layers.data import (
     transformed_label_shape,
 )
 from netc.errors import NetcError
+from netc.spec.files import FileRefused, open_regular
 from netc.spec.messages import TransformationParameter
 
 __all__ = [
@@ -194,37 +195,47 @@ def load_source(
             "not LMDB/LevelDB databases"
         )
     try:
-        with path.open("rb") as f:
-            magic = f.read(6)
+        f = open_regular(path)
+    except FileRefused as exc:
+        raise DataError(f"{file}: cannot be read: it {exc.message}") from None
     except OSError as exc:
         raise DataError(f"{file}: cannot be read: {exc.strerror or exc}") from exc
-    if magic.startswith(b"\x93NUMPY"):
-        raise DataError(
-            f"{file}: is a .npy file holding one array; netc expects an .npz archive with "
-            "arrays 'data' and 'label' (np.savez)"
-        )
-    if magic[:1] == b"\x80":
-        raise DataError(
-            f"{file}: is a Python pickle, which netc refuses to load (pickle); save the arrays "
-            "with np.savez"
-        )
-    if not magic.startswith(b"PK"):
-        raise DataError(f"{file}: not a valid .npz file (not a zip archive)")
     try:
-        z = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise DataError(f"{file}: not a valid .npz file ({exc})") from exc
-    with z:
-        present = list(z.files)
-        wanted = ["data", "label"] if need_label else ["data"]
-        missing = [k for k in wanted if k not in present]
-        if missing:
-            names = " and ".join(repr(k) for k in missing)
-            held = ", ".join(repr(k) for k in present) if present else "no arrays"
-            plural = "arrays" if len(missing) > 1 else "array"
-            raise DataError(f"{file}: no {plural} named {names} (the file holds: {held})")
-        data = _read_member(z, "data", file)
-        label = _read_member(z, "label", file) if "label" in present else None
+        magic = f.read(6)
+        if magic.startswith(b"\x93NUMPY"):
+            raise DataError(
+                f"{file}: is a .npy file holding one array; netc expects an .npz archive with "
+                "arrays 'data' and 'label' (np.savez)"
+            )
+        if magic[:1] == b"\x80":
+            raise DataError(
+                f"{file}: is a Python pickle, which netc refuses to load (pickle); save the arrays "
+                "with np.savez"
+            )
+        if not magic.startswith(b"PK"):
+            raise DataError(f"{file}: not a valid .npz file (not a zip archive)")
+        f.seek(0)
+        try:  # the file checked above, not the path again (it could be replaced meanwhile)
+            z = np.load(f, allow_pickle=False)
+        except Exception as exc:
+            raise DataError(f"{file}: not a valid .npz file ({exc})") from exc
+        with z:
+            return _read_npz(z, file, need_label)
+    finally:
+        f.close()
+
+
+def _read_npz(z: Any, file: str, need_label: bool) -> Dataset:
+    present = list(z.files)
+    wanted = ["data", "label"] if need_label else ["data"]
+    missing = [k for k in wanted if k not in present]
+    if missing:
+        names = " and ".join(repr(k) for k in missing)
+        held = ", ".join(repr(k) for k in present) if present else "no arrays"
+        plural = "arrays" if len(missing) > 1 else "array"
+        raise DataError(f"{file}: no {plural} named {names} (the file holds: {held})")
+    data = _read_member(z, "data", file)
+    label = _read_member(z, "label", file) if "label" in present else None
     return Dataset(file, _readonly(data), None if label is None else _readonly(label))
 
 

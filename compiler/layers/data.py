@@ -221,18 +221,28 @@ def npz_shapes(source: str, spec_dir: str | None) -> dict[str, tuple[int, ...]] 
         path = source if os.path.exists(source) else None
     if path is None:
         return None
+    from netc.spec.files import FileRefused, open_regular
+
+    try:
+        f = open_regular(path)
+    except FileRefused as e:
+        raise SpecError(f"cannot read source '{source}': it {e.message}",
+                        ("data_param", "source")) from None
+    except OSError as e:
+        raise SpecError(f"cannot read source '{source}': {e.strerror or e}",
+                        ("data_param", "source")) from None
     try:
         import numpy.lib.format as fmt
 
         out = {}
-        with zipfile.ZipFile(path) as z:
+        with f, zipfile.ZipFile(f) as z:
             for key in ("data", "label"):
                 if f"{key}.npy" not in z.namelist():
                     continue
-                with z.open(f"{key}.npy") as f:
-                    major, _ = fmt.read_magic(f)
+                with z.open(f"{key}.npy") as member:
+                    major, _ = fmt.read_magic(member)
                     read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
-                    shape, _, _ = read(f)  # the header only
+                    shape, _, _ = read(member)  # the header only (numpy bounds its size)
                 out[key] = tuple(int(d) for d in shape)
         return out
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way

@@ -56,12 +56,12 @@ for _tag, _regexp, _first in [
 
 
 # What the composer and the builder refuse. A spec is at most MAX_BYTES; MAX_NODES is the number of
-# nodes written in it (keys, values, list items: ~10 per small layer, so 100,000 layers is about
-# 1,000,000 nodes, ~1 GB of PyYAML nodes at most), counted while composing so that a file that is
+# nodes written in it (keys, values, list items: ~10 per small layer, so ~50,000 small layers; a
+# 100,000-layer file is refused in seconds), counted while composing so that a file that is
 # too big is refused before it costs memory. Aliases (`*a`) and merge keys (`<<: *a`) may add at most
 # MAX_ALIAS_NODES more nodes (the "billion laughs" is refused within that many). MAX_DEPTH bounds
 # nesting, merge chains included (Python's recursion would end first otherwise).
-MAX_NODES = 2_000_000
+MAX_NODES = 500_000
 MAX_ALIAS_NODES = 200_000
 
 

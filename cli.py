@@ -140,13 +140,16 @@ def import_caffe(net, output) -> None:
     The translation is syntax only (spec/prototxt.py); `netc check` validates the result.
     Errors are printed as FILE:LINE:COL: error: ... Exit status 0, or 1 on an error.
     """
+    from netc.files import FileRefused, read_regular
     from netc.spec.prototxt import PrototxtError, prototxt_to_yaml
 
     try:
-        with open(net, "rb") as f:
-            text = f.read()
+        text = read_regular(net, 64 << 20)  # a regular file only, and bounded
         yaml_text = prototxt_to_yaml(text, net_source=net,
                                      comment=f"Translated from {net} by netc import-caffe.")
+    except FileRefused as e:
+        click.echo(f"{net}: error: cannot read this file: it {e.message}", err=True)
+        sys.exit(1)
     except OSError as e:
         click.echo(f"{net}: error: cannot read file: {e.strerror}", err=True)
         sys.exit(1)

@@ -49,6 +49,7 @@ from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
 from netc.errors import NetcError
+from netc.files import FileRefused, open_regular, read_regular
 
 __all__ = [
     "FORMAT",
@@ -74,6 +75,7 @@ VERSION = 1
 
 TENSORS_SUFFIX = ".safetensors"
 META_SUFFIX = ".json"
+MAX_RECORD_BYTES = 64 << 20  # a checkpoint's JSON record (the architecture, metadata)
 
 _SEP = "/"
 _TMP_RE = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]+$")
@@ -419,7 +421,9 @@ def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     json_path, _ = checkpoint_paths(path)
     try:
-        text = json_path.read_text(encoding="utf-8")
+        text = read_regular(json_path, MAX_RECORD_BYTES).decode("utf-8")
+    except FileRefused as e:
+        raise CheckpointError(f"{json_path}: not a checkpoint record: it {e.message}") from None
     except FileNotFoundError:
         raise CheckpointError(f"{json_path}: no such checkpoint") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -460,7 +464,10 @@ def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _read_verified_tensors(json_path: Path, record: Mapping[str, Any]) -> bytes:
     tensors_path = json_path.with_name(record["tensors_file"])
     try:
-        data = tensors_path.read_bytes()
+        with open_regular(tensors_path) as f:
+            data = f.read(record["size"] + 1)  # never more than the record promises (+1: longer?)
+    except FileRefused as e:
+        raise CheckpointError(f"{tensors_path}: not a tensors file: it {e.message}") from None
     except FileNotFoundError:
         raise CheckpointError(
             f"{tensors_path}: no such checkpoint tensors file (named by {json_path.name})"

@@ -51,7 +51,7 @@ from netc.compiler.layers.data import (
     transformed_label_shape,
 )
 from netc.errors import NetcError
-from netc.spec.files import FileRefused, open_regular
+from netc.files import FileRefused, open_regular
 from netc.spec.messages import TransformationParameter
 
 __all__ = [

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from netc.errors import NetcError
+from netc.files import FileRefused, open_regular, read_regular
 
 __all__ = [
     "ExportedError",
@@ -55,6 +56,7 @@ __all__ = [
 FORMAT = "netc.exported"
 MAX_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 class ExportedError(NetcError):
@@ -65,7 +67,9 @@ def read_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The artifact's manifest, checked for the format tag and the fields the loader needs."""
     path = Path(directory) / MANIFEST_FILE
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_regular(path, MAX_MANIFEST_BYTES).decode("utf-8"))
+    except FileRefused as e:
+        raise ExportedError(f"{path}: not a manifest: it {e.message}") from None
     except FileNotFoundError:
         raise ExportedError(f"{path}: missing; {Path(directory)} is not an exported model "
                             f"(see `netc export`)") from None
@@ -105,13 +109,16 @@ def verify_artifact(directory: str | os.PathLike[str]) -> tuple[dict[str, Any], 
         if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
             raise ExportedError(f"{directory / MANIFEST_FILE}: no sha256 recorded for '{name}'")
         path = directory / name
+        size = record.get("size")
         try:
-            data = path.read_bytes()
+            with open_regular(path) as f:  # never more than the manifest promises
+                data = f.read(size + 1 if isinstance(size, int) and size >= 0 else -1)
+        except FileRefused as e:
+            raise ExportedError(f"{path}: cannot be read: it {e.message}") from None
         except FileNotFoundError:
             raise ExportedError(f"{path}: missing (listed in {MANIFEST_FILE})") from None
         except OSError as e:
             raise ExportedError(f"{path}: cannot be read: {e}") from None
-        size = record.get("size")
         if size is not None and size != len(data):
             raise ExportedError(f"{path}: {len(data):,} bytes, but {MANIFEST_FILE} records "
                                 f"{size:,}; the file was modified or truncated — refusing to load it")

@@ -83,11 +83,9 @@ def read_weights(path: str, err=None) -> tuple[dict, dict]:
             raise RunError(f"{path}: no checkpoint in this directory")
         p = found
     if p.suffix == ".npz":
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                flat = {k: z[k] for k in z.files}
-        except Exception as e:  # noqa: BLE001
-            raise RunError(f"{path}: cannot read weights: {e}") from None
+        from netc.runtime.commands.predict import read_npz
+
+        flat = read_npz(str(p), "a readable .npz of weights")
         try:
             tree = unflatten(flat)
         except ValueError as e:

@@ -23,7 +23,7 @@ from netc.spec.messages import (
     Phase,
     Repeated,
 )
-from netc.spec.files import FileRefused, read_regular
+from netc.files import FileRefused, read_regular
 from netc.spec.yaml_io import MAX_BYTES, YamlError, read_yaml
 
 # Every layer type BVLC Caffe registers (REGISTER_LAYER_CLASS / REGISTER_LAYER_CREATOR in

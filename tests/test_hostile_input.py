@@ -174,3 +174,29 @@ def test_duplicate_layer_name_cites_the_first(tmp_path):
                  "  - {name: fc, type: InnerProduct, bottom: y, top: z, inner_product_param: {num_output: 2}}\n")
     assert errors(f) == [f"{f}:5:6: error: layer 'fc' (InnerProduct): name: another layer is also "
                          f"called 'fc' (first at {f}:4); parameters are keyed by layer name"]
+
+
+# --- every other file a user names: weights, predict inputs, checkpoints, artifacts -------------
+
+
+def test_named_pipes_are_refused_wherever_a_file_is_named(tmp_path, trained_mlp_run):
+    import shutil
+
+    from conftest import MLP, netc
+
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    for args in (("predict", MLP, fifo, "--weights", trained_mlp_run, "-o", tmp_path / "o.npz"),
+                 ("test", MLP, "--weights", fifo, "--iterations", 1),
+                 ("import-caffe", fifo)):
+        r = netc(*args)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert f"{fifo}: " in r.stderr and "it is a named pipe (FIFO), not a regular file" in r.stderr
+    # a checkpoint whose tensors file was replaced by a pipe: refused, the older one is used
+    run = tmp_path / "run"
+    shutil.copytree(trained_mlp_run, run)
+    (run / "mlp_iter_200.safetensors").unlink()
+    os.mkfifo(run / "mlp_iter_200.safetensors")
+    r = netc("test", MLP, "--weights", run, "--iterations", 1)
+    assert r.returncode == 0, r.stderr
+    assert "named pipe (FIFO)" in r.stderr and "using mlp_iter_100.json instead" in r.stderr

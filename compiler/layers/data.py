@@ -221,7 +221,7 @@ def npz_shapes(source: str, spec_dir: str | None) -> dict[str, tuple[int, ...]] 
         path = source if os.path.exists(source) else None
     if path is None:
         return None
-    from netc.spec.files import FileRefused, open_regular
+    from netc.files import FileRefused, open_regular
 
     try:
         f = open_regular(path)

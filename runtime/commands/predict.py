@@ -13,14 +13,20 @@ from netc.compiler.layer import fmt_shape
 from netc.runtime.errors import EXIT_OK, RunError
 
 
-def read_npz(path: str) -> dict[str, np.ndarray]:
+def read_npz(path: str, what: str = "a readable .npz file") -> dict[str, np.ndarray]:
+    """Every array of an .npz the user named (a regular file only: never a FIFO or device; no
+    pickles)."""
+    from netc.files import FileRefused, open_regular
+
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with open_regular(path) as f, np.load(f, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise RunError(f"{path}: no such file") from None
+    except FileRefused as e:
+        raise RunError(f"{path}: cannot read this file: it {e.message}") from None
     except Exception as e:  # noqa: BLE001 - not a zip, a pickle, a damaged member...
-        raise RunError(f"{path}: not a readable .npz file ({e})") from None
+        raise RunError(f"{path}: not {what} ({e})") from None
 
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:

@@ -3,6 +3,7 @@ per layer type, every problem reported with FILE:LINE:COL."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import typing
@@ -12,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from netc.files import FileRefused, read_regular
 from netc.spec.errors import Diagnostics, Path, did_you_mean
 from netc.spec.messages import (
     BlobShape,
@@ -23,7 +25,6 @@ from netc.spec.messages import (
     Phase,
     Repeated,
 )
-from netc.files import FileRefused, read_regular
 from netc.spec.yaml_io import MAX_BYTES, YamlError, read_yaml
 
 # Every layer type BVLC Caffe registers (REGISTER_LAYER_CLASS / REGISTER_LAYER_CREATOR in
@@ -92,7 +93,7 @@ class NetSpec:
     # Bottoms of layers that failed validation: still read by a layer, so never "unused".
     failed_bottoms: set[str] = field(default_factory=set)
 
-    @property
+    @functools.cached_property
     def spec_dir(self) -> str:
         return os.path.dirname(os.path.abspath(self.file))
 

@@ -580,11 +580,11 @@ def test_im2col_lowering_equals_lax_conv_on_random_geometries():
         params, state = net.init(jax.random.key(0))
         x = jnp.asarray(rng.standard_normal((2, 3, 9, 8)), jnp.float32)
 
-        def f(params, x):
+        def f(params, x, net=net, state=state):
             return net.apply(params, state, {"x": x})[0]["y"]
 
-        def value_and_grad():  # traced anew: reads pl.resolved as it is now
-            return jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(f(p, x) ** 2), (0, 1)))
+        def value_and_grad(f=f):  # traced anew: reads pl.resolved as it is now
+            return jax.jit(jax.value_and_grad(lambda p, v: jnp.sum(f(p, v) ** 2), (0, 1)))
 
         with jax.default_matmul_precision("highest"):
             a, ga = jax.jit(f)(params, x), value_and_grad()(params, x)

@@ -584,7 +584,7 @@ def test_im2col_lowering_equals_lax_conv_on_random_geometries():
             return net.apply(params, state, {"x": x})[0]["y"]
 
         def value_and_grad(f=f):  # traced anew: reads pl.resolved as it is now
-            return jax.jit(jax.value_and_grad(lambda p, v: jnp.sum(f(p, v) ** 2), (0, 1)))
+            return jax.jit(jax.value_and_grad(lambda p, xx: jnp.sum(f(p, xx) ** 2), (0, 1)))
 
         with jax.default_matmul_precision("highest"):
             a, ga = jax.jit(f)(params, x), value_and_grad()(params, x)

@@ -60,7 +60,7 @@ def _report_json(spec, plan) -> dict:
 
 def _print_table(spec, plan) -> None:
     from netc.compiler.layer import fmt_shape
-    from netc.compiler.memory import estimate_for
+    from netc.compiler.memory import estimate_for, fmt_bytes
 
     trainable, frozen = plan.param_counts()
     batch = next((plan.blobs[b][0] for b in plan.inputs if plan.blobs[b]), "?")
@@ -81,7 +81,8 @@ def _print_table(spec, plan) -> None:
         click.echo("  " + "  ".join(cells).rstrip())
     click.echo(f"  trainable parameters {_fmt_int(trainable)}; non-trainable {_fmt_int(frozen)}; "
                f"MACs/sample {_fmt_int(plan.macs)}; activations/sample {_fmt_bytes(plan.activation_bytes())}")
-    click.echo(f"  {estimate_for(spec, plan).summary()}")
+    mem = estimate_for(spec, plan)
+    click.echo(f"  {mem.summary()}; inference alone ≈ {fmt_bytes(mem.inference)}")
 
 
 @main.command()

@@ -3,7 +3,7 @@
 
     est = estimate(plan, "Adam")              # MemoryEstimate: bytes per part, the batch used
     est.summary()                             # "training memory ≈ 1.2 GiB at batch 64: params ..."
-    check_memory(spec, plans)                 # errors / warnings into spec.diagnostics (netc check)
+    check_memory(spec, plan)                  # errors / warnings into spec.diagnostics (netc check)
     refusal(plan, "SGD", available_bytes())   # None, or why `netc train` must not start
 
 The model (float32 everywhere, as netc trains):
@@ -21,14 +21,26 @@ The model (float32 everywhere, as netc trains):
 - inputs: one more copy of the data layers' tops (the host batch that the feed hands over; with
   ``iter_size > 1`` all micro-batches).
 
-Checked against XLA's own buffer assignment (``jit(step).lower(...).compile().memory_analysis()``,
-an SGD step on CPU at batch 2): VGG16 8 % under, ResNet-50 (Caffe, BatchNorm+Scale+ReLU chains)
-within 5 %; LeNet 2× under, since its small convolutions are lowered as im2col and their patch
-matrices are not modelled (a few MiB there). Not counted: the process itself (Python, jaxlib and
-XLA's compiled code: ~0.3–0.5 GiB of RSS on a CPU), the TEST net's activations (run between training
-steps, at their own batch) and the checkpoint being written. XLA may recompute or fuse what the
-model counts as kept, and convolution algorithms may take workspace it does not count; treat the
-figure as good to a few tens of percent, not to the byte.
+A net not meant for training (no solver, no loss) is held to its inference memory instead: params,
+layer state, every forward top (the lowering returns them all) and the inputs.
+
+Checked against reality (an SGD step on a CPU; `python bench/train_memory.py SPEC BATCH`):
+
+- XLA's own buffer assignment (``jit(step).lower(...).compile().memory_analysis()``, arguments +
+  temporaries): VGG16 at batch 2 / 8: 1.8 / 2.6 GiB estimated, 1.9 / 2.7 GiB by XLA (−2 %, −3 %);
+  ResNet-50 (Caffe, BatchNorm+Scale+ReLU chains) 555 MiB / 1.3 GiB, XLA 565 MiB / 1.3 GiB (−2 %,
+  −3 %). LeNet 15.7 MiB against 31.4 MiB: its small convolutions are lowered as im2col and the patch
+  matrices (~12 MiB at batch 64) are not modelled.
+- Peak RSS of three real steps, less the process before the net (Python + jaxlib, 0.21 GiB):
+  VGG16 batch 2 / 8: 2.2 / 3.3 GiB (estimate 1.8 / 2.6); ResNet-50 batch 4 / 8: 1.3 / 1.8 GiB
+  (estimate 0.8 / 1.3). The gap is near constant, 0.35–0.7 GiB, rather than a ratio: compiling the
+  step (LeNet's step adds 0.22 GiB of RSS for its 16 MiB), Eigen's convolution scratch outside XLA's
+  buffers, the allocator. `netc train models/lenet.yaml --max-iter 5` peaks at 0.55 GiB RSS in all.
+
+Not counted: the process itself (~0.2–0.5 GiB), the TEST net's activations (run between training
+steps, at their own batch), the checkpoint being written, workspace a convolution algorithm takes.
+Treat the figure as what the net's own buffers take, a lower bound for the process: `netc train`
+refuses what cannot fit even so, and a run within ~0.5 GiB of the limit may still run out.
 """
 
 from __future__ import annotations
@@ -70,7 +82,9 @@ def histories(solver_type: str) -> int:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """The training memory of one plan, in bytes per part (see the module docstring's model)."""
+    """The memory of one plan, in bytes per part (see the module docstring's model). The parts
+    sum to `total`, the training memory; `inference` is what a forward pass alone holds (params,
+    layer state, every top, the inputs), the figure for a net not meant for training."""
 
     batch: int | None  # the batch the activations are counted at; None: per sample (symbolic)
     solver_type: str
@@ -79,26 +93,37 @@ class MemoryEstimate:
     gradients: int
     solver_state: int
     layer_state: int
-    activations: int
+    activations: int  # kept for the backward: the forward tops + the backward's working set
     inputs: int
+    forward: int  # the forward tops alone (part of `activations`)
     activation_layer: tuple[str, int] | None  # (layer, bytes of its tops): the largest
     param_layer: tuple[str, int] | None  # (layer, bytes of the blobs it owns): the largest
-    per_sample: int  # activations + inputs of one sample: what one less sample of batch saves
 
     @property
     def total(self) -> int:
-        return (self.params + self.gradients + self.solver_state + self.layer_state
-                + self.activations + self.inputs)
+        return self.fixed() + self.activations + self.inputs
 
     @property
-    def fixed(self) -> int:
+    def inference(self) -> int:
+        return self.fixed(training=False) + self.forward + self.inputs
+
+    def fixed(self, training: bool = True) -> int:
         """What does not scale with the batch."""
-        return self.params + self.gradients + self.solver_state + self.layer_state
+        own = self.params + self.layer_state
+        return own + (self.gradients + self.solver_state if training else 0)
+
+    def scaled(self, training: bool = True) -> int:
+        """What scales with the batch."""
+        return (self.activations if training else self.forward) + self.inputs
 
     def at(self) -> str:
         return f"at batch {self.batch}" if self.batch is not None else "per sample"
 
-    def summary(self) -> str:
+    def summary(self, training: bool = True) -> str:
+        if not training:
+            return (f"inference memory ≈ {fmt_bytes(self.inference)} {self.at()}: params "
+                    f"{fmt_bytes(self.params + self.layer_state)}, activations "
+                    f"{fmt_bytes(self.forward)}, inputs {fmt_bytes(self.inputs)}")
         parts = [f"params {fmt_bytes(self.params)}",
                  f"solver state {fmt_bytes(self.solver_state)} ({self.solver_type})",
                  f"gradients {fmt_bytes(self.gradients)}"]
@@ -114,15 +139,20 @@ class MemoryEstimate:
                 "params": self.params, "solver_state": self.solver_state,
                 "gradients": self.gradients, "layer_state": self.layer_state,
                 "activations": self.activations, "inputs": self.inputs,
+                "inference": self.inference,
                 "largest_activations": _named(self.activation_layer),
                 "largest_params": _named(self.param_layer)}
 
-    def advice(self, limit: int) -> str:
+    def batch_dominates(self, training: bool = True) -> bool:
+        return self.scaled(training) >= self.fixed(training)
+
+    def advice(self, limit: int, training: bool = True) -> str:
         """What to change so that the estimate fits in `limit` bytes: the batch (the largest that
         fits) when the activations dominate, else the layer whose parameters do."""
         act, par = self.activation_layer, self.param_layer
-        if self.activations + self.inputs >= self.fixed and self.batch is not None:
-            fits = (limit - self.fixed) // self.per_sample if self.per_sample else 0
+        if self.batch_dominates(training) and self.batch is not None:
+            per_sample = self.scaled(training) / self.batch
+            fits = int((limit - self.fixed(training)) // per_sample) if per_sample else 0
             what = (f"reduce the batch size ({self.batch}; at most {fits:,} would fit)" if fits >= 1
                     else f"reduce the batch size ({self.batch}) and the net: even batch 1 does not fit")
             if act is not None:
@@ -132,7 +162,7 @@ class MemoryEstimate:
             return (f"shrink layer '{par[0]}', whose parameters dominate ({fmt_bytes(par[1])} of "
                     f"{fmt_bytes(self.params + self.layer_state)})"
                     + (f", or use a solver with fewer histories than {self.solver_type}'s "
-                       f"{self.histories}" if self.histories > 1 else ""))
+                       f"{self.histories}" if training and self.histories > 1 else ""))
         return "reduce the batch size or the net"
 
 
@@ -183,16 +213,15 @@ def estimate(plan, solver_type: str = "SGD", *, iter_size: int = 1) -> MemoryEst
             per_layer[pl.name] = per_layer.get(pl.name, 0) + size
             largest = max(largest, size)
             inputs += size if pl.unit.is_data else 0
-    acts += 2 * largest
+    forward, acts = acts, acts + 2 * largest
     batch = _batch(plan)
     n = histories(solver_type)
     return MemoryEstimate(
         batch=batch, solver_type=solver_type, histories=n,
         params=learned, gradients=learned * (2 if iter_size > 1 else 1), solver_state=n * learned,
-        layer_state=state, activations=acts, inputs=inputs * iter_size,
+        layer_state=state, activations=acts, inputs=inputs * iter_size, forward=forward,
         activation_layer=max(per_layer.items(), key=lambda kv: kv[1], default=None),
-        param_layer=max(owned.items(), key=lambda kv: kv[1], default=None),
-        per_sample=(acts + inputs * iter_size) // (batch or 1))
+        param_layer=max(owned.items(), key=lambda kv: kv[1], default=None))
 
 
 # --- the machine ------------------------------------------------------------------------------
@@ -243,45 +272,46 @@ def _meant_for_training(spec, plan) -> bool:
     return getattr(spec, "solver", None) is not None or plan.has_loss
 
 
-def _batch_path(plan, est: MemoryEstimate, diags) -> tuple:
-    """Where the warning points: the data layer's batch_size when the activations dominate,
-    else the layer whose parameters dominate."""
-    if est.activations + est.inputs >= est.fixed:
+def _warning_path(plan, est: MemoryEstimate, training: bool, diags) -> tuple:
+    """Where a memory problem points: the data layer's batch_size when the activations dominate,
+    else the layer whose parameters do."""
+    if est.batch_dominates(training):
         for pl in plan.layers:
             if pl.unit.is_data:
+                n = len(pl.path)
                 for path in diags.positions:
-                    if path[:len(pl.path)] == tuple(pl.path) and path and path[-1] == "batch_size":
+                    if len(path) > n and path[-1] == "batch_size" and path[:n] == tuple(pl.path):
                         return path
                 return pl.path
     name = est.param_layer[0] if est.param_layer else None
     return next((pl.path for pl in plan.layers if pl.name == name), ("layers",))
 
 
-def check_memory(spec, plan, *, solver_type: str | None = None, limit: int | None = None,
-                 iter_size: int = 1) -> MemoryEstimate:
-    """Estimate `plan`'s training memory and report, in `spec.diagnostics`: an error when the
-    parameters hold more than MAX_ELEMENTS elements, or a net meant for training (a solver or a
-    loss) needs more than MAX_BYTES; a warning when it needs more than `limit` (default: this
-    machine's memory). Returns the estimate."""
+def check_memory(spec, plan, *, limit: int | None = None) -> MemoryEstimate:
+    """Estimate `plan`'s memory with the spec's solver and report, in `spec.diagnostics`: an error
+    when the parameters hold more than MAX_ELEMENTS elements, or when the net needs more than
+    MAX_BYTES; a warning when it needs more than `limit` (default: this machine's memory). A net
+    meant for training (a solver or a loss) is held to its training memory, any other net to its
+    inference memory. Returns the estimate."""
     diags = spec.diagnostics
-    est = (estimate_for(spec, plan) if solver_type is None
-           else estimate(plan, solver_type, iter_size=iter_size))
+    est = estimate_for(spec, plan)
     limit = machine_memory() if limit is None else limit
     elements = (est.params + est.layer_state) // ITEMSIZE
     training = _meant_for_training(spec, plan)
-    need = est.total if training else est.params + est.layer_state
-    what = est.summary() if training else f"its parameters need {fmt_bytes(need)}"
-    path = _batch_path(plan, est, diags)
+    need = est.total if training else est.inference
     if elements > MAX_ELEMENTS:
         diags.error(f"the net has {elements:,} parameters, more than netc allows "
                     f"({MAX_ELEMENTS:,}, {fmt_bytes(MAX_BYTES)} as float32): "
-                    + est.advice(MAX_BYTES), path)
+                    + est.advice(MAX_BYTES, training), _warning_path(plan, est, training, diags))
     elif need > MAX_BYTES:
-        diags.error(f"{what}; more than any machine netc runs on holds ({fmt_bytes(MAX_BYTES)}): "
-                    + est.advice(MAX_BYTES), path)
+        diags.error(f"{est.summary(training)}; more than any machine netc runs on holds "
+                    f"({fmt_bytes(MAX_BYTES)}): " + est.advice(MAX_BYTES, training),
+                    _warning_path(plan, est, training, diags))
     elif limit is not None and need > limit:
-        diags.warning(f"{what}; more than this machine's memory ({fmt_bytes(limit)}), so netc "
-                      f"train would refuse it here: " + est.advice(limit), path)
+        run = "netc train would refuse it here" if training else "it would not run here"
+        diags.warning(f"{est.summary(training)}; more than this machine's memory "
+                      f"({fmt_bytes(limit)}), so {run}: " + est.advice(limit, training),
+                      _warning_path(plan, est, training, diags))
     return est
 
 

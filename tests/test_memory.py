@@ -142,15 +142,30 @@ def test_warning_above_machine_memory_names_the_batch_and_the_layer(monkeypatch)
     assert not [d for d in spec.diagnostics.warnings if "memory" in d.message]
 
 
-def test_a_deploy_net_is_warned_about_its_parameters_only(monkeypatch, tmp_path):
+def test_a_deploy_net_is_held_to_its_inference_memory(monkeypatch, tmp_path):
     path = _spec(tmp_path, "name: d\nlayers:\n"
                  "  - {name: data, type: Input, top: data, input_param: {shape: {dim: [1, 1000]}}}\n"
                  + _ip("fc", "data", 1000))
     monkeypatch.setattr(memory, "machine_memory", lambda: 2**20)  # 1 MiB; fc holds 3.8 MiB
     spec, _ = check_file(path)
     (warning,) = spec.diagnostics.warnings
-    assert warning.message.startswith("its parameters need 3.8 MiB; more than this machine's")
+    assert warning.message.startswith("inference memory ≈ 3.8 MiB at batch 1: params 3.8 MiB, "
+                                      "activations 7.8 KiB, inputs 3.9 KiB; more than this machine's")
     assert "shrink layer 'fc'" in warning.message and warning.line == 4
+
+
+def test_a_three_billion_element_blob_is_warned_about(monkeypatch, tmp_path):
+    # 3·10^9 floats in the input alone: 11.2 GiB, again after the ReLU and as the fed batch
+    path = _spec(tmp_path, "name: wide\nlayers:\n"
+                 "  - {name: data, type: Input, top: data, input_param: "
+                 "{shape: {dim: [3, 1000000000]}}}\n"
+                 "  - {name: relu, type: ReLU, bottom: data, top: data}\n")
+    monkeypatch.setattr(memory, "machine_memory", lambda: 16 * 2**30)
+    res = _check(path)
+    assert res.exit_code == 0
+    assert f"{path}:3:5: warning: inference memory ≈ 33.5 GiB at batch 3" in res.output
+    assert "reduce the batch size (3; at most 1 would fit); layer 'data' holds the largest " \
+        "activations (11.2 GiB)" in res.output
 
 
 # --- netc train refuses before allocating -----------------------------------------------------------

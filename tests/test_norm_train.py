@@ -28,7 +28,7 @@ def test_small_resnet_reaches_97_percent_and_batch_norm_state_updates(tmp_path):
     final = tests[-1]["metrics"]
     print(f"\nsmall ResNet 1,500 iterations: test accuracy {final['accuracy']:.4f}, "
           f"loss {final['loss']:.4f}; wall {wall:.1f} s")
-    # measured: 0.983 with seed 1 (0.951 at 500, 0.975 at 1,000)
+    # measured 2026-11-30 with seed 1: 0.938 at 500, 0.957 at 1,000, 0.979 at 1,500
     assert final["accuracy"] >= 0.97
     # iteration 0 is tested with Caffe's initial statistics (all zero, scale factor 0), so the
     # untrained net is at chance

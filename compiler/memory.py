@@ -187,19 +187,13 @@ def estimate(plan, solver_type: str = "SGD", *, iter_size: int = 1) -> MemoryEst
     layers' batch_size, or --batch; per sample when the batch is symbolic)."""
     learned = state = 0
     owned: dict[str, int] = {}
-    seen = set()
-    for pl in plan.layers:
-        for role, decl in pl.params.items():
-            owner = pl.param_owner[role]
-            if owner in seen:
-                continue
-            seen.add(owner)
-            size = decl.count * ITEMSIZE
-            if decl.learned:
-                learned += size
-            else:
-                state += size
-            owned[owner[0]] = owned.get(owner[0], 0) + size
+    for _, _, owner, decl in plan.unique_params():
+        size = decl.count * ITEMSIZE
+        if decl.learned:
+            learned += size
+        else:
+            state += size
+        owned[owner[0]] = owned.get(owner[0], 0) + size
     acts = inputs = largest = 0
     per_layer: dict[str, int] = {}
     rewritten = set()  # blobs some in-place layer writes: one more buffer each, however long the chain

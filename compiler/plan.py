@@ -70,20 +70,25 @@ class Plan:
     def ok(self) -> bool:
         return not self.diagnostics.errors
 
-    def param_counts(self) -> tuple[int, int]:
-        """(trainable, non-trainable): frozen (`lr_mult: 0`) blobs and layer state apart."""
-        trainable = frozen = 0
+    def unique_params(self):
+        """(layer, role, owner, decl) for each parameter blob once: a blob shared through
+        `param.name` is yielded at its first user (its owner)."""
         seen = set()
         for pl in self.layers:
             for role, decl in pl.params.items():
                 owner = pl.param_owner[role]
-                if owner in seen:
-                    continue
-                seen.add(owner)
-                if decl.learned and pl.lr_mult[role] > 0:
-                    trainable += decl.count
-                else:
-                    frozen += decl.count
+                if owner not in seen:
+                    seen.add(owner)
+                    yield pl, role, owner, decl
+
+    def param_counts(self) -> tuple[int, int]:
+        """(trainable, non-trainable): frozen (`lr_mult: 0`) blobs and layer state apart."""
+        trainable = frozen = 0
+        for pl, role, _, decl in self.unique_params():
+            if decl.learned and pl.lr_mult[role] > 0:
+                trainable += decl.count
+            else:
+                frozen += decl.count
         return trainable, frozen
 
     @property

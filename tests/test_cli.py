@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -261,22 +260,21 @@ def test_schema():
     assert consts == sorted(units())
 
     lenet = read_yaml((ROOT / LENET).read_bytes()).data
-    if importlib.util.find_spec("jsonschema") is not None:
-        import jsonschema
+    import jsonschema  # a test dependency (pyproject's test extra): validate for real
 
-        jsonschema.Draft202012Validator.check_schema(schema)
-        errors = [f"{list(e.absolute_path)}: {e.message}"
-                  for e in jsonschema.Draft202012Validator(schema).iter_errors(lenet)]
-        assert errors == []
-    else:  # jsonschema is not a dependency: check the structure the editors rely on
-        conv = defs["ConvolutionLayer"]
-        assert conv["additionalProperties"] is False
-        assert conv["properties"]["type"] == {"const": "Convolution"}
-        assert "convolution_param" in conv["properties"]
-        assert set(conv["required"]) >= {"name", "type"}
-        assert schema["additionalProperties"] is False
-        assert "solver" in schema["properties"]
-        assert {layer["type"] for layer in lenet["layers"]} <= set(consts)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}"
+              for e in jsonschema.Draft202012Validator(schema).iter_errors(lenet)]
+    assert errors == []
+    # and the structure editors rely on
+    conv = defs["ConvolutionLayer"]
+    assert conv["additionalProperties"] is False
+    assert conv["properties"]["type"] == {"const": "Convolution"}
+    assert "convolution_param" in conv["properties"]
+    assert set(conv["required"]) >= {"name", "type"}
+    assert schema["additionalProperties"] is False
+    assert "solver" in schema["properties"]
+    assert {layer["type"] for layer in lenet["layers"]} <= set(consts)
 
 
 # --- the check path never loads JAX -----------------------------------------------------------------

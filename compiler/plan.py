@@ -70,6 +70,12 @@ class Plan:
     def ok(self) -> bool:
         return not self.diagnostics.errors
 
+    @property
+    def fed_by_inputs_only(self) -> bool:
+        """The net's data layers hold no data (Input layers): it runs only on given arrays."""
+        facts = [pl.unit.data_fact() for pl in self.layers if pl.unit.is_data]
+        return bool(facts) and all(f is None or f.source is None for f in facts)
+
     def unique_params(self):
         """(layer, role, owner, decl) for each parameter blob once: a blob shared through
         `param.name` is yielded at its first user (its owner)."""
@@ -503,15 +509,10 @@ def training_warnings(spec: NetSpec, plans: dict[str, Plan]) -> None:
         spec.diagnostics.warning("the TRAIN net has no loss (no layer with a loss weight), so "
                                  "netc train has nothing to minimise: add a loss layer such as "
                                  "SoftmaxWithLoss, or a loss_weight", ("layers",))
-    if train is not None and not spec.diagnostics.errors and _fed_by_inputs_only(train):
+    if train is not None and not spec.diagnostics.errors and train.fed_by_inputs_only:
         spec.diagnostics.warning("the TRAIN net is fed only by Input layers, which hold no data: "
                                  "netc train needs a Data layer with data_param.source (a .npz "
                                  "file or netc:digits/train)", ("layers",))
-
-
-def _fed_by_inputs_only(plan: Plan) -> bool:
-    facts = [pl.unit.data_fact() for pl in plan.layers if pl.unit.is_data]
-    return bool(facts) and all(f is None or f.source is None for f in facts)
 
 
 __all__ = ["Plan", "PlannedLayer", "plan", "plan_all_phases", "training_warnings", "BATCH"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from netc.runtime.errors import RunError
 
-__all__ = ["RunContext", "load_context", "load_spec", "make_plan", "with_source", "diag_lines"]
+__all__ = ["RunContext", "load_context", "load_spec", "with_source", "diag_lines"]
 
 
 def diag_lines(diags) -> list[str]:
@@ -41,8 +41,7 @@ def _read_solver_file(solver_path: str) -> tuple[Any, list[str]]:
     return solver, diag_lines(diags)
 
 
-def load_spec(path: str, solver_path: str | None = None, *, need_solver: bool = False,
-              warnings: list[str] | None = None):
+def load_spec(path: str, solver_path: str | None = None, *, warnings: list[str] | None = None):
     """Parse `path` (a net, or a solver file naming its net) and optionally a separate solver
     file (`--solver`), which overrides the spec's own `solver:` section. Returns (spec, solver);
     raises RunError with FILE:LINE:COL lines on any error. The solver file's warnings are
@@ -65,9 +64,6 @@ def load_spec(path: str, solver_path: str | None = None, *, need_solver: bool = 
         solver, lines = _read_solver_file(solver_path)
         if warnings is not None:
             warnings.extend(lines)
-    if need_solver and solver is None:
-        raise RunError(f"{path}: no solver: add a `solver:` section to the spec or pass "
-                       "--solver FILE")
     return spec, solver
 
 
@@ -85,16 +81,6 @@ def net_state(phase: str, solver=None, spec=None):
     if chosen is None:
         return NetState(phase=phase)
     return NetState(phase=phase, level=chosen.level, stage=tuple(chosen.stage))
-
-
-def make_plan(spec, phase: str, solver=None, *, batch: int | None = None):
-    """The spec's plan for `phase`. Raises RunError with the plan's FILE:LINE:COL errors."""
-    from netc.compiler.plan import plan
-
-    p = plan(spec, net_state(phase, solver, spec), batch=batch)
-    if spec.diagnostics.errors:
-        raise RunError(lines=diag_lines(spec.diagnostics))
-    return p
 
 
 def with_source(spec, source: str, phase: str = "TRAIN"):
@@ -154,10 +140,10 @@ class RunContext:
             self.plans[(ph, batch)] = p
 
 
-def load_context(path: str, solver_path: str | None = None, *, data: str | None = None,
-                 need_solver: bool = False) -> RunContext:
+def load_context(path: str, solver_path: str | None = None, *, data: str | None = None
+                 ) -> RunContext:
     warnings: list[str] = []
-    spec, solver = load_spec(path, solver_path, need_solver=need_solver, warnings=warnings)
+    spec, solver = load_spec(path, solver_path, warnings=warnings)
     if data is not None:
         spec = with_source(spec, data)
     return RunContext(path, spec, solver, warnings=warnings)

@@ -11,7 +11,7 @@ from typing import Any
 
 from netc.runtime.errors import RunError
 
-__all__ = ["DataFeed", "data_feeds", "input_only", "make_eval_fn", "evaluate", "metric_names"]
+__all__ = ["DataFeed", "data_feeds", "make_eval_fn", "evaluate", "metric_names"]
 
 
 @dataclass
@@ -70,12 +70,6 @@ def data_feeds(plan, spec_dir: str) -> list[DataFeed]:
         if fact is not None and fact.source is not None:
             feeds.append(_feed(plan, pl, fact, spec_dir, train))
     return feeds
-
-
-def input_only(plan) -> bool:
-    """The net's data layers hold no data (Input layers): it runs on given arrays."""
-    facts = [pl.unit.data_fact() for pl in plan.layers if pl.unit.is_data]
-    return bool(facts) and all(f is None or f.source is None for f in facts)
 
 
 # --- evaluation ---

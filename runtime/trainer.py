@@ -349,7 +349,7 @@ class Solver:
         import jax
 
         from netc.compiler import memory
-        from netc.runtime.feeds import data_feeds, input_only
+        from netc.runtime.feeds import data_feeds
 
         too_big = memory.refusal(self.train_plan, s.sp.type, memory.available_bytes(jax.devices()[0]),
                                  iter_size=int(s.sp.iter_size))
@@ -358,7 +358,7 @@ class Solver:
 
         self.feeds = data_feeds(self.train_plan, spec.spec_dir)
         if not self.feeds:
-            kind = "Input layers" if input_only(self.train_plan) else "no data layer"
+            kind = "Input layers" if self.train_plan.fed_by_inputs_only else "no data layer"
             raise RunError(f"{s.config.spec}: the TRAIN net is fed by {kind}, which hold no data; "
                            "netc train needs a Data layer with data_param.source (a .npz file or "
                            "netc:digits/train). Use `netc predict` to run a net on given inputs.")

@@ -147,3 +147,11 @@ def test_checkpoints_record_the_software_that_wrote_them(tmp_path, trained_mlp_r
     r = netc("train", MLP, "--resume", run, "--max-iter", 201)
     err = clean(r, code=0)
     assert f"jax 0.0.1 -> {jax.__version__}" in err and "not promised to be bitwise equal" in err
+
+
+def test_warnings_of_a_separate_solver_file_are_shown(tmp_path):
+    solver = tmp_path / "solver.yaml"
+    solver.write_text("base_lr: 0.01\nlr_policy: fixed\nmax_iter: 1\ndebug_info: true\n")
+    r = netc("train", MLP, "--solver", solver, "--out", tmp_path / "run")
+    err = clean(r, code=0)
+    assert f"{solver}:4:1: warning: debug_info: has no effect in netc" in err

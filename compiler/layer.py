@@ -32,10 +32,28 @@ class ParamDecl:
     filler: FillerParameter | None = None  # None: unset in the spec (Caffe fills constant 0)
     default_filler: FillerParameter = field(default_factory=FillerParameter)
     learned: bool = True  # False: state updated by the layer itself (BatchNorm statistics)
+    # A carried state (a recurrent layer's last hidden state, read back by the next batch as
+    # Caffe's RecurrentLayer does): per batch, not a parameter. Never counted, never shared
+    # between the TRAIN and TEST nets, never part of the architecture or loaded by --weights;
+    # kept in checkpoints so that a resumed run continues exactly. Always `learned=False`, and
+    # its role is named "carry_..." (is_carry_role) so that trees of arrays say it too.
+    carry: bool = False
+
+    def __post_init__(self):
+        if self.carry and self.learned:
+            raise ValueError("a carried state is not learned")
 
     @property
     def count(self) -> int:
         return math.prod(self.shape)
+
+
+CARRY_PREFIX = "carry_"
+
+
+def is_carry_role(role: str) -> bool:
+    """A (layer, role) entry of a state tree that is a carried state, not a statistic."""
+    return role.startswith(CARRY_PREFIX)
 
 
 class LoweringError(NetcError):
@@ -98,6 +116,10 @@ class DataFact:
     transform: Any = None  # TransformationParameter or None
     roles: tuple[str, ...] = ("data",)
     sample_shape: tuple[int, ...] | None = None  # one data sample before the transform, if known
+    batch_axis: int = 0  # the axis of the tops that indexes samples (1 for time-major T×N)
+    # top role -> number of distinct integer ids it holds (a text source's vocabulary size), for
+    # checks by the layers that read them (Embed's input_dim)
+    vocab: dict[str, int] = field(default_factory=dict)
 
 
 class Layer:

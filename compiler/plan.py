@@ -82,6 +82,8 @@ class Plan:
         seen = set()
         for pl in self.layers:
             for role, decl in pl.params.items():
+                if decl.carry:  # per-batch carried state, not a parameter
+                    continue
                 owner = pl.param_owner[role]
                 if owner not in seen:
                     seen.add(owner)

@@ -50,7 +50,8 @@ def check_report(spec, plan) -> dict:
                 "type": pl.type,
                 "bottoms": list(pl.bottoms),
                 "tops": {t: list(s) for t, s in zip(pl.tops, pl.top_shapes)},
-                "params": sum(d.count for r, d in pl.params.items() if pl.param_owner[r][0] == pl.name),
+                "params": sum(d.count for r, d in pl.params.items()
+                              if pl.param_owner[r][0] == pl.name and not d.carry),
                 "macs": pl.macs,
                 "receptive_field": [r for r, _ in pl.rf] if pl.rf else None,
                 "jump": [j for _, j in pl.rf] if pl.rf else None,

@@ -52,6 +52,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from netc.compiler.layer import is_carry_role
 from netc.runtime.callbacks import Diverged, Event, MetricsLog, NanGuard, Progress
 from netc.runtime.context import RunContext, load_context
 from netc.runtime.errors import EXIT_DIVERGED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, RunError
@@ -424,6 +425,8 @@ class Solver:
         for tree, src, what in ((tparams, self.params, "params"), (tstate, self.state, "state")):
             for layer, roles in tree.items():
                 for role, v in roles.items() if layer in src else ():
+                    if is_carry_role(role):  # each net carries its own recurrent state
+                        continue
                     if role not in src[layer] or src[layer][role].shape != v.shape:
                         a = src[layer][role].shape if role in src[layer] else ()
                         hint = ("; --data replaced only the TRAIN Data layer's source"
@@ -585,7 +588,9 @@ class Solver:
         own_p, own_s = self._test_own
         tp = {layer: (self.params[layer] if shared else own_p[layer])
               for layer, shared in self._test_shared["params"].items()}
-        ts = {layer: (self.state[layer] if shared else own_s[layer])
+        # statistics come from the TRAIN net; a carried recurrent state is the TEST net's own
+        ts = {layer: ({r: (v if is_carry_role(r) else self.state[layer][r])
+                       for r, v in own_s[layer].items()} if shared else own_s[layer])
               for layer, shared in self._test_shared["state"].items()}
         result = evaluate(self._eval_fn, tp, ts, self.test_feeds, self.test_iter,
                           self.settings.seed)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from netc.compiler.layer import fmt_shape
+from netc.compiler.layer import fmt_shape, is_carry_role
 from netc.runtime.errors import RunError
 
 __all__ = ["architecture", "architecture_digest", "architecture_diff", "read_weights",
@@ -24,7 +24,8 @@ def architecture(plan) -> list[list]:
     for pl in plan.layers:
         out.append([pl.name, pl.type, {role: [int(d) for d in decl.shape]
                                        for role, decl in pl.params.items()
-                                       if pl.param_owner[role][0] == pl.name}])
+                                       if pl.param_owner[role][0] == pl.name
+                                       and not decl.carry}])
     return out
 
 
@@ -134,6 +135,9 @@ def apply_weights(params: dict, state: dict, wparams: dict, wstate: dict) -> tup
         for layer, roles in tree.items():
             out[layer] = {}
             for role, value in roles.items():
+                if is_carry_role(role):  # a carried state starts from zero in a new run
+                    out[layer][role] = value
+                    continue
                 key = (layer, role)
                 name = f"{layer}/{role}"
                 if key not in source:
@@ -152,7 +156,8 @@ def apply_weights(params: dict, state: dict, wparams: dict, wstate: dict) -> tup
         return out
 
     new_params, new_state = fill(params), fill(state)
-    report.unused = [f"{layer}/{role}" for (layer, role) in source if (layer, role) not in used]
+    report.unused = [f"{layer}/{role}" for (layer, role) in source
+                     if (layer, role) not in used and not is_carry_role(role)]
     return new_params, new_state, report
 
 

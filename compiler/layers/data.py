@@ -104,8 +104,9 @@ class Input(Layer):
     tops = (1, None)
     is_data = True
     geometry = "pointwise"
-    summary = "Declares input blobs by shape (one shape for all tops, or one per top); −1 as the " \
-              "first dimension is a symbolic batch (netc extension)."
+    summary = "Declares input blobs by shape (one shape for all tops, or one per top); −1 in " \
+              "one dimension is a symbolic batch (netc extension; axis 1 for time-major T×N " \
+              "sequences)."
     example = """\
 name: data
 type: Input
@@ -124,18 +125,17 @@ input_param: {shape: {dim: [10, 3, 224, 224]}}
             j = 0 if len(shapes) == 1 else i
             if not s.dim:
                 raise SpecError("shape has no dimensions", ("input_param", "shape", j, "dim"))
-            dims = [batch_dim(s.dim[0], ("input_param", "shape", j, "dim"))]
-            for d in s.dim[1:]:
-                if d <= 0:
-                    raise SpecError(f"dimension must be positive, got {d}",
-                                    ("input_param", "shape", j, "dim"))
-                dims.append(d)
-            out.append(tuple(dims))
+            where = ("input_param", "shape", j, "dim")
+            if sum(d == -1 for d in s.dim) > 1:
+                raise SpecError("at most one dimension may be −1 (the symbolic batch)", where)
+            out.append(tuple(batch_dim(d, where) for d in s.dim))
         return out
 
     def data_fact(self) -> DataFact:
-        first = self.p.shape[0].dim[0] if self.p.shape and self.p.shape[0].dim else -1
-        return DataFact(source=None, batch_size=first if first > 0 else None,
+        dims = self.p.shape[0].dim if self.p.shape else ()
+        axis = dims.index(-1) if -1 in dims else 0
+        first = dims[axis] if dims else -1
+        return DataFact(source=None, batch_size=first if first > 0 else None, batch_axis=axis,
                         roles=("data",) * len(self.spec.top))
 
 

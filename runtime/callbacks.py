@@ -93,8 +93,9 @@ class MetricsLog(Callback):
         self.f.flush()
 
     def on_train(self, solver, e: Event) -> None:
+        extra = {"teacher_prob": e.data["teacher_prob"]} if "teacher_prob" in e.data else {}
         self.write("train", iter=e.iter, loss=e.data["loss"], lr=e.data["lr"],
-                   it_per_s=round(e.data["it_per_s"], 3))
+                   it_per_s=round(e.data["it_per_s"], 3), **extra)
 
     def on_test(self, solver, e: Event) -> None:
         self.write("test", iter=e.iter, metrics={k: _finite(v) for k, v in e.data["metrics"].items()})
@@ -197,8 +198,10 @@ class Progress(Callback):
 
     def on_train(self, solver, e: Event) -> None:
         if not self.live:
+            tp = (f", teacher forcing p = {e.data['teacher_prob']:.3g}"
+                  if "teacher_prob" in e.data else "")
             self.out.write(f"Iteration {e.iter} ({e.data['it_per_s']:.2f} iter/s), loss = "
-                           f"{e.data['loss']:.6g}, lr = {e.data['lr']:.6g}\n")
+                           f"{e.data['loss']:.6g}, lr = {e.data['lr']:.6g}{tp}\n")
             self.out.flush()
 
     def on_test(self, solver, e: Event) -> None:

@@ -209,11 +209,12 @@ def resolve_settings(cfg: TrainConfig, err: TextIO | None = None) -> SolverSetti
 # --- the jitted step --------------------------------------------------------------------------
 
 
-def make_train_step(net, optimizer, iter_size: int, step_key):
+def make_train_step(net, optimizer, iter_size: int, step_key, mix=None):
     """`step(params, state, opt_state, inputs, it) -> (params, state, opt_state, loss)`, jitted,
     donating its first three arguments. With iter_size > 1, `inputs` has a leading micro-batch axis;
     the gradients are summed over the micro-batches (runtime/solver.py divides by iter_size) and
-    the loss is their mean, as Caffe reports it."""
+    the loss is their mean, as Caffe reports it. `mix(params, state, inputs, key, it)`, if given,
+    rewrites each (micro-)batch's inputs first (scheduled sampling, runtime/scheduled.py)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -222,13 +223,18 @@ def make_train_step(net, optimizer, iter_size: int, step_key):
         total, (_, new_state) = net.loss(params, state, inputs, rng=key, train=True)
         return total, new_state
 
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
+    value_and_grad = jax.value_and_grad(objective, has_aux=True)
 
-    def accumulate(params, state, inputs, key):
+    def grad_fn(params, state, inputs, key, it):
+        if mix is not None:
+            inputs = mix(params, state, inputs, key, it)
+        return value_and_grad(params, state, inputs, key)
+
+    def accumulate(params, state, inputs, key, it):
         def micro(carry, xs):
             st, gsum, lsum = carry
             j, mb = xs
-            (lj, st), g = grad_fn(params, st, mb, jax.random.fold_in(key, j))
+            (lj, st), g = grad_fn(params, st, mb, jax.random.fold_in(key, j), it)
             return (st, jax.tree_util.tree_map(jnp.add, gsum, g), lsum + lj), None
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -239,9 +245,9 @@ def make_train_step(net, optimizer, iter_size: int, step_key):
     def step(params, state, opt_state, inputs, it):
         key = jax.random.fold_in(step_key, it)
         if iter_size == 1:
-            (loss, state), grads = grad_fn(params, state, inputs, key)
+            (loss, state), grads = grad_fn(params, state, inputs, key, it)
         else:
-            (loss, state), grads = accumulate(params, state, inputs, key)
+            (loss, state), grads = accumulate(params, state, inputs, key, it)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         return params, state, opt_state, loss
@@ -397,8 +403,15 @@ class Solver:
         self.test_net = lower(self.test_plan) if self.test_iter else None
         if self.test_net is not None:
             self._share_test_params()
+        ss = s.sp.scheduled_sampling
+        if ss is not None:
+            from netc.runtime.scheduled import make_mixer
+
+            mix = make_mixer(self.net, ss)
+        else:
+            mix = None
         self._step_fn = make_train_step(self.net, self.optimizer, self.iter_size,
-                                        jax.random.fold_in(self.root_key, _STEP_TAG))
+                                        jax.random.fold_in(self.root_key, _STEP_TAG), mix)
 
     def _load_weights(self, weights: str) -> None:
         from netc.runtime.weights import apply_weights, read_weights
@@ -550,7 +563,10 @@ class Solver:
             t0, i0 = self._window or (self.timer.start, self._solve_start)
             rate = (it + 1 - i0) / (now - t0) if now > t0 else 0.0
             self._window = (now, it + 1)
-            self.emit("train", it, loss=smoothed, lr=lr, it_per_s=rate)
+            extra = {}
+            if s.sp.scheduled_sampling is not None:
+                extra["teacher_prob"] = s.sp.scheduled_sampling.teacher_prob(it)
+            self.emit("train", it, loss=smoothed, lr=lr, it_per_s=rate, **extra)
         self.iter = it + 1
 
     def step(self, n: int) -> None:

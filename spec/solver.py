@@ -187,6 +187,66 @@ def _refuse(field: str, message: str, value: Any) -> ValidationError:
     )
 
 
+SCHEDULED_SAMPLING_RULE = (
+    "netc extension (Bengio et al. 2015): at iteration i each position t >= 1 of the `input` "
+    "blob keeps its true token with probability eps_i and otherwise takes the model's own "
+    "prediction of it (from `output` at t - 1: sampled from its softmax, or its argmax); "
+    "eps_i = max(epsilon_min, k - c*i) (linear), k**i (exponential, 0 < k < 1) or "
+    "k / (k + exp(i / k)) (inverse_sigmoid, k >= 1). The predictions come from `passes` "
+    "teacher-forced forward passes without gradient, each feeding the previous pass's mix: one "
+    "pass is Duckworth et al.'s parallel scheduled sampling; T passes equal Bengio's sequential "
+    "procedure for sequences of T steps. Without this section training is teacher-forced."
+)
+
+
+class ScheduledSampling(Message):
+    """The solver's `scheduled_sampling` section (see SCHEDULED_SAMPLING_RULE)."""
+
+    input: str = Field(description="The blob of token ids the model's predictions replace (a top "
+                       "of a data layer), e.g. a decoder's input sequence.")
+    output: str = Field(description="The scores (logits or probabilities, classes on the last "
+                        "axis) whose value at step t - 1 predicts the input at step t.")
+    schedule: Literal["linear", "exponential", "inverse_sigmoid"] = "inverse_sigmoid"
+    k: Annotated[float, Field(gt=0)] = 1.0
+    c: NonNegFloat = 0.0
+    epsilon_min: Annotated[float, Field(ge=0, le=1)] = 0.0
+    decode: Literal["SAMPLE", "ARGMAX"] = "SAMPLE"
+    passes: PosInt = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduledSampling:
+        if self.schedule == "exponential" and not self.k < 1:
+            raise _refuse("k", f"the exponential schedule eps = k**i needs 0 < k < 1, got {self.k}",
+                          self.k)
+        if self.schedule == "inverse_sigmoid" and self.k < 1:
+            raise _refuse("k", "the inverse_sigmoid schedule eps = k / (k + exp(i / k)) needs "
+                          f"k >= 1, got {self.k}", self.k)
+        if self.schedule == "linear" and "c" not in self.model_fields_set:
+            raise _refuse("c", "the linear schedule eps = max(epsilon_min, k - c*i) needs c (the "
+                          "decrease per iteration)", None)
+        return self
+
+    def teacher_prob(self, it):
+        """eps_i: the probability of keeping the true token at iteration `it` (a Python float
+        for an int, a traced value inside jit — numpy-style functions of `it` only)."""
+        import math
+
+        if isinstance(it, int):
+            if self.schedule == "linear":
+                return max(self.epsilon_min, min(1.0, self.k - self.c * it))
+            if self.schedule == "exponential":
+                return self.k ** it
+            return self.k / (self.k + math.exp(min(it / self.k, 700.0)))
+        import jax.numpy as jnp
+
+        i = jnp.asarray(it, jnp.float32)
+        if self.schedule == "linear":
+            return jnp.clip(self.k - self.c * i, self.epsilon_min, 1.0)
+        if self.schedule == "exponential":
+            return jnp.power(self.k, i)
+        return self.k / (self.k + jnp.exp(jnp.minimum(i / self.k, 80.0)))
+
+
 def _solver_type_schema(schema: dict[str, Any]) -> None:
     schema["enum"] = list(SOLVER_TYPES)
 
@@ -240,6 +300,9 @@ class SolverParameter(Message):
     momentum2: Fraction = 0.999
     rms_decay: Fraction = 0.99
     solver_type: DeprecatedSolverType | None = None  # deprecated; Caffe's default is SGD
+
+    # --- sequence training (netc extension) --------------------------------------------------------
+    scheduled_sampling: ScheduledSampling | None = Field(None, description=SCHEDULED_SAMPLING_RULE)
 
     # --- snapshots and the rest (see ignored_fields) ---------------------------------------------
     snapshot: NonNegInt = 0

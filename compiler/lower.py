@@ -76,12 +76,19 @@ class Net:
         """Run the net on `inputs` ({blob: array} for every data-layer top it needs). Returns
         ({blob: value}, updated state): every blob, or with `outputs` (blob names) only those,
         computed by only the layers they need (Plan.subgraph). This is the one graph walk that
-        training, `test`, `predict`, `export` and the Python API share."""
+        training, `test`, `predict`, `export` and the Python API share.
+
+        `inputs` may also give blobs that layers compute (say a decoder's initial state while
+        generating step by step): the layers that write a given blob are skipped, and so are the
+        layers only they needed."""
         import jax
 
         train = self.train if train is None else train
+        given = {b for b in inputs if b in self.plan.blobs and b not in self._data_tops}
         layers = self.plan.layers if outputs is None else self.plan.subgraph(outputs)
-        blobs: dict = {}
+        if given:
+            layers = _prune(layers, given, outputs)
+        blobs: dict = {b: inputs[b] for b in given}
         new_state: dict = {}
         for pl in layers:
             if pl.unit.is_data:
@@ -120,6 +127,14 @@ class Net:
         return blobs, merged
 
     @property
+    def _data_tops(self) -> set[str]:
+        tops = self.__dict__.get("_data_top_set")
+        if tops is None:
+            tops = self.__dict__["_data_top_set"] = {
+                t for pl in self.plan.layers if pl.unit.is_data for t in pl.tops}
+        return tops
+
+    @property
     def _rng_index(self) -> dict[str, int]:
         """Each layer's position in the plan: its dropout key is fold_in(rng, position) whichever
         subgraph runs, so a forward of part of the net draws the same masks as the whole."""
@@ -146,6 +161,18 @@ class Net:
     def metric_blobs(self) -> list[str]:
         """Scalar outputs worth reporting (losses, accuracies): Caffe prints every net output."""
         return [t for t in self.plan.outputs if self.plan.blobs[t] == ()]
+
+
+def _prune(layers: list[PlannedLayer], given: set[str], outputs) -> list[PlannedLayer]:
+    """`layers` without those that write a given blob and without those only they needed."""
+    kept = [pl for pl in layers if not any(t in given for t in pl.tops)]
+    want = set(outputs) if outputs is not None else {t for pl in kept for t in pl.tops}
+    out = []
+    for pl in reversed(kept):
+        if any(t in want for t in pl.tops):
+            out.append(pl)
+            want.update(b for b in pl.bottoms if b not in given)
+    return out[::-1]
 
 
 def lower(plan: Plan) -> Net:

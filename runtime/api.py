@@ -70,11 +70,11 @@ class Model:
         return self._net
 
     def init(self, key=None) -> tuple[dict, dict]:
-        """Fresh (params, state) from the spec's fillers; `key` a JAX PRNG key (default key 0).
-        Also kept as `self.params` / `self.state`."""
+        """Fresh (params, state) from the spec's fillers; `key` a JAX PRNG key or an int seed
+        (default 0). Also kept as `self.params` / `self.state`."""
         import jax
 
-        key = jax.random.PRNGKey(0) if key is None else key
+        key = jax.random.PRNGKey(key or 0) if key is None or isinstance(key, int) else key
         self.params, self.state = self.net.init(key)
         return self.params, self.state
 

@@ -57,7 +57,10 @@ class BlobShape(Message):
 
 
 class FillerParameter(Message):
-    type: Literal["constant", "gaussian", "positive_unitball", "uniform", "xavier", "msra", "bilinear"] = "constant"
+    # `orthogonal` and its `gain` are netc extensions (Saxe et al. 2014, Keras's Orthogonal): see
+    # compiler/fillers.py for how a blob is cut into orthogonal blocks.
+    type: Literal["constant", "gaussian", "positive_unitball", "uniform", "xavier", "msra", "bilinear",
+                  "orthogonal"] = "constant"
     value: float = 0.0
     min: float = 0.0
     max: float = 1.0
@@ -65,6 +68,7 @@ class FillerParameter(Message):
     std: Annotated[float, Field(ge=0)] = 1.0
     sparse: int = -1
     variance_norm: Literal["FAN_IN", "FAN_OUT", "AVERAGE"] = "FAN_IN"
+    gain: float = 1.0  # netc extension: the orthogonal filler's scale
 
 
 class NetState(Message):
@@ -280,6 +284,16 @@ class CropParameter(Message):
     offset: Repeated(NonNegInt) = ()
 
 
+class EmbedParameter(Message):
+    """Caffe's Embed: a lookup table of `input_dim` rows of `num_output` values."""
+
+    num_output: PosInt
+    input_dim: PosInt
+    bias_term: bool = True
+    weight_filler: FillerParameter | None = None
+    bias_filler: FillerParameter | None = None
+
+
 class ELUParameter(Message):
     alpha: float = 1.0
 
@@ -343,6 +357,29 @@ class PowerParameter(Message):
 class PReLUParameter(Message):
     filler: FillerParameter | None = None  # Caffe's default: constant 0.25
     channel_shared: bool = False
+
+
+class RecurrentParameter(Message):
+    """Caffe's RecurrentParameter (RNN, LSTM) and netc's GRU. Caffe's fields first; the rest are
+    netc extensions (compiler/layers/recurrent.py says what each does)."""
+
+    num_output: PosInt
+    weight_filler: FillerParameter | None = None
+    bias_filler: FillerParameter | None = None
+    debug_info: bool = False  # accepted, ignored (Caffe prints its unrolled net)
+    expose_hidden: bool = False
+    # netc extensions
+    sequence_input: Literal["CONT", "MASK", "LENGTHS", "NONE"] = "CONT"
+    batch_first: bool = False
+    bidirectional: bool = False
+    merge_mode: Literal["CONCAT", "SUM"] = "CONCAT"
+    num_layers: Annotated[int, Field(ge=1, le=1024)] = 1
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    output: Literal["SEQUENCE", "LAST"] = "SEQUENCE"
+    reset_after: bool = True  # GRU only
+    output_layer: bool = True  # RNN only
+    recurrent_weight_filler: FillerParameter | None = None
+    bptt_steps: NonNegInt = 0
 
 
 class ReductionParameter(Message):

@@ -2,7 +2,14 @@
 
 fan_in = count / shape[0], fan_out = count / shape[1] (Caffe's definitions). xavier is uniform on
 ±sqrt(3/n) — NOT Glorot's sqrt(6/(fan_in+fan_out)) — and msra is N(0, 2/n), where n is fan_in,
-fan_out or their mean (`variance_norm`). An unset filler is constant 0, as in Caffe."""
+fan_out or their mean (`variance_norm`). An unset filler is constant 0, as in Caffe.
+
+`orthogonal` (netc extension; Saxe et al. 2014, Keras's Orthogonal): `gain` × a (semi-)orthogonal
+matrix from the QR decomposition of a Gaussian one, signs corrected so that the draw is uniform
+(Haar). A blob is seen as a matrix shape[0] × (the rest). When its rows are a whole multiple k > 1
+of its columns — a recurrent layer's G·H × H hidden-to-hidden weights — each of the k square row
+blocks (each gate's H × H block) is orthogonal on its own; otherwise the whole matrix is: its rows
+orthonormal when it is wide, its columns when it is tall."""
 
 from __future__ import annotations
 
@@ -42,6 +49,28 @@ def bilinear_kernel(shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def orthogonal(key, shape: tuple[int, ...], gain: float = 1.0, dtype=None):
+    """gain × a (semi-)orthogonal matrix per square row block (see the module's docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = dtype or jnp.float32
+    if len(shape) < 2:
+        raise ValueError(f"the orthogonal filler needs a blob of at least 2 axes, got {shape}")
+    rows, cols = shape[0], math.prod(shape[1:])
+    blocks = rows // cols if rows > cols and rows % cols == 0 else 1
+    r = rows // blocks  # each block is r × cols
+    big, small = max(r, cols), min(r, cols)
+    a = jax.random.normal(key, (blocks, big, small), jnp.float32)
+    q, rr = jnp.linalg.qr(a)  # q: big × small with orthonormal columns
+    # Haar measure: make R's diagonal positive (a zero diagonal element keeps its column's sign)
+    d = jnp.sign(jnp.diagonal(rr, axis1=-2, axis2=-1))
+    q = q * jnp.where(d == 0, 1.0, d)[:, None, :]
+    if r < cols:  # a wide block: orthonormal rows
+        q = jnp.swapaxes(q, -1, -2)
+    return (gain * q).reshape(shape).astype(dtype)
+
+
 def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):
     import jax
     import jax.numpy as jnp
@@ -71,4 +100,6 @@ def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):
         return (w2 / w2.sum(axis=1, keepdims=True)).reshape(shape)
     if t == "bilinear":
         return jnp.asarray(bilinear_kernel(shape), dtype)
+    if t == "orthogonal":
+        return orthogonal(key, shape, f.gain, dtype)
     raise ValueError(f"unknown filler {t}")  # unreachable: the spec validated the name

@@ -315,8 +315,9 @@ def test_a_failed_layer_still_declares_its_tops_for_suggestions(check_spec, para
 # --- 6. Caffe layer types netc lacks --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "RNN", "Embed", "Python", "HDF5Data", "HDF5Output",
-                                  "ImageData", "WindowData", "MemoryData", "DummyData"])
+@pytest.mark.parametrize("kind", ["LSTMUnit", "Filter", "BatchReindex", "Python", "HDF5Data",
+                                  "HDF5Output", "ImageData", "WindowData", "MemoryData",
+                                  "DummyData"])
 def test_a_caffe_type_netc_lacks_is_named_as_such(check_spec, kind):
     text = INPUTS.split("  - name: ip")[0] + f"""
   - name: x
@@ -336,7 +337,7 @@ def test_caffe_type_list_is_bvlc_caffe_and_misspellings_still_get_suggestions(ch
     # every Caffe type netc has is in the list (the list is Caffe's, not a copy of netc's)
     assert {"Convolution", "Pooling", "SoftmaxWithLoss", "Data", "Input"} <= CAFFE_LAYER_TYPES
     assert {"GELU", "ReLU6", "Upsample", "Maxout"}.isdisjoint(CAFFE_LAYER_TYPES)  # netc's own
-    assert "LSTM" not in units()
+    assert "LSTMUnit" not in units()
     text = INPUTS.split("  - name: ip")[0] + """
   - name: x
     type: Poolin

@@ -319,7 +319,9 @@ def example_net(kind: str) -> tuple[str, str]:
         # Labels are one per sample; the scores beside a label are N×C×1×1, so that Caffe's rule
         # (one label per prediction position) holds. Every other bottom is a small N×C×H×W image.
         score = [2, 3, 1, 1] if "label" in bottoms else [2, 3, 8, 8]
-        shapes = [{"dim": [2] if b == "label" else score} for b in bottoms]
+        # a recurrent layer's second bottom: T×N for x 2×3×… time-major, N for batch_first
+        seq = {"label": [2], "cont": [2, 3], "lengths": [2]}
+        shapes = [{"dim": seq.get(b, score)} for b in bottoms]
         text += "  - " + json.dumps({"name": "example_input", "type": "Input", "top": bottoms,
                                      "input_param": {"shape": shapes}}) + "\n"
     text += "  - " + textwrap.indent(example, "    ").lstrip()

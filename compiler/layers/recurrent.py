@@ -1,0 +1,646 @@
+"""Sequence layers: Embed, RNN and LSTM (Caffe's embed_layer, rnn_layer, lstm_layer) and GRU (a netc
+extension in the same style), all reading `recurrent_param` (RecurrentParameter).
+
+Caffe's recurrent semantics: x is time-major T×N×… (its axes from 2 on are flattened to I
+features); the second bottom `cont` (T×N) is 0 where a sequence starts, and the state is multiplied
+by cont_t before step t (h_{t−1} ← cont_t·h_{t−1}, c likewise); an optional `x_static` (N×…) adds
+W_x*_static·x_static to every step's gates; `expose_hidden` adds the initial state as bottoms and
+the final state as tops. Without expose_hidden Caffe carries h_T of one forward into h_0 of the
+next: netc declares it as a carried state (`carry_h`, `carry_c`) when the batch is concrete.
+
+netc extensions (see RecurrentParameter): what the second bottom is (`sequence_input` CONT | MASK |
+LENGTHS | NONE; with MASK and LENGTHS a padded step changes neither the state nor anything but
+its output, which is 0), `batch_first`, `bidirectional` with `merge_mode`, stacked `num_layers`
+with `dropout` between them in TRAIN, `output: LAST`, GRU's `reset_after`, RNN's `output_layer`,
+`recurrent_weight_filler`, and `bptt_steps` (cut the gradient through the state every k steps).
+
+Cells (gate blocks of H rows, in the order listed):
+- LSTM (i, f, o, g — Caffe's lstm_unit_layer.cpp): c_t = σ(f)⊙c_{t−1} + σ(i)⊙tanh(g),
+  h_t = σ(o)⊙tanh(c_t); one bias b_c.
+- GRU (r, z, n — PyTorch's): r, z = σ(W_x x + b + W_h h); reset_after (PyTorch, cuDNN, Keras's
+  default): n = tanh(W_xn x + b_n + r⊙(W_hn h + b_hn)), a second bias b_hg; reset before (Cho et
+  al. 2014): n = tanh(W_xn x + b_n + W_hn (r⊙h)), one bias. h_t = (1 − z)⊙n + z⊙h_{t−1}.
+- RNN (Elman): h_t = tanh(W_xh x_t + b_h + W_hh h_{t−1}); with output_layer (Caffe's default) the
+  top is o_t = tanh(W_ho h_t + b_o), else h_t (PyTorch's nn.RNN).
+
+Stacking: layer l > 0 reads the merged output of layer l − 1 (each direction's o_t for an RNN with
+output_layer). x_static feeds the first layer only. Blob roles repeat per layer and direction with
+the suffixes `_l1`, `_l2`, … and `_reverse`; the states h0/hT (and the carried state) are
+(L·D)×N×H, index layer·D + direction (PyTorch's layout). A reverse direction runs from the last
+step to the first: with MASK/LENGTHS over each sequence's valid steps only (as PyTorch's packed
+sequences), with CONT its state resets where the NEXT step starts a new sequence. Its carried
+state is kept in the state tree but not read: its scan starts at the batch's last step, whose
+future the net has not seen, so it starts from zeros.
+
+Lowering: per layer one `lax.scan` over time runs both directions at once (a leading direction
+axis); the input projection x·W_xᵀ + b of every step is one matmul outside the scan, and each step
+does one matmul h·W_hᵀ for all gates (two for GRU reset-before), so compile time does not grow
+with T.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from netc.compiler.layer import (
+    BATCH,
+    Dim,
+    LabelFact,
+    Layer,
+    ParamDecl,
+    Shape,
+    count,
+    fmt_shape,
+    register,
+)
+from netc.spec.errors import SpecError
+from netc.spec.messages import EmbedParameter, FillerParameter, RecurrentParameter
+
+# --------------------------------------------------------------------------------------------
+# Embed
+
+
+@register
+class Embed(Layer):
+    """Caffe's embed_layer.cpp: top = weight[id] (+ bias) for every id of the bottom."""
+
+    type = "Embed"
+    param_field = "embed_param"
+    Param = EmbedParameter
+    bottom_names = ("ids",)
+    summary = ("Lookup table: each integer id of the input (any shape S; float blobs holding "
+               "integers are accepted, as in Caffe) becomes row `id` of the input_dim×num_output "
+               "`weight` (+ `bias`): output S×num_output. An id outside [0, input_dim) gives NaN.")
+    example = """\
+name: embed
+type: Embed
+bottom: data
+top: embedded
+embed_param:
+  num_output: 128
+  input_dim: 65
+  weight_filler: {type: uniform, min: -0.1, max: 0.1}
+  bias_term: false
+"""
+
+    def infer(self, bottoms):
+        return [tuple(bottoms[0]) + (self.p.num_output,)]
+
+    def params(self, bottoms):
+        out = {"weight": ParamDecl((self.p.input_dim, self.p.num_output), self.p.weight_filler)}
+        if self.p.bias_term:
+            out["bias"] = ParamDecl((self.p.num_output,), self.p.bias_filler)
+        return out
+
+    def macs(self, bottoms, tops):
+        return 0  # lookups, no multiply-accumulates
+
+    def label_fact(self, bottoms):
+        """The ids are class indices in [0, input_dim): data checks find an out-of-range id
+        before training. Per sample: the bottom's shape without its batch axis (the symbolic
+        batch's axis, else axis 0)."""
+        x = tuple(bottoms[0])
+        axis = x.index(BATCH) if BATCH in x else 0
+        per_sample = tuple(int(d) for i, d in enumerate(x) if i != axis)
+        return LabelFact(self.spec.name, 0, per_sample, self.p.input_dim, None, "class",
+                         f"ids {self.spec.bottom[0]} ({fmt_shape(x)}) index the "
+                         f"{self.p.input_dim} rows of the embedding")
+
+    def describe(self) -> str:
+        return f"{self.p.input_dim} ids → {self.p.num_output}"
+
+    def apply(self, params, bottoms, ctx):
+        import jax.numpy as jnp
+
+        ids = bottoms[0]
+        w = params["weight"]
+        if not jnp.issubdtype(w.dtype, jnp.floating):
+            w = w.astype(jnp.float32)
+        k = self.p.input_dim
+        if jnp.issubdtype(ids.dtype, jnp.floating):
+            # a float id that is not a whole number in range (NaN included) is out of range
+            ok = (ids == jnp.floor(ids)) & (ids >= 0) & (ids < k)
+            idx = jnp.where(ok, ids, k).astype(jnp.int32)
+        else:
+            idx = jnp.where((ids >= 0) & (ids < k), ids, k).astype(jnp.int32)
+        # mode="fill": index k (out of range) gives NaN, never a wrapped or clamped row
+        y = jnp.take(w, idx, axis=0, mode="fill", fill_value=jnp.nan)
+        if "bias" in params:
+            y = y + params["bias"].astype(y.dtype)
+        return [y]
+
+
+# --------------------------------------------------------------------------------------------
+# RNN / LSTM / GRU
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    """A recurrent layer's per-shape decisions (Layer.resolve), read by apply."""
+
+    T: int
+    N: Dim
+    I: int  # noqa: E741 - the input size, as in the papers
+    H: int
+    L: int  # stacked layers
+    D: int  # directions
+    S: int | None  # x_static's features, None without it
+    seq: int | None  # index of the second bottom (cont / mask / lengths)
+    static: int | None  # index of x_static
+    h0: int | None  # index of h0 (and h0 + 1: c0 for LSTM)
+    carry: bool  # declares carry_h (carry_c) state
+    concat: bool  # merge_mode CONCAT
+
+    @property
+    def merged(self) -> int:
+        """Features of a layer's output (both directions merged)."""
+        return self.H * (self.D if self.concat else 1)
+
+
+class _Recurrent(Layer):
+    """Shape rules, parameters and the lowering shared by RNN, LSTM and GRU."""
+
+    param_field = "recurrent_param"
+    Param = RecurrentParameter
+    # the exact counts depend on sequence_input, x_static and expose_hidden: checked in infer
+    bottoms = (1, 5)
+    tops = (1, 3)
+    gates: ClassVar[int]
+    n_states: ClassVar[int] = 1  # h (and c for LSTM)
+    # Caffe's roles: input weights, bias, static input weights, hidden-to-hidden weights
+    roles: ClassVar[tuple[str, str, str, str]]
+    unroll: ClassVar[int] = 1  # lax.scan's unroll (measured: see bench/recurrent_compile.py)
+
+    # --- shapes ------------------------------------------------------------------------------
+    def _bottom_list(self, static: bool) -> list[str]:
+        p = self.p
+        names = ["x"]
+        if p.sequence_input != "NONE":
+            names.append({"CONT": "cont", "MASK": "mask", "LENGTHS": "lengths"}[p.sequence_input])
+        if static:
+            names.append("x_static")
+        if p.expose_hidden:
+            names += ["h0", "c0"][:self.n_states]
+        return names
+
+    def _geometry(self, bottoms: list[Shape]) -> Recurrence:
+        p = self.p
+        nb = len(bottoms)
+        base = 1 + (p.sequence_input != "NONE")
+        hidden = self.n_states if p.expose_hidden else 0
+        if nb not in (base + hidden, base + hidden + 1):
+            plain, with_static = self._bottom_list(False), self._bottom_list(True)
+            raise SpecError(f"takes the bottoms ({', '.join(plain)}) or ({', '.join(with_static)})"
+                            f" with sequence_input {p.sequence_input}"
+                            f"{' and expose_hidden' if p.expose_hidden else ''}, got {nb}",
+                            ("bottom",))
+        static = nb == base + hidden + 1
+        want_tops = 1 + hidden
+        if len(self.spec.top) != want_tops:
+            names = ["y"] + (["hT", "cT"][:self.n_states] if p.expose_hidden else [])
+            raise SpecError(f"produces {want_tops} top{'s' if want_tops > 1 else ''} "
+                            f"({', '.join(names)}){' with expose_hidden' if p.expose_hidden else ''}"
+                            f", got {len(self.spec.top)}", ("top",))
+        x = tuple(bottoms[0])
+        order = "N×T×… (batch_first)" if p.batch_first else "T×N×… (time-major)"
+        if len(x) < 2:
+            raise SpecError(f"x ('{self.spec.bottom[0]}') must be {order}, got {fmt_shape(x)}",
+                            ("bottom", 0))
+        T, N = (x[1], x[0]) if p.batch_first else (x[0], x[1])
+        if isinstance(T, str) or any(isinstance(d, str) for d in x[2:]):
+            axis = "1" if p.batch_first else "0"
+            raise SpecError(f"x ('{self.spec.bottom[0]}') is {fmt_shape(x)}: the symbolic batch "
+                            f"must be on its batch axis ({order}: axis {0 if p.batch_first else 1}"
+                            f"), not on the time axis {axis} or a feature axis", ("bottom", 0))
+        I = count(x, 2)  # noqa: E741
+        H = p.num_output
+        L, D = p.num_layers, 2 if p.bidirectional else 1
+        tn = "N×T" if p.batch_first else "T×N"
+        seq = 1 if base == 2 else None
+        if seq is not None:
+            s = tuple(bottoms[1])
+            want = (N,) if p.sequence_input == "LENGTHS" else ((N, T) if p.batch_first else (T, N))
+            if s != want:
+                what = ("N (one length per sequence)" if p.sequence_input == "LENGTHS"
+                        else f"{tn} (one value per step and sequence)")
+                raise SpecError(f"{p.sequence_input.lower()} ('{self.spec.bottom[1]}') must be "
+                                f"{what} = {fmt_shape(want)} for x {fmt_shape(x)}, got "
+                                f"{fmt_shape(s)}", ("bottom", 1))
+        S = None
+        si = base if static else None
+        if static:
+            xs = tuple(bottoms[si])
+            if len(xs) < 1 or xs[0] != N:
+                raise SpecError(f"x_static ('{self.spec.bottom[si]}') must be N×… with N = "
+                                f"{N} as x {fmt_shape(x)}, got {fmt_shape(xs)}", ("bottom", si))
+            S = count(xs, 1)
+        h0 = base + static if p.expose_hidden else None
+        if h0 is not None:
+            want = (L * D, N, H)
+            for j, name in enumerate(["h0", "c0"][:self.n_states]):
+                s = tuple(bottoms[h0 + j])
+                if s != want:
+                    raise SpecError(f"{name} ('{self.spec.bottom[h0 + j]}') must be (layers × "
+                                    f"directions)×N×H = {fmt_shape(want)} for x {fmt_shape(x)}, "
+                                    f"got {fmt_shape(s)}", ("bottom", h0 + j))
+        carry = p.sequence_input == "CONT" and not p.expose_hidden and isinstance(N, int)
+        return Recurrence(T, N, I, H, L, D, S, seq, si, h0, carry, p.merge_mode == "CONCAT")
+
+    def _warnings(self, g: Recurrence) -> None:
+        p, set_ = self.p, self.p.set_fields()
+        if "reset_after" in set_ and self.type != "GRU":
+            self.warn(f"reset_after applies to GRU only; {self.type} ignores it",
+                      "recurrent_param", "reset_after")
+        if "output_layer" in set_ and self.type != "RNN":
+            self.warn(f"output_layer applies to RNN only; {self.type} ignores it",
+                      "recurrent_param", "output_layer")
+        if "merge_mode" in set_ and not p.bidirectional:
+            self.warn("merge_mode applies to bidirectional layers only; ignored",
+                      "recurrent_param", "merge_mode")
+        if p.dropout > 0 and p.num_layers == 1:
+            self.warn("dropout applies between stacked layers; with num_layers 1 it does nothing",
+                      "recurrent_param", "dropout")
+        if p.bptt_steps and p.bptt_steps >= g.T:
+            self.warn(f"bptt_steps {p.bptt_steps} is not below the {g.T} steps of x: the gradient "
+                      f"is never cut inside a batch", "recurrent_param", "bptt_steps")
+
+    def infer(self, bottoms):
+        g = self._geometry(bottoms)
+        self._warnings(g)
+        self._carries = g.carry
+        x = tuple(bottoms[0])
+        y = (g.N, g.merged) if self.p.output == "LAST" else x[:2] + (g.merged,)
+        state = (g.L * g.D, g.N, g.H)
+        return [y] + ([state] * self.n_states if self.p.expose_hidden else [])
+
+    def resolve(self, bottoms):
+        return self._geometry(bottoms)
+
+    # --- parameters ----------------------------------------------------------------------------
+    def _blobs(self, g: Recurrence):
+        """(role, shape, filler, kind) per blob, in Caffe's order per layer and direction; kind
+        says how often the forward multiplies by it: "step" (every step), "once" (x_static's),
+        "bias" (never)."""
+        p = self.p
+        G = self.gates * g.H
+        wx, b, ws, wh = self.roles
+        rec_filler = p.recurrent_weight_filler or p.weight_filler
+        for layer in range(g.L):
+            inputs = g.I if layer == 0 else g.merged
+            for d in range(g.D):
+                sfx = (f"_l{layer}" if layer else "") + ("_reverse" if d else "")
+                yield wx + sfx, (G, inputs), p.weight_filler, "step"
+                yield b + sfx, (G,), p.bias_filler, "bias"
+                if g.S is not None and layer == 0:
+                    yield ws + sfx, (G, g.S), p.weight_filler, "once"
+                yield wh + sfx, (G, g.H), rec_filler, "step"
+                yield from self._extra_blobs(g, sfx)
+
+    def _extra_blobs(self, g: Recurrence, sfx: str):
+        return ()
+
+    def params(self, bottoms):
+        g = self._geometry(bottoms)
+        out = {role: ParamDecl(shape, filler) for role, shape, filler, _ in self._blobs(g)}
+        if g.carry:
+            shape = (g.L * g.D, int(g.N), g.H)
+            for name in ["carry_h", "carry_c"][:self.n_states]:
+                out[name] = ParamDecl(shape, None, FillerParameter(), learned=False, carry=True)
+        return out
+
+    def macs(self, bottoms, tops):
+        """Per sequence: every step's input and recurrent products (and RNN's output layer), plus
+        x_static's once per sequence."""
+        g = self._geometry(bottoms)
+        per = {"step": g.T, "once": 1, "bias": 0}
+        return sum(per[kind] * math.prod(shape) for _, shape, _, kind in self._blobs(g))
+
+    def describe(self) -> str:
+        p = self.p
+        parts = [f"{self.type} {p.num_output}"]
+        if p.num_layers > 1:
+            parts.append(f"{p.num_layers} layers")
+        if p.bidirectional:
+            parts.append(f"bidirectional {p.merge_mode.lower()}")
+        if self.type == "GRU":
+            parts.append("reset after" if p.reset_after else "reset before")
+        if self.type == "RNN" and not p.output_layer:
+            parts.append("no output layer")
+        if p.sequence_input != "CONT":
+            parts.append({"MASK": "masked", "LENGTHS": "lengths", "NONE": "no cont"}[
+                p.sequence_input])
+        if p.batch_first:
+            parts.append("batch first")
+        if p.output == "LAST":
+            parts.append("last step")
+        if p.dropout:
+            parts.append(f"dropout {p.dropout:g}")
+        if p.bptt_steps:
+            parts.append(f"bptt {p.bptt_steps}")
+        if p.expose_hidden:
+            parts.append("exposes hidden")
+        if getattr(self, "_carries", False):
+            parts.append("carries state")
+        return ", ".join(parts)
+
+    # --- lowering ----------------------------------------------------------------------------
+    def _cell(self, params: dict, sfx: str, dt):
+        """(step(h_or_hc, gx_t, matmul) → new state, recurrent weights (H × G), extra) for one
+        direction: the cell's recurrence given the precomputed input projection gx_t."""
+        raise NotImplementedError
+
+    def apply(self, params, bottoms, ctx):
+        import jax
+        import jax.numpy as jnp
+
+        g: Recurrence = ctx.layer.resolved
+        p = self.p
+        x = bottoms[0]
+        dt = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+        if p.batch_first:
+            x = jnp.swapaxes(x, 0, 1)
+        T, N = x.shape[0], x.shape[1]
+        x = x.reshape(T, N, -1).astype(dt)
+        LD = g.L * g.D
+
+        # the per-step control, time-major T×N, no gradient
+        cont = mask = None
+        if g.seq is not None:
+            s = jax.lax.stop_gradient(bottoms[g.seq])
+            if p.sequence_input == "LENGTHS":
+                mask = jnp.arange(T)[:, None] < s.reshape(1, N)
+            else:
+                s = jnp.swapaxes(s, 0, 1) if p.batch_first else s
+                if p.sequence_input == "MASK":
+                    mask = s != 0
+                else:
+                    cont = s.astype(dt)
+
+        # the initial states (L·D)×N×H
+        zeros = jnp.zeros((LD, N, g.H), dt)
+        if g.h0 is not None:
+            init = [bottoms[g.h0 + j].astype(dt) for j in range(self.n_states)]
+        elif g.carry:
+            # Caffe's carried h_T: forward directions continue from it (cont = 0 resets it);
+            # a reverse direction starts at the batch's last step, from zeros
+            fwd = (jnp.arange(LD) % g.D == 0)[:, None, None]
+            init = [jnp.where(fwd, jax.lax.stop_gradient(params[name]).astype(dt), 0)
+                    for name in ["carry_h", "carry_c"][:self.n_states]]
+        else:
+            init = [zeros] * self.n_states
+
+        static = None
+        if g.static is not None:
+            static = bottoms[g.static].reshape(N, -1).astype(dt)
+
+        inp = x
+        finals: list[list] = [[] for _ in range(self.n_states)]
+        y = None
+        for layer in range(g.L):
+            if layer and p.dropout and ctx.train:
+                if ctx.rng is None:
+                    raise ValueError(f"{self.type} layer '{self.spec.name}' needs an rng for "
+                                     f"dropout in TRAIN")
+                keep = jax.random.bernoulli(jax.random.fold_in(ctx.rng, layer), 1 - p.dropout,
+                                            inp.shape)
+                inp = jnp.where(keep, inp / (1 - p.dropout), 0).astype(dt)
+            last = layer == g.L - 1
+            h0 = [s[layer * g.D:(layer + 1) * g.D] for s in init]
+            outs, states = self._layer(params, layer, g, inp, h0, cont, mask,
+                                       static if layer == 0 else None, dt,
+                                       sequence=not (last and p.output == "LAST"))
+            for j, st in enumerate(states):
+                finals[j].append(st)
+            y = outs[0] if len(outs) == 1 else (
+                jnp.concatenate(outs, axis=-1) if p.merge_mode == "CONCAT" else outs[0] + outs[1])
+            inp = y
+        if p.output != "LAST" and p.batch_first:
+            y = jnp.swapaxes(y, 0, 1)
+        hT = [jnp.concatenate(f, axis=0) for f in finals]
+        if g.carry:
+            for name, st in zip(["carry_h", "carry_c"], hT):
+                ctx.new_state[name] = jax.lax.stop_gradient(st).astype(params[name].dtype)
+        return [y] + (hT if p.expose_hidden else [])
+
+    def _layer(self, params, layer, g: Recurrence, inp, h0, cont, mask, static, dt, *, sequence):
+        """One stacked layer, both directions in one scan. Returns (per-direction outputs —
+        T×N×H sequences, or N×H at the last valid step —, final states D×N×H)."""
+        import jax
+        import jax.numpy as jnp
+
+        p = self.p
+        T, N = inp.shape[0], inp.shape[1]
+        D = g.D
+        wx, b, ws, wh = self.roles
+        sfxs = [(f"_l{layer}" if layer else "") + ("_reverse" if d else "") for d in range(D)]
+        gxs, whs = [], []
+        for d, sfx in enumerate(sfxs):
+            src = inp[::-1] if d else inp  # a reverse direction sees time reversed
+            gx = src @ params[wx + sfx].astype(dt).T + params[b + sfx].astype(dt)
+            if static is not None:
+                gx = gx + (static @ params[ws + sfx].astype(dt).T)[None]
+            gxs.append(gx)
+            whs.append(params[wh + sfx].astype(dt).T)  # H × G
+        extra = [self._step_extra(params, sfx, dt) for sfx in sfxs]
+
+        # per-step control of each direction, in its processing order
+        ctl = None
+        if cont is not None:
+            # forward: the state is multiplied by cont_t before step t; reverse (processing t =
+            # T−1 … 0): by cont_{t+1} — reset where the next step starts a new sequence
+            per = [cont] + ([jnp.concatenate([jnp.ones((1, N), dt), cont[::-1][:-1]])]
+                            if D == 2 else [])
+            ctl = per
+        elif mask is not None:
+            ctl = [mask] + ([mask[::-1]] if D == 2 else [])
+        cuts = None
+        k = p.bptt_steps
+        if k and k < T:
+            cuts = (jnp.arange(T) % k == 0) & (jnp.arange(T) > 0)
+
+        if D == 1:
+            gx_all, wh_all = gxs[0], whs[0]
+            ctl_all = None if ctl is None else ctl[0][..., None]
+            carry0 = tuple(s[0] for s in h0)
+            ex = extra[0]
+
+            def matmul(h, w):
+                return h @ w
+        else:
+            gx_all = jnp.stack(gxs, axis=1)  # T×D×N×G
+            wh_all = jnp.stack(whs)  # D×H×G
+            ctl_all = None if ctl is None else jnp.stack(ctl, axis=1)[..., None]
+            carry0 = tuple(h0)
+            ex = jax.tree_util.tree_map(lambda *a: jnp.stack(a)[:, None], *extra)
+
+            def matmul(h, w):
+                return jnp.einsum("dnh,dhg->dng", h, w)
+
+        step = self._step
+        masked = mask is not None
+
+        def body(carry, xs):
+            gx_t, ctl_t, cut_t = xs
+            if cut_t is not None:
+                carry = tuple(jnp.where(cut_t, jax.lax.stop_gradient(c), c) for c in carry)
+            if ctl_t is not None and not masked:
+                carry = tuple(c * ctl_t for c in carry)
+            new = step(carry, gx_t, wh_all, ex, matmul)
+            if masked:
+                new = tuple(jnp.where(ctl_t, n, c) for n, c in zip(new, carry))
+                out = jnp.where(ctl_t, new[0], 0) if sequence else None
+            else:
+                out = new[0] if sequence else None
+            return new, out
+
+        final, ys = jax.lax.scan(body, carry0, (gx_all, ctl_all, cuts), unroll=self.unroll)
+        if D == 1:
+            final = tuple(f[None] for f in final)
+        outs = []
+        for d, sfx in enumerate(sfxs):
+            if sequence:
+                h = ys if D == 1 else ys[:, d]
+                if d:
+                    h = h[::-1]
+                valid = None if mask is None else mask[..., None]
+            else:
+                h = final[0][d]
+                # LAST: the output at the last valid step (forward) or the first (reverse), which
+                # is the final state; a sequence with no valid step gives 0
+                valid = None if mask is None else jnp.any(mask, axis=0)[:, None]
+            outs.append(self._output(params, sfx, h, valid, dt))
+        return outs, list(final)
+
+    def _step_extra(self, params, sfx: str, dt):
+        return ()
+
+    def _output(self, params, sfx: str, h, valid, dt):
+        import jax.numpy as jnp
+
+        return h if valid is None else jnp.where(valid, h, 0)
+
+
+@register
+class LSTM(_Recurrent):
+    type = "LSTM"
+    gates = 4
+    n_states = 2
+    roles = ("W_xc", "b_c", "W_xc_static", "W_hc")
+    bottom_names = ("x", "cont", "x_static", "h0", "c0")
+    summary = ("Long short-term memory (Caffe's lstm_layer): bottoms x (T×N×…, or N×T×… with "
+               "batch_first), cont | mask | lengths (sequence_input), [x_static N×…], [h0, c0 with "
+               "expose_hidden]; top T×N×H (or the last step, N×H). Gates i, f, o, g; blobs W_xc, "
+               "b_c, [W_xc_static], W_hc per layer/direction. Extensions: bidirectional, "
+               "num_layers, dropout, output LAST, bptt_steps.")
+    example = """\
+name: lstm1
+type: LSTM
+bottom: [x, cont]
+top: lstm1
+recurrent_param:
+  num_output: 256
+  weight_filler: {type: uniform, min: -0.08, max: 0.08}
+  recurrent_weight_filler: {type: orthogonal}
+  bias_filler: {type: constant, value: 0}
+"""
+
+    def _step(self, carry, gx, wh, ex, matmul):
+        import jax
+        import jax.numpy as jnp
+
+        h, c = carry
+        z = gx + matmul(h, wh)
+        H = h.shape[-1]
+        sig = jax.nn.sigmoid(z[..., :3 * H])
+        i, f, o = sig[..., :H], sig[..., H:2 * H], sig[..., 2 * H:]
+        c2 = f * c + i * jnp.tanh(z[..., 3 * H:])
+        return o * jnp.tanh(c2), c2
+
+
+@register
+class GRU(_Recurrent):
+    type = "GRU"
+    gates = 3
+    roles = ("W_xg", "b_g", "W_xg_static", "W_hg")
+    bottom_names = ("x", "cont", "x_static", "h0")
+    summary = ("Gated recurrent unit (netc extension, Caffe's style): bottoms as LSTM's without "
+               "c0; gates r, z, n (PyTorch's order). reset_after (default, PyTorch/cuDNN/Keras) "
+               "applies r after the recurrent matmul and adds a second bias b_hg; false is Cho et "
+               "al. 2014. Blobs W_xg, b_g, [W_xg_static], W_hg, [b_hg].")
+    example = """\
+name: gru1
+type: GRU
+bottom: [x, lengths]
+top: gru1
+recurrent_param:
+  num_output: 128
+  sequence_input: LENGTHS
+  batch_first: true
+  bidirectional: true
+  weight_filler: {type: xavier}
+  recurrent_weight_filler: {type: orthogonal}
+"""
+
+    def _extra_blobs(self, g, sfx):
+        if self.p.reset_after:
+            yield "b_hg" + sfx, (3 * g.H,), self.p.bias_filler, "bias"
+
+    def _step_extra(self, params, sfx, dt):
+        return (params["b_hg" + sfx].astype(dt),) if self.p.reset_after else ()
+
+    def _step(self, carry, gx, wh, ex, matmul):
+        import jax
+        import jax.numpy as jnp
+
+        (h,) = carry
+        H = h.shape[-1]
+        if self.p.reset_after:
+            zh = matmul(h, wh) + ex[0]
+            rz = jax.nn.sigmoid(gx[..., :2 * H] + zh[..., :2 * H])
+            r, z = rz[..., :H], rz[..., H:]
+            n = jnp.tanh(gx[..., 2 * H:] + r * zh[..., 2 * H:])
+        else:
+            rz = jax.nn.sigmoid(gx[..., :2 * H] + matmul(h, wh[..., :2 * H]))
+            r, z = rz[..., :H], rz[..., H:]
+            n = jnp.tanh(gx[..., 2 * H:] + matmul(r * h, wh[..., 2 * H:]))
+        return (n + z * (h - n),)
+
+
+@register
+class RNN(_Recurrent):
+    type = "RNN"
+    gates = 1
+    roles = ("W_xh", "b_h", "W_xh_static", "W_hh")
+    bottom_names = ("x", "cont", "x_static", "h0")
+    summary = ("Elman recurrent layer (Caffe's rnn_layer): h_t = tanh(W_xh·x_t + b_h + "
+               "W_hh·h_{t−1}); top o_t = tanh(W_ho·h_t + b_o) (output_layer, Caffe's default) or "
+               "h_t (output_layer false, PyTorch's nn.RNN). Bottoms as LSTM's without c0.")
+    example = """\
+name: rnn1
+type: RNN
+bottom: [x, cont]
+top: rnn1
+recurrent_param:
+  num_output: 64
+  weight_filler: {type: gaussian, std: 0.1}
+"""
+
+    def _extra_blobs(self, g, sfx):
+        if self.p.output_layer:
+            yield "W_ho" + sfx, (g.H, g.H), self.p.weight_filler, "step"
+            yield "b_o" + sfx, (g.H,), self.p.bias_filler, "bias"
+
+    def _step(self, carry, gx, wh, ex, matmul):
+        import jax.numpy as jnp
+
+        (h,) = carry
+        return (jnp.tanh(gx + matmul(h, wh)),)
+
+    def _output(self, params, sfx, h, valid, dt):
+        import jax.numpy as jnp
+
+        if self.p.output_layer:  # Caffe's o_t, for every step at once outside the scan
+            h = jnp.tanh(h @ params["W_ho" + sfx].astype(dt).T + params["b_o" + sfx].astype(dt))
+        return h if valid is None else jnp.where(valid, h, 0)

@@ -9,15 +9,14 @@ Prints samples/s (median over alternating repeats) and ratios. Not a test: numbe
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from harness import compare, report, torch_threads  # noqa: E402
 
 
 def netc_step(batch: int):
@@ -114,23 +113,6 @@ def torch_step(batch: int):
     return run
 
 
-def block(out):
-    try:
-        import jax
-
-        jax.block_until_ready(out)
-    except Exception:  # noqa: BLE001 - torch results are already computed
-        pass
-
-
-def measure(run, x, y, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = run(x, y)
-    block(out)
-    return steps * x.shape[0] / (time.perf_counter() - start)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=64)
@@ -138,43 +120,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--only", default="netc,jax,torch")
     args = ap.parse_args()
-    try:
-        import torch
-
-        torch.set_num_threads(os.cpu_count() or 1)
-    except ImportError:
-        torch = None
+    torch = torch_threads()
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, args.batch).astype(np.int32)
     makers = {"netc": netc_step, "jax": jax_step, "torch": torch_step}
-    runs = {}
-    for name in args.only.split(","):
-        if name == "torch" and torch is None:
-            continue
-        t0 = time.perf_counter()
-        runs[name] = makers[name](args.batch)
-        block(runs[name](x, y))  # compile / warm up
-        runs[name + "_first"] = time.perf_counter() - t0
-    names = [n for n in runs if not n.endswith("_first")]
-    for n in names:
-        measure(runs[n], x, y, max(10, args.steps // 10))
-    results = {n: [] for n in names}
-    for _ in range(args.repeats):  # alternate so drift hits every contender alike
-        for n in names:
-            results[n].append(measure(runs[n], x, y, args.steps))
-    med = {n: statistics.median(v) for n, v in results.items()}
-    import jax
-
-    print(f"LeNet train step, batch {args.batch}, {args.steps} steps × {args.repeats} repeats, "
-          f"{os.cpu_count()} CPU(s), jax {jax.__version__}, python {sys.version.split()[0]}")
-    for n in names:
-        print(f"  {n:6s} {med[n]:8.0f} samples/s   (first step incl. compile {runs[n + '_first']:.2f} s; "
-              f"runs {', '.join(f'{v:.0f}' for v in results[n])})")
-    if "netc" in med:
-        for n in names:
-            if n != "netc":
-                print(f"  netc / {n}: {med['netc'] / med[n]:.2f}×")
+    chosen = {n: (lambda m=makers[n]: m(args.batch)) for n in args.only.split(",")
+              if not (n == "torch" and torch is None)}
+    results = compare(chosen, (x, y), args.batch, args.steps, args.repeats)
+    report(f"LeNet train step, batch {args.batch}, {args.steps} steps × {args.repeats} repeats",
+           results)
 
 
 if __name__ == "__main__":

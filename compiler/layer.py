@@ -183,6 +183,12 @@ class Layer:
         """Extra detail for `netc check`'s table (e.g. a pooling layer's round mode)."""
         return ""
 
+    def state_pairs(self) -> list[tuple[int, int]]:
+        """(bottom index, top index) of each initial state the layer reads as a bottom and
+        gives back, advanced, as a top (a recurrent layer with expose_hidden: h0 → hT): a
+        step-by-step generator feeds each top back into its bottom. Default: none."""
+        return []
+
     def warn(self, message: str, *path: str | int) -> None:
         self.warnings.append((message, path))
 

@@ -185,6 +185,13 @@ class _Recurrent(Layer):
             names += ["h0", "c0"][:self.n_states]
         return names
 
+    def state_pairs(self) -> list[tuple[int, int]]:
+        """With expose_hidden: h0 (and c0) are the last bottoms, hT (and cT) the tops after y."""
+        if not self.p.expose_hidden:
+            return []
+        nb = len(self.spec.bottom)
+        return [(nb - self.n_states + j, 1 + j) for j in range(self.n_states)]
+
     def _geometry(self, bottoms: list[Shape]) -> Recurrence:
         p = self.p
         nb = len(bottoms)

@@ -6,6 +6,15 @@ catalogue is ``netc.compiler.layers.data.BUILTIN``) or a user ``.npz`` file hold
 a label map H×W per sample for dense prediction, or real-valued targets). Files are read with
 ``allow_pickle=False``: netc never unpickles.
 
+An ``.npz`` may instead hold arrays named as the Data layer's tops (Caffe's HDF5Data convention;
+``load_source(..., keys=tops)``): each top reads its array, all of them indexed by samples on
+axis 0 (token ids N×T, lengths N, images N×C×H×W, ...). The first is the transformed one: it is
+float32 when it is an image batch N×C×H×W or a transform_param is given, as the data of a
+data/label source always is; every other array keeps its kind (integers int32, reals float32).
+
+Text sources (``text:PATH``, ``netc:hamlet``) are loaded by :mod:`netc.runtime.seqdata`
+(``load_source`` returns its ``TextCorpus``), which also has their stream.
+
 What a label must be is the consumer's business: :func:`label_requirements` asks the layers that
 read a label blob (their ``label_fact``) and merges their answers; :func:`check_dataset` checks a
 data set against that fact (shape per sample, class range, ``ignore_label``).
@@ -48,6 +57,7 @@ from netc.compiler.layers.data import (
     BuiltinDataset,
     crop_dims,
     is_label_map,
+    is_text_source,
     transformed_label_shape,
 )
 from netc.errors import NetcError
@@ -61,6 +71,8 @@ __all__ = [
     "DataError",
     "Dataset",
     "check_dataset",
+    "check_named",
+    "check_ids",
     "label_requirements",
     "load_source",
     "transformed_shape",
@@ -78,20 +90,38 @@ class DataError(NetcError):
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Dataset:
-    """Arrays of one source, read-only. ``name`` is the source or file path used in messages."""
+    """Arrays of one source, read-only. ``name`` is the source or file path used in messages.
+
+    A source read by top names has ``arrays`` (every array, in the tops' order; ``data`` is then
+    the first of them and ``label`` None); a data/label source has none."""
 
     name: str
     data: np.ndarray
     label: np.ndarray | None
+    arrays: tuple[tuple[str, np.ndarray], ...] = ()
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
 
     @property
+    def by_name(self) -> bool:
+        return bool(self.arrays)
+
+    @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(int(d) for d in self.data.shape[1:])
 
+    def columns(self) -> list[tuple[str, np.ndarray]]:
+        """(key, array) of each array a batch holds, the transformed one first: the arrays read
+        by top names, or ``data`` and (when present) ``label``."""
+        if self.arrays:
+            return list(self.arrays)
+        return [("data", self.data)] + ([("label", self.label)] if self.label is not None else [])
+
     def __repr__(self) -> str:
+        if self.arrays:
+            held = ", ".join(f"{k}={a.dtype}{list(a.shape)}" for k, a in self.arrays)
+            return f"Dataset(name={self.name!r}, {held})"
         label = "None" if self.label is None else f"{self.label.dtype}{list(self.label.shape)}"
         return (
             f"Dataset(name={self.name!r}, data={self.data.dtype}{list(self.data.shape)}, "
@@ -177,14 +207,24 @@ def _read_member(z: Any, key: str, file: str) -> np.ndarray:
 
 
 def load_source(
-    source: str, *, base_dir: str | Path | None = None, need_label: bool = True
-) -> Dataset:
-    """Load a data source: ``netc:NAME/SPLIT`` or a path to an ``.npz`` file.
+    source: str,
+    *,
+    base_dir: str | Path | None = None,
+    need_label: bool = True,
+    keys: tuple[str, ...] | None = None,
+) -> Any:
+    """Load a data source: ``netc:NAME/SPLIT``, a path to an ``.npz`` file, or a text source.
 
     A relative path is looked up in ``base_dir`` (the spec file's folder) and then in the
     current directory. The file must hold ``data`` and (unless ``need_label`` is false)
-    ``label``. Raises :class:`DataError`.
+    ``label``; with ``keys`` (a layer's tops read by name), the arrays named so instead. A text
+    source (``text:PATH``, ``netc:hamlet``) gives a :class:`netc.runtime.seqdata.TextCorpus`.
+    Raises :class:`DataError`.
     """
+    if is_text_source(source):
+        from netc.runtime.seqdata import load_text
+
+        return load_text(source, base_dir=base_dir)
     if source.startswith(BUILTIN_PREFIX):
         return _load_builtin_source(source)
     path = _resolve(source, base_dir)
@@ -220,9 +260,38 @@ def load_source(
         except Exception as exc:
             raise DataError(f"{file}: not a valid .npz file ({exc})") from exc
         with z:
-            return _read_npz(z, file, need_label)
+            return _read_npz(z, file, need_label) if keys is None else _read_named(z, file, keys)
     finally:
         f.close()
+
+
+def _read_named(z: Any, file: str, keys: tuple[str, ...]) -> Dataset:
+    """The arrays named `keys` (a Data layer's tops), in that order, as one Dataset."""
+    present = list(z.files)
+    missing = [k for k in keys if k not in present]
+    if missing:
+        names = ", ".join(repr(k) for k in missing)
+        held = ", ".join(repr(k) for k in present) if present else "no arrays"
+        raise DataError(f"{file}: no array named {names} (the file holds: {held}); a Data layer "
+                        "whose tops are not data/label reads the arrays named as its tops")
+    arrays = []
+    for k in dict.fromkeys(keys):
+        a = _read_member(z, k, file)
+        if a.ndim == 0:
+            raise DataError(f"{file}: array {k!r} is a scalar; each top's array needs a sample "
+                            "axis (axis 0)")
+        if a.dtype.kind not in "biuf":
+            raise DataError(f"{file}: array {k!r} has dtype {a.dtype}; netc needs a real or "
+                            "integer dtype")
+        arrays.append((k, _readonly(a)))
+    counts = {k: int(a.shape[0]) for k, a in arrays}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{k!r} {n:,}" for k, n in counts.items())
+        raise DataError(f"{file}: the arrays must have the same number of samples (axis 0): "
+                        f"{listed}")
+    if arrays[0][1].shape[0] == 0:
+        raise DataError(f"{file}: the data set is empty (0 samples)")
+    return Dataset(file, arrays[0][1], None, tuple(arrays))
 
 
 def _read_npz(z: Any, file: str, need_label: bool) -> Dataset:
@@ -418,6 +487,80 @@ def _check_labels(
         raise DataError(f"{name}: labels range over [{lo}, {hi}], which does not fit in int32")
 
 
+def _at(index: tuple) -> str:
+    return ", ".join(str(int(k)) for k in index)
+
+
+def check_ids(name: str, key: str, a: np.ndarray, fact: LabelFact) -> None:
+    """Raise :class:`DataError` unless array ``key`` holds what the layers of ``fact`` read it as
+    (class indices, or an Embed's ids): integers in [0, classes) except the ignore_label. The
+    message names the file, the array, the first bad value and where it is."""
+    readers = f"layer '{fact.layer}'" + (f" ({fact.rule})" if fact.rule else "")
+    kind = a.dtype.kind
+    if kind == "f":
+        bad = ~np.isfinite(a) | (a != np.round(a))
+        if bad.any():
+            i = np.unravel_index(int(np.argmax(bad)), a.shape)
+            raise DataError(f"{name}: array '{key}' must hold integers ({readers} reads it as "
+                            f"indices), but {key}[{_at(i)}] = {float(a[i])}")
+    elif kind not in "biu":
+        raise DataError(f"{name}: array '{key}' has dtype {a.dtype}; {readers} reads it as "
+                        "integer indices")
+    if a.size == 0:
+        return
+    classes, ignore = fact.classes, fact.ignore_label
+    hi_limit = classes if classes is not None else 2**31
+    bad = (a < 0) | (a >= hi_limit) if classes is not None else (a < -(2**31)) | (a >= 2**31)
+    if ignore is not None:
+        bad &= a != ignore
+    if not bad.any():
+        return
+    i = np.unravel_index(int(np.argmax(bad)), a.shape)
+    values = a if ignore is None else a[a != ignore]
+    lo, hi = int(values.min()), int(values.max())
+    sample = f" (sample {int(i[0])})" if a.ndim > 1 else ""
+    if classes is None:
+        raise DataError(f"{name}: array '{key}' holds {int(a[i])} at [{_at(i)}]{sample}, which "
+                        f"does not fit in int32; its values range over [{lo}, {hi}]")
+    ignored = "" if ignore is None else f", except the ignore_label {ignore},"
+    raise DataError(f"{name}: array '{key}' holds {int(a[i])} at [{_at(i)}]{sample}, outside "
+                    f"[0, {classes}){ignored} for {readers}; its values range over [{lo}, {hi}]")
+
+
+def check_named(
+    ds: Dataset,
+    facts: dict[str, LabelFact | None],
+    *,
+    sample_shape: tuple[int, ...] | None = None,
+    transform: TransformationParameter | None = None,
+) -> None:
+    """Raise :class:`DataError` unless a source read by top names (``ds.arrays``) is usable:
+    the first array's sample shape is ``sample_shape`` (None: any), each array read through a
+    ``label_fact`` (``facts[key]``: what its readers need, :func:`label_requirements`) holds
+    that count per sample (after the transform's crop, for a label map of the first array) and
+    those values; real arrays hold no NaN or infinity."""
+    name = ds.name
+    (key0, first), *_ = ds.columns()
+    if sample_shape is not None and tuple(first.shape[1:]) != tuple(sample_shape):
+        raise DataError(f"{name}: each sample of '{key0}' has shape {_shape(first.shape[1:])}, "
+                        f"but the spec expects {_shape(tuple(sample_shape))} (before crop)")
+    crop = crop_dims(transform, *first.shape[2:]) if first.ndim == 4 else None
+    for key, a in ds.columns():
+        fact = facts.get(key)
+        if fact is not None:
+            per = tuple(int(d) for d in a.shape[1:])
+            after = per if key == key0 else transformed_label_shape(ds.sample_shape, per, crop)
+            if int(np.prod(after, dtype=np.int64)) != fact.count:
+                cropped = f" ({fmt_shape(after)} after crop)" if after != per else ""
+                need = "one value" if not fact.shape else fmt_shape(fact.shape)
+                raise DataError(f"{name}: '{key}' holds {_per_sample(per)} per sample{cropped}, "
+                                f"but layer '{fact.layer}' needs {need} per sample ({fact.rule})")
+            if fact.kind == "class":
+                check_ids(name, key, a, fact)
+                continue
+        _check_finite(name, key, a)
+
+
 # --- transform -----------------------------------------------------------------------------------
 
 
@@ -503,16 +646,30 @@ class _Producer:
         seed: int,
         shuffle: bool,
         real_labels: bool = False,
+        dtypes: dict[str, Any] | None = None,
+        transformed: bool = True,
     ):
-        self.data, self.label = ds.data, ds.label
+        self.columns = ds.columns()
+        self.data = ds.data
         self.n = len(ds)
         self.batch_size = batch_size
         self.tr = tr
         self.train = train
         self.seed = seed
         self.shuffle = shuffle
-        self.label_map = ds.label is not None and is_label_map(ds.sample_shape, ds.label.shape[1:])
-        self.label_dtype = np.float32 if real_labels else np.int32
+        # arrays after the first that are its label maps: cropped and mirrored with it
+        self.follows = {k: is_label_map(ds.sample_shape, a.shape[1:]) for k, a in self.columns[1:]}
+        key0, first = self.columns[0]
+        if ds.by_name:  # each array keeps its kind; the transformed first one is float32
+            self.dtypes = {k: np.float32 if a.dtype.kind == "f" else np.int32
+                           for k, a in self.columns}
+            for k, dt in (dtypes or {}).items():
+                if k in self.dtypes:
+                    self.dtypes[k] = np.dtype(dt).type
+            if transformed or first.ndim == 4:
+                self.dtypes[key0] = np.float32
+        else:
+            self.dtypes = {"data": np.float32, "label": np.float32 if real_labels else np.int32}
         self._orders: dict[int, np.ndarray] = {}
         self._augment: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -579,23 +736,25 @@ class _Producer:
     def batch(self, epoch: int, index: int) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
         parts, position = self._parts(epoch, index)
         idx = np.concatenate([self._order(e)[a:b] for e, a, b in parts])
-        x = self.data[idx]
+        (key0, first), *rest = self.columns
+        x = first[idx]
         window = self._window(parts, *x.shape[2:]) if x.ndim == 4 else None
         if window is not None:
             x = _take_window(x, *window)
-        x = x.astype(np.float32)
-        if self.tr.mean is not None:
-            x -= self.tr.mean
-        if self.tr.scale != 1.0:
-            x *= np.float32(self.tr.scale)
-        out = {"data": np.ascontiguousarray(x)}
-        if self.label is not None:
-            y = self.label[idx]
-            if window is not None and self.label_map:  # the image's crop and flip, exactly
+        x = x.astype(self.dtypes[key0])
+        if self.dtypes[key0] == np.float32:
+            if self.tr.mean is not None:
+                x -= self.tr.mean
+            if self.tr.scale != 1.0:
+                x *= np.float32(self.tr.scale)
+        out = {key0: np.ascontiguousarray(x)}
+        for key, a in rest:
+            y = a[idx]
+            if window is not None and self.follows[key]:  # the image's crop and flip, exactly
                 lead = y.shape[1:-2]
                 y = _take_window(y.reshape(len(idx), 1, *y.shape[-2:]), *window)
                 y = y.reshape(len(idx), *lead, *y.shape[-2:])
-            out["label"] = np.ascontiguousarray(y.astype(self.label_dtype))
+            out[key] = np.ascontiguousarray(y.astype(self.dtypes[key]))
         return out, position
 
     def _gather_choices(self, parts: list[tuple[int, int, int]]) -> tuple[np.ndarray, ...]:
@@ -604,17 +763,19 @@ class _Producer:
 
 
 def _check_label_transform(ds: Dataset, tr: _Transform, train: bool) -> None:
-    """A label with a grid per sample must be a label map of the images' H×W if the images are
-    cropped or mirrored: any other grid could not follow its image."""
-    if ds.label is None or ds.label.ndim < 3 or not (tr.crop or (tr.mirror and train)):
+    """A label (any array after the first) with a grid per sample must be a label map of the
+    images' H×W if the images are cropped or mirrored: any other grid could not follow its
+    image."""
+    if not (tr.crop or (tr.mirror and train)):
         return
-    per = tuple(int(d) for d in ds.label.shape[1:])
-    if not is_label_map(ds.sample_shape, per):
-        raise DataError(
-            f"{ds.name}: 'label' holds {fmt_shape(per)} per sample, but the images "
-            f"{fmt_shape(ds.sample_shape)} are cropped or mirrored: a label map must be H×W (or "
-            f"1×H×W) of the images' own size to be cropped and mirrored with them"
-        )
+    for key, a in ds.columns()[1:]:
+        per = tuple(int(d) for d in a.shape[1:])
+        if a.ndim >= 3 and not is_label_map(ds.sample_shape, per):
+            raise DataError(
+                f"{ds.name}: '{key}' holds {fmt_shape(per)} per sample, but the images "
+                f"{fmt_shape(ds.sample_shape)} are cropped or mirrored: a label map must be H×W "
+                f"(or 1×H×W) of the images' own size to be cropped and mirrored with them"
+            )
 
 
 def _take_window(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -649,12 +810,15 @@ def _worker(
 
 
 class BatchStream:
-    """An endless stream of batches ``{"data": float32 N×..., "label": int32 N×...}`` from ``ds``.
+    """An endless stream of batches ``{"data": float32 N×..., "label": int32 N×...}`` from ``ds``
+    (for a source read by top names, ``{top: array}``: see the module docstring).
 
     ``position`` (from :meth:`position` of an earlier stream) resumes where that stream's
     consumer stopped. ``prefetch``: queue depth of the background thread (0: no thread; batches
     are made in ``next()``). Labels keep their shape per sample (a label map is cropped and
     mirrored with its image); ``real_labels``: float32 targets instead of int32 class indices.
+    ``dtypes`` ({key: dtype}) overrides the kind of arrays read by name (float32 for the targets
+    of a regression loss, int32 for class indices stored as reals).
     """
 
     def __init__(
@@ -669,6 +833,7 @@ class BatchStream:
         position: dict | None = None,
         prefetch: int = 4,
         real_labels: bool = False,
+        dtypes: dict[str, Any] | None = None,
     ):
         self._closed = True
         self._thread: threading.Thread | None = None
@@ -678,7 +843,7 @@ class BatchStream:
             raise ValueError(f"prefetch must be at least 0, got {prefetch}")
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-        if (
+        if not ds.by_name and (
             ds.data.ndim not in (2, 4)
             or len(ds) == 0
             or (ds.label is not None and (ds.label.ndim == 0 or ds.label.shape[0] != len(ds)))
@@ -690,7 +855,8 @@ class BatchStream:
         self._pos = self._start_position(ds, position)
         tr = _make_transform(ds.name, ds.sample_shape, transform)
         _check_label_transform(ds, tr, train)
-        self._producer = _Producer(ds, batch_size, tr, train, seed, shuffle, real_labels)
+        self._producer = _Producer(ds, batch_size, tr, train, seed, shuffle, real_labels,
+                                   dtypes, transformed=transform is not None)
         self._error: BaseException | None = None
         self._closed = False
         self._size = n

@@ -126,8 +126,8 @@ def deploy_graph(plan, outputs: Sequence[str] | None = None) -> DeployGraph:
             tops = pl.tops
             fact = pl.unit.data_fact()
             if fact is not None and fact.source is not None:  # reads a source: its label is
-                dropped.update(t for t, r in zip(tops, fact.roles) if r != "data")  # no input
-                tops = tuple(t for t, r in zip(tops, fact.roles) if r == "data")
+                dropped.update(t for t, r in zip(tops, fact.roles) if r == "label")  # no input
+                tops = tuple(t for t, r in zip(tops, fact.roles) if r != "label")
                 t = fact.transform
                 if t is not None and t.set_fields():
                     transforms[tops[0]] = t.model_dump(include=t.set_fields(), mode="json")

@@ -119,7 +119,7 @@ def trim_metrics(path: Path, iteration: int, checkpoint: Path | None = None) -> 
 # --- owning a run directory -------------------------------------------------------------------
 
 LOCK_FILE = ".netc.lock"
-_OWN_NAMES = ("spec.yaml", "solver.yaml", "solver.json", "metrics.jsonl")
+_OWN_NAMES = ("spec.yaml", "solver.yaml", "solver.json", "metrics.jsonl", "vocab.json")
 
 
 def foreign_files(run_dir: Path) -> list[str]:

@@ -473,6 +473,9 @@ class Solver:
         doc = s.context.solver.record(backend)  # what netc does, not the ignored fields
         doc.update({"max_iter": s.max_iter, "random_seed": s.seed, "devices": devices})
         ckpt.write_json_atomic(s.run_dir / "solver.json", doc)
+        vocab = next((v for v in (f.vocab_doc() for f in self.feeds) if v is not None), None)
+        if vocab is not None:  # a text source's symbols, for `netc sample` (seqdata.load_vocab)
+            ckpt.write_json_atomic(s.run_dir / "vocab.json", vocab)
         self.tested = {r["iter"] for r in self.history if r.get("event") == "test"}
         self.best: dict[str, tuple[float, int]] = {}
         self.last_test: dict[str, float] = {}

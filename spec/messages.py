@@ -174,8 +174,15 @@ class DataParameter(Message):
     mirror: bool = False
     force_encoded_color: bool = False
     prefetch: PosInt = 4
-    # netc extension: reshuffle the source every epoch (Caffe reads its DB in order).
+    # netc extension: reshuffle the source every epoch (Caffe reads its DB in order). For a text
+    # source: start each epoch's streams at a random offset instead.
     shuffle: bool = False
+    # netc extensions for text sources ("text:PATH", "netc:hamlet"):
+    # steps per batch T (required for text); tops are T×N (Caffe's time-major) or, with
+    # batch_first, N×T; split [a, b]: the fraction range of the text's characters read.
+    seq_len: PosInt | None = None
+    batch_first: bool = False
+    split: Repeated(float) = (0.0, 1.0)
 
 
 class DropoutParameter(Message):

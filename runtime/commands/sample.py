@@ -3,7 +3,6 @@ search — with the vocabulary its run saved (runtime/generate.py does the stepp
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -33,25 +32,19 @@ class SampleConfig:
 
 
 def _vocab(cfg: SampleConfig) -> list[str] | None:
-    """The symbols: --vocab, else the run's vocab.json (next to the checkpoint or in the run
-    directory), else the spec's text source; None for nets that read token ids only."""
-    candidates = []
-    if cfg.vocab:
-        candidates.append(Path(cfg.vocab))
-    w = Path(cfg.weights)
-    candidates += [w / "vocab.json"] if w.is_dir() else [w.parent / "vocab.json"]
-    for path in candidates:
-        if path.is_file():
-            from netc.files import read_regular
+    """The symbols: --vocab, else the run's (its vocab.json, or rebuilt from its spec's text
+    source: runtime/seqdata.load_vocab); None for a run that read token ids, not text."""
+    from netc.runtime.data import DataError
+    from netc.runtime.seqdata import load_vocab, read_vocab_file
 
-            try:
-                doc = json.loads(read_regular(str(path), 16 << 20))
-                return list(doc["symbols"])
-            except (ValueError, KeyError, TypeError, OSError) as e:
-                raise RunError(f"{path}: not a netc vocabulary ({e})") from None
-    if cfg.vocab:
-        raise RunError(f"{cfg.vocab}: no such file")
-    return None
+    try:
+        if cfg.vocab:
+            return read_vocab_file(cfg.vocab)
+        return load_vocab(cfg.weights, spec_dir=str(Path(cfg.spec).parent))
+    except DataError as e:
+        if cfg.vocab or (Path(cfg.weights).is_dir() and (Path(cfg.weights) / "vocab.json").exists()):
+            raise RunError(str(e)) from None
+        return None  # token ids in and out
 
 
 def _encode(text: str, symbols: list[str] | None, what: str) -> list[int]:

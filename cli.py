@@ -63,17 +63,29 @@ def _print_table(spec, plan) -> None:
     from netc.compiler.memory import estimate_for, fmt_bytes
 
     trainable, frozen = plan.param_counts()
-    batch = next((plan.blobs[b][0] for b in plan.inputs if plan.blobs[b]), "?")
+    batch = plan.batch_size
+    axes = {plan.batch_axis(b) for b in plan.inputs}
+    # the batch axis is said wherever an input does not hold it on axis 0 (time-major T×N×…)
+    where = axes != {0} and bool(axes)
+    on = axes - {None}
+    at = (f" on axis {next(iter(on))}" if len(on) == 1 and None not in axes
+          else " (its axis per input below)") if where else ""
     click.echo(f"{spec.diagnostics.file}: {spec.name or '(unnamed net)'} — {plan.state.phase} phase, "
-               f"batch {batch}")
+               f"batch {'?' if batch is None else batch}{at}")
     rows = [("layer", "type", "top", "shape", "params", "MACs/sample", "rf /jump", "")]
     for pl in plan.layers:
-        own = sum(d.count for r, d in pl.params.items() if pl.param_owner[r][0] == pl.name)
+        own = sum(d.count for r, d in pl.params.items()
+                  if pl.param_owner[r][0] == pl.name and not d.carry)
         for j, (t, s) in enumerate(zip(pl.tops, pl.top_shapes)):
             first = j == 0
+            detail = pl.unit.describe() if first else ""
+            if where and pl.unit.is_data:
+                axis = plan.batch_axis(t)
+                said = "no batch axis" if axis is None else f"batch axis {axis}"
+                detail = f"{said}; {detail}" if detail else said
             rows.append((pl.name if first else "", pl.type if first else "", t, fmt_shape(s),
                          _fmt_int(own) if first and own else "", _fmt_int(pl.macs) if first and pl.macs else "",
-                         _rf_text(pl.rf) if first else "", pl.unit.describe() if first else ""))
+                         _rf_text(pl.rf) if first else "", detail))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     right = {4, 5}
     for r in rows:

@@ -16,10 +16,42 @@ from netc.errors import NetcError
 from netc.spec.errors import SpecError
 from netc.spec.messages import FillerParameter, Message
 
-# A blob shape in Caffe's order (N×C×H×W). Axis 0 may be the symbolic batch "N".
+# A blob shape in Caffe's order (N×C×H×W). The batch axis (axis 0, or axis 1 of a time-major
+# T×N×… blob) holds the symbolic batch "N", or a BatchSize when the batch is concrete.
 Dim = int | str
 Shape = tuple[Dim, ...]
 BATCH = "N"
+
+
+class BatchSize(int):
+    """A concrete batch size standing on a blob's batch axis: an int in every respect (arithmetic
+    gives plain ints, it equals and hashes as its value, prints as one), so shape rules need not
+    know it; the planner marks the data layers' batch axes with it, and the layers that copy a
+    dimension (`x[:axis] + …`) carry the mark along, so `batch_axis` finds the batch of a concrete
+    T×N×… blob as it finds the symbol "N"."""
+
+    __slots__ = ()
+    __repr__ = int.__repr__
+    __str__ = int.__repr__
+
+
+def is_batch(d: Dim) -> bool:
+    """The dimension is the batch: the symbol "N" or a concrete BatchSize."""
+    return d == BATCH if isinstance(d, str) else isinstance(d, BatchSize)
+
+
+def batch_axes(shape: Sequence[Dim]) -> list[int]:
+    """Every axis of `shape` that holds the batch (normally at most one)."""
+    return [i for i, d in enumerate(shape) if is_batch(d)]
+
+
+def batch_axis(shape: Sequence[Dim]) -> int | None:
+    """The axis of `shape` that holds the batch (the first, if several), or None when no axis is
+    known to (a blob whose batch a layer merged away, a parameter-like input)."""
+    axes = batch_axes(shape)
+    return axes[0] if axes else None
+
+
 # One blob may hold at most this many elements (2**40 floats is already 4 TiB).
 MAX_ELEMENTS = 2**40
 

@@ -176,10 +176,10 @@ def _elements(shape) -> int:
 
 
 def _batch(plan) -> int | None:
-    dims = [plan.blobs[b][0] for b in plan.inputs if len(plan.blobs[b])]
-    if not dims or any(not isinstance(d, int) for d in dims):
-        return None
-    return max(dims)
+    """The inputs' batch, read on each input's batch axis (axis 1 of a time-major T×N×… blob);
+    None when it is symbolic (the estimate is then per sample) or no input has one."""
+    size = plan.batch_size
+    return size if isinstance(size, int) else None
 
 
 def estimate(plan, solver_type: str = "SGD", *, iter_size: int = 1) -> MemoryEstimate:

@@ -5,11 +5,22 @@ same Plan inside jax.jit."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from netc.compiler.catalogue import units
-from netc.compiler.layer import BATCH, MAX_ELEMENTS, Layer, ParamDecl, Shape, count, fmt_shape
+from netc.compiler.layer import (
+    BATCH,
+    MAX_ELEMENTS,
+    BatchSize,
+    Layer,
+    ParamDecl,
+    Shape,
+    batch_axes,
+    batch_axis,
+    count,
+    fmt_shape,
+)
 from netc.spec.errors import Diagnostics, SpecError, did_you_mean, merge_phases
 from netc.spec.messages import NetState
 from netc.spec.net import NetSpec
@@ -103,13 +114,30 @@ class Plan:
     def macs(self) -> int:
         return sum(pl.macs for pl in self.layers)
 
+    def batch_axis(self, blob: str) -> int | None:
+        """The axis of `blob` that indexes samples (0, or 1 for a time-major T×N×… blob); None
+        when it has none (a layer merged the batch away, an input of fixed shape)."""
+        return batch_axis(self.blobs[blob])
+
+    @property
+    def batch_size(self) -> int | str | None:
+        """The batch of the net's inputs: an int, the symbol "N" when any input's batch is
+        symbolic, or None when no input has a batch axis."""
+        dims = [self.blobs[b][a] for b in self.inputs if (a := self.batch_axis(b)) is not None]
+        if not dims:
+            return None
+        if any(isinstance(d, str) for d in dims):
+            return BATCH
+        return int(max(dims))
+
     def activation_bytes(self, itemsize: int = 4) -> int:
-        """Bytes of forward activations per sample (in-place tops share their bottom's memory)."""
+        """Bytes of forward activations per sample, i.e. per index of each blob's batch axis (axis
+        0 where a blob has none); in-place tops share their bottom's memory."""
         total = 0
         for pl in self.layers:
             for shape, inplace in zip(pl.top_shapes, pl.in_place):
                 if not inplace and len(shape) >= 1:
-                    total += count(shape, 1) * itemsize
+                    total += count(per_sample(shape)) * itemsize
         return total
 
     @property
@@ -136,6 +164,13 @@ class Plan:
         layers = self.subgraph(outputs)
         need = {b for pl in layers for b in pl.bottoms} | set(outputs)
         return [t for pl in layers if pl.unit.is_data for t in pl.tops if t in need]
+
+
+def per_sample(shape: Shape) -> Shape:
+    """`shape` without its batch axis (axis 0 when no axis is known to be the batch)."""
+    axis = batch_axis(shape)
+    axis = 0 if axis is None else axis
+    return tuple(shape[:axis]) + tuple(shape[axis + 1:])
 
 
 def _layer_prefix(spec_layer) -> str:
@@ -304,19 +339,42 @@ class _Planner:
             macs = unit.macs(bottom_shapes, top_shapes)
             window = unit.window(bottom_shapes) if unit.geometry == "window" else None
             resolved = unit.resolve(bottom_shapes)
+            if unit.is_data:
+                top_shapes = self._batched(unit, top_shapes)
             for shape in top_shapes:
                 concrete = [d for d in shape if not isinstance(d, str)]
                 if math.prod(concrete) > MAX_ELEMENTS:
                     raise SpecError(f"output {fmt_shape(shape)} would hold {math.prod(concrete):,} "
                                     f"elements, more than netc allows ({MAX_ELEMENTS:,})")
+                _one_batch_axis(unit, bottom_shapes, shape)
         except SpecError as e:
             _report(self.diags, prefix, path, e)
             return None
         for message, wpath in unit.warnings:
             _report(self.diags, prefix, path, SpecError(message, wpath), "warning")
-        if unit.is_data and self.batch is not None:
-            top_shapes = [(self.batch,) + tuple(s[1:]) if len(s) else s for s in top_shapes]
+        # parameter shapes are plain ints (a BatchSize mark belongs to blobs only)
+        params = {r: replace(d, shape=tuple(int(n) for n in d.shape))
+                  if any(isinstance(n, BatchSize) for n in d.shape) else d for r, d in params.items()}
         return bottom_shapes, top_shapes, params, macs, window, resolved
+
+    def _batched(self, unit: Layer, shapes: list[Shape]) -> list[Shape]:
+        """A data layer's tops with their batch axis marked: the symbol "N" wherever it sits
+        (an Input's −1), else the layer's DataFact.batch_axis (0, or 1 for time-major T×N
+        blobs) holding a BatchSize; `--batch` replaces the batch there. Tops of an Input that
+        gives some tops a −1 and others none: those others have no batch (fixed shapes)."""
+        fact = unit.data_fact()
+        default = fact.batch_axis if fact is not None else 0
+        symbolic = any(BATCH in s for s in shapes)
+        out = []
+        for s in shapes:
+            s = tuple(s)
+            axis = s.index(BATCH) if BATCH in s else (None if symbolic else default)
+            if axis is None or axis >= len(s):
+                out.append(s)
+                continue
+            size = self.batch if self.batch is not None else s[axis]
+            out.append(s[:axis] + (BatchSize(size) if isinstance(size, int) else size,) + s[axis + 1:])
+        return out
 
     def _tops(self, layer, top_shapes: list[Shape], path: tuple, prefix: str) -> bool:
         """A top is new, or written in place (top == bottom at the same index, same shape)."""
@@ -423,6 +481,20 @@ class _Planner:
                                        pl.path + ("top",))
 
 
+def _one_batch_axis(unit: Layer, bottoms: list[Shape], shape: Shape) -> None:
+    """An output must not hold the batch on two axes: its inputs carried the batch on different
+    axes (a batch-major N×… blob met a time-major T×N×… one), and no axis of it indexes samples."""
+    axes = batch_axes(shape)
+    if len(axes) < 2:
+        return
+    where = ", ".join(f"{b} {fmt_shape(s)} on axis {batch_axis(s)}"
+                      for b, s in zip(unit.spec.bottom, bottoms) if batch_axis(s) is not None)
+    raise SpecError(f"output {fmt_shape(shape)} would hold the batch on axes "
+                    f"{' and '.join(map(str, axes))}: the inputs carry the batch on different axes "
+                    f"({where}); give every input one layout (e.g. time-major T×N×… throughout, "
+                    f"or batch_first on the recurrent layers)", ("bottom",))
+
+
 def _arity(lo: int, hi: int | None, word: str) -> str:
     if hi == lo:
         return f"{lo} {word}{'s' if lo != 1 else ''}"
@@ -517,4 +589,5 @@ def training_warnings(spec: NetSpec, plans: dict[str, Plan]) -> None:
                                  "file or netc:digits/train)", ("layers",))
 
 
-__all__ = ["Plan", "PlannedLayer", "plan", "plan_all_phases", "training_warnings", "BATCH"]
+__all__ = ["Plan", "PlannedLayer", "plan", "plan_all_phases", "training_warnings", "per_sample",
+           "BATCH"]

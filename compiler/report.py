@@ -30,7 +30,8 @@ def check_file(path: str, *, phase: str | None = None, stages=(), level: int = 0
 def check_report(spec, plan) -> dict:
     """The spec's diagnostics and, when it planned, every layer's shapes, parameters, MACs and
     receptive field, with the totals and the training-memory estimate (`memory`: bytes per part,
-    the batch they are counted at; see compiler/memory.py)."""
+    the batch they are counted at; see compiler/memory.py), and the inputs' and outputs' shapes
+    with the axis of each that holds the batch (`batch_axes`)."""
     from netc.compiler.memory import estimate_for
 
     diags = spec.diagnostics.sorted()
@@ -63,5 +64,8 @@ def check_report(spec, plan) -> dict:
             "memory": estimate_for(spec, plan).to_json(),
             "inputs": {b: list(plan.blobs[b]) for b in plan.inputs},
             "outputs": {b: list(plan.blobs[b]) for b in plan.outputs},
+            # the axis of each input and output that indexes samples: 0, or 1 for time-major
+            # T×N×… blobs; null for a blob without a batch (an input of fixed shape)
+            "batch_axes": {b: plan.batch_axis(b) for b in dict.fromkeys(plan.inputs + plan.outputs)},
         })
     return doc

@@ -50,8 +50,15 @@ class Model:
 
     @property
     def shapes(self) -> dict[str, tuple]:
-        """Every blob's shape (axis 0 is the symbolic batch "N" unless a batch was given)."""
+        """Every blob's shape (the batch axis holds the symbol "N" unless a batch was given; see
+        `batch_axes`)."""
         return dict(self.plan.blobs)
+
+    @property
+    def batch_axes(self) -> dict[str, int | None]:
+        """The axis of each blob that indexes samples: 0, or 1 for time-major T×N×… blobs; None
+        for a blob without one (a layer merged the batch away, an input of fixed shape)."""
+        return {b: self.plan.batch_axis(b) for b in self.plan.blobs}
 
     def check(self) -> dict:
         """The `netc check --format json` report of this spec and phase, as a dict."""
@@ -118,7 +125,8 @@ class Model:
 
     def predict(self, inputs: Mapping[str, Any], outputs: Sequence[str] | None = None
                 ) -> dict[str, np.ndarray]:
-        """The inference forward on numpy inputs (keys: input blob names, batch first) with the
+        """The inference forward on numpy inputs (keys: input blob names; the batch on each
+        blob's batch axis, `batch_axes`: axis 0, or axis 1 of a time-major T×N×… input) with the
         loaded weights; returns {blob: numpy array} for `outputs` (default: the deploy outputs,
         as `netc predict` and `netc export` choose them)."""
         from netc.runtime.commands.predict import check_inputs, choose_outputs, forward

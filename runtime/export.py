@@ -21,8 +21,11 @@ function), so the artifact needs no weights file: ``model.jaxexport`` alone is t
 `jax.export` serialises into a flatbuffer, which cannot exceed 2 GiB; nets with more than about
 1.5 GiB of parameters are refused (`ExportError`). LeNet's 431,080 floats make a ~1.7 MB file.
 
-The batch axis (axis 0 of every input) is symbolic (``b``) unless ``batch`` is given, and the
-module is lowered for every platform in ``platforms`` at once (cpu and cuda lower on a
+The batch axis of every input (axis 0, or axis 1 of a time-major T×N×… blob: where the plan
+holds the batch) is symbolic (``b``) unless ``batch`` is given; an input without a batch axis
+keeps its fixed shape. The manifest's ``batch`` records it: ``{"axis": 1, "axes": {"x": 1},
+"symbol": "b"}`` (``axis`` is null when the inputs disagree), and the inputs' and outputs'
+shapes hold ``"b"`` where their batch is. The module is lowered for every platform in ``platforms`` at once (cpu and cuda lower on a
 CPU-only machine; tpu too where the installed jax can lower for it): the caller's backend picks
 its branch at run time.
 
@@ -86,12 +89,20 @@ class DeployGraph:
     """The layers, inputs and outputs of a plan's deploy forward (pure Python; no JAX)."""
 
     def __init__(self, plan, layers: list, inputs: dict[str, tuple], outputs: list[str],
-                 transforms: dict[str, dict]):
+                 transforms: dict[str, dict], batch_axes: dict[str, int | None] | None = None):
         self.plan = plan
         self.layers = layers  # PlannedLayers to run, in plan order (no data layers)
         self.inputs = inputs  # blob -> per-sample shape (batch axis removed)
         self.outputs = outputs  # blob names, in plan order
         self.transforms = transforms  # input blob -> its Data layer's transform_param (set fields)
+        # input blob -> the axis its batch goes back in (0; 1 for time-major); None: fixed shape
+        self.batch_axes = {t: 0 for t in inputs} if batch_axes is None else batch_axes
+
+    def input_shape(self, name: str, batch) -> tuple:
+        """The full shape of input `name` with `batch` (an int or a symbolic dimension) on its
+        batch axis."""
+        shape, axis = self.inputs[name], self.batch_axes[name]
+        return shape if axis is None else shape[:axis] + (batch,) + shape[axis:]
 
     def param_keys(self) -> list[tuple[str, str, bool, tuple]]:
         """(owner layer, owner role, learned, shape) of every parameter blob the layers read."""
@@ -119,6 +130,7 @@ def deploy_graph(plan, outputs: Sequence[str] | None = None) -> DeployGraph:
     """The deploy forward of `plan`; see the module docstring for what is kept and dropped."""
     dropped: set[str] = set()
     candidates: dict[str, tuple] = {}  # input blob -> per-sample shape
+    axes: dict[str, int | None] = {}  # input blob -> its batch axis
     transforms: dict[str, dict] = {}
     kept = []
     for pl in plan.layers:
@@ -133,7 +145,9 @@ def deploy_graph(plan, outputs: Sequence[str] | None = None) -> DeployGraph:
                     transforms[tops[0]] = t.model_dump(include=t.set_fields(), mode="json")
             for t, shape in zip(pl.tops, pl.top_shapes):
                 if t in tops:
-                    candidates[t] = tuple(shape[1:])
+                    axes[t] = axis = plan.batch_axis(t)
+                    rest = shape if axis is None else shape[:axis] + shape[axis + 1:]
+                    candidates[t] = tuple(int(d) for d in rest)
             continue
         if _is_metric(pl) or any(b in dropped for b in pl.bottoms):
             dropped.update(pl.tops)
@@ -167,7 +181,7 @@ def deploy_graph(plan, outputs: Sequence[str] | None = None) -> DeployGraph:
     run.reverse()
     inputs = {t: s for t, s in candidates.items() if t in needed}
     transforms = {t: v for t, v in transforms.items() if t in inputs}
-    return DeployGraph(plan, run, inputs, outputs, transforms)
+    return DeployGraph(plan, run, inputs, outputs, transforms, {t: axes[t] for t in inputs})
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +338,7 @@ def _lower(graph: DeployGraph, params, state, platforms, batch):
 
     in_names = sorted(graph.inputs)  # jax flattens a dict in sorted-key order
     (b,) = export.symbolic_shape(BATCH_SYMBOL) if batch is None else (batch,)
-    in_specs = {n: jax.ShapeDtypeStruct((b,) + graph.inputs[n], jnp.float32) for n in in_names}
+    in_specs = {n: jax.ShapeDtypeStruct(graph.input_shape(n, b), jnp.float32) for n in in_names}
 
     def deploy(inputs):
         return graph.forward(params, state, inputs)  # params/state: constants of the module
@@ -367,7 +381,7 @@ def _write_artifact(out: Path, exported, spec, spec_path: Path, graph: DeployGra
         "calling": "exported.call({input name: array}) -> {output name: array}",
         "inputs": _signature(sorted(graph.inputs), exported.in_avals),
         "outputs": _signature(sorted(graph.outputs), exported.out_avals),
-        "batch": {"axis": 0, "symbol": BATCH_SYMBOL} if batch is None else {"axis": 0, "size": batch},
+        "batch": _batch_record(graph, batch),
         "layout": LAYOUT,
         "transform_param": graph.transforms,
         "platforms": list(exported.platforms),
@@ -379,6 +393,16 @@ def _write_artifact(out: Path, exported, spec, spec_path: Path, graph: DeployGra
         "files": {MODEL_FILE: {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}},
     }
     return write_json_atomic(manifest_path, manifest)
+
+
+def _batch_record(graph: DeployGraph, batch: int | None) -> dict:
+    """The manifest's `batch`: the axis of each input that holds it (`axes`; absent for an input
+    of fixed shape), `axis` when they all agree (else null), and its symbol or fixed size."""
+    axes = {n: graph.batch_axes[n] for n in sorted(graph.inputs) if graph.batch_axes[n] is not None}
+    common = set(axes.values())
+    record = {"axis": common.pop() if len(common) == 1 else None, "axes": axes}
+    record.update({"symbol": BATCH_SYMBOL} if batch is None else {"size": batch})
+    return record
 
 
 def _jaxlib_version() -> str:

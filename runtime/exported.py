@@ -24,7 +24,10 @@ Without netc at all, these lines of plain jax do the same::
 
 Inputs are the net's input blobs in the spec's N×C×H×W order, after the Data layer's transform
 (the manifest's ``transform_param``, e.g. ``scale: 0.00390625``, is the caller's to apply).
-The batch size is free (symbolic ``b``); each new batch size compiles once. The module runs on
+The batch size is free (symbolic ``b``); each new batch size compiles once. The batch is on the
+axis where each input's manifest shape holds ``"b"``: axis 0, or axis 1 of a time-major T×N×…
+input (``manifest["batch"]["axes"]`` names it per input; `batch_axes` reads it, from older
+manifests too). The module runs on
 any platform listed in ``manifest["platforms"]`` (jax picks the branch of its backend).
 
 This module imports only jax, numpy, hashlib and json (tests check that loading it does not
@@ -47,6 +50,7 @@ from netc.files import FileRefused, open_regular, read_regular
 
 __all__ = [
     "ExportedError",
+    "batch_axes",
     "load_exported",
     "read_manifest",
     "run_exported",
@@ -152,6 +156,26 @@ def load_exported(directory: str | os.PathLike[str]) -> tuple[Any, dict[str, Any
     return exported, manifest
 
 
+def batch_axes(manifest: Mapping[str, Any]) -> dict[str, int | None]:
+    """The batch axis of each input of an artifact (None: an input of fixed shape, or a fixed
+    batch): `batch.axes` of the manifest, else (older manifests, whose batch was always axis 0)
+    the axis of each input's shape holding the batch symbol, else `batch.axis`."""
+    batch = manifest.get("batch") if isinstance(manifest.get("batch"), Mapping) else {}
+    axes = batch.get("axes")
+    names = [s["name"] for s in manifest["inputs"]]
+    if isinstance(axes, Mapping):
+        return {n: axes.get(n) for n in names}
+    symbol = batch.get("symbol")
+    out = {}
+    for sig in manifest["inputs"]:
+        shape = sig["shape"]
+        if symbol is not None and symbol in shape:
+            out[sig["name"]] = shape.index(symbol)
+        else:
+            out[sig["name"]] = batch.get("axis") if "size" in batch else None
+    return out
+
+
 def _prepare(manifest: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     if not isinstance(inputs, Mapping):
         raise ExportedError(f"inputs must be a mapping of blob name to array, "
@@ -167,6 +191,8 @@ def _prepare(manifest: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str
             parts.append(f"unexpected input(s) {', '.join(map(repr, extra))}")
         raise ExportedError(f"{'; '.join(parts)}; the model takes {', '.join(map(repr, want))}")
     symbols: dict[str, tuple[int, str]] = {}
+    batch = manifest.get("batch")
+    batch_symbol = batch.get("symbol") if isinstance(batch, Mapping) else None
     args = {}
     for name, sig in want.items():
         arr = np.asarray(inputs[name])
@@ -188,7 +214,8 @@ def _prepare(manifest: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str
                     raise ExportedError(f"input '{name}': axis {axis} must be {d} ({shown}), got "
                                         f"shape {'×'.join(map(str, arr.shape))}")
             elif d in symbols and symbols[d][0] != n:
-                raise ExportedError(f"input '{name}': axis {axis} ({d}) is {n}, but input "
+                what = "the batch" if d == batch_symbol else d
+                raise ExportedError(f"input '{name}': axis {axis} ({what}) is {n}, but input "
                                     f"'{symbols[d][1]}' has {d} = {symbols[d][0]}")
             elif n < 1:
                 raise ExportedError(f"input '{name}': axis {axis} ({d}) must be at least 1")

@@ -7,6 +7,7 @@ import math
 from netc.compiler.layer import (
     Layer,
     ParamDecl,
+    batch_axis,
     canonical_axis,
     count,
     fmt_shape,
@@ -132,6 +133,14 @@ class PReLU(Pointwise):
         if len(x) < 2:
             raise SpecError(f"needs an input with at least 2 axes (N×C×…), got {fmt_shape(x)}",
                             ("bottom",))
+        if batch_axis(x) == 1 and not self.p.channel_shared:
+            what = (f"the channels are axis 1, which is the batch axis of {self.spec.bottom[0]} "
+                    f"({fmt_shape(x)})")
+            if isinstance(x[1], str):
+                raise SpecError(f"{what}: one slope per channel needs a batch-major N×C×… input, "
+                                f"or set prelu_param.channel_shared", ("bottom",))
+            self.warn(f"{what}: as in Caffe, each sample of the batch gets its own slope; "
+                      f"use a batch-major N×C×… input or set channel_shared", "bottom")
         return [x]
 
     def params(self, bottoms):

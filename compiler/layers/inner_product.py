@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netc.compiler.layer import Layer, ParamDecl, canonical_axis, count, register
+from netc.compiler.layer import Layer, ParamDecl, batch_axis, canonical_axis, count, register
 from netc.spec.messages import InnerProductParameter
 
 
@@ -43,10 +43,15 @@ inner_product_param:
         return out
 
     def macs(self, bottoms, tops):
-        # Per sample when the batch axis is kept; an axis-0 product treats the blob as one sample.
+        # Per sample: one product per position of the axes before `axis` other than the batch
+        # axis (T for a time-major T×N×H input with axis 2); an axis-0 product (the batch
+        # flattened in) treats the blob as one sample.
         x = bottoms[0]
         axis = self._axis(x)
-        return count(x, min(axis, 1)) * self.p.num_output
+        batch = batch_axis(x)
+        batch = 0 if batch is None else batch
+        outer = count(tuple(d for i, d in enumerate(x[:axis]) if i != batch))
+        return outer * count(x, axis) * self.p.num_output
 
     def apply(self, params, bottoms, ctx):
         x = bottoms[0]

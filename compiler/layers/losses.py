@@ -19,6 +19,7 @@ from netc.compiler.layer import (
     LabelFact,
     Layer,
     Shape,
+    batch_axis,
     canonical_axis,
     count,
     fmt_shape,
@@ -40,12 +41,42 @@ LOG_THRESHOLD = 1e-20
 LOG_FLT_MIN = math.log(2.0**-126)
 
 
+def sample_axis(shape: Shape) -> int:
+    """The axis of a blob that indexes samples: its batch axis (the symbol N or a concrete batch
+    the planner marked; axis 1 of a time-major T×N×… blob), else axis 0 as in Caffe."""
+    axis = batch_axis(shape)
+    return 0 if axis is None else axis
+
+
+def per_sample(shape: Shape) -> tuple[int, ...]:
+    """The shape of one sample: `shape` without its sample axis, as plain ints."""
+    axis = sample_axis(shape)
+    return tuple(int(d) for d in tuple(shape[:axis]) + tuple(shape[axis + 1:]))
+
+
+def same_samples(a: Shape, b: Shape) -> bool:
+    """Two blobs hold the same number of samples, with the same number of elements before and
+    after the sample axis: so that position i of one sample of `a` is position i of the same
+    sample of `b` (N×H×W labels for N×1×H×W, T×N labels for T×N×C predictions; not N×T for
+    T×N×C). The sample axis is axis 0 where no batch axis is marked (Caffe's rule)."""
+    if not a or not b:
+        return False
+    i, j = sample_axis(a), sample_axis(b)
+    return (a[i] == b[j] and count(tuple(a[:i])) == count(tuple(b[:j]))
+            and count(tuple(a[i + 1:])) == count(tuple(b[j + 1:])))
+
+
 def check_labels(layer: Layer, pred: Shape, label: Shape, axis: int) -> None:
     """Caffe's rule: one label per prediction position outside the class axis."""
-    if axis == 0:
-        raise SpecError("the class axis cannot be the batch axis 0")
-    want = count(pred, 1, axis) * count(pred, axis + 1)
-    if not label or label[0] != pred[0] or count(label, 1) != want:
+    batch = sample_axis(pred)
+    if axis == batch:
+        if axis == 0:
+            raise SpecError("the class axis cannot be the batch axis 0")
+        raise SpecError(f"the class axis cannot be the batch axis {axis} (predictions "
+                        f"{layer.spec.bottom[0]} are {fmt_shape(pred)}; a time-major T×N×C blob "
+                        f"has its classes on axis 2, or −1 for the last)")
+    want = tuple(pred[:axis]) + tuple(pred[axis + 1:])
+    if not same_samples(want, label):
         raise SpecError(
             f"label {layer.spec.bottom[1]} ({fmt_shape(label)}) must hold one label per prediction: "
             f"predictions {layer.spec.bottom[0]} are {fmt_shape(pred)} with classes on axis {axis}, "
@@ -63,9 +94,11 @@ def check_sample_labels(layer: Layer, pred: Shape, label: Shape) -> None:
 
 
 def class_label_fact(layer: Layer, pred: Shape, axis: int, ignore: int | None) -> LabelFact:
-    """Caffe's rule as a fact: class indices shaped as the predictions without the class axis."""
-    classes = pred[axis] if isinstance(pred[axis], int) else None
-    return LabelFact(layer.spec.name, 1, tuple(pred[1:axis]) + tuple(pred[axis + 1:]), classes,
+    """Caffe's rule as a fact: class indices shaped as the predictions without the class axis,
+    per sample (without the sample axis: T for T×N×C predictions with classes on axis 2)."""
+    classes = int(pred[axis]) if isinstance(pred[axis], int) else None
+    want = tuple(pred[:axis]) + tuple(pred[axis + 1:])
+    return LabelFact(layer.spec.name, 1, per_sample(want), classes,
                      ignore, "class", f"predictions {layer.spec.bottom[0]} are {fmt_shape(pred)} "
                      f"with classes on axis {axis}")
 
@@ -79,7 +112,7 @@ def sample_label_fact(layer: Layer, pred: Shape) -> LabelFact:
 
 def target_fact(layer: Layer, pred: Shape, ignore: int | None = None) -> LabelFact:
     """Real-valued targets, one per prediction value."""
-    return LabelFact(layer.spec.name, 1, tuple(pred[1:]), None, ignore, "target",
+    return LabelFact(layer.spec.name, 1, per_sample(pred), None, ignore, "target",
                      f"{layer.spec.bottom[0]} is {fmt_shape(pred)}, one target per value")
 
 
@@ -201,7 +234,7 @@ top: loss
 
     def infer(self, bottoms):
         x, t = bottoms
-        if x[:1] != t[:1] or count(x, 1) != count(t, 1):
+        if not same_samples(x, t):
             raise SpecError(f"scores and targets must have the same count: {self.spec.bottom[0]} is "
                             f"{fmt_shape(x)}, {self.spec.bottom[1]} is {fmt_shape(t)}", ("bottom",))
         return [()]
@@ -239,7 +272,7 @@ class EuclideanLoss(Layer):
 
     def infer(self, bottoms):
         a, b = bottoms
-        if a[:1] != b[:1] or count(a, 1) != count(b, 1):
+        if not same_samples(a, b):
             raise SpecError(f"inputs must match per sample: {self.spec.bottom[0]} is {fmt_shape(a)}, "
                             f"{self.spec.bottom[1]} is {fmt_shape(b)}", ("bottom",))
         return [()]

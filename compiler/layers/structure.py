@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from netc.compiler.layer import (
-    BATCH,
     Layer,
+    Shape,
+    batch_axis,
     canonical_axis,
     count,
     fmt_shape,
@@ -21,6 +22,25 @@ from netc.spec.messages import (
 )
 
 
+def same_batch_axis(layer: Layer, bottoms: list[Shape]) -> None:
+    """Inputs joined position by position must hold the batch on one axis: a time-major T×N×…
+    blob and a batch-major N×T×… one may have equal shapes (T = N) and still not line up."""
+    marked = [(i, b, batch_axis(b)) for i, b in enumerate(bottoms) if batch_axis(b) is not None]
+    for i, b, axis in marked[1:]:
+        j, first, first_axis = marked[0]
+        if axis != first_axis:
+            names = layer.spec.bottom
+            raise SpecError(f"input {i} ({names[i]}: {fmt_shape(b)}) holds the batch on axis {axis}, "
+                            f"input {j} ({names[j]}: {fmt_shape(first)}) on axis {first_axis}: "
+                            f"join blobs of one layout (time-major T×N×… or batch-major N×…)",
+                            ("bottom",))
+
+
+def symbolic_batch(x: Shape, lo: int, hi: int) -> int | None:
+    """The axis in [lo, hi) of `x` that holds the symbolic batch, if any."""
+    return next((i for i in range(lo, hi) if isinstance(x[i], str)), None)
+
+
 @register
 class Softmax(Layer):
     type = "Softmax"
@@ -31,7 +51,12 @@ class Softmax(Layer):
     example = "name: prob\ntype: Softmax\nbottom: ip2\ntop: prob\n"
 
     def infer(self, bottoms):
-        canonical_axis(self.p.axis, len(bottoms[0]), ("softmax_param", "axis"))
+        x = bottoms[0]
+        axis = canonical_axis(self.p.axis, len(x), ("softmax_param", "axis"))
+        if axis == batch_axis(x):
+            self.warn(f"axis {axis} is the batch axis of {self.spec.bottom[0]} ({fmt_shape(x)}): the "
+                      f"softmax mixes the samples of the batch; a time-major T×N×C blob has its "
+                      f"classes on axis 2 (axis: -1 for the last)", "softmax_param", "axis")
         return same_shape(bottoms)
 
     def apply(self, params, bottoms, ctx):
@@ -56,6 +81,13 @@ class Flatten(Layer):
         if e < a:
             raise SpecError(f"end_axis {self.p.end_axis} comes before axis {self.p.axis} "
                             f"for a {len(x)}-axis input", ("flatten_param", "end_axis"))
+        if a == e:  # nothing merged (the axis may be the batch)
+            return [tuple(x)]
+        b = symbolic_batch(x, a, e + 1)
+        if b is not None:
+            raise SpecError(f"cannot merge axes {a}..{e} of {fmt_shape(x)}: axis {b} is the batch, of "
+                            f"symbolic size {x[b]} here (flatten only the axes after it, e.g. "
+                            f"axis: {b + 1}, or give the batch: --batch N)", ("flatten_param", "axis"))
         return [x[:a] + (count(x, a, e + 1),) + x[e + 1:]]
 
     def apply(self, params, bottoms, ctx):
@@ -101,22 +133,48 @@ reshape_param: {shape: {dim: [0, -1, 4]}}
             else:
                 new.append(d)
         kept = x[start:end]
+        b = symbolic_batch(kept, 0, len(kept))
+        if b is not None:  # the batch (any size) keeps the elements before and after it
+            return [x[:start] + self._around_batch(x, kept, new, b) + x[end:]]
         if -1 in new:
-            known = [d for d in new if d != -1]
-            if any(isinstance(d, str) for d in kept) and BATCH in known:
-                known.remove(BATCH)
-                kept = tuple(d for d in kept if d != BATCH)
-            total, rest = count(kept), count(tuple(known))
-            if rest == 0 or total % rest:
-                raise SpecError(f"cannot infer the −1 dimension: {total} elements do not divide by "
-                                f"{rest} (input {fmt_shape(x)})", ("reshape_param", "shape", "dim"))
-            new[new.index(-1)] = total // rest
-        elif [d for d in new if isinstance(d, str)] != [d for d in kept if isinstance(d, str)] or \
-                count(tuple(d for d in new if not isinstance(d, str))) != \
-                count(tuple(d for d in kept if not isinstance(d, str))):
+            self._infer_minus_one(x, kept, new)
+        elif count(tuple(new)) != count(kept):
             raise SpecError(f"reshape to {fmt_shape(new)} changes the element count of the input "
                             f"{fmt_shape(x)}", ("reshape_param", "shape", "dim"))
         return [x[:start] + tuple(new) + x[end:]]
+
+    @staticmethod
+    def _infer_minus_one(x: Shape, kept: Shape, new: list) -> None:
+        if -1 not in new:
+            return
+        total, rest = count(kept), count(tuple(d for d in new if d != -1))
+        if rest == 0 or total % rest:
+            raise SpecError(f"cannot infer the −1 dimension: {total} elements do not divide by "
+                            f"{rest} (input {fmt_shape(x)})", ("reshape_param", "shape", "dim"))
+        new[new.index(-1)] = total // rest
+
+    def _around_batch(self, x: Shape, kept: Shape, new: list, b: int) -> tuple:
+        """A reshape of axes holding the symbolic batch (kept[b]): the output holds it once (a 0
+        copies it), with the same elements before it and after it, since a batch of any size
+        must keep each sample's elements together."""
+        path = ("reshape_param", "shape", "dim")
+        at = [i for i, d in enumerate(new) if isinstance(d, str)]
+        if len(at) != 1:
+            raise SpecError(f"reshape to {fmt_shape(new)} would merge the batch axis (of symbolic "
+                            f"size {kept[b]}) of {fmt_shape(x)} with other axes: copy it with 0 at "
+                            f"its position, or give the batch (--batch N)", path)
+        nb = at[0]
+        parts = []
+        for src, dst in ((kept[:b], new[:nb]), (kept[b + 1:], new[nb + 1:])):
+            dst = list(dst)
+            self._infer_minus_one(x, src, dst)
+            if count(tuple(dst)) != count(src):
+                raise SpecError(f"reshape to {fmt_shape(new)} moves elements across the batch axis "
+                                f"(of symbolic size {kept[b]}) of {fmt_shape(x)}: the output must "
+                                f"hold {count(src)} elements {'before' if not parts else 'after'} "
+                                f"it, as the input does", path)
+            parts.append(tuple(dst))
+        return parts[0] + (new[nb],) + parts[1]
 
     def apply(self, params, bottoms, ctx):
         return [bottoms[0].reshape(self.infer([bottoms[0].shape])[0])]
@@ -143,6 +201,7 @@ class Concat(Layer):
     def infer(self, bottoms):
         first = bottoms[0]
         axis = self._axis(first)
+        same_batch_axis(self, bottoms)
         total = 0
         for i, b in enumerate(bottoms):
             if len(b) != len(first) or any(
@@ -175,6 +234,7 @@ eltwise_param: {operation: SUM}
 """
 
     def infer(self, bottoms):
+        same_batch_axis(self, bottoms)
         for i, b in enumerate(bottoms[1:], 1):
             if b != bottoms[0]:
                 raise SpecError(f"all inputs must have one shape: input {i} ({self.spec.bottom[i]}) is "

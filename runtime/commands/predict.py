@@ -39,13 +39,16 @@ def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def check_inputs(plan, arrays: dict[str, np.ndarray], source: str) -> None:
-    """Every array is an input blob of the net, numeric, of the blob's per-sample shape, and all
-    have one batch size."""
+    """Every array is an input blob of the net, numeric, of the blob's shape on every axis but
+    its batch axis (axis 0, or axis 1 of a time-major T×N×… blob; an input without one is of
+    fixed shape), and all have one batch size."""
+    from netc.compiler.layer import BATCH
     from netc.spec.errors import did_you_mean
 
     if not arrays:
         raise RunError(f"{source}: holds no arrays; expected the net's inputs "
                        f"({', '.join(plan.inputs)})")
+    sizes: dict[int, list[str]] = {}
     for k, a in arrays.items():
         if k not in plan.inputs:
             raise RunError(f"{source}: array '{k}' is not an input blob of the net"
@@ -53,12 +56,17 @@ def check_inputs(plan, arrays: dict[str, np.ndarray], source: str) -> None:
         if a.dtype.kind not in "biuf":
             raise RunError(f"{source}: array '{k}' has dtype {a.dtype}; need numbers")
         want = tuple(plan.blobs[k])
-        if a.ndim != len(want) or tuple(a.shape[1:]) != tuple(want[1:]):
+        axis = plan.batch_axis(k)
+        free = tuple(BATCH if i == axis else d for i, d in enumerate(want))
+        if a.ndim != len(want) or any(i != axis and n != d for i, (n, d) in enumerate(zip(a.shape, want))):
+            on = "" if axis in (0, None) else f", batch on axis {axis}"
             raise RunError(f"{source}: array '{k}' has shape {tuple(a.shape)}, but the net's "
-                           f"blob '{k}' is N×{fmt_shape(want[1:])} ({fmt_shape(want)} in the spec)")
-    sizes = {a.shape[0] for a in arrays.values() if a.ndim}
+                           f"blob '{k}' is {fmt_shape(free)}{on} ({fmt_shape(want)} in the spec)")
+        if axis is not None:
+            sizes.setdefault(int(a.shape[axis]), []).append(k)
     if len(sizes) > 1:
-        raise RunError(f"{source}: the arrays have different batch sizes {sorted(sizes)}")
+        which = "; ".join(f"{n} ({', '.join(ks)})" for n, ks in sorted(sizes.items()))
+        raise RunError(f"{source}: the arrays have different batch sizes: {which}")
 
 
 def choose_outputs(plan, requested: list[str] | None, given: set[str], source: str) -> list[str]:

@@ -365,5 +365,50 @@ def export(spec, weights, out_dir, platforms, outputs, phase, stages, batch) -> 
                                      outputs=list(outputs) or None, batch=batch, out=sys.stdout))
 
 
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--weights", type=click.Path(), required=True,
+              help="A checkpoint, or a run directory (its newest checkpoint and vocab.json).")
+@click.option("--prime", default="", help="Text (or token ids) the generated text continues.")
+@click.option("--length", type=click.IntRange(min=1, max=100_000), default=200, show_default=True,
+              help="Tokens to generate.")
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="Sampling temperature (0: greedy, the most likely token each step).")
+@click.option("--top-k", "top_k", type=click.IntRange(min=0), default=0,
+              help="Sample only among the k most likely tokens (0: all).")
+@click.option("--beam", type=click.IntRange(min=0, max=1000), default=0,
+              help="Beam search with this many beams instead of sampling (1: greedy).")
+@click.option("--length-penalty", "length_penalty", type=click.FloatRange(min=0), default=0.0,
+              help="Beam search: choose the best beam by score / length**alpha (0: by score).")
+@click.option("--end", default=None, help="The end symbol: a sequence stops when it emits it.")
+@click.option("--count", type=click.IntRange(min=1, max=10_000), default=1, show_default=True,
+              help="How many sequences to generate.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--input", "token", default=None, metavar="BLOB",
+              help="The token input blob (default: the text source's data top).")
+@click.option("--output", "scores", default=None, metavar="BLOB",
+              help="The next-token scores blob (default: what the loss reads as predictions).")
+@click.option("--inputs", type=click.Path(dir_okay=False), default=None, metavar="NPZ",
+              help="The net's other inputs (an image to caption, ...): first sample of each array.")
+@click.option("--vocab", type=click.Path(dir_okay=False), default=None,
+              help="vocab.json to use instead of the run's.")
+def sample(spec, weights, prime, length, temperature, top_k, beam, length_penalty, end, count,
+           seed, token, scores, inputs, vocab) -> None:
+    """Generate from a trained sequence model: sampling or beam search.
+
+    \b
+    netc sample models/char_lstm_hamlet.yaml --weights runs/char_lstm_hamlet --prime "HAMLET."
+    netc sample SPEC --weights RUN --beam 5 --end "\n"
+
+    The net is re-planned to run one step at a time (its recurrent layers carry their state
+    between steps); the run's vocab.json maps text to ids and back.
+    """
+    from netc.runtime.commands import sample as command
+
+    cfg = command.SampleConfig(spec, weights, prime, length, temperature, top_k, beam,
+                               length_penalty, seed, count, end, token, scores, inputs, vocab)
+    _run_command(lambda: command.run(cfg, sys.stdout, sys.stderr))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

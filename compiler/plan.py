@@ -239,6 +239,7 @@ class _Planner:
     def run(self) -> Plan:
         for k, (i, layer) in enumerate(self.active):
             self._layer(k, i, layer)
+        self._vocab_checks()
         self._filler_warnings()
         self._outputs()
         return self.out
@@ -450,6 +451,32 @@ class _Planner:
             self.producer.setdefault(t, layer.name)
         if unit.is_data:
             self.out.inputs.extend(layer.top)
+
+    def _vocab_checks(self) -> None:
+        """A data top with a known number of distinct ids (a text source's vocabulary) read as
+        class indices (an Embed's ids, a loss's labels) must fit the reader's classes: an id
+        past input_dim or num_output is an error here, not a NaN or a wrong loss at run time."""
+        sizes: dict[str, tuple[int, str]] = {}
+        for pl in self.out.layers:
+            fact = pl.unit.data_fact() if pl.unit.is_data else None
+            if fact is not None and fact.vocab:
+                for role, top in zip(fact.roles, pl.tops):
+                    if role in fact.vocab:
+                        sizes[top] = (fact.vocab[role], fact.source or pl.name)
+        if not sizes:
+            return
+        for pl in self.out.layers:
+            fact = pl.unit.label_fact(pl.bottom_shapes)
+            if fact is None or fact.kind != "class" or fact.classes is None:
+                continue
+            top = pl.bottoms[fact.bottom] if fact.bottom < len(pl.bottoms) else None
+            if top in sizes and sizes[top][0] > fact.classes:
+                v, source = sizes[top]
+                self.diags.error(
+                    f"{_layer_prefix(pl.unit.spec)}bottom: '{top}' holds ids 0…{v - 1} (the "
+                    f"{v} symbols of {source}), but the layer takes only {fact.classes} "
+                    f"classes ({fact.rule or 'its class count'}); make it at least {v}",
+                    pl.path + ("bottom", fact.bottom))
 
     def _filler_warnings(self) -> None:
         """Caffe's unset filler is constant 0: weights that start equal never break symmetry."""

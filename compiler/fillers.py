@@ -13,6 +13,7 @@ orthonormal when it is wide, its columns when it is tall."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -51,24 +52,34 @@ def bilinear_kernel(shape: tuple[int, ...]) -> np.ndarray:
 
 def orthogonal(key, shape: tuple[int, ...], gain: float = 1.0, dtype=None):
     """gain × a (semi-)orthogonal matrix per square row block (see the module's docstring)."""
+    import jax.numpy as jnp
+
+    if len(shape) < 2:
+        raise ValueError(f"the orthogonal filler needs a blob of at least 2 axes, got {shape}")
+    return _orthogonal_fn()(key, tuple(shape), float(gain), jnp.dtype(dtype or jnp.float32))
+
+
+@functools.cache
+def _orthogonal_fn():
     import jax
     import jax.numpy as jnp
 
-    dtype = dtype or jnp.float32
-    if len(shape) < 2:
-        raise ValueError(f"the orthogonal filler needs a blob of at least 2 axes, got {shape}")
-    rows, cols = shape[0], math.prod(shape[1:])
-    blocks = rows // cols if rows > cols and rows % cols == 0 else 1
-    r = rows // blocks  # each block is r × cols
-    big, small = max(r, cols), min(r, cols)
-    a = jax.random.normal(key, (blocks, big, small), jnp.float32)
-    q, rr = jnp.linalg.qr(a)  # q: big × small with orthonormal columns
-    # Haar measure: make R's diagonal positive (a zero diagonal element keeps its column's sign)
-    d = jnp.sign(jnp.diagonal(rr, axis1=-2, axis2=-1))
-    q = q * jnp.where(d == 0, 1.0, d)[:, None, :]
-    if r < cols:  # a wide block: orthonormal rows
-        q = jnp.swapaxes(q, -1, -2)
-    return (gain * q).reshape(shape).astype(dtype)
+    def draw(key, shape, gain, dtype):
+        rows, cols = shape[0], math.prod(shape[1:])
+        blocks = rows // cols if rows > cols and rows % cols == 0 else 1
+        r = rows // blocks  # each block is r × cols
+        big, small = max(r, cols), min(r, cols)
+        a = jax.random.normal(key, (blocks, big, small), jnp.float32)
+        q, rr = jnp.linalg.qr(a)  # q: big × small with orthonormal columns
+        # Haar measure: make R's diagonal positive (a zero on it keeps its column's sign)
+        d = jnp.sign(jnp.diagonal(rr, axis1=-2, axis2=-1))
+        q = q * jnp.where(d == 0, 1.0, d)[:, None, :]
+        if r < cols:  # a wide block: orthonormal rows
+            q = jnp.swapaxes(q, -1, -2)
+        return (gain * q).reshape(shape).astype(dtype)
+
+    # one compiled program per shape (Net.init calls fillers eagerly)
+    return jax.jit(draw, static_argnums=(1, 2, 3))
 
 
 def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):

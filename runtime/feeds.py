@@ -60,8 +60,9 @@ class DataFeed:
 
 def _vocab_check(plan, pl, fact, corpus) -> None:
     """A text's ids run over its whole vocabulary: every layer that reads its data or label as
-    indices (an Embed's input_dim, a classifier's outputs) must accept that many. Checked here,
-    at load time, because the vocabulary is the file's."""
+    indices (an Embed's input_dim, a classifier's outputs) must accept that many. The planner
+    checks it against the file as `netc check` read it; this checks the text actually loaded (a
+    file changed since the plan was made)."""
     from netc.runtime.data import label_requirements
 
     for top, role in zip(pl.tops, fact.roles):

@@ -456,6 +456,9 @@ def test_out_of_range_ids_refused_with_file_array_value_and_place(tmp_path):
 
 
 def test_text_vocabulary_must_fit_the_embedding(tmp_path):
+    from netc.runtime.context import load_context
+    from netc.runtime.feeds import data_feeds
+
     (tmp_path / "corpus.txt").write_text(TEXT)
     v = len(set(TEXT))
     spec = write(tmp_path / "c.yaml", f"""
@@ -464,27 +467,40 @@ def test_text_vocabulary_must_fit_the_embedding(tmp_path):
           - {{name: d, type: Data, top: [data, label],
              data_param: {{source: "text:corpus.txt", batch_size: 2, seq_len: 4}}}}
           - {{name: emb, type: Embed, bottom: data, top: emb,
-             embed_param: {{num_output: 3, input_dim: {v - 1}}}}}
+             embed_param: {{num_output: 3, input_dim: {v}}}}}
           - {{name: ip, type: InnerProduct, bottom: emb, top: ip,
              inner_product_param: {{num_output: {v}, axis: 2}}}}
           - {{name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss,
              softmax_param: {{axis: 2}}}}
         """)
-    with pytest.raises(RunError) as e:
-        feeds_of(spec)
-    assert str(e.value) == (
-        f"text:corpus.txt: 'data' holds character ids in [0, {v}) (the text has {v} distinct "
-        f"characters), but layer 'emb' reads it as indices in [0, {v - 1}) (ids data (4×2) index "
-        f"the {v - 1} rows of the embedding): make it accept {v} (an Embed's input_dim, a "
-        "classifier's num_output)")
-    spec.write_text(spec.read_text().replace(f"input_dim: {v - 1}", f"input_dim: {v}")
-                    .replace(f"num_output: {v},", f"num_output: {v - 2},"))
-    with pytest.raises(RunError, match=rf"'label' holds character ids in \[0, {v}\) .* layer "
-                                       rf"'loss' reads it as indices in \[0, {v - 2}\)"):
-        feeds_of(spec)
-    spec.write_text(spec.read_text().replace(f"num_output: {v - 2},", f"num_output: {v},"))
-    (feed,) = feeds_of(spec)
+    ctx = load_context(str(spec))
+    plan = ctx.plan("TRAIN")
+    (feed,) = data_feeds(plan, ctx.spec.spec_dir)
     assert feed.keys == ("data", "label") and feed.vocab_doc()["symbols"] == sorted(set(TEXT))
+    # netc check refuses an Embed narrower than the vocabulary (the planner's check) ...
+    narrow = tmp_path / "narrow.yaml"
+    narrow.write_text(spec.read_text().replace(f"input_dim: {v}", f"input_dim: {v - 1}"))
+    r = netc("check", "-q", narrow)
+    assert r.returncode == 1 and f"{v - 1}" in r.stdout + r.stderr
+    # ... and loading does too, for a text that changed after the plan was made: two more
+    # characters than the Embed and the classifier were planned for
+    (tmp_path / "corpus.txt").write_text(TEXT + "#~")
+    with pytest.raises(RunError) as e:
+        data_feeds(plan, ctx.spec.spec_dir)
+    assert str(e.value) == (
+        f"text:corpus.txt: 'data' holds character ids in [0, {v + 2}) (the text has {v + 2} "
+        f"distinct characters), but layer 'emb' reads it as indices in [0, {v}) (ids data (4×2) "
+        f"index the {v} rows of the embedding): make it accept {v + 2} (an Embed's input_dim, a "
+        "classifier's num_output)")
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    wide = tmp_path / "wide.yaml"
+    wide.write_text(spec.read_text().replace(f"input_dim: {v}", f"input_dim: {v + 2}"))
+    ctx = load_context(str(wide))
+    plan = ctx.plan("TRAIN")
+    (tmp_path / "corpus.txt").write_text(TEXT + "#~")
+    with pytest.raises(RunError, match=rf"'label' holds character ids in \[0, {v + 2}\) .* layer "
+                                       rf"'loss' reads it as indices in \[0, {v}\)"):
+        data_feeds(plan, ctx.spec.spec_dir)
 
 
 # --- training: vocab.json, resume, evaluation state ---------------------------------------------

@@ -21,10 +21,10 @@ import numpy as np
 
 PAD, END = 0, 1
 IGNORE = -1
-DIGIT_SYMBOLS = ["<pad>", "$"] + [str(d) for d in range(10)]
+DIGIT_SYMBOLS = ["_", "$"] + [str(d) for d in range(10)]  # "_" stands for padding
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 LETTERS = sorted(set("".join(WORDS)))
-CAPTION_SYMBOLS = ["<pad>", "$"] + LETTERS
+CAPTION_SYMBOLS = ["_", "$"] + LETTERS
 
 
 def _decoder_arrays(targets: list[list[int]], steps: int) -> tuple[np.ndarray, np.ndarray]:

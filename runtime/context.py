@@ -88,7 +88,9 @@ def with_source(spec, source: str, phase: str = "TRAIN"):
     that exists from the current directory is made absolute (the user typed it here)."""
     from netc.spec.messages import NetState
 
-    if not source.startswith("netc:") and os.path.exists(source):
+    if source.startswith("text:") and os.path.exists(source[5:]):
+        source = "text:" + os.path.abspath(source[5:])
+    elif not source.startswith("netc:") and os.path.exists(source):
         source = os.path.abspath(source)
     state = NetState(phase=phase)
     hits = [i for i, layer in enumerate(spec.layers)

@@ -4,8 +4,9 @@ there too, or a plain `pip install .` (README command 1) ships without it."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

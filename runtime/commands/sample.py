@@ -47,6 +47,11 @@ def _vocab(cfg: SampleConfig) -> list[str] | None:
         return None  # token ids in and out
 
 
+def _words(symbols: list[str] | None) -> bool:
+    """A word vocabulary (symbols longer than one character): text is split on spaces."""
+    return symbols is not None and any(len(s) > 1 for s in symbols)
+
+
 def _encode(text: str, symbols: list[str] | None, what: str) -> list[int]:
     if symbols is None:
         try:
@@ -55,11 +60,12 @@ def _encode(text: str, symbols: list[str] | None, what: str) -> list[int]:
             raise RunError(f"{what}: without a vocabulary give token ids separated by spaces") \
                 from None
     index = {s: i for i, s in enumerate(symbols)}
-    missing = sorted({c for c in text if c not in index})
+    tokens = text.split() if _words(symbols) else list(text)
+    missing = sorted({c for c in tokens if c not in index})
     if missing:
         raise RunError(f"{what}: {', '.join(repr(c) for c in missing[:10])} not in the "
                        f"vocabulary of {len(symbols)} symbols")
-    return [index[c] for c in text]
+    return [index[c] for c in tokens]
 
 
 def _decode(ids, symbols: list[str] | None, end: int | None) -> str:
@@ -68,7 +74,7 @@ def _decode(ids, symbols: list[str] | None, end: int | None) -> str:
         if end is not None and int(i) == end:
             break
         out.append(symbols[int(i)] if symbols is not None else str(int(i)))
-    return ("" if symbols is not None else " ").join(out)
+    return ("" if symbols is not None and not _words(symbols) else " ").join(out)
 
 
 def _fixed_inputs(dec, cfg: SampleConfig, rows: int) -> dict:

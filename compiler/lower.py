@@ -109,7 +109,10 @@ class Net:
                            for x, pd in zip(bottoms, pl.unit.spec.propagate_down)]
             p = {}
             for role, (owner, orole) in pl.param_owner.items():
-                src = params if pl.params[role].learned else state
+                decl = pl.params[role]
+                src = params if decl.learned else state
+                if decl.carry and orole not in src.get(owner, {}):
+                    continue  # no carried state given: the layer starts from zeros (an export)
                 p[role] = src[owner][orole]
             layer_rng = jax.random.fold_in(rng, self._rng_index[pl.name]) if rng is not None else None
             ctx = Context(train, layer_rng, state.get(pl.name, {}), {}, pl)

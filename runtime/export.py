@@ -340,6 +340,13 @@ def _lower(graph: DeployGraph, params, state, platforms, batch):
     (b,) = export.symbolic_shape(BATCH_SYMBOL) if batch is None else (batch,)
     in_specs = {n: jax.ShapeDtypeStruct(graph.input_shape(n, b), jnp.float32) for n in in_names}
 
+    from netc.compiler.layer import is_carry_role
+
+    # a recurrent layer's carried state belongs to a training stream: an exported forward starts
+    # every call from zeros (its `cont` input, if any, still resets within the call)
+    state = {layer: {r: v for r, v in roles.items() if not is_carry_role(r)}
+             for layer, roles in state.items()}
+
     def deploy(inputs):
         return graph.forward(params, state, inputs)  # params/state: constants of the module
 

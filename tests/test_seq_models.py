@@ -45,3 +45,47 @@ def test_seq2seq_and_caption_specs_plan(tmp_path):
         (tmp_path / spec).write_text((ROOT / "models" / spec).read_text())
         r = netc("check", str(tmp_path / spec), "-q")
         assert r.returncode == 0, r.stderr
+
+
+def test_export_of_a_carried_state_lstm_starts_each_call_from_zeros(tmp_path):
+    """The carried state is a training stream's: the exported forward (symbolic batch, cont as
+    an input) starts from zeros, and equals the net run on the same batch with no carry."""
+    import numpy as np
+
+    import netc
+    from netc.runtime.export import export_model
+    from netc.runtime.exported import load_exported, run_exported
+
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. " * 20)
+    spec = tmp_path / "lm.yaml"
+    spec.write_text("""\
+name: lm
+layers:
+- {name: text, type: Data, top: [data, label, cont],
+   data_param: {source: "text:t.txt", batch_size: 4, seq_len: 8}}
+- {name: embed, type: Embed, bottom: data, top: emb,
+   embed_param: {input_dim: 11, num_output: 6, weight_filler: {type: gaussian, std: 1}}}
+- {name: lstm, type: LSTM, bottom: [emb, cont], top: h,
+   recurrent_param: {num_output: 5, weight_filler: {type: gaussian, std: 0.5}}}
+- {name: out, type: InnerProduct, bottom: h, top: logits,
+   inner_product_param: {num_output: 11, axis: 2, weight_filler: {type: xavier}}}
+- {name: loss, type: SoftmaxWithLoss, bottom: [logits, label], top: loss, softmax_param: {axis: 2}}
+""")
+    model = netc.load(str(spec), phase="TEST")
+    params, state = model.init(2)
+    assert state["lstm"]["carry_h"].shape == (1, 4, 5)
+    state = {"lstm": {k: v + 1.0 for k, v in state["lstm"].items()}}  # a non-zero carry
+    export_model(spec, {"params": params, "state": state}, tmp_path / "art")
+    art = load_exported(tmp_path / "art")
+    rng = np.random.default_rng(0)
+    for n in (3, 7):
+        ids = rng.integers(0, 11, (8, n)).astype(np.float32)
+        cont = np.ones((8, n), np.float32)
+        got = run_exported(art, {"data": ids, "cont": cont})
+        zero = {"lstm": {k: np.zeros((1, n, 5), np.float32) for k in state["lstm"]}}
+        small = netc.load(str(spec), phase="TEST")
+        want, _ = small.net.apply(params, zero, {"data": ids.astype(np.int32), "cont": cont},
+                                  outputs=["logits"])
+        np.testing.assert_allclose(np.asarray(got["logits"]), np.asarray(want["logits"]),
+                                   rtol=1e-5, atol=1e-5)

@@ -389,7 +389,7 @@ class _Recurrent(Layer):
         zeros = jnp.zeros((LD, N, g.H), dt)
         if g.h0 is not None:
             init = [bottoms[g.h0 + j].astype(dt) for j in range(self.n_states)]
-        elif g.carry:
+        elif g.carry and "carry_h" in params:
             # Caffe's carried h_T: forward directions continue from it (cont = 0 resets it);
             # a reverse direction starts at the batch's last step, from zeros
             fwd = (jnp.arange(LD) % g.D == 0)[:, None, None]
@@ -426,7 +426,7 @@ class _Recurrent(Layer):
         if p.output != "LAST" and p.batch_first:
             y = jnp.swapaxes(y, 0, 1)
         hT = [jnp.concatenate(f, axis=0) for f in finals]
-        if g.carry:
+        if g.carry and "carry_h" in params:
             for name, st in zip(["carry_h", "carry_c"], hT):
                 ctx.new_state[name] = jax.lax.stop_gradient(st).astype(params[name].dtype)
         return [y] + (hT if p.expose_hidden else [])

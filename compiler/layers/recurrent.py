@@ -434,7 +434,6 @@ class _Recurrent(Layer):
     def _layer(self, params, layer, g: Recurrence, inp, h0, cont, mask, static, dt, *, sequence):
         """One stacked layer, both directions in one scan. Returns (per-direction outputs —
         T×N×H sequences, or N×H at the last valid step —, final states D×N×H)."""
-        import jax
         import jax.numpy as jnp
 
         p = self.p
@@ -449,8 +448,8 @@ class _Recurrent(Layer):
             if static is not None:
                 gx = gx + (static @ params[ws + sfx].astype(dt).T)[None]
             gxs.append(gx)
-            whs.append(params[wh + sfx].astype(dt).T)  # H × G
-        extra = [self._step_extra(params, sfx, dt) for sfx in sfxs]
+            whs.append(params[wh + sfx].astype(dt))  # G × H, Caffe's layout
+        biases = [self._recurrent_bias(params, sfx, dt) for sfx in sfxs]
 
         # per-step control of each direction, in its processing order
         ctl = None
@@ -467,42 +466,28 @@ class _Recurrent(Layer):
         if k and k < T:
             cuts = (jnp.arange(T) % k == 0) & (jnp.arange(T) > 0)
 
-        if D == 1:
-            gx_all, wh_all = gxs[0], whs[0]
+        batched = D == 2
+        if not batched:
+            gx_all, wh_all, bh = gxs[0], whs[0], biases[0]
             ctl_all = None if ctl is None else ctl[0][..., None]
             carry0 = tuple(s[0] for s in h0)
-            ex = extra[0]
-
-            def matmul(h, w):
-                return h @ w
         else:
             gx_all = jnp.stack(gxs, axis=1)  # T×D×N×G
-            wh_all = jnp.stack(whs)  # D×H×G
+            wh_all = jnp.stack(whs)  # D×G×H
+            bh = None if biases[0] is None else jnp.stack(biases)[:, None]  # D×1×G
             ctl_all = None if ctl is None else jnp.stack(ctl, axis=1)[..., None]
             carry0 = tuple(h0)
-            ex = jax.tree_util.tree_map(lambda *a: jnp.stack(a)[:, None], *extra)
-
-            def matmul(h, w):
-                return jnp.einsum("dnh,dhg->dng", h, w)
-
-        step = self._step
         masked = mask is not None
-
-        def body(carry, xs):
-            gx_t, ctl_t, cut_t = xs
-            if cut_t is not None:
-                carry = tuple(jnp.where(cut_t, jax.lax.stop_gradient(c), c) for c in carry)
-            if ctl_t is not None and not masked:
-                carry = tuple(c * ctl_t for c in carry)
-            new = step(carry, gx_t, wh_all, ex, matmul)
-            if masked:
-                new = tuple(jnp.where(ctl_t, n, c) for n, c in zip(new, carry))
-                out = jnp.where(ctl_t, new[0], 0) if sequence else None
-            else:
-                out = new[0] if sequence else None
-            return new, out
-
-        final, ys = jax.lax.scan(body, carry0, (gx_all, ctl_all, cuts), unroll=self.unroll)
+        if ctl_all is not None:
+            ctl_all = ctl_all.astype(dt)
+        if self._single_matmul:
+            run = _recurrence(self._cell, masked, sequence, batched, self.unroll,
+                              self._additive)
+            final, ys = run(gx_all, wh_all, bh, carry0, ctl_all,
+                            None if cuts is None else cuts.astype(dt))
+        else:
+            final, ys = self._plain_scan(gx_all, wh_all, carry0, ctl_all, cuts, masked,
+                                         sequence, batched)
         if D == 1:
             final = tuple(f[None] for f in final)
         outs = []
@@ -520,8 +505,44 @@ class _Recurrent(Layer):
             outs.append(self._output(params, sfx, h, valid, dt))
         return outs, list(final)
 
-    def _step_extra(self, params, sfx: str, dt):
-        return ()
+    # --- the recurrence ------------------------------------------------------------------------
+    # Every cell but GRU's reset-before does ONE recurrent matmul per step, zr = h·W_hᵀ (+ b_hg),
+    # and is elementwise otherwise: `_cell(state, gx_t, zr_t)`. Such a recurrence runs through
+    # `_recurrence`, whose backward accumulates W_h's gradient with one matmul over all steps.
+    _single_matmul: ClassVar[bool] = True
+    _additive: ClassVar[bool] = True  # the cell reads gx_t + zr_t only (not GRU)
+
+    def _cell(self, carry: tuple, gx, zr) -> tuple:
+        raise NotImplementedError
+
+    def _recurrent_bias(self, params, sfx: str, dt):
+        return None
+
+    def _plain_scan(self, gx, wh, carry0, ctl, cuts, masked, sequence, batched):
+        """The recurrence differentiated by JAX itself (GRU reset-before: a second matmul of
+        r⊙h inside the step)."""
+        import jax
+        import jax.numpy as jnp
+
+        def matmul(h, w):  # h·wᵀ
+            return jnp.einsum("dnh,dgh->dng", h, w) if batched else h @ w.T
+
+        def body(carry, xs):
+            gx_t, ctl_t, cut_t = xs
+            if cut_t is not None:
+                carry = tuple(jnp.where(cut_t, jax.lax.stop_gradient(c), c) for c in carry)
+            if ctl_t is not None and not masked:
+                carry = tuple(c * ctl_t for c in carry)
+            new = self._step(carry, gx_t, wh, matmul)
+            if masked:
+                m = ctl_t > 0
+                new = tuple(jnp.where(m, n, c) for n, c in zip(new, carry))
+                out = jnp.where(m, new[0], 0) if sequence else None
+            else:
+                out = new[0] if sequence else None
+            return new, out
+
+        return jax.lax.scan(body, carry0, (gx, ctl, cuts), unroll=self.unroll)
 
     def _output(self, params, sfx: str, h, valid, dt):
         import jax.numpy as jnp
@@ -553,14 +574,14 @@ recurrent_param:
   bias_filler: {type: constant, value: 0}
 """
 
-    def _step(self, carry, gx, wh, ex, matmul):
+    def _cell(self, carry, gx, zr):
         import jax
         import jax.numpy as jnp
 
         h, c = carry
-        z = gx + matmul(h, wh)
+        z = gx + zr
         H = h.shape[-1]
-        sig = jax.nn.sigmoid(z[..., :3 * H])
+        sig = jax.nn.sigmoid(z[..., :3 * H])  # Caffe's order puts the three sigmoid gates first
         i, f, o = sig[..., :H], sig[..., H:2 * H], sig[..., 2 * H:]
         c2 = f * c + i * jnp.tanh(z[..., 3 * H:])
         return o * jnp.tanh(c2), c2
@@ -572,6 +593,7 @@ class GRU(_Recurrent):
     gates = 3
     roles = ("W_xg", "b_g", "W_xg_static", "W_hg")
     bottom_names = ("x", "cont", "x_static", "h0")
+    _additive = False  # r multiplies the recurrent part of n only
     summary = ("Gated recurrent unit (netc extension, Caffe's style): bottoms as LSTM's without "
                "c0; gates r, z, n (PyTorch's order). reset_after (default, PyTorch/cuDNN/Keras) "
                "applies r after the recurrent matmul and adds a second bias b_hg; false is Cho et "
@@ -594,24 +616,35 @@ recurrent_param:
         if self.p.reset_after:
             yield "b_hg" + sfx, (3 * g.H,), self.p.bias_filler, "bias"
 
-    def _step_extra(self, params, sfx, dt):
-        return (params["b_hg" + sfx].astype(dt),) if self.p.reset_after else ()
+    @property
+    def _single_matmul(self) -> bool:  # type: ignore[override]
+        return self.p.reset_after
 
-    def _step(self, carry, gx, wh, ex, matmul):
+    def _recurrent_bias(self, params, sfx, dt):
+        return params["b_hg" + sfx].astype(dt) if self.p.reset_after else None
+
+    def _cell(self, carry, gx, zr):
+        """reset_after: zr = W_hg·h + b_hg, n = tanh(gx_n + r⊙zr_n)."""
         import jax
         import jax.numpy as jnp
 
         (h,) = carry
         H = h.shape[-1]
-        if self.p.reset_after:
-            zh = matmul(h, wh) + ex[0]
-            rz = jax.nn.sigmoid(gx[..., :2 * H] + zh[..., :2 * H])
-            r, z = rz[..., :H], rz[..., H:]
-            n = jnp.tanh(gx[..., 2 * H:] + r * zh[..., 2 * H:])
-        else:
-            rz = jax.nn.sigmoid(gx[..., :2 * H] + matmul(h, wh[..., :2 * H]))
-            r, z = rz[..., :H], rz[..., H:]
-            n = jnp.tanh(gx[..., 2 * H:] + matmul(r * h, wh[..., 2 * H:]))
+        rz = jax.nn.sigmoid(gx[..., :2 * H] + zr[..., :2 * H])
+        r, z = rz[..., :H], rz[..., H:]
+        n = jnp.tanh(gx[..., 2 * H:] + r * zr[..., 2 * H:])
+        return (n + z * (h - n),)
+
+    def _step(self, carry, gx, wh, matmul):
+        """reset before (Cho et al.): n = tanh(gx_n + W_hn·(r⊙h)), a second matmul."""
+        import jax
+        import jax.numpy as jnp
+
+        (h,) = carry
+        H = h.shape[-1]
+        rz = jax.nn.sigmoid(gx[..., :2 * H] + matmul(h, wh[..., :2 * H, :]))
+        r, z = rz[..., :H], rz[..., H:]
+        n = jnp.tanh(gx[..., 2 * H:] + matmul(r * h, wh[..., 2 * H:, :]))
         return (n + z * (h - n),)
 
 
@@ -639,11 +672,10 @@ recurrent_param:
             yield "W_ho" + sfx, (g.H, g.H), self.p.weight_filler, "step"
             yield "b_o" + sfx, (g.H,), self.p.bias_filler, "bias"
 
-    def _step(self, carry, gx, wh, ex, matmul):
+    def _cell(self, carry, gx, zr):
         import jax.numpy as jnp
 
-        (h,) = carry
-        return (jnp.tanh(gx + matmul(h, wh)),)
+        return (jnp.tanh(gx + zr),)
 
     def _output(self, params, sfx, h, valid, dt):
         import jax.numpy as jnp
@@ -651,3 +683,112 @@ recurrent_param:
         if self.p.output_layer:  # Caffe's o_t, for every step at once outside the scan
             h = jnp.tanh(h @ params["W_ho" + sfx].astype(dt).T + params["b_o" + sfx].astype(dt))
         return h if valid is None else jnp.where(valid, h, 0)
+
+
+def _recurrence(cell, masked: bool, sequence: bool, batched: bool, unroll: int, additive: bool):
+    """f(gx, wh, bh, carry0, ctl, cuts) → (final state, per-step outputs or None): the scan of a
+    cell with one recurrent matmul zr_t = h_{t−1}·whᵀ (+ bh), with a backward written out.
+
+    gx: T×[D×]N×G input projections (in processing order); wh: [D×]G×H (Caffe's layout: the
+    forward's h·whᵀ and the backward's dz·wh both read it in place); bh: the recurrent bias
+    ([D×1×]G) or None; carry0: the state tuple ([D×]N×H each); ctl: T×[D×]N×1 cont factors (the
+    state is multiplied by them before the step) or, when `masked`, mask values (where 0 the state
+    is kept and the output is 0), or None; cuts: T (1 where the gradient through the state is cut
+    before the step) or None. Caller's arrays only, so that the custom VJP closes over nothing.
+    `additive`: the cell reads gx_t + zr_t only (LSTM, RNN): the pre-activation z_t is saved and
+    differentiated once (its gradient is both gx's and zr's).
+
+    Why the custom VJP: differentiated by JAX, the backward scan would add dz_tᵀ·h_{t−1} into W_h's
+    gradient at every step (an H×G accumulation per step, with an inner dimension of only N). Here
+    the backward scan carries the state's gradient alone — per step: the cell's elementwise VJP,
+    recomputed from the saved pre-activations, and dh += dz·wh — and W_h's gradient is one
+    (T·N)-deep matmul of the saved states with the saved dz afterwards."""
+    import jax
+    import jax.numpy as jnp
+
+    def mm(h, w):  # h·wᵀ
+        return jnp.einsum("dnh,dgh->dng", h, w) if batched else h @ w.T
+
+    def mm_t(dz, w):  # dz·w
+        return jnp.einsum("dng,dgh->dnh", dz, w) if batched else dz @ w
+
+    def enter(carry, ctl_t):
+        """The state the step reads: Caffe's h_{t−1} ← cont_t·h_{t−1} (c likewise)."""
+        if ctl_t is not None and not masked:
+            return tuple(c * ctl_t for c in carry)
+        return carry
+
+    def elem(ceff, gx_t, zr_t, ctl_t):
+        """The elementwise part of a step: (next state, output)."""
+        new = cell(ceff, gx_t, zr_t)
+        if masked:
+            m = ctl_t > 0
+            new = tuple(jnp.where(m, n, c) for n, c in zip(new, ceff))
+            return new, (jnp.where(m, new[0], 0) if sequence else None)
+        return new, (new[0] if sequence else None)
+
+    def forward(gx, wh, bh, carry0, ctl, keep):
+        def body(carry, xs):
+            gx_t, ctl_t = xs
+            ceff = enter(carry, ctl_t)
+            zr = mm(ceff[0], wh)
+            if bh is not None:
+                zr = zr + bh
+            if additive:  # save the pre-activation z = gx + zr
+                zr = gx_t + zr
+                gx_t = jnp.zeros((), zr.dtype)
+            new, y = elem(ceff, gx_t, zr, ctl_t)
+            return new, ((y, ceff, zr) if keep else y)
+
+        return jax.lax.scan(body, carry0, (gx, ctl), unroll=unroll)
+
+    @jax.custom_vjp
+    def run(gx, wh, bh, carry0, ctl, cuts):
+        return forward(gx, wh, bh, carry0, ctl, False)  # cuts only change the gradient
+
+    def run_fwd(gx, wh, bh, carry0, ctl, cuts):
+        final, (ys, ceffs, zrs) = forward(gx, wh, bh, carry0, ctl, True)
+        return (final, ys), (gx, wh, bh, ctl, cuts, ceffs, zrs)
+
+    def run_bwd(res, cotangents):
+        gx, wh, bh, ctl, cuts, ceffs, zrs = res
+        dfinal, dys = cotangents
+
+        def body(dcarry, xs):
+            dy_t, gx_t, ctl_t, cut_t, ceff, zr = xs
+            if additive:
+                zero = jnp.zeros((), zr.dtype)
+                _, vjp = jax.vjp(lambda c, z: elem(c, zero, z, ctl_t), ceff, zr)
+                dceff, dzr = vjp((dcarry, dy_t))
+                dgx = None
+            else:
+                _, vjp = jax.vjp(lambda c, g, z: elem(c, g, z, ctl_t), ceff, gx_t, zr)
+                dceff, dgx, dzr = vjp((dcarry, dy_t))
+            dceff = (dceff[0] + mm_t(dzr, wh),) + tuple(dceff[1:])
+            if ctl_t is not None and not masked:
+                dceff = tuple(d * ctl_t for d in dceff)
+            if cut_t is not None:  # bptt_steps: nothing flows back past this step
+                dceff = tuple(jnp.where(cut_t > 0, 0, d) for d in dceff)
+            return dceff, (dgx, dzr)
+
+        dcarry0, (dgx, dzrs) = jax.lax.scan(body, tuple(dfinal),
+                                            (dys, None if additive else gx, ctl, cuts, ceffs, zrs),
+                                            reverse=True, unroll=unroll)
+        if additive:
+            dgx = dzrs
+        h = ceffs[0]
+        if batched:  # D × (T·N) × …: one deep matmul per direction
+            d = h.shape[1]
+            h = jnp.swapaxes(h, 0, 1).reshape(d, -1, h.shape[-1])
+            dwh = jnp.einsum("dkg,dkh->dgh", jnp.swapaxes(dzrs, 0, 1).reshape(d, -1, dzrs.shape[-1]), h)
+        else:
+            dwh = dzrs.reshape(-1, dzrs.shape[-1]).T @ h.reshape(-1, h.shape[-1])
+        dbh = None
+        if bh is not None:
+            dbh = jnp.sum(dzrs, axis=(0, 2) if batched else (0, 1)).reshape(bh.shape)
+        zeros = None if ctl is None else jnp.zeros_like(ctl)
+        dcuts = None if cuts is None else jnp.zeros_like(cuts)
+        return dgx, dwh, dbh, dcarry0, zeros, dcuts
+
+    run.defvjp(run_fwd, run_bwd)
+    return run

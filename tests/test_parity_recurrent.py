@@ -431,20 +431,26 @@ def check_cases(cases: list[Case], seed: int) -> list[bool]:
     return fulls
 
 
+# (sequence_input, directions, layers, expose_hidden) of the random cases, in turn: every control
+# mode with one and two directions, stacking, and the carried state (CONT without expose_hidden)
+PATTERN = [("CONT", 2, 1, False), ("NONE", 1, 2, True), ("MASK", 2, 1, False),
+           ("LENGTHS", 2, 2, True), ("CONT", 1, 3, True), ("MASK", 1, 1, True),
+           ("NONE", 2, 1, False), ("LENGTHS", 1, 1, False)]
+
+
 def random_cases(kind: str, seed: int, n: int) -> list[Case]:
-    """Random legal configurations; the control mode, bidirectional, stacking and expose_hidden
-    cycle so that each appears in every few cases."""
+    """Random legal configurations: the control mode, directions, stacking and expose_hidden
+    follow PATTERN; sizes, batch_first, merge_mode, output, x_static are drawn."""
     rng = np.random.default_rng(seed)
     cases = []
     for i in range(n):
-        seq = ["NONE", "LENGTHS", "CONT", "MASK"][i % 4]
-        D = 2 if (i // 2) % 2 else 1
+        seq, D, L, expose = PATTERN[i % len(PATTERN)]
         feat = (int(rng.integers(1, 4)),) if rng.random() < 0.6 else (2, int(rng.integers(1, 3)))
         case = Case(kind, T=int(rng.integers(1, 6)), N=int(rng.integers(1, 4)), feat=feat,
-                    H=int(rng.integers(1, 5)), L=1 + (i % 3 == 1) + (i == 4), D=D, seq=seq,
+                    H=int(rng.integers(1, 5)), L=L, D=D, seq=seq,
                     batch_first=bool(rng.random() < 0.4),
                     merge="SUM" if D == 2 and rng.random() < 0.3 else "CONCAT",
-                    expose=i % 3 != 0, output="LAST" if rng.random() < 0.3 else "SEQUENCE",
+                    expose=expose, output="LAST" if rng.random() < 0.3 else "SEQUENCE",
                     static=int(rng.integers(1, 3)) if rng.random() < 0.3 else None)
         if case.seq == "CONT":
             case.T = max(case.T, 3)  # room for a reset inside

@@ -215,6 +215,16 @@ class Layer:
         """Extra detail for `netc check`'s table (e.g. a pooling layer's round mode)."""
         return ""
 
+    def weight_roles(self, params: dict[str, ParamDecl]) -> list[str]:
+        """The roles that are weights (not biases): an unset filler leaves them constant 0 and
+        every unit equal, which `netc check` warns about. Default: the role "weight"."""
+        return [r for r in params if r == "weight"]
+
+    def saved_elements(self, bottoms: list[Shape], tops: list[Shape]) -> int:
+        """Elements the backward pass keeps beyond the layer's tops (a recurrent layer's per-step
+        gate pre-activations and states), for the memory estimate. Default: none."""
+        return 0
+
     def state_pairs(self) -> list[tuple[int, int]]:
         """(bottom index, top index) of each initial state the layer reads as a bottom and
         gives back, advanced, as a top (a recurrent layer with expose_hidden: h0 → hT): a

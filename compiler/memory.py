@@ -14,7 +14,9 @@ The model (float32 everywhere, as netc trains):
 - solver state: ``histories`` blobs per learned blob, read from the solver registry
   (``SOLVER_TYPES[type].histories``: SGD, Nesterov, AdaGrad, RMSProp 1; AdaDelta, Adam, AdamW 2);
 - layer state: blobs a layer updates itself (BatchNorm's statistics);
-- activations kept for the backward pass, at the batch: every top of the forward pass, in-place
+- activations kept for the backward pass, at the batch: what a layer's backward saves beyond its
+  tops (a recurrent layer's per-step gate pre-activations and states: Layer.saved_elements), and
+  every top of the forward pass, in-place
   tops included (JAX arrays are immutable: ReLU "in place" still makes a new buffer and the backward
   keeps the blob before and after it), plus the backward's working set, the gradients of the
   largest top and of the blob under it (2 × the largest top);
@@ -194,7 +196,7 @@ def estimate(plan, solver_type: str = "SGD", *, iter_size: int = 1) -> MemoryEst
         else:
             state += size
         owned[owner[0]] = owned.get(owner[0], 0) + size
-    acts = inputs = largest = 0
+    acts = inputs = largest = kept = 0  # kept: what backward passes save beyond the tops
     per_layer: dict[str, int] = {}
     rewritten = set()  # blobs some in-place layer writes: one more buffer each, however long the chain
     for pl in plan.layers:
@@ -207,7 +209,10 @@ def estimate(plan, solver_type: str = "SGD", *, iter_size: int = 1) -> MemoryEst
             per_layer[pl.name] = per_layer.get(pl.name, 0) + size
             largest = max(largest, size)
             inputs += size if pl.unit.is_data else 0
-    forward, acts = acts, acts + 2 * largest
+        saved = pl.unit.saved_elements(pl.bottom_shapes, pl.top_shapes) * ITEMSIZE
+        kept += saved
+        per_layer[pl.name] = per_layer.get(pl.name, 0) + saved
+    forward, acts = acts, acts + kept + 2 * largest
     batch = _batch(plan)
     n = histories(solver_type)
     return MemoryEstimate(

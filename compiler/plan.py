@@ -483,14 +483,16 @@ class _Planner:
         if not self.out.has_loss:
             return
         for pl in self.out.layers:
+            weights = set(pl.unit.weight_roles(pl.params))
             for role, decl in pl.params.items():
-                if (role == "weight" and decl.learned and decl.filler is None
+                if (role in weights and decl.learned and decl.filler is None
                         and pl.lr_mult[role] > 0 and pl.param_owner[role][0] == pl.name
                         and pl.unit.param_field):
                     self.diags.warning(
                         f"{_layer_prefix(pl.unit.spec)}{pl.unit.param_field}.weight_filler: "
                         f"not set, so Caffe fills the weights with constant 0 and they start equal "
                         f"(set e.g. weight_filler: {{type: xavier}})", pl.path + (pl.unit.param_field,))
+                    break  # one warning per layer, however many weight blobs it has
 
     def _outputs(self) -> None:
         """The net's outputs (tops no layer reads); warn about those that look forgotten."""

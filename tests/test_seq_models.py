@@ -89,3 +89,34 @@ layers:
                                   outputs=["logits"])
         np.testing.assert_allclose(np.asarray(got["logits"]), np.asarray(want["logits"]),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_recurrent_layer_without_weight_filler_warns_once(tmp_path):
+    spec = tmp_path / "nofill.yaml"
+    spec.write_text("""\
+name: nofill
+layers:
+- {name: data, type: Input, top: [x, label], input_param: {shape: [{dim: [5, 2, 3]}, {dim: [2]}]}}
+- {name: lstm, type: LSTM, bottom: x, top: h,
+   recurrent_param: {num_output: 4, num_layers: 2, bidirectional: true, sequence_input: NONE,
+                     output: LAST}}
+- {name: ip, type: InnerProduct, bottom: h, top: s,
+   inner_product_param: {num_output: 2, weight_filler: {type: xavier}}}
+- {name: loss, type: SoftmaxWithLoss, bottom: [s, label], top: loss}
+""")
+    r = netc("check", str(spec))
+    warnings = [line for line in r.stderr.splitlines() if "weight_filler: not set" in line]
+    assert len(warnings) == 1 and "layer 'lstm' (LSTM): recurrent_param.weight_filler" in warnings[0]
+
+
+def test_memory_estimate_counts_what_the_recurrence_saves():
+    import netc
+    from netc.compiler.memory import estimate
+
+    model = netc.load(str(ROOT / "models" / "char_lstm_hamlet.yaml"), phase="TRAIN")
+    est = estimate(model.plan, "Adam")
+    # 2 layers × T 100 × N 32 × H 256 × (2 × 4 gates + h and c), float32
+    saved = 2 * 100 * 32 * 256 * (2 * 4 + 2) * 4
+    tops = sum(4 * 100 * 32 * d for d in (1, 1, 1, 64, 256, 256, 66)) + 4  # data..logits, loss
+    assert est.activations >= saved + tops
+    assert est.forward < saved  # inference keeps none of it

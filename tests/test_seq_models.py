@@ -120,3 +120,48 @@ def test_memory_estimate_counts_what_the_recurrence_saves():
     tops = sum(4 * 100 * 32 * d for d in (1, 1, 1, 64, 256, 256, 66)) + 4  # data..logits, loss
     assert est.activations >= saved + tops
     assert est.forward < saved  # inference keeps none of it
+
+
+# --- smaller, faster versions of the models' measured results (the full runs: the specs' headers)
+
+
+def _train_and_decode(tmp_path, spec_name: str, arrays: dict, iterations: int, beams: int = 1):
+    import numpy as np
+
+    import netc
+    from netc.models import seq_tasks
+
+    spec = tmp_path / spec_name
+    spec.write_text((ROOT / "models" / spec_name).read_text())
+    assert netc.train(str(spec), max_iter=iterations, out=str(tmp_path / "run"),
+                      progress=False) == 0
+    out = seq_tasks.decode(str(spec), str(tmp_path / "run"), arrays, beams=beams)
+    assert out.shape == arrays["dec_in"].shape and np.isin(out, np.arange(-1, 20)).all()
+    return seq_tasks.exact_match(out, arrays["dec_out"])
+
+
+def test_seq2seq_reverse_learns_to_reverse(tmp_path):
+    """models/seq2seq_reverse.yaml on strings of 3-5 digits: 150 iterations give most test
+    strings exactly reversed by greedy decoding (measured 93%; the full run: 99.9%)."""
+    import numpy as np
+
+    from netc.models import seq_tasks
+
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "reverse_train.npz", **seq_tasks.reverse_digits(4000, 3, 5, seed=1))
+    test = seq_tasks.reverse_digits(200, 3, 5, seed=2)
+    np.savez(tmp_path / "data" / "reverse_test.npz", **test)
+    assert _train_and_decode(tmp_path, "seq2seq_reverse.yaml", test, 150) >= 0.85
+
+
+def test_caption_digits_learns_the_words(tmp_path):
+    """models/caption_digits.yaml: 200 iterations caption most test digits exactly (measured
+    95.7% on the first 300; the full run: 97.2% on all 1,000)."""
+    import numpy as np
+
+    from netc.models import seq_tasks
+
+    seq_tasks.write("captions", tmp_path / "data")
+    z = np.load(tmp_path / "data" / "captions_test.npz")
+    test = {k: z[k][:300] for k in z.files}
+    assert _train_and_decode(tmp_path, "caption_digits.yaml", test, 200) >= 0.9

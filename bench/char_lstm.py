@@ -24,9 +24,9 @@ from harness import compare, report, torch_threads  # noqa: E402
 V, E = 65, 128
 
 SPEC = """\
-name: char_lstm_bench
+name: char_lstm_t{t}
 layers:
-- {{name: data, type: Input, top: [data, label], input_param: {{shape: {{dim: [{t}, {n}]}}}}}}
+- {{name: data, type: Input, top: [data, label{cont_top}], input_param: {{shape: {{dim: [{t}, {n}]}}}}}}
 - name: embed
   type: Embed
   bottom: data
@@ -34,9 +34,10 @@ layers:
   embed_param: {{input_dim: {v}, num_output: {e}, bias_term: false, weight_filler: {{type: gaussian, std: 0.1}}}}
 - name: lstm
   type: LSTM
-  bottom: emb
+  bottom: {lstm_bottom}
   top: h
-  recurrent_param: {{num_output: {h}, sequence_input: NONE, weight_filler: {{type: xavier}}}}
+  recurrent_param: {{num_output: {h}, sequence_input: {seq}, weight_filler: {{type: xavier}},
+                    recurrent_weight_filler: {{type: orthogonal}}}}
 - name: out
   type: InnerProduct
   bottom: h
@@ -51,13 +52,21 @@ solver: {{type: Adam, base_lr: 0.002, lr_policy: fixed, momentum: 0.9, momentum2
 """
 
 
+def spec_text(t: int, n: int, h: int = 256, cont: bool = False) -> str:
+    """The char-LSTM spec at T×N: plain sequences (`cont` False, the same work as PyTorch's
+    nn.LSTM), or Caffe's form with a cont input and the state carried between batches."""
+    return SPEC.format(t=t, n=n, v=V, e=E, h=h, cont_top=", cont" if cont else "",
+                       lstm_bottom="[emb, cont]" if cont else "emb",
+                       seq="CONT" if cont else "NONE")
+
+
 def netc_step(t: int, n: int, h: int):
     import jax
 
     import netc
 
-    path = Path(tempfile.mkdtemp()) / "char_lstm_bench.yaml"
-    path.write_text(SPEC.format(t=t, n=n, v=V, e=E, h=h))
+    path = Path(tempfile.mkdtemp()) / f"char_lstm_t{t}.yaml"
+    path.write_text(spec_text(t, n, h))
     model = netc.load(str(path), phase="TRAIN")
     params, state = model.init(0)
     opt_state, step = model.train_step()

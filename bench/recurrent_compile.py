@@ -22,40 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-V, E, H = 65, 128, 256
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from char_lstm import E, V, spec_text  # noqa: E402 - the same char-LSTM as bench/char_lstm.py
 
-SPEC = """\
-name: char_lstm_t{t}
-layers:
-- name: data
-  type: Input
-  top: [data, label, cont]
-  input_param: {{shape: {{dim: [{t}, {n}]}}}}
-- name: embed
-  type: Embed
-  bottom: data
-  top: emb
-  embed_param: {{input_dim: {v}, num_output: {e}, bias_term: false,
-                weight_filler: {{type: gaussian, std: 0.1}}}}
-- name: lstm
-  type: LSTM
-  bottom: [emb, cont]
-  top: h
-  recurrent_param: {{num_output: {h}, weight_filler: {{type: xavier}},
-                    recurrent_weight_filler: {{type: orthogonal}}}}
-- name: out
-  type: InnerProduct
-  bottom: h
-  top: logits
-  inner_product_param: {{num_output: {v}, axis: 2, weight_filler: {{type: xavier}}}}
-- name: loss
-  type: SoftmaxWithLoss
-  bottom: [logits, label]
-  top: loss
-  softmax_param: {{axis: 2}}
-solver: {{type: Adam, base_lr: 0.002, lr_policy: fixed, momentum: 0.9, momentum2: 0.999}}
-"""
-
+H = 256
 
 def measure(t: int, n: int, steps: int) -> dict:
     import jax
@@ -63,7 +33,7 @@ def measure(t: int, n: int, steps: int) -> dict:
     import netc
 
     path = Path(tempfile.mkdtemp()) / f"char_lstm_t{t}.yaml"
-    path.write_text(SPEC.format(t=t, n=n, v=V, e=E, h=H))
+    path.write_text(spec_text(t, n, H, cont=True))
     model = netc.load(str(path), phase="TRAIN")
     params, state = model.init(0)
     opt_state, step = model.train_step()

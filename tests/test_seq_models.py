@@ -165,3 +165,33 @@ def test_caption_digits_learns_the_words(tmp_path):
     z = np.load(tmp_path / "data" / "captions_test.npz")
     test = {k: z[k][:300] for k in z.files}
     assert _train_and_decode(tmp_path, "caption_digits.yaml", test, 200) >= 0.9
+
+
+def test_sequence_model_figures(tmp_path):
+    """The trainable counts of every sequence spec in models/ (tests/test_zoo.py SEQUENCE_MODELS),
+    each computed from the layer formulas (Caffe's single LSTM bias; GRU reset_after: two)."""
+    import importlib
+
+    zoo = importlib.import_module("test_zoo")
+    lstm = lambda i, h: 4 * (h * (i + h) + h)  # noqa: E731
+    gru = lambda i, h: 3 * (h * (i + h) + 2 * h)  # noqa: E731
+    want = {
+        "char_lstm_hamlet.yaml": 66 * 64 + lstm(64, 256) + lstm(256, 256) + 256 * 66 + 66,
+        "imdb_lstm_keras.yaml": 2_691_713,
+        "seq2seq_reverse.yaml": 12 * 32 + 2 * gru(32, 128) + 256 * 128 + 128 + 12 * 32
+        + gru(32, 128) + 128 * 12 + 12,
+        "caption_digits.yaml": (20 * 25 + 20) + (50 * 20 * 25 + 50) + (800 * 128 + 128)
+        + 17 * 32 + gru(32, 128) + 128 * 17 + 17,
+        "sentiment_rotten_tomatoes.yaml": 18768 * 64 + 2 * lstm(64, 64) + 128 * 2 + 2,
+    }
+    assert set(want) == zoo.SEQUENCE_MODELS
+    for name, count in want.items():
+        folder = ROOT / "models"
+        if "data/" in (folder / name).read_text():
+            folder = tmp_path / name.replace(".yaml", "")
+            folder.mkdir()
+            (folder / name).write_text((ROOT / "models" / name).read_text())
+            zoo._make_data(name, folder)
+        r, doc = _check_json(folder / name)
+        assert r.returncode == 0, r.stderr
+        assert doc["specs"][0]["params"] == {"trainable": count, "non_trainable": 0}, name

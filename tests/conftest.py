@@ -81,6 +81,57 @@ def netc(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["netc", *map(str, args)], res.exit_code, res.stdout, stderr)
 
 
+# -- XLA options for programs a test compiles only to check values ---------------------------------
+# Most of the suite's time is XLA compiling small programs, and a parity check's program runs once.
+# With LLVM's backend optimisations off and the classic loop emitters instead of the MLIR fusion
+# emitters, XLA CPU compiles such a program 3-6× faster (tests/test_parity.py: 63 s of compiling
+# → 12 s); the values are float32 arithmetic either way (the parity tolerances, 1e-5 against a
+# float64 reference, hold unchanged). Only for programs a test jits itself: what netc compiles
+# (`netc train`, predict, export...) keeps XLA's defaults, and so does anything timed or compared
+# bit for bit with such a program. Options this jaxlib lacks are dropped (unknown ones are errors).
+
+FAST_XLA = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
+            "xla_cpu_use_fusion_emitters": False}
+_SUPPORTED_XLA: dict = {}
+
+
+def fast_xla_options(options: dict | None = None) -> dict:
+    import jax
+
+    options = FAST_XLA if options is None else options
+    for k, v in options.items():
+        if k not in _SUPPORTED_XLA:
+            try:
+                jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options={k: v})
+                _SUPPORTED_XLA[k] = True
+            except Exception:  # INVALID_ARGUMENT: No such compile option
+                _SUPPORTED_XLA[k] = False
+    return {k: v for k, v in options.items() if _SUPPORTED_XLA[k]}
+
+
+class jit_fast:  # noqa: N801 - used like jax.jit
+    """`jax.jit(fun, **kw)` compiled with FAST_XLA: one compiled program per argument signature
+    (pytree structure, shapes, dtypes), as jax.jit would. Tracing happens at the first call with
+    a signature, under the config in force there (e.g. jax.default_matmul_precision)."""
+
+    def __init__(self, fun, **jit_kw):
+        import jax
+
+        self._jitted = jax.jit(fun, **jit_kw)
+        self._compiled: dict = {}
+
+    def __call__(self, *args):
+        import jax
+        import numpy as np
+
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        key = (tree, tuple((type(x), np.shape(x), str(getattr(x, "dtype", ""))) for x in leaves))
+        if key not in self._compiled:
+            self._compiled[key] = self._jitted.lower(*args).compile(
+                compiler_options=fast_xla_options())
+        return self._compiled[key](*args)
+
+
 # -- a run that skips a test for a missing module must not pass ------------------------------------
 # jax, torch, flatbuffers... are declared dependencies: tests import them plainly. Any skip (a
 # stray importorskip, a skipif on the platform) makes the session fail unless --allow-skips is given,

@@ -28,6 +28,7 @@ import pytest
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml
+from conftest import jit_fast
 
 from netc.compiler.catalogue import layer_models, units  # noqa: E402
 from netc.compiler.layer import Layer  # noqa: E402
@@ -79,7 +80,8 @@ def random_params(net, rng: np.random.Generator) -> dict:
 
 
 def run_netc(net, params, inputs, tops, cots, *, train=None, rng=None):
-    """Outputs and d(Σ_t Σ top_t·cot_t)/d(params, inputs) of the lowered net, jitted, float32."""
+    """Outputs and d(Σ_t Σ top_t·cot_t)/d(params, inputs) of the lowered net, jitted, float32
+    (compiled for compile speed: conftest.FAST_XLA)."""
 
     def objective(p, x, c):
         blobs, _ = net.apply(p, {}, x, rng=rng, train=train)
@@ -90,7 +92,7 @@ def run_netc(net, params, inputs, tops, cots, *, train=None, rng=None):
     x = {k: jnp.asarray(v) for k, v in inputs.items()}
     c = [jnp.asarray(v, jnp.float32) for v in cots]
     with jax.default_matmul_precision("highest"):
-        fn = jax.jit(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True))
+        fn = jit_fast(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True))
         (_, outs), (gp, gx) = fn(p, x, c)
     return ([np.asarray(o) for o in outs], jax.tree_util.tree_map(np.asarray, gp),
             {k: np.asarray(v) for k, v in gx.items()})
@@ -435,7 +437,7 @@ def test_in_place_chain_matches_torch():
     x = rng.standard_normal((3, 2, 8, 7)).astype(np.float32)
     label = np.array([0, 4, 2], np.float32)
     with jax.default_matmul_precision("highest"):
-        (loss, _), (gp, gx) = jax.jit(jax.value_and_grad(net.loss, argnums=(0, 2), has_aux=True))(
+        (loss, _), (gp, gx) = jit_fast(jax.value_and_grad(net.loss, argnums=(0, 2), has_aux=True))(
             params, {}, {"x": jnp.asarray(x), "label": jnp.asarray(label)})
     tp = {f"{k}/{r}": torch.tensor(v.astype(np.float64), requires_grad=True)
           for k, d in params.items() for r, v in d.items()}

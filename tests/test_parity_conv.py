@@ -23,12 +23,14 @@ import numpy as np
 import pytest
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from conftest import jit_fast
 from test_parity import (  # noqa: E402
     build,
     close,
     compare,
     inputs_layer,
     per_axis,
+    random_params,
     run_netc,
     run_torch,
     spatial_list,
@@ -347,7 +349,7 @@ def test_stochastic_pooling_train_picks_window_elements(seed):
         y = net.apply({}, {}, {"x": x}, rng=jax.random.PRNGKey(seed))[0]["y"]
         return jnp.sum(y), y
 
-    (_, y), g = jax.jit(jax.value_and_grad(f, has_aux=True))(jnp.asarray(x))
+    (_, y), g = jit_fast(jax.value_and_grad(f, has_aux=True))(jnp.asarray(x))
     y, g = np.asarray(y), np.asarray(g)
     wins, outs = caffe_sto_windows(torch.tensor(x), K, S, mode)
     flat_y = y.reshape(*x_shape[:2], -1)
@@ -563,7 +565,7 @@ def test_im2col_lowering_equals_lax_conv_on_random_geometries():
     shows that apply reads the resolved geometry instead of deciding again."""
     import dataclasses
 
-    rng = np.random.default_rng(7)
+    rng, prng = np.random.default_rng(7), np.random.default_rng(8)
     for _ in range(4):
         k = [int(v) for v in rng.integers(1, 4, 2)]
         s = [int(v) for v in rng.integers(1, 3, 2)]
@@ -577,19 +579,22 @@ def test_im2col_lowering_equals_lax_conv_on_random_geometries():
         net = build([inputs_layer({"x": (2, 3, 9, 8)}), layer])
         pl = net.plan.layers[-1]
         assert pl.resolved.im2col  # small: chosen at plan time
-        params, state = net.init(jax.random.key(0))
+        params = random_params(net, prng)  # its own stream: the geometries stay rng's
         x = jnp.asarray(rng.standard_normal((2, 3, 9, 8)), jnp.float32)
 
-        def f(params, x, net=net, state=state):
-            return net.apply(params, state, {"x": x})[0]["y"]
+        def objective(p, xx, net=net):  # Σ y², with y itself as the auxiliary output
+            y = net.apply(p, {}, {"x": xx})[0]["y"]
+            return jnp.sum(y ** 2), y
 
-        def value_and_grad(f=f):  # traced anew: reads pl.resolved as it is now
-            return jax.jit(jax.value_and_grad(lambda p, xx: jnp.sum(f(p, xx) ** 2), (0, 1)))
+        def forward_and_grads(params=params, x=x, objective=objective):
+            # traced anew: reads pl.resolved as it is now
+            (_, y), g = jit_fast(jax.value_and_grad(objective, (0, 1), has_aux=True))(params, x)
+            return y, g
 
         with jax.default_matmul_precision("highest"):
-            a, ga = jax.jit(f)(params, x), value_and_grad()(params, x)
+            a, ga = forward_and_grads()
             pl.resolved = dataclasses.replace(pl.resolved, im2col=False)
-            b, gb = jax.jit(f)(params, x), value_and_grad()(params, x)
+            b, gb = forward_and_grads()
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
         for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
             np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-4 * float(jnp.abs(u).max()))

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from conftest import jit_fast
 from test_parity import build, close, compare, inputs_layer, run_torch  # noqa: E402
 
 import netc.compiler.layers.norm  # noqa: E402, F401 - registers the units
@@ -378,7 +379,7 @@ def _bn_run(net, state, x, cot, train):
         return jnp.sum(blobs["y"] * cot), (blobs["y"], new_state)
 
     with jax.default_matmul_precision("highest"):
-        (_, (y, new_state)), gx = jax.jit(jax.value_and_grad(objective, argnums=1, has_aux=True))(
+        (_, (y, new_state)), gx = jit_fast(jax.value_and_grad(objective, argnums=1, has_aux=True))(
             state, jnp.asarray(x))
     return np.asarray(y), np.asarray(gx), jax.tree_util.tree_map(np.asarray, new_state)
 
@@ -444,7 +445,7 @@ def test_batch_norm_state_converges_to_the_data_statistics():
     net = build([inputs_layer({"x": x.shape}), layer])
     params, state = net.init(jax.random.PRNGKey(0))
     assert all(not np.any(np.asarray(v)) for v in state["bn"].values())  # Caffe: zeros
-    step = jax.jit(lambda s: net.apply(params, s, {"x": jnp.asarray(x)}, train=True)[1])
+    step = jit_fast(lambda s: net.apply(params, s, {"x": jnp.asarray(x)}, train=True)[1])
     for _ in range(40):
         state = step(state)
     sf = float(state["bn"]["scale_factor"][0])

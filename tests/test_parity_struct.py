@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from conftest import jit_fast
 from test_parity import (  # noqa: E402
     build,
     close,
@@ -226,7 +227,7 @@ def test_loss_weight_on_non_loss_tops_adds_to_the_loss():
     params = random_params(net, rng)
     x = rng.standard_normal((3, 4)).astype(np.float32)
     with jax.default_matmul_precision("highest"):
-        (loss, _), grads = jax.jit(jax.value_and_grad(
+        (loss, _), grads = jit_fast(jax.value_and_grad(
             lambda p: net.loss(p, {}, {"x": jnp.asarray(x)}), has_aux=True))(params)
     w = torch.tensor(params["ip"]["weight"], dtype=torch.float64, requires_grad=True)
     b = torch.tensor(params["ip"]["bias"], dtype=torch.float64, requires_grad=True)

@@ -17,12 +17,12 @@ backward step at batch 1.
 from __future__ import annotations
 
 import copy
-import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import FAST_XLA, fast_xla_options
 
 from netc.compiler.catalogue import layer_models
 from netc.compiler.plan import plan_all_phases
@@ -316,28 +316,14 @@ def _with_input(name: str, dims: list[int] | None, tmp_path: Path) -> Path:
 # Scale bias feeding a BatchNorm, which differ in their noise under any two option sets). Nets with
 # more than 10 G multiply-accumulates at their FB_INPUT (FCN-8s) run faster with the backend
 # optimisations on (unvectorised elementwise loops over 214×214 maps otherwise), so they keep them.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True,
-                "xla_cpu_use_fusion_emitters": False}
+FAST_COMPILE = FAST_XLA  # conftest's: optimisations off, classic emitters
 OPTIMISED_COMPILE = {"xla_cpu_use_fusion_emitters": False}
 BIG_MACS = 10e9
 
 
-@functools.cache
-def _supported(option: str) -> bool:
-    """Whether this jaxlib's CPU compiler knows the debug option (unknown ones are an error)."""
-    import jax
-
-    value = FAST_COMPILE.get(option, OPTIMISED_COMPILE.get(option))
-    try:
-        jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options={option: value})
-    except Exception:  # INVALID_ARGUMENT: No such compile option
-        return False
-    return True
-
-
 def compile_options(macs: int) -> dict:
-    chosen = OPTIMISED_COMPILE if macs > BIG_MACS else FAST_COMPILE
-    return {k: v for k, v in chosen.items() if _supported(k)}
+    """The options for a net of `macs` multiply-accumulates, less those this jaxlib lacks."""
+    return fast_xla_options(OPTIMISED_COMPILE if macs > BIG_MACS else FAST_COMPILE)
 
 
 def numpy_params(net, rng):

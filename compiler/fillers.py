@@ -83,31 +83,36 @@ def _orthogonal_fn():
 
 
 def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):
+    """The blob's initial value. Random fillers draw the blob's elements as one flat vector and
+    reshape it: JAX's random bits depend only on an element's row-major index, so the values are
+    bit for bit those of a draw in `shape`, but XLA CPU compiles a flat draw several times faster
+    than an N-d one (a 4-d conv weight's normal draw 8 s vs 0.7 s), and blobs of the same count
+    share one compiled program (Net.init draws each blob eagerly)."""
     import jax
     import jax.numpy as jnp
 
     dtype = dtype or jnp.float32
     f = f or FillerParameter()
     t = f.type
+    flat = (math.prod(shape),)
     if t == "constant":
         return jnp.full(shape, f.value, dtype)
     if t == "uniform":
-        return jax.random.uniform(key, shape, dtype, f.min, f.max)
+        return jax.random.uniform(key, flat, dtype, f.min, f.max).reshape(shape)
     if t == "gaussian":
-        w = f.mean + f.std * jax.random.normal(key, shape, dtype)
+        w = f.mean + f.std * jax.random.normal(key, flat, dtype)
         if f.sparse >= 0:  # keep each weight with probability sparse / num_outputs
             k2 = jax.random.fold_in(key, 1)
-            keep = jax.random.bernoulli(k2, min(1.0, f.sparse / shape[0]), shape)
+            keep = jax.random.bernoulli(k2, min(1.0, f.sparse / shape[0]), flat)
             w = jnp.where(keep, w, 0)
-        return w
+        return w.reshape(shape)
     if t == "xavier":
         s = math.sqrt(3.0 / _norm(f, shape))
-        return jax.random.uniform(key, shape, dtype, -s, s)
+        return jax.random.uniform(key, flat, dtype, -s, s).reshape(shape)
     if t == "msra":
-        return math.sqrt(2.0 / _norm(f, shape)) * jax.random.normal(key, shape, dtype)
+        return (math.sqrt(2.0 / _norm(f, shape)) * jax.random.normal(key, flat, dtype)).reshape(shape)
     if t == "positive_unitball":
-        w = jax.random.uniform(key, shape, dtype)
-        w2 = w.reshape(shape[0], -1)
+        w2 = jax.random.uniform(key, flat, dtype).reshape(shape[0], -1)
         return (w2 / w2.sum(axis=1, keepdims=True)).reshape(shape)
     if t == "bilinear":
         return jnp.asarray(bilinear_kernel(shape), dtype)

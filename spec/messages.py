@@ -387,6 +387,7 @@ class RecurrentParameter(Message):
     output_layer: bool = True  # RNN only
     recurrent_weight_filler: FillerParameter | None = None
     bptt_steps: NonNegInt = 0
+    weight_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0  # DropConnect on W_h (AWD-LSTM)
 
 
 class ReductionParameter(Message):

@@ -308,3 +308,39 @@ def test_lowering_and_compile_time_do_not_grow_with_t(check_spec):
         _lowered_step(check_spec, T, 5 + n).compile()
         times[T].append(time.perf_counter() - start)
     assert min(times[200]) < 3 * min(times[10]), times
+
+
+def test_weight_dropout_masks_the_recurrent_weights_in_train_only(check_spec):
+    """weight_dropout (AWD-LSTM's DropConnect): in TRAIN one mask per batch zeroes entries of W_h
+    for every step (their gradient is exactly 0, about the fraction p of them), the kept entries
+    scaled by 1/(1 − p); TEST is the plain layer; W_x is never masked."""
+    q = 0.4
+    param = {"num_output": 16, "sequence_input": "NONE",
+             "weight_filler": {"type": "uniform", "min": -0.3, "max": 0.3}}
+    p, _ = planned(check_spec, seq_net("LSTM", x=(6, 3), feat=8,
+                                       param=dict(param, weight_dropout=q), bottoms=("x",)))
+    plain, _ = planned(check_spec, seq_net("LSTM", x=(6, 3), feat=8, param=param, bottoms=("x",)))
+    net, ref = lower(p), lower(plain)
+    params, state = net.init(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 3, 8))
+    inputs = {"x": x, "cont": jnp.ones((6, 3))}
+
+    def loss(params, n, train, rng=None):
+        return jnp.sum(n.apply(params, state, inputs, train=train, rng=rng)[0]["y"] ** 2)
+
+    # TEST: identical to the layer without weight_dropout
+    assert loss(params, net, False) == pytest.approx(float(loss(params, ref, False)), rel=1e-6)
+    # TRAIN: the gradient of a dropped W_h entry is exactly zero, W_x's never
+    rng = jax.random.PRNGKey(7)
+    g = jax.grad(loss)(params, net, True, rng)["rec"]
+    dropped = np.asarray(g["W_hc"]) == 0
+    assert 0.3 < dropped.mean() < 0.5, dropped.mean()
+    assert not (np.asarray(g["W_xc"]) == 0).any()
+    # ... and the layer equals the plain one run with the masked, rescaled W_h
+    keep = ~dropped
+    w_h = jnp.where(keep, params["rec"]["W_hc"] / (1 - q), 0)
+    masked = dict(params, rec=dict(params["rec"], W_hc=w_h))
+    assert loss(params, net, True, rng) == pytest.approx(float(loss(masked, ref, True, rng)), rel=1e-5)
+    # another batch (another rng) draws another mask
+    g2 = jax.grad(loss)(params, net, True, jax.random.PRNGKey(8))["rec"]
+    assert ((np.asarray(g2["W_hc"]) == 0) != dropped).any()

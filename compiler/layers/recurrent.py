@@ -12,7 +12,9 @@ netc extensions (see RecurrentParameter): what the second bottom is (`sequence_i
 LENGTHS | NONE; with MASK and LENGTHS a padded step changes neither the state nor anything but
 its output, which is 0), `batch_first`, `bidirectional` with `merge_mode`, stacked `num_layers`
 with `dropout` between them in TRAIN, `output: LAST`, GRU's `reset_after`, RNN's `output_layer`,
-`recurrent_weight_filler`, and `bptt_steps` (cut the gradient through the state every k steps).
+`recurrent_weight_filler`, `bptt_steps` (cut the gradient through the state every k steps), and
+`weight_dropout` (DropConnect on the recurrent weights W_h in TRAIN, as AWD-LSTM's weight drop,
+Merity et al. 2018: one mask per batch for every step, kept entries scaled by 1/(1 − p)).
 
 Cells (gate blocks of H rows, in the order listed):
 - LSTM (i, f, o, g — Caffe's lstm_unit_layer.cpp): c_t = σ(f)⊙c_{t−1} + σ(i)⊙tanh(g),
@@ -358,6 +360,8 @@ class _Recurrent(Layer):
             parts.append("last step")
         if p.dropout:
             parts.append(f"dropout {p.dropout:g}")
+        if p.weight_dropout:
+            parts.append(f"weight dropout {p.weight_dropout:g}")
         if p.bptt_steps:
             parts.append(f"bptt {p.bptt_steps}")
         if p.expose_hidden:
@@ -429,9 +433,16 @@ class _Recurrent(Layer):
                 inp = jnp.where(keep, inp / (1 - p.dropout), 0).astype(dt)
             last = layer == g.L - 1
             h0 = [s[layer * g.D:(layer + 1) * g.D] for s in init]
+            weight_rng = None
+            if p.weight_dropout and ctx.train:
+                if ctx.rng is None:
+                    raise ValueError(f"{self.type} layer '{self.spec.name}' needs an rng for "
+                                     f"weight_dropout in TRAIN")
+                weight_rng = jax.random.fold_in(ctx.rng, 1_000_003 + layer)
             outs, states = self._layer(params, layer, g, inp, h0, cont, mask,
                                        static if layer == 0 else None, dt,
-                                       sequence=not (last and p.output == "LAST"))
+                                       sequence=not (last and p.output == "LAST"),
+                                       weight_rng=weight_rng)
             for j, st in enumerate(states):
                 finals[j].append(st)
             y = outs[0] if len(outs) == 1 else (
@@ -445,9 +456,12 @@ class _Recurrent(Layer):
                 ctx.new_state[name] = jax.lax.stop_gradient(st).astype(params[name].dtype)
         return [y] + (hT if p.expose_hidden else [])
 
-    def _layer(self, params, layer, g: Recurrence, inp, h0, cont, mask, static, dt, *, sequence):
+    def _layer(self, params, layer, g: Recurrence, inp, h0, cont, mask, static, dt, *, sequence,
+               weight_rng=None):
         """One stacked layer, both directions in one scan. Returns (per-direction outputs —
-        T×N×H sequences, or N×H at the last valid step —, final states D×N×H)."""
+        T×N×H sequences, or N×H at the last valid step —, final states D×N×H). `weight_rng`:
+        draw the weight_dropout mask of each direction's W_h from it."""
+        import jax
         import jax.numpy as jnp
 
         p = self.p
@@ -462,7 +476,12 @@ class _Recurrent(Layer):
             if static is not None:
                 gx = gx + (static @ params[ws + sfx].astype(dt).T)[None]
             gxs.append(gx)
-            whs.append(params[wh + sfx].astype(dt))  # G × H, Caffe's layout
+            w = params[wh + sfx].astype(dt)  # G × H, Caffe's layout
+            if weight_rng is not None:
+                q = p.weight_dropout
+                keep = jax.random.bernoulli(jax.random.fold_in(weight_rng, d), 1 - q, w.shape)
+                w = jnp.where(keep, w / (1 - q), 0).astype(dt)
+            whs.append(w)
         biases = [self._recurrent_bias(params, sfx, dt) for sfx in sfxs]
 
         # per-step control of each direction, in its processing order

@@ -4,7 +4,8 @@ Every metric and event of a run flows through `Solver.emit(kind, iter, **data)`,
 `Event` to each callback in order. A callback is any object with `__call__(solver, event)`;
 subclass `Callback` to get one `on_<kind>(solver, event)` method per event kind. The kinds:
 
-    start       the run begins (data: resumed, checkpoint, batch, backend, devices, run_dir)
+    start       the run begins (data: resumed, checkpoint, batch, backend, devices, run_dir;
+                batch_per_device and processes when the run is data parallel)
     iteration   one step is done (data: loss, smoothed, lr); every iteration
     train       a display interval is done (data: loss (smoothed), lr, it_per_s)
     test        a test pass is done (data: metrics)
@@ -175,12 +176,21 @@ class Progress(Callback):
 
     def on_start(self, solver, e: Event) -> None:
         d = e.data
-        backend = f"{d['backend']} ({d['devices']} device{'s' if d['devices'] != 1 else ''})"
+        procs = d.get("processes", 1)
+        backend = (f"{d['backend']} ({d['devices']} device{'s' if d['devices'] != 1 else ''}"
+                   f"{f' in {procs} processes' if procs > 1 else ''})")
+        batch = f"batch {d['batch']}"
+        if "batch_per_device" in d:  # data parallel: the spec's batch is the global batch
+            batch += f" global = {d['batch_per_device']} per device"
+            backend += f", {batch}"
         if d["resumed"]:
             self.echo(f"Resuming {d['label']} from {d['checkpoint']} at iteration {e.iter} "
                       f"(max_iter {self.max_iter}, seed {d['seed']}, {backend})")
         else:
             self.echo(f"Training {d['label']}: {d['solver_type']}, max_iter {self.max_iter}, "
+                      f"seed {d['seed']}, {backend}, run directory {d['run_dir']}"
+                      if "batch_per_device" in d else
+                      f"Training {d['label']}: {d['solver_type']}, max_iter {self.max_iter}, "
                       f"batch {d['batch']}, seed {d['seed']}, {backend}, run directory "
                       f"{d['run_dir']}")
         if d["resumed"] and e.iter >= self.max_iter:

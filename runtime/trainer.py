@@ -88,6 +88,20 @@ class TrainConfig:
     data: str | None = None
     progress: bool | None = None  # live progress bar; None: when stdout is a terminal
     runs_root: str = "runs"
+    # data parallelism (runtime/distributed.py): local devices per process (None: all of them)
+    # and the multi-host job this process is part of (None: one process, unless the environment
+    # says otherwise)
+    devices: int | None = None
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    distributed: bool = False  # join the job the cluster environment describes (SLURM, MPI...)
+
+    def cluster(self):
+        from netc.runtime.distributed import Cluster
+
+        return Cluster(self.devices, self.coordinator, self.num_processes, self.process_id,
+                       self.distributed)
 
 
 @dataclass(frozen=True)
@@ -141,10 +155,23 @@ def _resume_point(cfg: TrainConfig, spec_slug: str, notes: list) -> tuple[Path, 
     return run_dir, path, meta
 
 
+def _primary(cfg: TrainConfig) -> bool:
+    """Whether this process writes the run (always, unless it is a non-zero process of a
+    multi-host job)."""
+    if not cfg.cluster().multi_host:
+        return True
+    from netc.runtime.distributed import initialize, is_primary
+
+    initialize(cfg.cluster())
+    return is_primary()
+
+
 def _fresh_run_dir(cfg: TrainConfig, spec_slug: str) -> Path:
     from netc.runtime.checkpoint import list_checkpoints
 
     run_dir = Path(cfg.out) if cfg.out else new_run_dir(spec_slug, cfg.runs_root)
+    if not _primary(cfg):  # process 0 checks (and then writes) the directory
+        return run_dir
     if list_checkpoints(run_dir):
         raise RunError(f"--out {run_dir}: the directory already holds a run's checkpoints; "
                        f"continue it with --resume {run_dir} or choose another directory")
@@ -209,12 +236,16 @@ def resolve_settings(cfg: TrainConfig, err: TextIO | None = None) -> SolverSetti
 # --- the jitted step --------------------------------------------------------------------------
 
 
-def make_train_step(net, optimizer, iter_size: int, step_key, mix=None):
+def make_train_step(net, optimizer, iter_size: int, step_key, mix=None, replicated=None):
     """`step(params, state, opt_state, inputs, it) -> (params, state, opt_state, loss)`, jitted,
     donating its first three arguments. With iter_size > 1, `inputs` has a leading micro-batch axis;
     the gradients are summed over the micro-batches (runtime/solver.py divides by iter_size) and
     the loss is their mean, as Caffe reports it. `mix(params, state, inputs, key, it)`, if given,
-    rewrites each (micro-)batch's inputs first (scheduled sampling, runtime/scheduled.py)."""
+    rewrites each (micro-)batch's inputs first (scheduled sampling, runtime/scheduled.py).
+
+    `replicated` (a sharding, runtime/distributed.py) makes a data-parallel step: the inputs
+    arrive split over a mesh, and params / state / optimizer state / loss leave replicated on
+    it (XLA all-reduces the gradients). None: the plain one-device step."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -252,6 +283,8 @@ def make_train_step(net, optimizer, iter_size: int, step_key, mix=None):
         params = optax.apply_updates(params, updates)
         return params, state, opt_state, loss
 
+    if replicated is not None:
+        return jax.jit(step, donate_argnums=(0, 1, 2), out_shardings=replicated)
     return jax.jit(step, donate_argnums=(0, 1, 2))
 
 
@@ -314,6 +347,9 @@ class Solver:
                  = None, err: TextIO | None = None, default_callbacks: bool = True):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        cfg = config.config if isinstance(config, SolverSettings) else config
+        self.primary = _primary(cfg)  # joins a multi-host job first, before JAX starts a backend
+        self.dp = None  # runtime/distributed.DataParallel when the run spans several devices
         s = config if isinstance(config, SolverSettings) else resolve_settings(config, self.err)
         self.settings = s
         self.stop_reason: str | None = None
@@ -390,16 +426,19 @@ class Solver:
         s = self.settings
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         self.net = lower(self.train_plan)
+        self.iter_size = int(s.sp.iter_size)
+        self._build_mesh()
         self.root_key = jax.random.PRNGKey(s.seed % (2**32))
         self.params, self.state = self.net.init(jax.random.fold_in(self.root_key, _INIT_TAG))
         self.optimizer = make_optimizer(s.sp, *self.net.multipliers())
         self.opt_state = self.optimizer.init(self.params)
-        self.iter_size = int(s.sp.iter_size)
         self.losses = collections.deque(maxlen=int(s.sp.average_loss))
         if s.config.weights:
             self._load_weights(s.config.weights)
         if s.resumed:
-            self.restore(s.checkpoint)
+            self.restore(s.checkpoint)  # places what it loads
+        else:
+            self._place()
         self.test_net = lower(self.test_plan) if self.test_iter else None
         if self.test_net is not None:
             self._share_test_params()
@@ -411,7 +450,38 @@ class Solver:
         else:
             mix = None
         self._step_fn = make_train_step(self.net, self.optimizer, self.iter_size,
-                                        jax.random.fold_in(self.root_key, _STEP_TAG), mix)
+                                        jax.random.fold_in(self.root_key, _STEP_TAG), mix,
+                                        self.dp.replicated if self.dp is not None else None)
+
+    def _build_mesh(self) -> None:
+        """With more than one device in the run: the mesh, and each input's batch axis (the
+        global batch must split evenly). One device: nothing, the plain step."""
+        import jax
+
+        from netc.runtime import distributed as dist
+
+        cfg = self.settings.config
+        devices = dist.select_devices(cfg.devices)
+        self.n_devices = len(devices)
+        if len(devices) == 1:
+            return
+        plan, lead = self.train_plan, int(self.iter_size > 1)  # micro-batches stack in front
+        self._batch_axes = {}
+        for f in self.feeds:
+            for top in f.tops:
+                axis = plan.batch_axis(top)
+                self._batch_axes[top] = None if axis is None else axis + lead
+                if axis is not None:
+                    dist.check_batch(int(plan.blobs[top][axis]), len(devices),
+                                     len(jax.local_devices()) * jax.process_count(),
+                                     jax.process_count())
+        self.dp = dist.DataParallel(devices)
+
+    def _place(self) -> None:
+        """params, state and optimizer state replicated on the mesh (a no-op on one device)."""
+        if self.dp is not None:
+            self.params, self.state, self.opt_state = self.dp.replicate(
+                (self.params, self.state, self.opt_state))
 
     def _load_weights(self, weights: str) -> None:
         from netc.runtime.weights import apply_weights, read_weights
@@ -456,9 +526,15 @@ class Solver:
         from netc.runtime import checkpoint as ckpt
 
         s = self.settings
+        metrics_path = s.run_dir / "metrics.jsonl"
+        if not self.primary:  # a multi-host run's other processes write nothing
+            from netc.runtime.rundir import read_metrics
+
+            self.history = [r for r in read_metrics(metrics_path) if r.get("iter", 0) <= self.iter]
+            self._set_history()
+            return
         s.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = RunLock(s.run_dir)  # before anything is written
-        metrics_path = s.run_dir / "metrics.jsonl"
         if s.resumed:
             self.history = trim_metrics(metrics_path, self.iter, Path(s.checkpoint))
         else:
@@ -469,13 +545,19 @@ class Solver:
             if solver_file:
                 ckpt.write_bytes_atomic(s.run_dir / "solver.yaml", Path(solver_file).read_bytes())
             ckpt.write_bytes_atomic(metrics_path, b"")
-        backend, devices = _backend()
+        backend, devices = self._backend()
         doc = s.context.solver.record(backend)  # what netc does, not the ignored fields
         doc.update({"max_iter": s.max_iter, "random_seed": s.seed, "devices": devices})
+        if self.dp is not None:
+            doc.update({"batch_per_device": self.batch_size // devices,
+                        "processes": self.dp.processes})
         ckpt.write_json_atomic(s.run_dir / "solver.json", doc)
         vocab = next((v for v in (f.vocab_doc() for f in self.feeds) if v is not None), None)
         if vocab is not None:  # a text source's symbols, for `netc sample` (seqdata.load_vocab)
             ckpt.write_json_atomic(s.run_dir / "vocab.json", vocab)
+        self._set_history()
+
+    def _set_history(self) -> None:
         self.tested = {r["iter"] for r in self.history if r.get("event") == "test"}
         self.best: dict[str, tuple[float, int]] = {}
         self.last_test: dict[str, float] = {}
@@ -484,8 +566,15 @@ class Solver:
                 self._record_test(rec["iter"], {k: v for k, v in rec.get("metrics", {}).items()
                                                 if v is not None})
 
+    def _backend(self) -> tuple[str, int]:
+        """The backend and the number of devices the run uses (all processes together)."""
+        backend, _ = _backend()
+        return backend, self.n_devices
+
     def _default_callbacks(self) -> list:
         cfg = self.settings.config
+        if not self.primary:  # process 0 shows and logs the run; the NaN policy holds everywhere
+            return [NanGuard()]
         live = self.out.isatty() if cfg.progress is None else cfg.progress
         self.progress = Progress(self.out, self.err, live, self.settings.max_iter)
         return [NanGuard(), MetricsLog(self.settings.run_dir / "metrics.jsonl"), self.progress]
@@ -534,7 +623,8 @@ class Solver:
             micro.append(d)
         x = micro[0] if self.iter_size == 1 else {
             k: np.stack([m[k] for m in micro]) for k in micro[0]}
-        return jax.device_put(x), [st.position() for st in self.streams]
+        x = jax.device_put(x) if self.dp is None else self.dp.shard_batch(x, self._batch_axes)
+        return x, [st.position() for st in self.streams]
 
     def _test_due(self) -> bool:
         sp, it = self.settings.sp, self.iter
@@ -605,10 +695,12 @@ class Solver:
             raise RunError("the spec has no TEST net with a Data layer and test_iter to test on")
         t0 = time.perf_counter()
         own_p, own_s = self._test_own
-        tp = {layer: (self.params[layer] if shared else own_p[layer])
+        params, state = (self.params, self.state) if self.dp is None else \
+            self.dp.to_local((self.params, self.state))  # each process tests on one device
+        tp = {layer: (params[layer] if shared else own_p[layer])
               for layer, shared in self._test_shared["params"].items()}
         # statistics come from the TRAIN net; a carried recurrent state is the TEST net's own
-        ts = {layer: ({r: (v if is_carry_role(r) else self.state[layer][r])
+        ts = {layer: ({r: (v if is_carry_role(r) else state[layer][r])
                        for r, v in own_s[layer].items()} if shared else own_s[layer])
               for layer, shared in self._test_shared["state"].items()}
         result = evaluate(self._eval_fn, tp, ts, self.test_feeds, self.test_iter,
@@ -623,6 +715,8 @@ class Solver:
     def _host(self, tree):
         import jax
 
+        if self.dp is not None:  # replicated: this process's own copy, no gather
+            tree = self.dp.to_local(tree)
         return jax.tree_util.tree_map(lambda a: np.array(a, copy=True), tree)
 
     def snapshot(self, *, defer: bool = False) -> Path | None:
@@ -638,6 +732,7 @@ class Solver:
             "data_position": self.positions, "arch": self.arch, "arch_digest": self.digest,
             "solver_type": s.sp.type, "spec": s.context.spec.name,
             "recent_losses": list(self.losses), "versions": _versions(),
+            "devices": self.n_devices,
         }
         tensors = {"params": params, "state": self._host(self.state),
                    "opt_state": self._host(self.opt_state)}
@@ -654,6 +749,8 @@ class Solver:
         t0 = time.perf_counter()
         it, tensors, meta = self._pending_snapshot
         self._pending_snapshot = None
+        if not self.primary:  # process 0 writes the checkpoints of a multi-host run
+            return None
         stem = f"{self.settings.snapshot_prefix}_iter_{it}"
         try:
             path = ckpt.save_checkpoint(self.settings.run_dir, stem, tensors, meta)
@@ -693,6 +790,7 @@ class Solver:
             raise RunError(f"cannot resume from {path}: its tensors do not have the layout this "
                            "spec and solver need")
         self.params, self.state, self.opt_state = loaded
+        self._place()
         self.iter = self.last_snapshot = int(meta["iteration"])
         then, now = meta.get("versions"), _versions()
         if then != now:
@@ -701,6 +799,11 @@ class Solver:
             self._warn(f"{Path(path).name} was written by different software or hardware "
                        f"({differ}): the resumed run is not promised to be bitwise equal to an "
                        "uninterrupted one")
+        was = int(meta.get("devices", 1))
+        if was != self.n_devices:
+            self._warn(f"{Path(path).name} was trained on {was} device{'s' if was != 1 else ''}, "
+                       f"this run uses {self.n_devices}: the global batch is the same, the "
+                       "numbers agree up to float rounding, not bit for bit")
         self.losses.clear()
         self.losses.extend(float(x) for x in meta.get("recent_losses", []))
         if self.streams:
@@ -709,11 +812,13 @@ class Solver:
     # --- Caffe's Solve ------------------------------------------------------------------------
     def _start_event(self) -> None:
         s = self.settings
-        backend, devices = _backend()
+        backend, devices = self._backend()
+        extra = {} if self.dp is None else {"batch_per_device": self.batch_size // devices,
+                                            "processes": self.dp.processes}
         self.emit("start", self.iter, resumed=s.resumed, checkpoint=str(s.checkpoint),
                   label=f"{s.config.spec}: {s.context.spec.name or s.spec_slug}",
                   solver_type=s.sp.type, batch=self.batch_size, seed=s.seed,
-                  backend=backend, devices=devices, run_dir=str(s.run_dir))
+                  backend=backend, devices=devices, run_dir=str(s.run_dir), **extra)
 
     def _finish(self, trained: int) -> None:
         from netc.runtime import checkpoint as ckpt
@@ -728,7 +833,7 @@ class Solver:
         t = self.timer
         steady = t.steady_s()
         sps = t.steady_iters * self.batch_size / steady if t.steady_iters and steady > 0 else None
-        latest = ckpt.latest_checkpoint(s.run_dir)
+        latest = ckpt.latest_checkpoint(s.run_dir) if self.primary else None
         self.emit("done", self.iter, trained=trained,
                   wall_s=round(time.perf_counter() - t.start, 3),
                   train_s=round((t.first_step_s or 0.0) + steady, 3),
@@ -745,7 +850,8 @@ class Solver:
         s = self.settings
         if getattr(self, "last_snapshot", -1) != self.iter:
             self.snapshot()
-        path = self._flush_snapshot() or ckpt.latest_checkpoint(s.run_dir)
+        path = self._flush_snapshot() or (ckpt.latest_checkpoint(s.run_dir) if self.primary
+                                          else None)
         self.emit("stop", self.iter, reason=self.stop_reason, path=str(path),
                   resume_hint=f"netc train {s.config.spec} --resume {s.run_dir}")
         codes = {signal.Signals(k).name: v for k, v in EXIT_SIGNAL.items()}
@@ -755,7 +861,7 @@ class Solver:
         from netc.runtime import checkpoint as ckpt
 
         self._pending_snapshot = None
-        good = ckpt.latest_checkpoint(self.settings.run_dir)
+        good = ckpt.latest_checkpoint(self.settings.run_dir) if self.primary else None
         self.emit("stop", self.iter, reason="diverged", detail=str(e),
                   path=str(good) if good else None)
         return EXIT_DIVERGED

@@ -257,7 +257,23 @@ def _run_command(fn) -> None:
               help="Read the TRAIN Data layer from SOURCE (.npz with data/label, or netc:NAME/SPLIT).")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress bar (default: when stdout is a terminal).")
-def train(spec, solver, weights, resume, out, seed, max_iter, data, progress) -> None:
+@click.option("--devices", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Data parallel over N local devices (default: all of them). The spec's "
+                   "batch_size stays the global batch, split evenly: it must divide by the "
+                   "number of devices.")
+@click.option("--coordinator", default=None, metavar="HOST:PORT",
+              help="Multi-host: the address of process 0, where the job's coordinator listens "
+                   "(with --num-processes and --process-id; or set JAX_COORDINATOR_ADDRESS).")
+@click.option("--num-processes", "num_processes", type=click.IntRange(min=1), default=None,
+              help="Multi-host: how many processes (one per host) run the job.")
+@click.option("--process-id", "process_id", type=click.IntRange(min=0), default=None,
+              help="Multi-host: this process's index, 0..N-1; process 0 writes the run "
+                   "directory, metrics and checkpoints.")
+@click.option("--distributed", is_flag=True, default=False,
+              help="Multi-host: join the job the cluster environment describes (SLURM, Open "
+                   "MPI: what jax.distributed.initialize detects).")
+def train(spec, solver, weights, resume, out, seed, max_iter, data, progress, devices,
+          coordinator, num_processes, process_id, distributed) -> None:
     """Train SPEC with its solver, following Caffe's Solver semantics.
 
     \b
@@ -268,6 +284,13 @@ def train(spec, solver, weights, resume, out, seed, max_iter, data, progress) ->
     snapshot and exit.
 
     \b
+    Data parallel: the batch is split over all local devices (--devices N to choose); the
+    gradients are all-reduced, the parameters replicated, and batch_size is the GLOBAL batch
+    (64 on 8 devices: 8 per device). Several hosts: run one process per host with
+    --coordinator HOST0:PORT --num-processes H --process-id I (I = 0..H-1), the same spec,
+    data and --out on each; a run resumes on any device count.
+
+    \b
     Exit status: 0 done; 1 spec, data or checkpoint error; 3 the loss became NaN/inf (nothing
     is snapshotted; the last good checkpoint stays); 130 SIGINT; 143 SIGTERM.
     """
@@ -275,7 +298,9 @@ def train(spec, solver, weights, resume, out, seed, max_iter, data, progress) ->
     from netc.runtime.trainer import TrainConfig
 
     cfg = TrainConfig(spec=spec, solver=solver, weights=weights, resume=resume, out=out, seed=seed,
-                      max_iter=max_iter, data=data, progress=progress)
+                      max_iter=max_iter, data=data, progress=progress, devices=devices,
+                      coordinator=coordinator, num_processes=num_processes,
+                      process_id=process_id, distributed=distributed)
     _run_command(lambda: command.run(cfg))
 
 

@@ -16,10 +16,20 @@ mapping spells it, and leaves validation to `netc check`:
 - NetParameter's repeated ``layer`` is spelled ``layers``; the old ``input:`` / ``input_dim:`` /
   ``input_shape`` header is kept as it is (netc reads it).
 
-Out of scope, reported as errors with line:col: V1 nets (top-level ``layers { type: CONVOLUTION
-}``: upgrade them with Caffe's ``upgrade_net_proto_text`` first), extensions (``[ext.name]``),
-``Any`` messages. A solver file given beside the net becomes the ``solver:`` section (its ``net``
+Legacy forms and forks (spec/caffe_v1.py): V1 nets (top-level ``layers { type: CONVOLUTION
+blobs_lr: 1 weight_decay: 1 }``) are upgraded as Caffe's upgrade_proto.cpp does (string types,
+``param { lr_mult decay_mult }``); ``pooling_param.ceil_mode`` becomes ``round_mode``; SegNet's
+``BN`` becomes BatchNorm + Scale (or Scale alone in INFERENCE mode). A ``*_param`` block on a
+type that does not read it is dropped with a warning; layer types and fields netc does not know
+are kept and reported as warnings with line:col (`netc check` then refuses them). ``#``
+comments are kept in the YAML next to the layer or field they sit in or before.
+
+Out of scope, reported as errors with line:col: V0 nets, extensions (``[ext.name]``), ``Any``
+messages. A solver file given beside the net becomes the ``solver:`` section (its ``net``
 / ``train_net`` / ``test_net`` paths are dropped: the net is this document).
+
+The way back: ``data_to_prototxt(data)`` writes netc data as a Caffe net (``solver_to_prototxt``
+its solver), refusing netc extensions by name (NotCaffeError).
 
 Safety: pure Python text processing; nothing is evaluated or imported. The input size, message
 nesting depth, number of fields, string and number token lengths are bounded, so a hostile file
@@ -44,6 +54,10 @@ __all__ = [
     "parse_prototxt",
     "prototxt_to_data",
     "prototxt_to_yaml",
+    "PrototxtWarning",
+    "NotCaffeError",
+    "data_to_prototxt",
+    "solver_to_prototxt",
     "dump_yaml",
 ]
 
@@ -85,7 +99,9 @@ class _Ident(str):
     """An unquoted identifier (an enum name, or a boolean before conversion)."""
 
 
-def _tokens(text: str, source: str | None) -> list[_Tok]:
+def _tokens(text: str, source: str | None, comments: list | None = None) -> list[_Tok]:
+    """The tokens of `text`; `comments` (if given) receives (line, text after '#') for each
+    comment."""
     out: list[_Tok] = []
     pos, line, line_start, n = 0, 1, 0, len(text)
 
@@ -96,6 +112,9 @@ def _tokens(text: str, source: str | None) -> list[_Tok]:
         m = _SPACE.match(text, pos)
         if m:
             chunk = m.group()
+            if comments is not None and "#" in chunk:
+                for c in re.finditer(r"#([^\n]*)", chunk):
+                    comments.append((line + chunk.count("\n", 0, c.start()), c.group(1)))
             newlines = chunk.count("\n")
             if newlines:
                 line += newlines
@@ -204,6 +223,7 @@ def _string(text: str, start: int, fail) -> tuple[str, int]:
 class _Parser:
     def __init__(self, tokens: list[_Tok], source: str | None):
         self.toks, self.i, self.source, self.fields = tokens, 0, source, 0
+        self.spans: list[tuple[str, int, int]] = []  # top-level fields: (name, first, last line)
 
     def peek(self) -> _Tok:
         return self.toks[self.i]
@@ -251,6 +271,8 @@ class _Parser:
                 raise self.error(f"more than {MAX_FIELDS:,} fields", tok)
             values = fields.setdefault(str(tok.text), [])
             self.field_value(tok, values, depth)
+            if depth == 0:
+                self.spans.append((str(tok.text), tok.line, self.toks[self.i - 1].line))
             if self.peek().kind in (",", ";"):
                 self.next()
 
@@ -349,7 +371,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _parse(text: str | bytes, source: str | None) -> dict[str, list]:
+class _Parsed:
+    """A parse: the raw fields, the top-level spans and the comments."""
+
+    def __init__(self, fields: dict, spans: list, comments: list):
+        self.fields, self.spans, self.comments = fields, spans, comments
+
+
+def _parse_full(text: str | bytes, source: str | None) -> _Parsed:
     if isinstance(text, bytes):
         if len(text) > MAX_BYTES:
             raise PrototxtError(f"file is {len(text):,} bytes, more than the {MAX_BYTES:,} "
@@ -364,8 +393,14 @@ def _parse(text: str | bytes, source: str | None) -> dict[str, list]:
                             "allowed", source=source)
     if text.startswith("\ufeff"):
         text = text[1:]
-    parser = _Parser(_tokens(text, source), source)
-    return parser.message(None, 0)
+    comments: list = []
+    parser = _Parser(_tokens(text, source, comments), source)
+    fields = parser.message(None, 0)
+    return _Parsed(fields, parser.spans, comments)
+
+
+def _parse(text: str | bytes, source: str | None) -> dict[str, list]:
+    return _parse_full(text, source).fields
 
 
 def parse_prototxt(text: str | bytes, *, source: str | None = None) -> dict:
@@ -374,27 +409,82 @@ def parse_prototxt(text: str | bytes, *, source: str | None = None) -> dict:
     return _collapse(_parse(text, source))
 
 
-def _net_data(text: str | bytes, source: str | None) -> dict:
-    fields = _parse(text, source)
-    if "layers" in fields:
-        first = fields["layers"][0]
-        value, tok = first
-        kind = value.get("type") if isinstance(value, dict) else None
-        shown = f" (type: {kind[0][0]})" if kind else ""
-        raise PrototxtError(
-            f"V1 net: top-level 'layers'{shown} is Caffe's deprecated V1LayerParameter, which "
-            "netc does not read; upgrade the file with Caffe's tools/upgrade_net_proto_text "
-            "(it writes 'layer' blocks with string types)", tok.line, tok.col, source)
-    for value, tok in fields.get("layer", []):
+class PrototxtWarning:
+    """A problem the import does not stop for (a stray `*_param`, a layer type netc lacks)."""
+
+    def __init__(self, message: str, line: int, col: int, source: str | None):
+        self.message, self.line, self.col, self.source = message, line, col, source
+
+    def __str__(self) -> str:
+        where = f"{self.source}:" if self.source else ""
+        return f"{where}{self.line}:{self.col}: warning: {self.message}"
+
+    __repr__ = __str__
+
+
+def _upgraded(parsed: _Parsed, source: str | None, warnings: list | None) -> tuple[dict, list]:
+    """Raw net fields with V1 layers upgraded and fork additions translated; returns
+    (fields, origin) where origin[k] is the index of the written layer k in the file's layers."""
+    from netc.compiler.catalogue import layer_models
+    from netc.spec.caffe_v1 import UpgradeError, fork_fixes, layer_problems, upgrade_v1_layer
+    from netc.spec.net import CAFFE_LAYER_TYPES
+
+    fields = parsed.fields
+
+    def fail(e: UpgradeError) -> PrototxtError:
+        return PrototxtError(e.message, e.tok.line, e.tok.col, source)
+
+    if "layers" in fields and "layer" in fields:
+        tok = fields["layers"][0][1]
+        raise PrototxtError("the net has both 'layer' (current) and 'layers' (V1) blocks; Caffe "
+                            "refuses such an inconsistent NetParameter too", tok.line, tok.col,
+                            source)
+    v1 = "layers" in fields
+    raw = fields.get("layers" if v1 else "layer", [])
+    layers: list = []
+    origin: list[int] = []
+    models = layer_models()
+    for index, (value, tok) in enumerate(raw):
         if not isinstance(value, dict):
-            raise PrototxtError("'layer' must be a message: layer { ... }", tok.line, tok.col,
+            raise PrototxtError(f"'{'layers' if v1 else 'layer'}' must be a message: "
+                                f"{'layers' if v1 else 'layer'} {{ ... }}", tok.line, tok.col,
                                 source)
-        for kind, ktok in value.get("type", []):
-            if isinstance(kind, _Ident):
-                raise PrototxtError(
-                    f"layer type {kind} is unquoted: V1 enum types (CONVOLUTION, ...) are not "
-                    f"supported; LayerParameter's type is a string such as \"Convolution\"",
-                    ktok.line, ktok.col, source)
+        if v1:
+            try:
+                value = upgrade_v1_layer(value, tok, _Ident)
+            except UpgradeError as e:
+                raise fail(e) from None
+        else:
+            for kind, ktok in value.get("type", []):
+                if isinstance(kind, _Ident):
+                    raise PrototxtError(
+                        f"layer type {kind} is unquoted: V1 enum types (CONVOLUTION, ...) belong "
+                        "in V1 'layers' blocks; LayerParameter's type is a string such as "
+                        "\"Convolution\"", ktok.line, ktok.col, source)
+        try:
+            produced = fork_fixes(value, _Ident, None)
+        except UpgradeError as e:
+            raise fail(e) from None
+        for layer in produced:
+            for _severity, ptok, message in layer_problems(layer, models, CAFFE_LAYER_TYPES):
+                ptok = ptok or tok
+                if warnings is not None:
+                    warnings.append(PrototxtWarning(message, ptok.line, ptok.col, source))
+            layers.append((layer, tok))
+            origin.append(index)
+    out = {}
+    for key, items in fields.items():
+        if key in ("layer", "layers"):
+            out["layer"] = layers
+        else:
+            out[key] = items
+    return out, origin
+
+
+def _net_data(text: str | bytes, source: str | None, warnings: list | None = None,
+              parsed: _Parsed | None = None) -> tuple[dict, list]:
+    parsed = parsed or _parse_full(text, source)
+    fields, origin = _upgraded(parsed, source, warnings)
     data = _collapse(fields)
     out: dict = {}
     for key, value in data.items():
@@ -402,24 +492,31 @@ def _net_data(text: str | bytes, source: str | None) -> dict:
             out["layers"] = value if isinstance(value, list) else [value]
         else:
             out[key] = value
-    return out
+    return out, origin
 
 
 _NET_PATH_FIELDS = ("net", "train_net", "test_net")
 
 
+def _add_solver(data: dict, solver_text, solver_source) -> None:
+    solver = parse_prototxt(solver_text, source=solver_source)
+    for key in ("net_param", "train_net_param", "test_net_param"):
+        if key in solver:
+            raise PrototxtError(f"solver: inline nets ({key}) are not supported; give the "
+                                "net as its own file", source=solver_source)
+    data["solver"] = {k: v for k, v in solver.items() if k not in _NET_PATH_FIELDS}
+
+
 def prototxt_to_data(net_text: str | bytes, solver_text: str | bytes | None = None, *,
-                     net_source: str | None = None, solver_source: str | None = None) -> dict:
+                     net_source: str | None = None, solver_source: str | None = None,
+                     warnings: list | None = None) -> dict:
     """A NetParameter in text format (and optionally its SolverParameter) as netc's YAML data.
-    Raises PrototxtError (with line:col, and the source name when given)."""
-    data = _net_data(net_text, net_source)
+    V1 nets are upgraded and forks' additions translated (spec/caffe_v1.py). Raises
+    PrototxtError (with line:col, and the source name when given); what the import does not stop
+    for is appended to `warnings` as PrototxtWarning (file:line:col)."""
+    data, _ = _net_data(net_text, net_source, warnings)
     if solver_text is not None:
-        solver = parse_prototxt(solver_text, source=solver_source)
-        for key in ("net_param", "train_net_param", "test_net_param"):
-            if key in solver:
-                raise PrototxtError(f"solver: inline nets ({key}) are not supported; give the "
-                                    "net as its own file", source=solver_source)
-        data["solver"] = {k: v for k, v in solver.items() if k not in _NET_PATH_FIELDS}
+        _add_solver(data, solver_text, solver_source)
     return data
 
 
@@ -490,8 +587,220 @@ def dump_yaml(data: Any, comment: str | None = None) -> str:
 
 def prototxt_to_yaml(net_text: str | bytes, solver_text: str | bytes | None = None, *,
                      comment: str | None = None, net_source: str | None = None,
-                     solver_source: str | None = None) -> str:
-    """Translate a Caffe net (and optionally its solver) from text format to netc YAML."""
-    data = prototxt_to_data(net_text, solver_text, net_source=net_source,
-                            solver_source=solver_source)
-    return dump_yaml(data, comment)
+                     solver_source: str | None = None, warnings: list | None = None,
+                     keep_comments: bool = True) -> str:
+    """Translate a Caffe net (and optionally its solver) from text format to netc YAML. The
+    files' ``#`` comments are kept (unless `keep_comments` is false): a comment inside or before a
+    layer goes before that layer, one before a header or solver field before that field, the rest
+    at the end. Warnings go to `warnings` (see prototxt_to_data)."""
+    parsed = _parse_full(net_text, net_source)
+    data, origin = _net_data(None, net_source, warnings, parsed)
+    anchors = _anchors(parsed, origin, "top") if keep_comments else []
+    if solver_text is not None:
+        sparsed = _parse_full(solver_text, solver_source)
+        solver = _collapse(sparsed.fields)
+        for key in ("net_param", "train_net_param", "test_net_param"):
+            if key in solver:
+                raise PrototxtError(f"solver: inline nets ({key}) are not supported; give the "
+                                    "net as its own file", source=solver_source)
+        data["solver"] = {k: v for k, v in solver.items() if k not in _NET_PATH_FIELDS}
+        if keep_comments:
+            anchors += [(a, t) for a, t in _anchors(sparsed, None, "solver")
+                        if a[0] != "solver" or a[1] not in _NET_PATH_FIELDS]
+    return _insert_comments(dump_yaml(data, comment), anchors)
+
+
+def _anchors(parsed: _Parsed, origin: list | None, where: str) -> list:
+    """(anchor, text) per comment: ("layer", k) for written layer k, (where, key) for a header or
+    solver field, ("end",) after everything."""
+    first_out: dict[int, int] = {}
+    for k, i in enumerate(origin or []):
+        first_out.setdefault(i, k)
+    spans = []
+    count = 0
+    for name, _start, end in parsed.spans:
+        if name in ("layer", "layers") and origin is not None:
+            spans.append((end, ("layer", first_out.get(count, -1))))
+            count += 1
+        else:
+            spans.append((end, (where, name)))
+    out = []
+    for line, text in parsed.comments:
+        anchor = next((a for end, a in spans if end >= line), ("end",))
+        if anchor == ("layer", -1):
+            anchor = ("end",)
+        out.append((anchor, text))
+    return out
+
+
+_TOP_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):")
+_SOLVER_KEY = re.compile(r"^  ([A-Za-z_][A-Za-z0-9_]*):")
+
+
+def _insert_comments(body: str, anchors: list) -> str:
+    if not anchors:
+        return body
+    pending: dict = {}
+    for anchor, text in anchors:
+        pending.setdefault(anchor, []).append("#" + text.rstrip())
+    out: list[str] = []
+    section, layer = None, -1
+    for line in body.splitlines(keepends=True):
+        m = _TOP_KEY.match(line)
+        if m:
+            section = m.group(1)
+            out += [c + "\n" for c in pending.pop(("top", section), [])]
+            if section == "solver":
+                out += [c + "\n" for c in pending.pop(("solver", None), [])]
+        elif section == "layers" and line.startswith("  - "):
+            layer += 1
+            out += ["  " + c + "\n" for c in pending.pop(("layer", layer), [])]
+        elif section == "solver":
+            m = _SOLVER_KEY.match(line)
+            if m:
+                out += ["  " + c + "\n" for c in pending.pop(("solver", m.group(1)), [])]
+        out.append(line)
+    rest = [c for cs in pending.values() for c in cs]
+    return "".join(out) + "".join(c + "\n" for c in rest)
+
+
+# --- netc data → text format ------------------------------------------------------------------------
+
+
+class NotCaffeError(ValueError):
+    """The data uses a netc extension that Caffe's schema cannot express."""
+
+
+# Fork layer types the importer reads and the writer may write back.
+FORK_LAYER_TYPES = frozenset({"Upsample"})
+# netc extensions (spec/messages.py marks them): field → None (any value) or the values that are.
+_EXTENSIONS: dict[str, dict[str, Any]] = {
+    "convolution_param": {"pad_mode": lambda v: v != "CAFFE", "pad_begin": None, "pad_end": None},
+    "data_param": {"shuffle": None, "seq_len": None, "batch_first": None, "split": None},
+    "pooling_param": {"pool": lambda v: v == "L2"},
+    "recurrent_param": dict.fromkeys(
+        "sequence_input batch_first bidirectional merge_mode num_layers dropout output reset_after "
+        "output_layer recurrent_weight_filler bptt_steps weight_dropout".split()),
+    "upsample_param": {"mode": None},
+    "*filler": {"gain": None, "type": lambda v: v == "orthogonal"},
+}
+# Literal-typed fields that caffe.proto declares as strings, not enums.
+_STRING_FIELDS = frozenset({"regularization_type", "type", "lr_policy"})
+_ENUM_VALUE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def _literal_values(annotation) -> tuple | None:
+    from typing import Literal, get_args, get_origin
+
+    stack = [annotation]
+    while stack:
+        a = stack.pop()
+        if get_origin(a) is Literal:
+            return get_args(a)
+        stack.extend(get_args(a))
+    return None
+
+
+def _is_enum(model, key: str, value: str) -> bool:
+    if key in _STRING_FIELDS or not _ENUM_VALUE.match(value):
+        return False
+    if model is not None and key in model.model_fields:
+        values = _literal_values(model.model_fields[key].annotation)
+        return bool(values) and all(isinstance(v, str) and _ENUM_VALUE.match(v) for v in values)
+    return True  # a field netc does not model: an upper-case identifier was an enum
+
+
+def _scalar_text(value: Any, enum: bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        if enum:
+            return value
+        escaped = []
+        for c in value:
+            if c in "\\\"":
+                escaped.append("\\" + c)
+            elif c == "\n":
+                escaped.append("\\n")
+            elif ord(c) < 32 or ord(c) == 127:
+                escaped.append(f"\\{ord(c):03o}")
+            else:
+                escaped.append(c)
+        return '"' + "".join(escaped) + '"'
+    raise NotCaffeError(f"a value of type {type(value).__name__} has no text-format spelling")
+
+
+def _message_text(msg: dict, model, indent: int, path: str, out: list[str]) -> None:
+    from netc.spec.caffe_v1 import _message_class
+
+    pad = "  " * indent
+    section = path.rsplit(".", 1)[-1]
+    ext = _EXTENSIONS.get("*filler" if section.endswith("filler") else section, {})
+    for key, value in msg.items():
+        if key in ext and (ext[key] is None or ext[key](value)):
+            raise NotCaffeError(f"{path}.{key}: {value!r} is a netc extension; Caffe has no such "
+                                "field or value")
+        items = value if isinstance(value, list) else [value]
+        sub = None
+        if model is not None and key in model.model_fields:
+            sub = _message_class(model.model_fields[key].annotation)
+        for item in items:
+            if isinstance(item, dict):
+                out.append(f"{pad}{key} {{")
+                _message_text(item, sub, indent + 1, f"{path}.{key}", out)
+                out.append(f"{pad}}}")
+            elif item is None:
+                raise NotCaffeError(f"{path}.{key}: null has no text-format spelling")
+            else:
+                enum = isinstance(item, str) and _is_enum(model, key, item)
+                out.append(f"{pad}{key}: {_scalar_text(item, enum)}")
+
+
+_HEADER_ORDER = ("name", "input", "input_shape", "input_dim", "force_backward", "state",
+                 "debug_info")
+
+
+def data_to_prototxt(data: dict) -> str:
+    """netc YAML data (a net) → Caffe's text format, the inverse of prototxt_to_data for what
+    Caffe can express. Raises NotCaffeError naming a netc extension (a layer type Caffe lacks,
+    pad_mode, L2 pooling, ...). A `solver:` section is not written here: see
+    solver_to_prototxt."""
+    from netc.compiler.catalogue import layer_models
+    from netc.spec.net import CAFFE_LAYER_TYPES, NetHeader
+
+    out: list[str] = []
+    extra = [k for k in data if k not in _HEADER_ORDER and k not in ("layers", "solver")]
+    if extra:
+        raise NotCaffeError(f"{extra[0]}: not a NetParameter field")
+    header = {k: data[k] for k in _HEADER_ORDER if k in data}
+    _message_text(header, NetHeader, 0, "net", out)
+    layers = data.get("layers") or []
+    models = layer_models()
+    for i, layer in enumerate(layers if isinstance(layers, list) else [layers]):
+        if not isinstance(layer, dict):
+            raise NotCaffeError(f"layers[{i}]: not a mapping")
+        kind, name = layer.get("type"), layer.get("name", f"#{i + 1}")
+        if kind not in CAFFE_LAYER_TYPES and kind not in FORK_LAYER_TYPES:
+            raise NotCaffeError(f"layer '{name}': type {kind} is a netc extension; Caffe has no "
+                                "such layer type")
+        out.append("layer {")
+        _message_text(layer, models.get(kind), 1, f"layer '{name}'", out)
+        out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def solver_to_prototxt(solver: dict) -> str:
+    """A netc `solver:` section → a Caffe solver text (without the `net` path)."""
+    from netc.spec.solver import SolverParameter
+
+    out: list[str] = []
+    _message_text(solver, SolverParameter, 0, "solver", out)
+    return "\n".join(out) + "\n"

@@ -531,7 +531,9 @@ ERRORS = [
     ("x: [1, 2", 1, 9, "expected ',' or ']'"),
     ("x: }", 1, 4, "expected a value"),
     ("[ext.f]: 1", 1, 1, "extensions"),
-    ('name: "v1"\nlayers {\n  name: "c"\n  type: CONVOLUTION\n}', 2, 1, "V1 net"),
+    ('name: "v0"\nlayers {\n  layer {\n    name: "c"\n  }\n}', 3, 3, "V0 layer"),
+    ('layer { name: "a" type: "ReLU" }\nlayers { name: "c" type: RELU }', 2, 1, "both 'layer'"),
+    ('layers {\n  name: "c"\n  type: CONVOLUTON\n}', 3, 9, "V1LayerParameter.LayerType"),
     ('layer {\n  name: "c"\n  type: CONVOLUTION\n}', 3, 9, "unquoted"),
     ("layer: 3", 1, 8, "must be a message"),
 ]
@@ -547,9 +549,9 @@ def test_errors_have_line_and_col(text, line, col, words):
     assert str(e).startswith(f"bad.prototxt:{line}:{col}: ")
 
 
-def test_v1_error_names_the_type_and_the_upgrade_tool():
-    with pytest.raises(PrototxtError, match=r"type: CONVOLUTION.*upgrade_net_proto_text"):
-        prototxt_to_data("layers { name: 'c' type: CONVOLUTION }")
+def test_v1_net_is_upgraded():  # tests/test_import_caffe.py tests the V1 upgrade in full
+    assert prototxt_to_data("layers { name: 'c' type: CONVOLUTION }") == \
+        {"layers": [{"name": "c", "type": "Convolution"}]}
 
 
 def test_bounds():

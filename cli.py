@@ -11,9 +11,18 @@ import click
 PHASES = click.Choice(["TRAIN", "TEST"], case_sensitive=False)
 
 
+# The commands that compile JAX programs: the persistent compilation cache is put in force for them
+COMPILING = {"train", "test", "predict", "export", "sample", "time"}
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="netc")
-def main() -> None:
+@click.option("--no-compile-cache", "no_compile_cache", is_flag=True,
+              help="Do not use the persistent compilation cache (also NETC_NO_COMPILE_CACHE=1). "
+                   "By default compiled programs are kept in $NETC_CACHE_DIR, else "
+                   "$XDG_CACHE_HOME/netc/jax (~/.cache/netc/jax), and reused by later runs.")
+@click.pass_context
+def main(ctx: click.Context, no_compile_cache: bool) -> None:
     """netc: describe a network in Caffe-style YAML, check its shapes, train it with JAX.
 
     \b
@@ -24,7 +33,15 @@ def main() -> None:
     netc train models/lenet.yaml      train with the spec's solver (Caffe semantics), snapshots, resume
     netc test SPEC --weights CKPT     the TEST net's accuracy/loss over its Data layer
     netc predict SPEC --weights CKPT IN.npz -o OUT.npz   a forward pass on given input blobs
+    netc time models/lenet.yaml       per-layer forward/backward milliseconds and the whole step
+
+    Commands that compile keep the compiled programs in a persistent cache (~/.cache/netc/jax,
+    or $NETC_CACHE_DIR), so a second run of a net starts sooner; --no-compile-cache opts out.
     """
+    if ctx.invoked_subcommand in COMPILING:
+        from netc.runtime.compile_cache import configure
+
+        configure(enabled=not no_compile_cache)
 
 
 def _fmt_int(n: int) -> str:

@@ -20,7 +20,11 @@ import pytest
 # (test modules import it; subprocesses inherit the environment).
 _JAX_CACHE = tempfile.mkdtemp(prefix="netc-tests-xla-cache-")
 atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+# netc's commands put their own persistent cache in force (runtime/compile_cache.py, by default in
+# the user's ~/.cache/netc/jax): NETC_CACHE_DIR points them at this session's folder instead, so
+# that the suite never writes into the real user cache (in-process and in subprocesses alike).
 os.environ.update({
+    "NETC_CACHE_DIR": _JAX_CACHE,
     "JAX_COMPILATION_CACHE_DIR": _JAX_CACHE,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",

@@ -159,33 +159,60 @@ def check(specs, phase, stages, level, batch, fmt, quiet) -> None:
 
 @main.command(name="import-caffe")
 @click.argument("net", type=click.Path(dir_okay=False))
+@click.option("--solver", type=click.Path(dir_okay=False), default=None,
+              help="A Caffe solver .prototxt: becomes the YAML's solver: section.")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="A .caffemodel (binary NetParameter): its blobs become a netc checkpoint.")
+@click.option("--weights-out", type=click.Path(dir_okay=False), default=None,
+              help="The checkpoint's name (default: the YAML's path without .yaml, plus "
+                   ".weights: OUT.weights.json + OUT.weights.safetensors).")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
-              help="Where to write the YAML (default: standard output).")
-def import_caffe(net, output) -> None:
-    """Translate a Caffe net from protobuf text format (.prototxt) to netc YAML.
+              help="Where to write the YAML (default: standard output; required with --weights).")
+def import_caffe(net, solver, weights, weights_out, output) -> None:
+    """Translate a Caffe net from protobuf text format (.prototxt) to netc YAML, and optionally
+    its trained weights (.caffemodel) to a netc checkpoint.
 
     \b
-    netc import-caffe lenet_train_test.prototxt -o lenet.yaml && netc check lenet.yaml
+    netc import-caffe lenet_train_test.prototxt --solver lenet_solver.prototxt -o lenet.yaml
+    netc import-caffe deploy.prototxt --weights bvlc_alexnet.caffemodel -o alexnet.yaml
+    netc predict alexnet.yaml in.npz --weights alexnet.weights.json -o out.npz
 
-    The translation is syntax only (spec/prototxt.py); `netc check` validates the result.
-    Errors are printed as FILE:LINE:COL: error: ... Exit status 0, or 1 on an error.
+    V1 nets (layers { type: CONVOLUTION blobs_lr: 1 }) are upgraded as Caffe upgrades them, and
+    forks' additions that have a clear meaning are translated (pooling ceil_mode, SegNet's BN);
+    comments are kept. Problems that do not stop the import (a *_param block the layer's type
+    does not read, which is dropped; a layer type or field netc does not know, which is kept for
+    `netc check` to refuse) are printed as FILE:LINE:COL: warning: ... Weights are matched to
+    layers by name (Caffe's CopyTrainedLayersFrom); a mis-shaped blob is an error naming the
+    layer and blob index. Exit status 0, or 1 on an error.
     """
     from netc.files import FileRefused, read_regular
     from netc.spec.prototxt import PrototxtError, prototxt_to_yaml
 
+    if weights and output is None:
+        raise click.UsageError("--weights needs -o: the checkpoint is made for the written YAML")
+    warnings: list = []
+    path = net
     try:
         text = read_regular(net, 64 << 20)  # a regular file only, and bounded
-        yaml_text = prototxt_to_yaml(text, net_source=net,
+        solver_text = None
+        if solver is not None:
+            path = solver
+            solver_text = read_regular(solver, 64 << 20)
+        path = net
+        yaml_text = prototxt_to_yaml(text, solver_text, net_source=net, solver_source=solver,
+                                     warnings=warnings,
                                      comment=f"Translated from {net} by netc import-caffe.")
     except FileRefused as e:
-        click.echo(f"{net}: error: cannot read this file: it {e.message}", err=True)
+        click.echo(f"{path}: error: cannot read this file: it {e.message}", err=True)
         sys.exit(1)
     except OSError as e:
-        click.echo(f"{net}: error: cannot read file: {e.strerror}", err=True)
+        click.echo(f"{path}: error: cannot read file: {e.strerror}", err=True)
         sys.exit(1)
     except PrototxtError as e:
         click.echo(f"{e.source or net}:{e.line}:{e.col}: error: {e.message}", err=True)
         sys.exit(1)
+    for w in warnings:
+        click.echo(str(w), err=True)
     if output is None:
         click.echo(yaml_text, nl=False)
         return
@@ -196,6 +223,20 @@ def import_caffe(net, output) -> None:
         click.echo(f"{output}: error: cannot write file: {e.strerror}", err=True)
         sys.exit(1)
     click.echo(f"wrote {output}", err=True)
+    if weights is None:
+        return
+    from netc.errors import NetcError
+    from netc.runtime.caffemodel import import_caffemodel
+
+    if weights_out is None:
+        stem = output[:-5] if output.endswith(".yaml") else output
+        weights_out = stem + ".weights"
+    try:
+        written, _ = import_caffemodel(weights, output, weights_out, err=sys.stderr)
+    except NetcError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {written}", err=True)
 
 
 @main.command()

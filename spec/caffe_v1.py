@@ -183,7 +183,9 @@ def _segnet_bn(layer: dict, ktok, make_ident) -> list[dict]:
         return [scale]
     name = layer.get("name", [])
     bn_name = [(f"{n}_bn", t) for n, t in name[-1:]]
-    mid = [(f"{t}_bn" if isinstance(t, str) else t, tt) for t, tt in top[-1:]] if top else []
+    in_place = [b for b, _ in bottom] == [t for t, _ in top]
+    mid = top if in_place else [(f"{t}_bn" if isinstance(t, str) else t, tt)
+                                for t, tt in top[-1:]]
     norm = {"name": bn_name, "type": [("BatchNorm", ktok)], "bottom": bottom, "top": mid}
     norm.update(common)
     norm["batch_norm_param"] = [({"use_global_stats": [(False, ktok)]}, ktok)]

@@ -493,5 +493,28 @@ def sample(spec, weights, prime, length, temperature, top_k, beam, length_penalt
     _run_command(lambda: command.run(cfg, sys.stdout, sys.stderr))
 
 
+@main.command(name="time")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--iterations", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Timed calls per program (the median is reported), after one warm-up call.")
+@click.option("--phase", type=PHASES, default="TRAIN", show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Fix the batch size (needed when the net's batch is symbolic).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+def time_cmd(spec, iterations, phase, batch, as_json) -> None:
+    """Time each layer's forward and backward, and the whole jitted step (Caffe's `caffe time`).
+
+    Per layer: forward and backward milliseconds (each its own jitted program on random inputs of
+    the planned shapes, median of --iterations calls), their share of the sum, and the algorithm
+    the lowering chose (im2col+matmul or lax.conv, lax.scan...). Then the whole net forward and
+    the whole train step (forward + backward + update), as `netc train` runs it: XLA fuses across
+    layers, so the whole step is the real cost. Exit status 0, or 1 on a spec error.
+    """
+    from netc.runtime.commands import time as command
+
+    _run_command(lambda: command.run(spec, phase=phase.upper(), batch=batch,
+                                     iterations=iterations, as_json=as_json, out=sys.stdout))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

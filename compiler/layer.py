@@ -215,6 +215,12 @@ class Layer:
         """Extra detail for `netc check`'s table (e.g. a pooling layer's round mode)."""
         return ""
 
+    def describe_lowering(self, resolved: Any) -> str:
+        """The algorithm the lowering runs this layer with, given its plan-time decisions
+        (PlannedLayer.resolved), for `netc time`: "im2col+matmul", "lax.conv", "lax.scan"...
+        Default: the layer type (no choice to report)."""
+        return self.type
+
     def weight_roles(self, params: dict[str, ParamDecl]) -> list[str]:
         """The roles that are weights (not biases): an unset filler leaves them constant 0 and
         every unit equal, which `netc check` warns about. Default: the role "weight"."""

@@ -211,6 +211,12 @@ convolution_param:
         per_out = (x[axis] // self.p.group) * math.prod(w.kernel)
         return count(y, 1) * per_out
 
+    def describe_lowering(self, resolved) -> str:
+        if resolved is not None and resolved.im2col:
+            return "im2col+matmul"
+        groups = f", {self.p.group} groups" if self.p.group != 1 else ""
+        return f"lax.conv {len(resolved.out) if resolved is not None else '?'}-D{groups}"
+
     def _use_im2col(self, channels: int, w: Window, out: tuple[int, ...]) -> bool:
         """The lowering is chosen by shape (bench/lenet_train.py): small 2-D convolutions run
         faster on CPU as one matmul over shifted slices (Caffe's own im2col strategy) than through
@@ -225,6 +231,10 @@ convolution_param:
 @register
 class Deconvolution(_ConvBase):
     type = "Deconvolution"
+
+    def describe_lowering(self, resolved) -> str:
+        n = len(resolved.out) if resolved is not None else "?"
+        return f"lax.conv {n}-D transposed (input dilated by the stride)"
     summary = "Transposed convolution: out = stride·(in−1) + dilation·(k−1) + 1 − 2·pad."
     example = """\
 name: upscore

@@ -238,6 +238,16 @@ pooling_param:
     def macs(self, bottoms, tops):
         return 0  # comparisons / additions, not multiply-accumulates
 
+    def describe_lowering(self, resolved) -> str:
+        method = self.p.pool
+        if method == "STOCHASTIC":
+            return "STOCHASTIC: windows + categorical draw"
+        if method == "MAX" and len(self.spec.top) == 1 and resolved is not None and resolved.tiles:
+            return "MAX: tiled reshape + argmax gather"
+        if method == "MAX" and len(self.spec.top) == 2:
+            return "MAX: reduce_window + argmax mask"
+        return f"{method}: reduce_window"
+
     def apply(self, params, bottoms, ctx):
         return pool(bottoms[0], self.p.pool, ctx.layer.resolved, ctx, mask=len(self.spec.top) == 2)
 

@@ -298,6 +298,14 @@ class _Recurrent(Layer):
         state = (g.L * g.D, g.N, g.H)
         return [y] + ([state] * self.n_states if self.p.expose_hidden else [])
 
+    def describe_lowering(self, resolved) -> str:
+        how = ("lax.scan, hand-written VJP" if self._single_matmul else "lax.scan, autodiff")
+        if resolved is None:
+            return how
+        dirs = " both directions" if resolved.D == 2 else ""
+        layers = f", {resolved.L} layers" if resolved.L > 1 else ""
+        return f"{how}: {resolved.T} steps{dirs}{layers}"
+
     def resolve(self, bottoms):
         return self._geometry(bottoms)
 

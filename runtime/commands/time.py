@@ -1,0 +1,299 @@
+"""`netc time`: Caffe's `caffe time` — where the time of a forward / backward pass goes.
+
+Each layer's forward and backward run as their own jitted programs on the blobs the net itself
+computes from random inputs of the planned shapes (so integer blobs hold legal ids and labels):
+the forward is `unit.apply`, the backward the VJP of the layer's floating-point tops with respect
+to its floating-point bottoms and learned parameters, run from the residuals its forward saved
+(Caffe's Backward, without the forward again). Each is the median of N calls after a warm-up
+call, each waited for (block_until_ready). Then the whole jitted net forward and the whole train
+step (forward + backward + solver update, the program `netc train` runs) are timed the same way.
+
+XLA fuses across layers in the whole programs, so the sum of the layers is not the whole net's
+cost: the whole step is what a training iteration costs. The layer rows show where time goes.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TextIO
+
+from netc.runtime.errors import EXIT_OK, RunError
+
+
+@dataclass
+class LayerTiming:
+    name: str
+    type: str
+    lowering: str
+    forward_ms: float | None
+    backward_ms: float | None  # None: nothing to differentiate (no float bottom or parameter)
+    share: float = 0.0  # (forward + backward) / the sum over layers
+    note: str = ""
+
+
+@dataclass
+class Timing:
+    spec: str
+    phase: str
+    batch: int
+    iterations: int
+    backend: str
+    layers: list[LayerTiming] = field(default_factory=list)
+    layers_forward_ms: float = 0.0
+    layers_backward_ms: float = 0.0
+    net_forward_ms: float | None = None
+    train_step_ms: float | None = None  # forward + backward + update, one batch
+    train_step_first_call_s: float | None = None  # compilation included
+    train_step_note: str = ""
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def _median_ms(fn, iterations: int) -> float:
+    """Median wall milliseconds of `fn()` (which returns arrays) over `iterations` calls, after
+    one warm-up call (compilation)."""
+    import jax
+
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(iterations):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def _is_float(x) -> bool:
+    import jax.numpy as jnp
+
+    return jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def _inputs(plan, seed: int) -> dict:
+    """Random arrays for the net's inputs (data-layer tops), of the planned shapes: what a
+    layer reads as class indices or ids (a loss's labels, an Embed's input) gets integers in
+    [0, classes); a text source's tokens in [0, vocabulary); other blobs Gaussian floats."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    classes: dict[str, int | None] = {}
+    floats: set[str] = set()
+    for pl in plan.layers:
+        fact = pl.unit.label_fact(list(pl.bottom_shapes))
+        if fact is None or fact.bottom >= len(pl.bottoms):
+            continue
+        b = pl.bottoms[fact.bottom]
+        if fact.kind == "class":
+            c = fact.classes
+            old = classes.get(b, c)
+            classes[b] = c if old is None else (old if c is None else min(old, c))
+        else:
+            floats.add(b)
+    vocab: dict[str, int] = {}
+    for pl in plan.layers:
+        fact = pl.unit.data_fact() if pl.unit.is_data else None
+        if fact is not None:
+            for role, top in zip(fact.roles, pl.tops):
+                if role in fact.vocab:
+                    vocab[top] = fact.vocab[role]
+                elif role == "label" and top not in floats:
+                    classes.setdefault(top, None)
+    out = {}
+    for b in plan.inputs:
+        shape = tuple(int(d) for d in plan.blobs[b])
+        if b in classes or b in vocab:
+            bounds = [int(x) for x in (classes.get(b), vocab.get(b)) if x]
+            out[b] = rng.integers(0, min(bounds) if bounds else 1, size=shape).astype(np.int32)
+        else:
+            out[b] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def _layer_params(pl, params: dict, state: dict) -> tuple[dict, dict]:
+    """(learned, other) parameter blobs of one layer by role, as Net.apply gathers them."""
+    learned, other = {}, {}
+    for role, (owner, orole) in pl.param_owner.items():
+        decl = pl.params[role]
+        src = params if decl.learned else state
+        if decl.carry and orole not in src.get(owner, {}):
+            continue
+        (learned if decl.learned else other)[role] = src[owner][orole]
+    return learned, other
+
+
+def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, iterations: int
+                ) -> LayerTiming:
+    import jax
+    import jax.numpy as jnp
+
+    from netc.compiler.lower import Context
+
+    unit = pl.unit
+    lowering = unit.describe_lowering(pl.resolved)
+    bottoms = [blobs[b] for b in pl.bottoms]
+    learned, other = _layer_params(pl, params, state)
+    lstate = state.get(pl.name, {})
+
+    def forward(learned, bottoms, other, lstate, key):
+        ctx = Context(train, key, lstate, {}, pl)
+        tops = unit.apply({**learned, **other}, list(bottoms), ctx)
+        return list(tops), ctx.new_state
+
+    fwd = jax.jit(forward)
+    fwd_ms = _median_ms(lambda: fwd(learned, bottoms, other, lstate, key), iterations)
+
+    # the backward: d(float tops) / d(float bottoms that propagate down, learned parameters)
+    pd = unit.spec.propagate_down or [True] * len(bottoms)
+    diff = [i for i, x in enumerate(bottoms) if _is_float(x) and pd[i]]
+    dparams = {r: v for r, v in learned.items() if _is_float(v)}
+    tops, _ = fwd(learned, bottoms, other, lstate, key)
+    ftops = [i for i, t in enumerate(tops) if _is_float(t)]
+    if not ftops or (not diff and not dparams):
+        return LayerTiming(pl.name, pl.type, lowering, fwd_ms, None, note="nothing to differentiate")
+
+    fixed = {r: v for r, v in learned.items() if r not in dparams}  # integer blobs, if any
+
+    def f(dp, db, rest):
+        full = list(rest)
+        for i, x in zip(diff, db):
+            full[i] = x
+        tops, _ = forward({**fixed, **dp}, full, other, lstate, key)
+        return [tops[i] for i in ftops]
+
+    @jax.jit
+    def fwd_vjp(dp, db, rest):
+        return jax.vjp(lambda dp, db: f(dp, db, rest), dp, db)
+
+    @jax.jit
+    def bwd(vjp_fn, cot):
+        return vjp_fn(cot)
+
+    rest = [None if i in diff else x for i, x in enumerate(bottoms)]
+    db = [bottoms[i] for i in diff]
+    try:
+        outs, vjp_fn = fwd_vjp(dparams, db, rest)
+        cot = [jnp.ones_like(o) for o in outs]
+        bwd_ms = _median_ms(lambda: bwd(vjp_fn, cot), iterations)
+    except Exception as e:  # a lowering JAX cannot differentiate: report it, time the others
+        return LayerTiming(pl.name, pl.type, lowering, fwd_ms, None,
+                           note=f"backward failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+    return LayerTiming(pl.name, pl.type, lowering, fwd_ms, bwd_ms)
+
+
+def _optimizer(ctx, net):
+    from netc.runtime.solver import make_optimizer
+    from netc.spec.solver import SolverParameter
+
+    sp = (ctx.solver or SolverParameter(base_lr=0.01, lr_policy="fixed")).resolved()
+    return make_optimizer(sp, *net.multipliers()), ("the spec's solver" if ctx.solver is not None
+                                                    else "no solver in the spec: plain SGD")
+
+
+def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
+            iterations: int = 10, seed: int = 0) -> Timing:
+    import jax
+
+    from netc.compiler.lower import lower
+    from netc.runtime.context import load_context
+    from netc.runtime.trainer import make_train_step
+
+    ctx = load_context(spec_path)
+    plan = ctx.plan(phase, batch)
+    bad = [b for b in plan.inputs if any(isinstance(d, str) for d in plan.blobs[b])]
+    if bad:
+        raise RunError(f"{spec_path}: the {phase} net's batch is symbolic (input "
+                       f"'{bad[0]}'); give --batch N to time it")
+    if not any(not pl.unit.is_data for pl in plan.layers):
+        raise RunError(f"{spec_path}: the {phase} net has no layer to time")
+    net = lower(plan)
+    train = phase == "TRAIN"
+    root = jax.random.PRNGKey(seed)
+    params, state = net.init(jax.random.fold_in(root, 1))
+    inputs = jax.device_put(_inputs(plan, seed))
+    key = jax.random.fold_in(root, 2)
+    apply = jax.jit(lambda p, s, x, k: net.apply(p, s, x, rng=k, train=train))
+    blobs, _ = apply(params, state, inputs, key)
+
+    b = plan.batch_size
+    result = Timing(spec_path, phase, int(b) if isinstance(b, int) else 0, iterations,
+                    jax.default_backend())
+    for pl in plan.layers:
+        if pl.unit.is_data:
+            continue
+        lk = jax.random.fold_in(key, net._rng_index[pl.name])
+        result.layers.append(_time_layer(pl, blobs, params, state, train, lk, iterations))
+    result.layers_forward_ms = sum(t.forward_ms or 0.0 for t in result.layers)
+    result.layers_backward_ms = sum(t.backward_ms or 0.0 for t in result.layers)
+    total = result.layers_forward_ms + result.layers_backward_ms
+    for t in result.layers:
+        t.share = ((t.forward_ms or 0.0) + (t.backward_ms or 0.0)) / total if total > 0 else 0.0
+
+    result.net_forward_ms = _median_ms(lambda: apply(params, state, inputs, key)[0], iterations)
+    if not plan.has_loss:
+        result.train_step_note = f"the {phase} net has no loss: no train step to time"
+        return result
+    optimizer, which = _optimizer(ctx, net)
+    step = make_train_step(net, optimizer, 1, jax.random.fold_in(root, 3))
+    carry = [jax.tree_util.tree_map(lambda x: x.copy(), params),
+             jax.tree_util.tree_map(lambda x: x.copy(), state), optimizer.init(params)]
+    it = [0]
+
+    def one():
+        p, s, o, loss = step(*carry, inputs, it[0])
+        carry[:] = [p, s, o]
+        it[0] += 1
+        return loss
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(one())
+    result.train_step_first_call_s = time.perf_counter() - t0
+    result.train_step_ms = _median_ms(one, iterations)
+    result.train_step_note = f"one batch, {which}" + (" (iter_size 1)" if ctx.solver is not None
+                                                      and int(ctx.solver.iter_size) > 1 else "")
+    return result
+
+
+def _fmt(ms: float | None) -> str:
+    return "—" if ms is None else f"{ms:.3f}"
+
+
+def print_table(t: Timing, out: TextIO) -> None:
+    out.write(f"{t.spec}: {t.phase} phase, batch {t.batch}, {t.backend}; median of "
+              f"{t.iterations} iterations (ms)\n")
+    rows = [("layer", "type", "forward", "backward", "share", "lowering")]
+    for lt in t.layers:
+        low = lt.lowering + (f" ({lt.note})" if lt.note else "")
+        rows.append((lt.name, lt.type, _fmt(lt.forward_ms), _fmt(lt.backward_ms),
+                     f"{100 * lt.share:.1f}%", low))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {2, 3, 4}
+    for r in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(r, widths))]
+        out.write("  " + "  ".join(cells).rstrip() + "\n")
+    s = t.layers_forward_ms + t.layers_backward_ms
+    out.write(f"  sum of layers: forward {t.layers_forward_ms:.3f} ms, backward "
+              f"{t.layers_backward_ms:.3f} ms, forward+backward {s:.3f} ms\n")
+    out.write(f"  whole net forward (one jitted program): {_fmt(t.net_forward_ms)} ms\n")
+    if t.train_step_ms is not None:
+        out.write(f"  whole train step (forward+backward+update, one jitted program): "
+                  f"{t.train_step_ms:.3f} ms — {t.train_step_note}; first call "
+                  f"{t.train_step_first_call_s:.2f} s with compilation\n")
+    else:
+        out.write(f"  whole train step: {t.train_step_note}\n")
+    out.write("  XLA fuses across layers in the whole programs: the whole step is the real cost "
+              "per iteration, the layer rows show where it goes.\n")
+
+
+def run(spec_path: str, *, phase: str, batch: int | None, iterations: int, as_json: bool,
+        out: TextIO) -> int:
+    t = measure(spec_path, phase=phase, batch=batch, iterations=iterations)
+    if as_json:
+        out.write(json.dumps(t.as_json(), indent=2) + "\n")
+    else:
+        print_table(t, out)
+    return EXIT_OK

@@ -1,0 +1,105 @@
+"""`netc time` (Caffe's `caffe time`): per-layer forward / backward milliseconds, their share,
+the lowering's algorithm, and the whole jitted forward and train step."""
+
+import json
+
+import pytest
+
+from conftest import netc
+
+TINY = """
+name: tiny
+layers:
+  - name: input
+    type: Input
+    top: [data, label]
+    input_param: {shape: [{dim: [-1, 1, 12, 12]}, {dim: [-1]}]}
+  - name: conv1
+    type: Convolution
+    bottom: data
+    top: conv1
+    convolution_param: {num_output: 4, kernel_size: 3, weight_filler: {type: xavier}}
+  - {name: pool1, type: Pooling, bottom: conv1, top: pool1,
+     pooling_param: {pool: MAX, kernel_size: 2, stride: 2}}
+  - {name: relu1, type: ReLU, bottom: pool1, top: pool1}
+  - name: ip1
+    type: InnerProduct
+    bottom: pool1
+    top: ip1
+    inner_product_param: {num_output: 5, weight_filler: {type: xavier}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip1, label], top: loss}
+solver: {base_lr: 0.1, momentum: 0.9, lr_policy: fixed}
+"""
+
+LAYERS = [("conv1", "Convolution"), ("pool1", "Pooling"), ("relu1", "ReLU"),
+          ("ip1", "InnerProduct"), ("loss", "SoftmaxWithLoss")]
+
+
+@pytest.fixture
+def tiny(write_spec):
+    return write_spec(TINY, "tiny.yaml")
+
+
+def _ms(cell: str) -> float:
+    return float(cell)
+
+
+def test_table_has_every_layer_and_the_totals(tiny):
+    r = netc("time", tiny, "--iterations", 2, "--batch", 3)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = r.stdout.splitlines()
+    assert "TRAIN phase, batch 3" in lines[0]
+    rows = {ln.split()[0]: ln.split() for ln in lines[2:] if ln.strip() and ln.split()[0] in
+            dict(LAYERS)}
+    assert list(rows) == [name for name, _ in LAYERS]  # plan order, data layer not timed
+    shares = 0.0
+    for name, typ in LAYERS:
+        cells = rows[name]
+        assert cells[1] == typ
+        assert _ms(cells[2]) > 0  # forward ms
+        assert _ms(cells[3]) > 0  # backward ms: each layer has a float bottom or weights
+        shares += float(cells[4].rstrip("%"))
+    assert abs(shares - 100) < 0.6  # rounded to 0.1% each
+    assert "im2col+matmul" in " ".join(rows["conv1"][5:])  # a 12×12 conv: the small-conv path
+    assert "MAX: tiled reshape" in " ".join(rows["pool1"][5:])
+    assert "sum of layers: forward" in r.stdout
+    assert "whole net forward" in r.stdout
+    assert "whole train step (forward+backward+update" in r.stdout
+    assert "the whole step is the real cost" in r.stdout
+
+
+def test_json_keys_and_test_phase(tiny):
+    r = netc("time", tiny, "--iterations", 2, "--batch", 3, "--phase", "TEST", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    for k in ("spec", "phase", "batch", "iterations", "backend", "layers", "layers_forward_ms",
+              "layers_backward_ms", "net_forward_ms", "train_step_ms", "train_step_first_call_s"):
+        assert k in doc, k
+    assert doc["phase"] == "TEST" and doc["batch"] == 3 and doc["iterations"] == 2
+    assert [(t["name"], t["type"]) for t in doc["layers"]] == LAYERS
+    for t in doc["layers"]:
+        assert set(t) >= {"name", "type", "lowering", "forward_ms", "backward_ms", "share"}
+        assert t["forward_ms"] > 0
+    assert doc["layers_forward_ms"] == pytest.approx(sum(t["forward_ms"] for t in doc["layers"]))
+    assert sum(t["share"] for t in doc["layers"]) == pytest.approx(1.0)
+    assert doc["net_forward_ms"] > 0 and doc["train_step_ms"] > 0
+
+
+def test_symbolic_batch_needs_batch(tiny):
+    r = netc("time", tiny, "--iterations", 1)
+    assert r.returncode == 1
+    assert "give --batch N" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_spec_reports_like_check(write_spec):
+    bad = write_spec(TINY.replace("bottom: pool1\n    top: ip1", "bottom: pool9\n    top: ip1"),
+                     "bad.yaml")
+    r = netc("time", bad, "--iterations", 1, "--batch", 2)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    check = netc("check", bad)
+    assert check.returncode == 1
+    errors = [ln for ln in check.stderr.splitlines() if ": error: " in ln]
+    assert errors and all(e in r.stderr for e in errors)
+    assert errors[0].startswith(f"{bad}:") and "pool9" in errors[0]

@@ -638,3 +638,35 @@ def test_pickles_and_garbage_are_refused(tmp_path):
     bad.write_bytes(pickle.dumps([1, 2], protocol=4))
     code, _, err = cli("import-caffe", src, "--weights", bad, "-o", tmp_path / "n.yaml")
     assert code == 1 and "never unpickles" in err
+
+
+@needs_shared
+def test_lenet_caffemodel_runs_under_netc_test(tmp_path):
+    """Caffe's LeNet with V1-style legacy blobs (InnerProduct weights 1×1×500×800): the checkpoint
+    loads into `netc test` with every blob matched."""
+    from netc.runtime.caffemodel import import_caffemodel
+
+    out = tmp_path / "lenet.yaml"
+    assert cli("import-caffe", CAFFE / "lenet_train_test.prototxt", "--solver",
+               CAFFE / "lenet_solver.prototxt", "-o", out)[0] == 0
+    text = out.read_text().replace("examples/mnist/mnist_train_lmdb", "netc:digits/train")
+    out.write_text(text.replace("examples/mnist/mnist_test_lmdb", "netc:digits/test"))
+    rng = np.random.default_rng(0)
+    arrays = {"conv1": [rng.normal(size=(20, 1, 5, 5)) * 0.2, np.zeros(20)],
+              "conv2": [rng.normal(size=(50, 20, 5, 5)) * 0.05, np.zeros(50)],
+              "ip1": [rng.normal(size=(500, 800)) * 0.03, np.zeros(500)],
+              "ip2": [rng.normal(size=(10, 500)) * 0.05, np.zeros(10)]}
+    cls = caffe_classes(True)
+    net = cls["NetParameter"](name="LeNet")
+    for name, blobs in arrays.items():
+        layer = net.layers.add(name=name, type="CONVOLUTION" if "conv" in name else "INNER_PRODUCT")
+        for a in blobs:
+            layer.blobs.append(blob(cls, a, "legacy"))
+    model = tmp_path / "lenet.caffemodel"
+    model.write_bytes(net.SerializeToString())
+    ckpt, report = import_caffemodel(str(model), str(out), str(tmp_path / "lenet.weights"))
+    assert len(report.loaded) == 8 and not report.errors and not report.missing
+    code, stdout, err = cli("test", out, "--weights", ckpt, "--iterations", "1")
+    assert code == 0, err
+    assert "loaded 8 blob(s), skipped 0" in err
+    assert "accuracy" in stdout and "loss" in stdout

@@ -80,7 +80,7 @@ class UpgradeError(ValueError):
         self.message, self.tok = message, tok
 
 
-def upgrade_v1_layer(layer: dict, tok, make_ident: Callable[[str], Any]) -> dict:
+def upgrade_v1_layer(layer: dict) -> dict:
     """One V1LayerParameter (raw) → a LayerParameter (raw), as UpgradeV1LayerParameter does."""
     if "layer" in layer:
         raise UpgradeError("V0 layer (layers { layer { ... } }): netc reads V1 and current nets; "
@@ -130,7 +130,7 @@ def _scalar(msg: dict, key: str):
     return items[-1] if items else (None, None)
 
 
-def fork_fixes(layer: dict, make_ident: Callable[[str], Any], warn) -> list[dict]:
+def fork_fixes(layer: dict, make_ident: Callable[[str], Any]) -> list[dict]:
     """A raw layer → the raw layers netc reads (usually the same one)."""
     kind, ktok = _scalar(layer, "type")
     for pp, _ in layer.get("pooling_param", []):

@@ -451,7 +451,7 @@ def _upgraded(parsed: _Parsed, source: str | None, warnings: list | None) -> tup
                                 source)
         if v1:
             try:
-                value = upgrade_v1_layer(value, tok, _Ident)
+                value = upgrade_v1_layer(value)
             except UpgradeError as e:
                 raise fail(e) from None
         else:
@@ -462,7 +462,7 @@ def _upgraded(parsed: _Parsed, source: str | None, warnings: list | None) -> tup
                         "in V1 'layers' blocks; LayerParameter's type is a string such as "
                         "\"Convolution\"", ktok.line, ktok.col, source)
         try:
-            produced = fork_fixes(value, _Ident, None)
+            produced = fork_fixes(value, _Ident)
         except UpgradeError as e:
             raise fail(e) from None
         for layer in produced:

@@ -29,6 +29,7 @@ of a plain one-device run.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,10 +93,18 @@ def initialize(cluster: Cluster) -> None:
                           "process_id": cluster.process_id}
     if jax.config.jax_cpu_collectives_implementation is None:  # CPU processes need one
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    timeout = int(os.environ.get("NETC_DISTRIBUTED_TIMEOUT", "300"))
+    # JAX's coordination client aborts the process (not a Python error) when the coordinator
+    # never answers: say first what this process is waiting for
+    where = cluster.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or "(from the environment)"
+    who = (f"process {cluster.process_id} of {cluster.num_processes}"
+           if cluster.process_id is not None and cluster.num_processes is not None else "this process")
+    sys.stderr.write(f"note: {who} joins the job coordinated at {where} (waiting up to {timeout} s "
+                     "for every process; NETC_DISTRIBUTED_TIMEOUT)\n")
+    sys.stderr.flush()
     try:
         jax.distributed.initialize(**{k: v for k, v in kw.items() if v is not None},
-                                   initialization_timeout=int(os.environ.get(
-                                       "NETC_DISTRIBUTED_TIMEOUT", "300")))
+                                   initialization_timeout=timeout)
     except (ValueError, TypeError) as e:
         raise RunError(f"cannot start the multi-host run: {e}") from None
     except RuntimeError as e:  # the coordinator did not answer, a backend already started...

@@ -27,6 +27,12 @@ The step is one `jax.jit` function that donates params / state / optimizer state
 a checkpoint stores params, state, optimizer state, the iteration and the stream position, so a
 resumed run computes bit-for-bit what the uninterrupted run would have.
 
+With several devices (all local ones by default, `TrainConfig.devices` to choose; several hosts
+through `coordinator` / `num_processes` / `process_id`), the step is data parallel
+(runtime/distributed.py): the spec's batch is the global batch, split over a mesh; params, state
+and optimizer state are replicated; only process 0 writes the run directory and shows progress.
+With one device the step and its numbers are the plain single-device ones.
+
 Run directory (``--out``, default ``runs/<spec name>-<timestamp>``)::
 
     spec.yaml          the spec text as trained (and solver.yaml when --solver was given)

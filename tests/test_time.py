@@ -4,7 +4,6 @@ the lowering's algorithm, and the whole jitted forward and train step."""
 import json
 
 import pytest
-
 from conftest import netc
 
 TINY = """

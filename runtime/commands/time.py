@@ -1,7 +1,8 @@
 """`netc time`: Caffe's `caffe time` — where the time of a forward / backward pass goes.
 
-Each layer's forward and backward run as their own jitted programs on the blobs the net itself
-computes from random inputs of the planned shapes (so integer blobs hold legal ids and labels):
+Each layer's forward and backward run as their own jitted programs on the blobs the layers before
+it computed, in plan order, from random inputs of the planned shapes (so integer blobs hold legal
+ids and labels, and an in-place layer reads its bottom as it was before it ran):
 the forward is `unit.apply`, the backward the VJP of the layer's floating-point tops with respect
 to its floating-point bottoms and learned parameters, run from the residuals its forward saved
 (Caffe's Backward, without the forward again). Each is the median of N calls after a warm-up
@@ -127,6 +128,7 @@ def _layer_params(pl, params: dict, state: dict) -> tuple[dict, dict]:
 
 def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, iterations: int
                 ) -> LayerTiming:
+    """Time one layer on its bottoms in `blobs`, then write its tops there (the net's walk)."""
     import jax
     import jax.numpy as jnp
 
@@ -151,6 +153,7 @@ def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, it
     diff = [i for i, x in enumerate(bottoms) if _is_float(x) and pd[i]]
     dparams = {r: v for r, v in learned.items() if _is_float(v)}
     tops, _ = fwd(learned, bottoms, other, lstate, key)
+    blobs.update(zip(pl.tops, tops))
     ftops = [i for i, t in enumerate(tops) if _is_float(t)]
     if not ftops or (not diff and not dparams):
         return LayerTiming(pl.name, pl.type, lowering, fwd_ms, None, note="nothing to differentiate")
@@ -216,7 +219,7 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
     inputs = jax.device_put(_inputs(plan, seed))
     key = jax.random.fold_in(root, 2)
     apply = jax.jit(lambda p, s, x, k: net.apply(p, s, x, rng=k, train=train))
-    blobs, _ = apply(params, state, inputs, key)
+    blobs = dict(inputs)  # each layer reads what the layers before it wrote, as Net.apply does
 
     b = plan.batch_size
     result = Timing(spec_path, phase, int(b) if isinstance(b, int) else 0, iterations,
@@ -282,7 +285,8 @@ def print_table(t: Timing, out: TextIO) -> None:
     if t.train_step_ms is not None:
         out.write(f"  whole train step (forward+backward+update, one jitted program): "
                   f"{t.train_step_ms:.3f} ms — {t.train_step_note}; first call "
-                  f"{t.train_step_first_call_s:.2f} s with compilation\n")
+                  f"{t.train_step_first_call_s:.2f} s (compiled, or loaded from the compile "
+                  "cache)\n")
     else:
         out.write(f"  whole train step: {t.train_step_note}\n")
     out.write("  XLA fuses across layers in the whole programs: the whole step is the real cost "

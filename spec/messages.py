@@ -229,6 +229,10 @@ class PoolingParameter(Message):
     engine: Engine = "DEFAULT"
     global_pooling: bool = False
     round_mode: Literal["CEIL", "FLOOR"] = "CEIL"
+    # Adaptive pooling (a netc extension, PyTorch's AdaptiveAvgPool / AdaptiveMaxPool): the output's
+    # spatial size, one value for every axis or one per axis; output bin i of an axis of size n
+    # pools [floor(i·n/out), ceil((i+1)·n/out)). Replaces kernel_size / stride / pad.
+    output_size: Repeated(PosInt) = ()
 
 
 class ReLUParameter(Message):

@@ -1,6 +1,7 @@
 """Pooling with Caffe's output-size rule: CEIL rounding by default, FLOOR on request, and the clip
 of a last window that would start in the padding; and SPP (spatial pyramid pooling), which is a
-stack of such poolings."""
+stack of such poolings. Adaptive pooling (`output_size`, PyTorch's AdaptiveAvgPool / AdaptiveMaxPool)
+is a netc extension: the output size is given and each bin's window follows from it."""
 
 from __future__ import annotations
 
@@ -64,6 +65,54 @@ class PoolGeometry:
             extent = np.maximum(np.minimum(start + k, size + p) - start, 1)
             div = div * extent.reshape((-1,) + (1,) * (n - 1 - i))
         return div
+
+
+def adaptive_bins(size: int, out: int) -> tuple[tuple[int, int], ...]:
+    """PyTorch's adaptive pooling bins on one axis: bin i pools [floor(i·size/out),
+    ceil((i+1)·size/out)). Bins may overlap (size not divisible by out) or repeat (out > size)."""
+    return tuple((i * size // out, -(-(i + 1) * size // out)) for i in range(out))
+
+
+@dataclass(frozen=True)
+class AdaptiveGeometry:
+    """An adaptive pooling resolved for its input shape: per spatial axis the input size, the
+    output size and each output position's [start, end) bin."""
+
+    size: tuple[int, ...]
+    out: tuple[int, ...]
+
+    def bins(self, axis: int) -> tuple[tuple[int, int], ...]:
+        return adaptive_bins(self.size[axis], self.out[axis])
+
+
+def adaptive_pool(x, method: str, g: AdaptiveGeometry):
+    """MAX / AVE over PyTorch's adaptive bins. Both are separable over the axes (a bin is the
+    product of per-axis intervals), so each axis is pooled in turn: an axis whose size divides
+    by its output pools equal, disjoint bins by a reshape; otherwise AVE multiplies by the
+    out×size averaging matrix and MAX stacks each bin's maximum."""
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    for i, (n, o) in enumerate(zip(g.size, g.out)):
+        a = 2 + i
+        if n == o:
+            continue
+        if n % o == 0:
+            split = x.shape[:a] + (o, n // o) + x.shape[a + 1:]
+            x = (jnp.max if method == "MAX" else jnp.mean)(x.reshape(split), axis=a + 1)
+            continue
+        bins = g.bins(i)
+        if method == "MAX":
+            x = jnp.stack([jnp.max(lax.slice_in_dim(x, s, e, axis=a), axis=a) for s, e in bins], a)
+            continue
+        m = np.zeros((o, n), np.float32)
+        for j, (s, e) in enumerate(bins):
+            m[j, s:e] = 1.0 / (e - s)
+        y = jnp.tensordot(x, jnp.asarray(m, x.dtype), axes=([a], [1]),
+                          precision=lax.Precision.HIGHEST)
+        x = jnp.moveaxis(y, -1, a)
+    return x
 
 
 def _pad_to_windows(x, g: PoolGeometry, value):
@@ -160,7 +209,9 @@ class Pooling(Layer):
     geometry = "window"
     tops = (1, 2)
     summary = ("MAX / AVE / L2 / STOCHASTIC pooling over N-D windows; Caffe's CEIL rounding by "
-               "default, FLOOR on request; MAX's optional second top is the argmax mask.")
+               "default, FLOOR on request; MAX's optional second top is the argmax mask. "
+               "output_size (a netc extension): adaptive MAX / AVE pooling to that size, with "
+               "PyTorch's bins [floor(i·n/out), ceil((i+1)·n/out)).")
     example = """\
 name: pool1
 type: Pooling
@@ -171,6 +222,31 @@ pooling_param:
   kernel_size: 2
   stride: 2
 """
+
+    @property
+    def adaptive(self) -> bool:
+        return bool(self.p.output_size)
+
+    def _adaptive(self, x: Shape) -> AdaptiveGeometry:
+        p = self.p
+        n = len(x) - 2
+        if n < 1:
+            raise SpecError(f"needs N×C×spatial input; input is {fmt_shape(x)}")
+        given = p.model_fields_set
+        for name in ("kernel_size", "kernel_h", "kernel_w", "stride", "stride_h", "stride_w",
+                     "pad", "pad_h", "pad_w", "global_pooling", "round_mode"):
+            if name in given:
+                raise SpecError(f"output_size (adaptive pooling) takes each window from the input "
+                                f"and output sizes; do not set {name}", ("pooling_param", name))
+        if p.pool not in ("MAX", "AVE"):
+            raise SpecError(f"adaptive pooling (output_size) is MAX or AVE, not {p.pool}",
+                            ("pooling_param", "pool"))
+        if len(p.output_size) not in (1, n):
+            raise SpecError(f"output_size has {len(p.output_size)} values; give 1 or {n} (one per "
+                            f"spatial axis of the input {fmt_shape(x)})",
+                            ("pooling_param", "output_size"))
+        out = tuple(p.output_size) * n if len(p.output_size) == 1 else tuple(p.output_size)
+        return AdaptiveGeometry(tuple(x[2:]), out)
 
     def _window(self, x: Shape) -> Window:
         p = self.p
@@ -210,15 +286,23 @@ pooling_param:
             out.append(o)
         return tuple(out)
 
-    def resolve(self, bottoms) -> PoolGeometry:
-        """The one computation of the geometry (window, Caffe's output size, cut and pads)."""
+    def resolve(self, bottoms) -> PoolGeometry | AdaptiveGeometry:
+        """The one computation of the geometry (window, Caffe's output size, cut and pads; or
+        the adaptive bins)."""
         x = bottoms[0]
+        if self.adaptive:
+            return self._adaptive(x)
         w = self._window(x)
         return PoolGeometry.of(w, x[2:], self._sizes(x, w))
 
     def infer(self, bottoms):
         x = bottoms[0]
         g = self.resolve(bottoms)
+        if self.adaptive:
+            if len(self.spec.top) == 2:
+                raise SpecError("adaptive pooling (output_size) has no argmax mask: give one top",
+                                ("top",))
+            return [x[:2] + g.out]
         if len(self.spec.top) == 2 and self.p.pool != "MAX":
             raise SpecError(f"a second top (the argmax mask) comes only from MAX pooling, "
                             f"not {self.p.pool}", ("top",))
@@ -226,11 +310,15 @@ pooling_param:
         return [x[:2] + g.out] * len(self.spec.top)
 
     def window(self, bottoms):
+        if self.adaptive:
+            return None  # bins of unequal size and fractional stride: not tracked
         w = self._window(bottoms[0])
         return list(zip(w.extent, w.stride))
 
     def describe(self) -> str:
         p = self.p
+        if p.output_size:
+            return f"{p.pool} adaptive {'×'.join(map(str, p.output_size))}"
         if p.global_pooling:
             return f"{p.pool} global"
         return f"{p.pool} {p.round_mode}"
@@ -240,6 +328,8 @@ pooling_param:
 
     def describe_lowering(self, resolved) -> str:
         method = self.p.pool
+        if self.adaptive:
+            return f"{method} adaptive: per-axis reshape / bins"
         if method == "STOCHASTIC":
             return "STOCHASTIC: windows + categorical draw"
         if method == "MAX" and len(self.spec.top) == 1 and resolved is not None and resolved.tiles:
@@ -249,6 +339,8 @@ pooling_param:
         return f"{method}: reduce_window"
 
     def apply(self, params, bottoms, ctx):
+        if self.adaptive:
+            return [adaptive_pool(bottoms[0], self.p.pool, ctx.layer.resolved)]
         return pool(bottoms[0], self.p.pool, ctx.layer.resolved, ctx, mask=len(self.spec.top) == 2)
 
 

@@ -513,7 +513,8 @@ def time_cmd(spec, iterations, phase, batch, as_json) -> None:
     from netc.runtime.commands import time as command
 
     _run_command(lambda: command.run(spec, phase=phase.upper(), batch=batch,
-                                     iterations=iterations, as_json=as_json, out=sys.stdout))
+                                     iterations=iterations, as_json=as_json, out=sys.stdout,
+                                     err=sys.stderr))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -197,7 +197,9 @@ def _optimizer(ctx, net):
 
 
 def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
-            iterations: int = 10, seed: int = 0) -> Timing:
+            iterations: int = 10, seed: int = 0, progress: TextIO | None = None) -> Timing:
+    """Time `spec_path`'s `phase` net (see the module docstring). `progress`, if given, gets
+    one line per program as it is compiled and timed (a big net compiles two per layer)."""
     import jax
 
     from netc.compiler.lower import lower
@@ -224,9 +226,11 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
     b = plan.batch_size
     result = Timing(spec_path, phase, int(b) if isinstance(b, int) else 0, iterations,
                     jax.default_backend())
-    for pl in plan.layers:
-        if pl.unit.is_data:
-            continue
+    todo = [pl for pl in plan.layers if not pl.unit.is_data]
+    for k, pl in enumerate(todo):
+        if progress is not None:
+            progress.write(f"\rtiming layer {k + 1}/{len(todo)}: {pl.name}\x1b[K")
+            progress.flush()
         lk = jax.random.fold_in(key, net._rng_index[pl.name])
         result.layers.append(_time_layer(pl, blobs, params, state, train, lk, iterations))
     result.layers_forward_ms = sum(t.forward_ms or 0.0 for t in result.layers)
@@ -235,6 +239,9 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
     for t in result.layers:
         t.share = ((t.forward_ms or 0.0) + (t.backward_ms or 0.0)) / total if total > 0 else 0.0
 
+    if progress is not None:
+        progress.write("\rtiming the whole forward and train step\x1b[K")
+        progress.flush()
     result.net_forward_ms = _median_ms(lambda: apply(params, state, inputs, key)[0], iterations)
     if not plan.has_loss:
         result.train_step_note = f"the {phase} net has no loss: no train step to time"
@@ -294,8 +301,16 @@ def print_table(t: Timing, out: TextIO) -> None:
 
 
 def run(spec_path: str, *, phase: str, batch: int | None, iterations: int, as_json: bool,
-        out: TextIO) -> int:
-    t = measure(spec_path, phase=phase, batch=batch, iterations=iterations)
+        out: TextIO, err: TextIO | None = None) -> int:
+    """`progress` lines go to `err` when it is a terminal."""
+    tty = err is not None and hasattr(err, "isatty") and err.isatty()
+    try:
+        t = measure(spec_path, phase=phase, batch=batch, iterations=iterations,
+                    progress=err if tty else None)
+    finally:
+        if tty:
+            err.write("\r\x1b[K")
+            err.flush()
     if as_json:
         out.write(json.dumps(t.as_json(), indent=2) + "\n")
     else:

@@ -28,6 +28,7 @@ def main(ctx: click.Context, no_compile_cache: bool) -> None:
     \b
     netc check models/lenet.yaml      shapes, parameters, MACs, receptive fields; errors as FILE:LINE:COL
     netc import-caffe NET.prototxt -o NET.yaml    a Caffe net (protobuf text format) as netc YAML
+    netc import-weights SPEC STATE.safetensors    PyTorch weights (safetensors) as a netc checkpoint
     netc layers [TYPE]                the layer catalogue with fields, defaults and examples
     netc schema                       a JSON Schema of the spec language for editors
     netc train models/lenet.yaml      train with the spec's solver (Caffe semantics), snapshots, resume
@@ -237,6 +238,37 @@ def import_caffe(net, solver, weights, weights_out, output) -> None:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     click.echo(f"wrote {written}", err=True)
+
+
+@main.command(name="import-weights")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("state", type=click.Path(dir_okay=False))
+@click.option("--map", "map_name", default="torchvision", show_default=True, metavar="NAME|FILE",
+              help="How state-dict keys become the net's layer/role blobs: a built-in map "
+                   "(torchvision) or a mapping file (YAML; format in README.md).")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default=None,
+              help="The checkpoint's name (default: STATE without .safetensors, plus .weights: "
+                   "STATE.weights.json + STATE.weights.safetensors).")
+def import_weights(spec, state, map_name, output) -> None:
+    """Import a PyTorch state dict saved with safetensors into a netc checkpoint for SPEC.
+
+    \b
+    netc import-weights models/resnet18_torchvision.yaml resnet18.safetensors -o r18.weights
+    netc predict models/resnet18_torchvision.yaml in.npz --weights r18.weights.json -o out.npz
+
+    BatchNorm running statistics go to Caffe's BatchNorm (scale factor 1), its weight/bias to the
+    following Scale layer. Tensors no rule maps, blobs of the net no tensor fills, and shape
+    mismatches are listed by name with their shapes, and nothing is written. .pt / .pth files
+    (pickles) are refused: convert them with torch.load(..., weights_only=True) and
+    safetensors' save_file. Exit status 0, or 1 on an error.
+    """
+    from netc.runtime.torch_weights import import_torch_weights
+
+    def run():
+        path, _ = import_torch_weights(spec, state, map_name, output, err=sys.stderr)
+        click.echo(f"wrote {path}", err=True)
+
+    _run_command(run)
 
 
 @main.command()

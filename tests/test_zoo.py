@@ -67,6 +67,9 @@ ZOO: dict[str, Figures] = {
                                         blobs={"pool5": (1, 256, 6, 6)}),
     "vgg16.yaml": Figures(138_357_544, 0, {"fc8": (1, 1000)}, 15_470_264_320, "15.47 G",
                           blobs={"pool5": (1, 512, 7, 7)}),
+    "vgg11_torchvision.yaml": Figures(132_863_336, 0, {"classifier_6": (1, 1000)}, 7_609_090_048,
+                                      "7.609 G", blobs={"features_20": (1, 512, 7, 7),
+                                                        "avgpool": (1, 512, 7, 7)}),
     # torchvision 9,600 BN statistics + 20 BatchNorm scale factors
     "resnet18_torchvision.yaml": Figures(11_689_512, 9_600 + 20, {"fc": (1, 1000)},
                                          1_814_073_344, "1.814 G",
@@ -104,7 +107,8 @@ ZOO: dict[str, Figures] = {
 PUBLISHED_PARAMS = {
     "lenet.yaml": 431_080, "bvlc_alexnet.yaml": 60_965_224, "bvlc_googlenet.yaml": 6_998_552,
     "resnet50_caffe.yaml": 25_557_096 + 53_173, "alexnet_torchvision.yaml": 61_100_840,
-    "vgg16.yaml": 138_357_544, "resnet18_torchvision.yaml": 11_689_512,
+    "vgg16.yaml": 138_357_544, "vgg11_torchvision.yaml": 132_863_336,
+    "resnet18_torchvision.yaml": 11_689_512,
     "resnet50_torchvision.yaml": 25_557_032, "mobilenet_v1_keras.yaml": 4_231_976,
     "mobilenet_v2_torchvision.yaml": 3_504_872, "densenet121_torchvision.yaml": 7_978_856,
     "unet.yaml": 31_030_658,
@@ -275,6 +279,7 @@ FB_INPUT: dict[str, list[int] | None] = {
     "lenet5_1998.yaml": None,
     "alexnet_torchvision.yaml": [1, 3, 127, 127],
     "vgg16.yaml": [1, 3, 64, 64],
+    "vgg11_torchvision.yaml": [1, 3, 32, 32],  # features 1×1, adaptive pool → 7×7
     "resnet18_torchvision.yaml": [1, 3, 64, 64],
     "resnet50_torchvision.yaml": [1, 3, 64, 64],
     "mobilenet_v1_keras.yaml": [1, 3, 64, 64],

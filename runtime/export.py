@@ -64,6 +64,8 @@ __all__ = [
     "default_platforms",
     "deploy_graph",
     "export_model",
+    "export_safetensors",
+    "write_manifest",
 ]
 
 ARTIFACT_FORMAT = "netc.exported"
@@ -316,6 +318,53 @@ def export_model(
     return _write_artifact(Path(out_dir), exported, spec, spec_path, graph, batch, source)
 
 
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def export_safetensors(
+    spec_path: str | os.PathLike[str],
+    weights: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    phase: str = "TEST",
+    stages: Sequence[str] = (),
+    level: int = 0,
+    outputs: Sequence[str] | None = None,
+) -> Path:
+    """Write the weights the deploy net of the spec reads as `out_dir`/weights.safetensors, one
+    tensor per parameter keyed ``layer/blob`` (the layer's name as the spec spells it — it may
+    itself hold "/" — then "/" and the blob's role: ``conv1/weight``, ``bn1/mean``; the role is
+    what follows the last "/"), plus the shared manifest with its sha256. Learned parameters and
+    the layers' statistics (BatchNorm's mean, variance and scale factor) alike; a recurrent
+    layer's carried state is not a weight and is left out. Readable by any safetensors client
+    (``safetensors.numpy.load_file``); the header's metadata names the spec and the checkpoint."""
+    from safetensors.numpy import save
+
+    from netc.compiler.layer import is_carry_role
+
+    spec_path = Path(spec_path)
+    spec, graph = _plan_deploy(spec_path, phase, stages, level, outputs)
+    params, state, provenance = _load_weights(weights, graph)
+    tensors: dict[str, np.ndarray] = {}
+    for tree in (params, state):
+        for layer, roles in tree.items():
+            for role, value in roles.items():
+                if not is_carry_role(role):
+                    tensors[f"{layer}/{role}"] = np.ascontiguousarray(value)
+    meta = {"format": "netc.weights", "spec": spec_path.name, "keys": "layer/blob",
+            "checkpoint": str(provenance.get("weights")),
+            "iteration": str(provenance.get("iteration"))}
+    blob = save(dict(sorted(tensors.items())), metadata=meta)
+    source = {"spec": spec_path.name, "phase": phase, "stages": list(stages), "level": level,
+              "layers": [pl.name for pl in graph.layers], **provenance}
+    return write_manifest(Path(out_dir), kind="safetensors", files={WEIGHTS_FILE: blob},
+                          model_file=WEIGHTS_FILE, name=spec.name, spec_path=spec_path,
+                          source=source, inputs=[], outputs=[], extra={
+                              "keys": "layer/blob",
+                              "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
+                                          for k, v in sorted(tensors.items())}})
+
+
 def _plan_deploy(spec_path: Path, phase: str, stages, level: int, outputs):
     from netc.compiler.catalogue import layer_models
     from netc.compiler.plan import plan as make_plan
@@ -357,9 +406,9 @@ def _lower(graph: DeployGraph, params, state, platforms, batch):
                           f"{type(e).__name__}: {e}") from e
 
 
-def _prepare_folder(out: Path) -> Path:
+def _prepare_folder(out: Path, names=frozenset({MODEL_FILE})) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    ours = {MODEL_FILE, MANIFEST_FILE}
+    ours = {*names, MANIFEST_FILE}
     stray = sorted(p.name for p in out.iterdir() if p.name not in ours and not p.name.startswith("."))
     if stray:
         raise ExportError(f"{out}: the folder holds other files ({', '.join(stray[:5])}"
@@ -370,36 +419,60 @@ def _prepare_folder(out: Path) -> Path:
     return manifest_path
 
 
+def write_manifest(out: Path, *, kind: str, files: Mapping[str, bytes], model_file: str,
+                   name: str | None, spec_path: Path, source: dict, inputs: list, outputs: list,
+                   extra: Mapping[str, Any] | None = None) -> Path:
+    """Write `files` into the artifact folder `out`, then the manifest shared by every export
+    format (the commit: written last); returns its path.
+
+    The manifest (``manifest.json``) of every artifact — StableHLO (``kind: "stablehlo"``), ONNX
+    (``"onnx"``) and safetensors weights (``"safetensors"``) — holds: ``format``
+    (``"netc.exported"``), ``version``, ``kind``, ``name``, ``model_file``, ``files`` (the sha256
+    and size of every file beside the manifest), ``inputs``/``outputs`` (name, shape with the
+    batch symbol, dtype; empty for a weights file), ``netc_version``, ``source`` (spec name and
+    sha256, phase, layers, checkpoint and iteration), plus the kind's own fields. Loaders verify
+    every listed file against its digest before parsing it (netc.runtime.exported)."""
+    import netc
+    from netc.runtime.checkpoint import sha256_file, write_bytes_atomic, write_json_atomic
+
+    manifest_path = _prepare_folder(out, set(files))
+    for fname, blob in files.items():
+        write_bytes_atomic(out / fname, blob)
+    manifest = {
+        "format": ARTIFACT_FORMAT,
+        "version": ARTIFACT_VERSION,
+        "kind": kind,
+        "name": name,
+        "model_file": model_file,
+        "inputs": inputs,
+        "outputs": outputs,
+        **(extra or {}),
+        "netc_version": netc.__version__,
+        "source": {**source, "spec_sha256": sha256_file(spec_path)},
+        "files": {fname: {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+                  for fname, blob in files.items()},
+    }
+    return write_json_atomic(manifest_path, manifest)
+
+
 def _write_artifact(out: Path, exported, spec, spec_path: Path, graph: DeployGraph,
                     batch: int | None, source: dict) -> Path:
     import jax
 
-    import netc
-    from netc.runtime.checkpoint import sha256_file, write_bytes_atomic, write_json_atomic
-
     blob = bytes(exported.serialize())
-    manifest_path = _prepare_folder(out)
-    write_bytes_atomic(out / MODEL_FILE, blob)
-    manifest = {
-        "format": ARTIFACT_FORMAT,
-        "version": ARTIFACT_VERSION,
-        "name": spec.name,
-        "model_file": MODEL_FILE,
+    return write_manifest(out, kind="stablehlo", files={MODEL_FILE: blob}, model_file=MODEL_FILE,
+                          name=spec.name, spec_path=spec_path, source=source,
+                          inputs=_signature(sorted(graph.inputs), exported.in_avals),
+                          outputs=_signature(sorted(graph.outputs), exported.out_avals), extra={
         "calling": "exported.call({input name: array}) -> {output name: array}",
-        "inputs": _signature(sorted(graph.inputs), exported.in_avals),
-        "outputs": _signature(sorted(graph.outputs), exported.out_avals),
         "batch": _batch_record(graph, batch),
         "layout": LAYOUT,
         "transform_param": graph.transforms,
         "platforms": list(exported.platforms),
         "calling_convention_version": exported.calling_convention_version,
-        "netc_version": netc.__version__,
         "jax_version": jax.__version__,
         "jaxlib_version": _jaxlib_version(),
-        "source": {**source, "spec_sha256": sha256_file(spec_path)},
-        "files": {MODEL_FILE: {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}},
-    }
-    return write_json_atomic(manifest_path, manifest)
+    })
 
 
 def _batch_record(graph: DeployGraph, batch: int | None) -> dict:

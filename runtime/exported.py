@@ -3,7 +3,9 @@
     from netc.runtime.exported import load_exported, run_exported
     outputs = run_exported("lenet-export", {"data": images})      # {"ip2": array (n, 10)}
 
-An artifact directory holds ``model.jaxexport`` (``jax.export.Exported.serialize()`` bytes; the
+The same manifest format (``kind``: ``stablehlo``, ``onnx`` or ``safetensors``) describes
+every `netc export` artifact; `verify_artifact` checks any of them, `load_weights` reads a
+safetensors one. An artifact directory holds ``model.jaxexport`` (``jax.export.Exported.serialize()`` bytes; the
 weights are constants inside it) and ``manifest.json`` (input/output names, shapes with ``"b"``
 for the batch, dtypes, layout, platforms, versions, and the sha256 and size of every other
 file). `load_exported` checks every listed file's size and sha256 *before* deserialising and
@@ -52,6 +54,7 @@ __all__ = [
     "ExportedError",
     "batch_axes",
     "load_exported",
+    "load_weights",
     "read_manifest",
     "run_exported",
     "verify_artifact",
@@ -141,6 +144,10 @@ def load_exported(directory: str | os.PathLike[str]) -> tuple[Any, dict[str, Any
 
     manifest, contents = verify_artifact(directory)
     model_path = Path(directory) / manifest["model_file"]
+    kind = manifest.get("kind", "stablehlo")  # manifests before `kind` were all StableHLO
+    if kind != "stablehlo":
+        raise ExportedError(f"{Path(directory) / MANIFEST_FILE}: a {kind} artifact, not a "
+                            f"StableHLO one (`netc export --format stablehlo`)")
     ccv = manifest.get("calling_convention_version")
     lo = export.minimum_supported_calling_convention_version
     hi = export.maximum_supported_calling_convention_version
@@ -154,6 +161,31 @@ def load_exported(directory: str | os.PathLike[str]) -> tuple[Any, dict[str, Any
     except Exception as e:  # noqa: BLE001 - flatbuffers/jax raise assorted errors
         raise ExportedError(f"{model_path}: cannot be deserialised: {type(e).__name__}: {e}") from e
     return exported, manifest
+
+
+def load_weights(directory: str | os.PathLike[str]) -> tuple[dict[str, dict[str, np.ndarray]],
+                                                               dict[str, Any]]:
+    """({layer: {blob: array}}, manifest) of a `netc export --format safetensors` folder, its
+    file verified against the manifest's sha256 *before* it is parsed. Keys are ``layer/blob``:
+    the blob is what follows the last "/" (a layer name may hold "/")."""
+    from safetensors.numpy import load
+
+    manifest, contents = verify_artifact(directory)
+    path = Path(directory) / manifest["model_file"]
+    if manifest.get("kind") != "safetensors":
+        raise ExportedError(f"{Path(directory) / MANIFEST_FILE}: a "
+                            f"{manifest.get('kind', 'stablehlo')} artifact, not safetensors weights")
+    try:
+        flat = load(contents[manifest["model_file"]])
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise ExportedError(f"{path}: not a readable safetensors file: {e}") from e
+    tree: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in flat.items():
+        layer, sep, blob = key.rpartition("/")
+        if not sep:
+            raise ExportedError(f"{path}: tensor {key!r} is not keyed layer/blob")
+        tree.setdefault(layer, {})[blob] = value
+    return tree, manifest
 
 
 def batch_axes(manifest: Mapping[str, Any]) -> dict[str, int | None]:

@@ -123,8 +123,10 @@ def _print_table(spec, plan) -> None:
 @click.option("--level", type=int, default=0, show_default=True, help="The NetState level.")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Fix the batch size of every input blob.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
-              show_default=True, help="json: one JSON document; github: Actions annotations.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github", "sarif"]),
+              default="text", show_default=True,
+              help="json: one JSON document; github: Actions annotations; sarif: a SARIF 2.1.0 "
+                   "log for code scanning.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only problems.")
 def check(specs, phase, stages, level, batch, fmt, quiet) -> None:
     """Validate specs and infer every blob's shape, without JAX.
@@ -146,6 +148,9 @@ def check(specs, phase, stages, level, batch, fmt, quiet) -> None:
         if fmt == "json":
             docs.append(_report_json(spec, plan))
             continue
+        if fmt == "sarif":
+            docs.append(spec)
+            continue
         for d in spec.diagnostics.sorted():
             if fmt == "github":
                 click.echo(f"::{d.severity} file={d.file},line={d.line},col={d.col}::{d.message}")
@@ -155,6 +160,10 @@ def check(specs, phase, stages, level, batch, fmt, quiet) -> None:
             _print_table(spec, plan)
     if fmt == "json":
         click.echo(json.dumps({"specs": docs}, indent=2))
+    elif fmt == "sarif":
+        from netc.compiler.report import sarif_log
+
+        click.echo(json.dumps(sarif_log(docs), indent=2))
     sys.exit(1 if failed else 0)
 
 
@@ -452,30 +461,61 @@ def predict(args, weights, exported, output, blobs) -> None:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--weights", type=click.Path(), required=True,
+@click.option("--format", "fmt", type=click.Choice(["stablehlo", "onnx", "safetensors", "prototxt"]),
+              default="stablehlo", show_default=True,
+              help="stablehlo: a jax.export artifact; onnx: model.onnx (opset 17, symbolic "
+                   "batch); safetensors: the weights keyed layer/blob; prototxt: the spec in "
+                   "Caffe's text format (no weights).")
+@click.option("--weights", type=click.Path(), default=None,
               help="A checkpoint (a run's snapshot .json or its stem), or a run directory (its "
-                   "newest checkpoint).")
-@click.option("-o", "--output", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Artifact folder (created; must be empty or hold a previous export).")
+                   "newest checkpoint). Required except for --format prototxt.")
+@click.option("-o", "--output", "out_dir", type=click.Path(), required=True,
+              help="Artifact folder (created; must be empty or hold a previous export of the "
+                   "same format); for prototxt the .prototxt file to write.")
 @click.option("--platform", "platforms", multiple=True,
               type=click.Choice(["cpu", "cuda", "rocm", "tpu"]),
-              help="Lower for these platforms (repeatable; default cpu, cuda and tpu if possible).")
+              help="StableHLO: lower for these platforms (repeatable; default cpu, cuda and tpu "
+                   "if possible).")
+@click.option("--platforms", "platform_list", default=None, metavar="LIST",
+              help="StableHLO: the platforms as one comma-separated list (cpu,cuda,rocm,tpu).")
 @click.option("--output-blob", "outputs", multiple=True, metavar="BLOB",
               help="Export these blobs as outputs (default: the deploy net's final outputs).")
 @click.option("--phase", type=PHASES, default="TEST", show_default=True)
 @click.option("--stage", "stages", multiple=True, help="A NetState stage (repeatable).")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
-              help="Fix the batch size (default: symbolic, any batch).")
-def export(spec, weights, out_dir, platforms, outputs, phase, stages, batch) -> None:
-    """Export the deploy-phase forward as a jax.export (StableHLO) artifact.
+              help="StableHLO: fix the batch size (default: symbolic, any batch).")
+def export(spec, fmt, weights, out_dir, platforms, platform_list, outputs, phase, stages,
+           batch) -> None:
+    """Export the deploy-phase forward (or the weights, or the spec) in another format.
 
-    The folder holds model.jaxexport and manifest.json (input/output names, shapes, dtypes,
-    layout, platforms, versions and the sha256 of every file). Loading it needs only jax:
-    see `netc predict --exported` and the docstring of netc.runtime.exported.
+    stablehlo (default): a folder with model.jaxexport (jax.export, weights baked in) and
+    manifest.json; loading it needs only jax (`netc predict --exported`, netc.runtime.exported).
+    onnx: model.onnx (opset 17, batch axis symbolic `N`, checked by onnx.checker) and
+    manifest.json; layers without a faithful ONNX form are refused by name. safetensors:
+    weights.safetensors keyed layer/blob and manifest.json. Every manifest records the sha256 of
+    its files; loaders refuse a file that does not match. prototxt: the spec as Caffe text
+    format (netc extensions refused by name); a solver section goes to OUT_solver.prototxt.
     """
     from netc.runtime.commands import export as command
 
-    _run_command(lambda: command.run(spec, weights, out_dir, platforms=platforms or None,
+    chosen = list(platforms)
+    if platform_list:
+        allowed = {"cpu", "cuda", "rocm", "tpu"}
+        for name in (x.strip() for x in platform_list.split(",")):
+            if name not in allowed:
+                raise click.BadParameter(f"unknown platform {name!r} (choose from cpu, cuda, "
+                                         f"rocm, tpu)", param_hint="--platforms")
+            chosen.append(name)
+    if fmt != "stablehlo" and (chosen or batch is not None):
+        raise click.UsageError(f"--platform(s) and --batch are for --format stablehlo, not {fmt}")
+    if fmt == "prototxt":
+        if weights is not None or outputs or stages or phase.upper() != "TEST":
+            raise click.UsageError("--format prototxt writes the spec itself: it takes no "
+                                   "--weights, --output-blob, --phase or --stage")
+    elif weights is None:
+        raise click.UsageError(f"--weights is required for --format {fmt}")
+    _run_command(lambda: command.run(spec, weights, out_dir, fmt=fmt,
+                                     platforms=list(dict.fromkeys(chosen)) or None,
                                      phase=phase.upper(), stages=stages,
                                      outputs=list(outputs) or None, batch=batch, out=sys.stdout))
 

@@ -3,7 +3,9 @@ Pure Python: no JAX."""
 
 from __future__ import annotations
 
-__all__ = ["check_file", "check_report"]
+__all__ = ["SARIF_SCHEMA", "check_file", "check_report", "sarif_log"]
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
 
 def check_file(path: str, *, phase: str | None = None, stages=(), level: int = 0,
@@ -69,3 +71,62 @@ def check_report(spec, plan) -> dict:
             "batch_axes": {b: plan.batch_axis(b) for b in dict.fromkeys(plan.inputs + plan.outputs)},
         })
     return doc
+
+
+def _artifact_uri(path: str) -> str:
+    """A spec's path as a SARIF artifact URI: relative to the working directory (where code
+    scanning runs `netc check`, the repository root) when under it, with forward slashes."""
+    import os
+    from pathlib import Path, PurePosixPath
+    from urllib.parse import quote
+
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            p = p.resolve().relative_to(Path(os.getcwd()).resolve())
+        except ValueError:
+            return p.resolve().as_uri()
+    return quote(str(PurePosixPath(*p.parts)))
+
+
+def sarif_log(specs) -> dict:
+    """`netc check --format sarif`: the diagnostics of `specs` as one SARIF 2.1.0 log (one run,
+    tool netc, one result per error or warning with its file, line and column), for code
+    scanning (GitHub's upload-sarif action shows them on the lines of the spec)."""
+    import netc
+
+    rules = [
+        {"id": "netc.error", "name": "SpecError",
+         "shortDescription": {"text": "The spec is invalid: netc cannot plan or run it."},
+         "defaultConfiguration": {"level": "error"}},
+        {"id": "netc.warning", "name": "SpecWarning",
+         "shortDescription": {"text": "The spec plans, but something in it is likely a mistake."},
+         "defaultConfiguration": {"level": "warning"}},
+    ]
+    results, artifacts = [], {}
+    for spec in specs:
+        for d in spec.diagnostics.sorted():
+            uri = _artifact_uri(d.file)
+            index = artifacts.setdefault(uri, len(artifacts))
+            location: dict = {"artifactLocation": {"uri": uri, "index": index}}
+            if d.line >= 1:
+                location["region"] = {"startLine": d.line,
+                                      **({"startColumn": d.col} if d.col >= 1 else {})}
+            error = d.severity == "error"
+            results.append({
+                "ruleId": rules[0 if error else 1]["id"],
+                "ruleIndex": 0 if error else 1,
+                "level": "error" if error else "warning",
+                "message": {"text": d.message},
+                "locations": [{"physicalLocation": location}],
+            })
+    return {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [{
+            "tool": {"driver": {"name": "netc", "version": netc.__version__, "rules": rules}},
+            "artifacts": [{"location": {"uri": uri}} for uri in artifacts],
+            "results": results,
+            "columnKind": "unicodeCodePoints",
+        }],
+    }

@@ -243,8 +243,9 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
         progress.write("\rtiming the whole forward and train step\x1b[K")
         progress.flush()
     result.net_forward_ms = _median_ms(lambda: apply(params, state, inputs, key)[0], iterations)
-    if not plan.has_loss:
-        result.train_step_note = f"the {phase} net has no loss: no train step to time"
+    if phase != "TRAIN" or not plan.has_loss:
+        result.train_step_note = (f"the {phase} net has no loss" if phase == "TRAIN" else
+                                  f"the {phase} net is not trained") + ": no train step to time"
         return result
     optimizer, which = _optimizer(ctx, net)
     step = make_train_step(net, optimizer, 1, jax.random.fold_in(root, 3))

@@ -472,7 +472,31 @@ def _write_artifact(out: Path, exported, spec, spec_path: Path, graph: DeployGra
         "calling_convention_version": exported.calling_convention_version,
         "jax_version": jax.__version__,
         "jaxlib_version": _jaxlib_version(),
+        "compatibility": compatibility_window(exported.calling_convention_version),
     })
+
+
+# JAX's documented guarantee for serialized jax.export artifacts: a newer jax deserialises and
+# runs them for 6 months after the exporting jax's release; an older jax reads them only when it
+# supports their calling-convention version (the loader checks that before deserialising).
+BACKWARD_COMPATIBILITY_DAYS = 183
+
+
+def compatibility_window(calling_convention_version: int) -> dict:
+    """The manifest's ``compatibility``: when the artifact was exported (UTC date), the newest
+    date until which newer jax releases are guaranteed to load it (JAX's 6-month backward
+    compatibility), and the calling-convention version an older jax must support."""
+    import datetime
+
+    today = datetime.datetime.now(datetime.timezone.utc).date()
+    return {
+        "exported_on": today.isoformat(),
+        "guaranteed_until": (today + datetime.timedelta(days=BACKWARD_COMPATIBILITY_DAYS)).isoformat(),
+        "calling_convention_version": calling_convention_version,
+        "policy": "jax releases up to 6 months newer than jax_version load it (JAX's export "
+                  "backward-compatibility guarantee); an older jax loads it only if it supports "
+                  "calling_convention_version",
+    }
 
 
 def _batch_record(graph: DeployGraph, batch: int | None) -> dict:

@@ -21,6 +21,8 @@ Each layer maps to ONNX operators that compute what netc computes, Caffe's conve
   ``ceil_mode``). AVE divides by the window clipped to the *padded* extent, as Caffe does:
   Pad(zeros, Caffe's pad) + AveragePool(count_include_pad=0) over the rest. MAX with a second
   top (the argmax mask): MaxPool's Indices reduced to the index within each plane (Caffe's mask).
+  Adaptive pooling (``output_size``): PyTorch's bins, by Reshape + ReduceMax/ReduceMean where
+  they are equal, else bin by bin.
 * LRN ACROSS_CHANNELS → LRN; WITHIN_CHANNEL → x·(1 + α/n^d·AvePool(x², pad, counting pads))^−β.
 * BatchNorm (TEST, global statistics) → BatchNormalization with mean/variance divided by the
   layer's scale factor (Caffe) and its eps; Scale/Bias → Mul/Add broadcast from `axis`.
@@ -167,11 +169,35 @@ def _pad(b: _Builder, x: str, hint: str, ndim: int, before, after, value: float)
                 hint, mode="constant")
 
 
+def _adaptive(b: _Builder, pl, x: str, g, method: str) -> str:
+    """PyTorch's adaptive bins, one axis at a time as netc pools them: equal disjoint bins by a
+    reshape and a reduction, others bin by bin (Slice + reduction, then Concat)."""
+    reduce = "ReduceMax" if method == "MAX" else "ReduceMean"
+    shape = list(pl.bottom_shapes[0])
+    for i, (n, o) in enumerate(zip(g.size, g.out)):
+        a = 2 + i
+        if n == o:
+            continue
+        if n % o == 0:
+            split = [0, int(shape[1])] + [int(d) for d in shape[2:a]] + [o, n // o] + \
+                    [int(d) for d in shape[a + 1:]]
+            x = b.op("Reshape", [x, b.const("shape", split, np.int64)], pl.name)
+            x = b.op(reduce, [x], pl.name, axes=[a + 1], keepdims=0)
+        else:
+            parts = [b.op(reduce, [_slice(b, x, pl.name, [a], [s], [e])], pl.name, axes=[a],
+                          keepdims=1) for s, e in g.bins(i)]
+            x = b.op("Concat", parts, pl.name, axis=a)
+        shape[a] = o
+    return x
+
+
 def _pooling(b: _Builder, pl, xs):
     g = pl.resolved
     method = pl.unit.p.pool
     if method not in ("MAX", "AVE"):
         _refuse(pl, f"pool {method} (ONNX has no {method} pooling with Caffe's semantics)")
+    if getattr(pl.unit, "adaptive", False):
+        return [_adaptive(b, pl, xs[0], g, method)]
     w = g.window
     n = len(g.out)
     ndim = n + 2

@@ -94,7 +94,7 @@ class _Builder:
             arr = np.asarray(value)
             if arr.dtype == np.float64:
                 arr = arr.astype(np.float32)
-            self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(arr), name)
+            self.inits[name] = numpy_helper.from_array(np.array(arr, order="C", copy=True), name)
         return name
 
     def const(self, hint: str, value, dtype=None) -> str:

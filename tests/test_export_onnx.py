@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,8 +115,9 @@ def _inputs(graph, batch: int, rng) -> dict:
     out = {}
     for name, shape in graph.inputs.items():
         full = graph.input_shape(name, batch)
-        if name in _ID_INPUTS:
-            out[name] = rng.integers(0, _ID_INPUTS[name], full).astype(np.float32)
+        if name in _ID_INPUTS:  # token ids, sequence lengths: integers in [lo, hi)
+            lo, hi = _ID_INPUTS[name]
+            out[name] = rng.integers(lo, hi, full).astype(np.float32)
         else:
             out[name] = rng.standard_normal(full).astype(np.float32)
     return out
@@ -159,14 +161,28 @@ def check_parity(path: Path, *, seed: int = 0, ids: dict | None = None):
 
 def test_zoo_list_is_complete():
     on_disk = {p.name for p in MODELS.glob("*.yaml")}
-    recurrent = {"char_lstm_hamlet.yaml", "imdb_lstm_keras.yaml"}
-    assert on_disk - NEEDS_DATA - recurrent - set(ZOO_INPUT) == set()
+    assert on_disk - NEEDS_DATA - REFUSED - set(ZOO_INPUT) - set(IDS) == set()
 
 
-@pytest.mark.parametrize("name", sorted(ZOO_INPUT))
+# zoo nets fed token ids: (input, [lo, hi)) of each id input
+IDS = {"imdb_lstm_keras.yaml": {"data": (0, 20000)}}
+# zoo nets whose deploy graph has no faithful ONNX form: the refusal names the layer
+REFUSED = {"char_lstm_hamlet.yaml": "layer 'lstm' (LSTM) has no faithful ONNX form: "
+                                    "sequence_input CONT"}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_INPUT) + sorted(IDS))
 def test_zoo_parity(name, tmp_path):
-    worst = check_parity(_spec_file(name, tmp_path))
+    worst = check_parity(_spec_file(name, tmp_path), ids=IDS.get(name))
     print(f"{name}: max error {worst:.2e} of the output's magnitude")
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_zoo_refused(name):
+    graph = _graph(MODELS / name)
+    params, state = _random_weights(Net(graph.plan), np.random.default_rng(0))
+    with pytest.raises(ExportError, match=re.escape(REFUSED[name])):
+        build_onnx(graph, params, state)
 
 
 # --- the converters' corners, on small nets -----------------------------------------------------
@@ -259,3 +275,60 @@ def test_refused_by_name(tmp_path):
     graph = _graph(_net(tmp_path, [1, 2, 6, 6], body))
     with pytest.raises(ExportError, match=r"layer 'mvn1' \(MVN\) has no ONNX converter"):
         build_onnx(graph, {}, {})
+
+
+# --- recurrent layers ------------------------------------------------------------------------------
+
+RNN_HEAD = """name: r
+layers:
+  - {name: in, type: Input, top: [x, lengths], input_param: {shape: [{dim: [5, -1, 2, 2]}, {dim: [-1]}]}}
+"""
+
+
+@pytest.mark.parametrize("kind,extra", [
+    ("LSTM", "num_layers: 2, bidirectional: true"),
+    ("LSTM", "output: LAST, bidirectional: true, merge_mode: SUM"),
+    ("GRU", "reset_after: true, bidirectional: true"),
+    ("GRU", "reset_after: false, num_layers: 2"),
+    ("RNN", "output_layer: true, bidirectional: true, num_layers: 2"),
+    ("RNN", "output_layer: false, output: LAST"),
+])
+def test_recurrent_parity(tmp_path, kind, extra):
+    """Time-major x (T×N×2×2 flattened to 4 features) with LENGTHS (ONNX sequence_lens)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(RNN_HEAD + f"""
+  - {{name: rec, type: {kind}, bottom: [x, lengths], top: y,
+     recurrent_param: {{num_output: 3, sequence_input: LENGTHS, {extra}}}}}
+""")
+    assert check_parity(path, ids={"lengths": (1, 6)}) < 1e-5
+
+
+def test_recurrent_batch_first_expose_hidden(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("""name: r
+layers:
+  - {name: in, type: Input, top: [x, h0, c0],
+     input_param: {shape: [{dim: [-1, 4, 5]}, {dim: [2, -1, 6]}, {dim: [2, -1, 6]}]}}
+  - {name: rec, type: LSTM, bottom: [x, h0, c0], top: [y, hT, cT],
+     recurrent_param: {num_output: 6, sequence_input: NONE, batch_first: true, expose_hidden: true,
+                       num_layers: 2}}
+""")
+    # h0/c0 are (layers·directions)×N×H: their batch is axis 1
+    assert check_parity(path) < 1e-5
+
+
+def test_recurrent_refusals(tmp_path):
+    for bottoms, seq, why in ((["x", "m"], "MASK", "sequence_input MASK"),
+                              (["x", "m", "s"], "NONE", "x_static")):
+        seq_part = "" if seq == "NONE" else f", sequence_input: {seq}"
+        bottoms = bottoms if seq != "NONE" else ["x", "s"]
+        path = tmp_path / "r.yaml"
+        path.write_text(f"""name: r
+layers:
+  - {{name: in, type: Input, top: [x, m, s], input_param: {{shape: [{{dim: [5, 3, 4]}}, {{dim: [5, 3]}}, {{dim: [3, 2]}}]}}}}
+  - {{name: gru7, type: GRU, bottom: {bottoms}, top: y, recurrent_param: {{num_output: 3{seq_part}{", sequence_input: NONE" if seq == "NONE" else ""}}}}}
+""")
+        graph = _graph(path)
+        params, state = _random_weights(Net(graph.plan), np.random.default_rng(0))
+        with pytest.raises(ExportError, match=rf"layer 'gru7' \(GRU\).*{why}"):
+            build_onnx(graph, params, state)

@@ -13,8 +13,10 @@ loads it instead of compiling again. netc enables that cache in the user's cache
 created or written is warned about once, and the command runs without the cache. JAX's defaults
 write only programs that took ≥ 1 s to compile; netc caches every program (on CPU most take less
 and together they still add up). The entries are executables: like any cache of code, the folder
-must not be writable by people you do not trust (it is created private, mode 0700). It is not
-bounded; delete it at any time (`rm -r ~/.cache/netc/jax`).
+must not be writable by people you do not trust (it is created private, mode 0700). It is bounded:
+NETC_CACHE_MAX_MB (default 2048) megabytes, least recently used entries evicted first; with a
+bound JAX takes a file lock around each read and write, so concurrent netc processes sharing the
+folder never read an entry half written. Delete it at any time (`rm -r ~/.cache/netc/jax`).
 
 JAX is configured without being imported when it has not been yet (through the JAX_* environment
 variables it reads at import), so `netc train` on a bad spec still fails before importing JAX.
@@ -84,6 +86,17 @@ def configure(enabled: bool = True, err: TextIO | None = None) -> Path | None:
     return path
 
 
+def max_bytes() -> int:
+    """The cache's bound in bytes: NETC_CACHE_MAX_MB megabytes (default 2048; 0 or less: no
+    bound, and then no file lock either)."""
+    raw = os.environ.get("NETC_CACHE_MAX_MB", "").strip()
+    try:
+        mb = float(raw) if raw else 2048.0
+    except ValueError:
+        mb = 2048.0
+    return int(mb * 2**20) if mb > 0 else -1
+
+
 def _apply(path: Path | None) -> None:
     settings = {
         "jax_enable_compilation_cache": path is not None,
@@ -91,6 +104,8 @@ def _apply(path: Path | None) -> None:
         # every program, however fast it compiled and however small (JAX's defaults: ≥ 1 s)
         "jax_persistent_cache_min_compile_time_secs": 0.0,
         "jax_persistent_cache_min_entry_size_bytes": -1,
+        # a bound turns on JAX's LRU eviction, which locks the folder around each read and write
+        "jax_compilation_cache_max_size": max_bytes(),
     }
     if "jax" not in sys.modules:
         # JAX reads these at import: set them without importing it (a bad spec fails fast)

@@ -18,8 +18,12 @@ import pytest
 # backend and versions, so a hit is the same program. The directory is new for every session (and
 # removed at its end): nothing carries over between runs of the suite. Set before JAX is imported
 # (test modules import it; subprocesses inherit the environment).
-_JAX_CACHE = tempfile.mkdtemp(prefix="netc-tests-xla-cache-")
-atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+# Under pytest-xdist the workers inherit the folder the controller made (one cache for the run).
+_JAX_CACHE = os.environ.get("NETC_TESTS_XLA_CACHE", "")
+if not _JAX_CACHE or not os.path.isdir(_JAX_CACHE):
+    _JAX_CACHE = tempfile.mkdtemp(prefix="netc-tests-xla-cache-")
+    os.environ["NETC_TESTS_XLA_CACHE"] = _JAX_CACHE
+    atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
 # netc's commands put their own persistent cache in force (runtime/compile_cache.py, by default in
 # the user's ~/.cache/netc/jax): NETC_CACHE_DIR points them at this session's folder instead, so
 # that the suite never writes into the real user cache (in-process and in subprocesses alike).
@@ -28,6 +32,8 @@ os.environ.update({
     "JAX_COMPILATION_CACHE_DIR": _JAX_CACHE,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    # bounded, so JAX locks the folder around reads and writes (processes share it)
+    "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30),
 })
 if "jax" in sys.modules:  # imported before this conftest (a plugin): configure it directly
     import jax
@@ -35,6 +41,7 @@ if "jax" in sys.modules:  # imported before this conftest (a plugin): configure 
     jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", 8 << 30)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"

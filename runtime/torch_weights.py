@@ -300,6 +300,7 @@ def map_state_dict(tensors: dict[str, np.ndarray], tmap: TorchMap, plans
     params: dict = {}
     state: dict = {}
     filled: dict[tuple[str, str], str] = {}
+    misfit: set[tuple[str, str]] = set()  # blobs a mis-shaped tensor was meant for (listed once)
     ignored = []
     for raw, value in tensors.items():
         key = raw
@@ -339,10 +340,12 @@ def map_state_dict(tensors: dict[str, np.ndarray], tmap: TorchMap, plans
                 and getattr(unit.p, "transpose", False) and shape[::-1] == want):
             array = array.T  # a Linear's out×in into an InnerProduct that stores in×out
         elif shape != want:
+            misfit.add((layer, role))
             report.mismatched.append(f"{raw} → {target}: shape {_fmt(shape)} in the state "
                                      f"dict, {_fmt(want)} in the net")
             continue
         if not np.issubdtype(array.dtype, np.floating):
+            misfit.add((layer, role))
             report.mismatched.append(f"{raw} → {target}: dtype {array.dtype}, not a float tensor")
             continue
         filled[(layer, role)] = raw
@@ -362,7 +365,7 @@ def map_state_dict(tensors: dict[str, np.ndarray], tmap: TorchMap, plans
                             else f"{len(ignored)} tensor(s) skipped by the map's ignore rules")
     for layer, roles in layers.items():
         for role, (decl, _) in roles.items():
-            if (layer, role) not in filled:
+            if (layer, role) not in filled and (layer, role) not in misfit:
                 report.missing.append(f"{layer}/{role} ({_fmt(decl.shape)}): no tensor of the "
                                       "state dict fills it")
     return params, state, report

@@ -32,7 +32,8 @@ Each layer maps to ONNX operators that compute what netc computes, Caffe's conve
   scale_train); Split → Identity.
 * Upsample with a mask (SegNet) → MaxUnpool with indices offset per plane; NEAREST/BILINEAR →
   Gather of the same source rows and weights netc computes.
-* Embed → Gather.
+* Embed → Gather (ids cast to integers: netc gives NaN rows for an id that is not a whole number
+  in range, onnxruntime rejects an out-of-range id and truncates a fractional one).
 
 A layer with no faithful ONNX form is refused with an `ExportError` naming it (STOCHASTIC or
 L2 pooling, BatchNorm with batch statistics at test time, the recurrent layers' ``cont`` resets,
@@ -78,14 +79,19 @@ class _Builder:
         self.nodes: list = []
         self.inits: dict[str, Any] = {}
         self.names: set[str] = set()
+        self.reserved: set[str] = set()  # the blob names
         self.counter = 0
 
     # --- names, constants, nodes -------------------------------------------------------------
     def fresh(self, hint: str) -> str:
-        self.counter += 1
-        name = f"{hint}:{self.counter}"
-        self.names.add(name)
-        return name
+        """A value name of its own: never a blob's name (graph inputs and outputs keep those)
+        nor an earlier value's."""
+        while True:
+            self.counter += 1
+            name = f"{hint}:{self.counter}"
+            if name not in self.names and name not in self.reserved:
+                self.names.add(name)
+                return name
 
     def init(self, name: str, value) -> str:
         from onnx import numpy_helper
@@ -538,6 +544,7 @@ def build_onnx(graph: DeployGraph, params: Mapping, state: Mapping, *, name: str
     import netc
 
     b = _Builder(params, state)
+    b.reserved = set(graph.inputs) | {t for pl in graph.layers for t in pl.tops}
     current: dict[str, str] = {n: n for n in graph.inputs}
     shapes: dict[str, tuple] = {}
     for pl in graph.layers:

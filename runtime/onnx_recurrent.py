@@ -47,7 +47,6 @@ def _convert(b, pl, xs):
                     "form")
     kind = pl.type
     H, L, D = g.H, g.L, g.D
-    gates = unit.gates
     wx, bx, _, wh = unit.roles
     name = pl.name
 

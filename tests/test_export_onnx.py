@@ -121,7 +121,7 @@ def _graph(path: Path):
 
 def _inputs(graph, batch: int, rng) -> dict:
     out = {}
-    for name, shape in graph.inputs.items():
+    for name in graph.inputs:
         full = graph.input_shape(name, batch)
         if name in _ID_INPUTS:  # token ids, sequence lengths: integers in [lo, hi)
             lo, hi = _ID_INPUTS[name]

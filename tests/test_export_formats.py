@@ -187,3 +187,6 @@ def test_stablehlo_platforms_and_compatibility(tmp_path):
     assert r.returncode == 2 and "for --format stablehlo" in r.stderr
     r = netc("export", XOR, "--format", "onnx", "-o", tmp_path / "x")
     assert r.returncode == 2 and "--weights is required" in r.stderr
+    (tmp_path / "afile").write_text("")
+    r = netc("export", XOR, "--weights", ckpt, "-o", tmp_path / "afile")
+    assert r.returncode == 1 and "not a folder" in r.stderr and "Traceback" not in r.stderr

@@ -17,6 +17,10 @@ def run(spec_path: str, weights: str | None, out_dir: str, *, fmt: str = "stable
         written = export_prototxt(spec_path, out_dir)
         out.write("".join(f"wrote {p}\n" for p in written))
         return EXIT_OK
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        from netc.runtime.export import ExportError
+
+        raise ExportError(f"{out_dir}: not a folder; --format {fmt} writes an artifact folder")
     if fmt == "onnx":
         from netc.runtime.onnx_export import export_onnx
 

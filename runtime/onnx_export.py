@@ -32,6 +32,8 @@ Each layer maps to ONNX operators that compute what netc computes, Caffe's conve
   scale_train); Split → Identity.
 * Upsample with a mask (SegNet) → MaxUnpool with indices offset per plane; NEAREST/BILINEAR →
   Gather of the same source rows and weights netc computes.
+* Caffe's neuron layers ReLU (leaky), ReLU6, Sigmoid, TanH, AbsVal, ELU, BNLL (Softplus),
+  PReLU, Power, Exp, Log, Threshold.
 * Embed → Gather (ids cast to integers: netc gives NaN rows for an id that is not a whole number
   in range, onnxruntime rejects an out-of-range id and truncates a fractional one).
 
@@ -484,6 +486,64 @@ def _unary(op: str):
     return convert
 
 
+def _prelu(b: _Builder, pl, xs):
+    a = b.param(pl, "weight").astype(np.float32)
+    ndim = len(pl.bottom_shapes[0])
+    owner, orole = pl.param_owner["weight"]
+    slope = b.init(f"{owner}/{orole}:bcast", a.reshape((-1,) + (1,) * (ndim - 2)) if a.size > 1
+                   else a.reshape(()))
+    return [b.op("PRelu", [xs[0], slope], pl.name)]
+
+
+def _scalar(b: _Builder, value: float) -> str:
+    return b.const("c", np.float32(value))
+
+
+def _power(b: _Builder, pl, xs):
+    p = pl.unit.p
+    power, scale, shift = p.power, p.scale, p.shift
+    x = xs[0]
+    if power == 0 or scale == 0:  # a constant: 1, or shift^power
+        value = 1.0 if power == 0 else float(np.power(np.float32(shift), np.float32(power)))
+        zero = b.op("Mul", [x, _scalar(b, 0.0)], pl.name)
+        return [b.op("Add", [zero, _scalar(b, value)], pl.name)]
+    u = x
+    if scale != 1:
+        u = b.op("Mul", [u, _scalar(b, scale)], pl.name)
+    if shift != 0:
+        u = b.op("Add", [u, _scalar(b, shift)], pl.name)
+    if power == 1:
+        return [u if u != x else b.op("Identity", [x], pl.name)]
+    return [b.op("Pow", [u, _scalar(b, power)], pl.name)]
+
+
+def _exp(b: _Builder, pl, xs):
+    import math
+
+    p = pl.unit.p
+    log_base = 1.0 if p.base == -1 else math.log(p.base)
+    y = b.op("Exp", [b.op("Mul", [xs[0], _scalar(b, log_base * p.scale)], pl.name)], pl.name)
+    outer = math.exp(log_base * p.shift)
+    return [y if outer == 1 else b.op("Mul", [y, _scalar(b, outer)], pl.name)]
+
+
+def _log(b: _Builder, pl, xs):
+    import math
+
+    p = pl.unit.p
+    u = xs[0]
+    if p.scale != 1 or p.shift != 0:
+        u = b.op("Add", [b.op("Mul", [u, _scalar(b, p.scale)], pl.name), _scalar(b, p.shift)],
+                 pl.name)
+    y = b.op("Log", [u], pl.name)
+    return [y if p.base == -1 else b.op("Mul", [y, _scalar(b, 1.0 / math.log(p.base))], pl.name)]
+
+
+def _threshold(b: _Builder, pl, xs):
+    above = b.op("Greater", [xs[0], _scalar(b, pl.unit.p.threshold)], pl.name)
+    return [b.op("Cast", [above], pl.name, to=1)]
+
+
 def _elu(b: _Builder, pl, xs):
     return [b.op("Elu", xs[:1], pl.name, alpha=float(pl.unit.p.alpha))]
 
@@ -498,6 +558,12 @@ CONVERTERS = {
     "Sigmoid": _unary("Sigmoid"),
     "TanH": _unary("Tanh"),
     "AbsVal": _unary("Abs"),
+    "BNLL": _unary("Softplus"),
+    "PReLU": _prelu,
+    "Power": _power,
+    "Exp": _exp,
+    "Log": _log,
+    "Threshold": _threshold,
     "ELU": _elu,
     "Dropout": _dropout,
     "BatchNorm": _batchnorm,

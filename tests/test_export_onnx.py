@@ -258,6 +258,24 @@ def test_conv_family_and_norms(tmp_path):
     assert check_parity(_net(tmp_path, [1, 4, 9, 8], body)) < 1e-5
 
 
+def test_neuron_layers(tmp_path):
+    body = """
+  - {name: a, type: AbsVal, bottom: data, top: a}
+  - {name: e, type: ELU, bottom: data, top: e, elu_param: {alpha: 0.7}}
+  - {name: s, type: BNLL, bottom: data, top: s}
+  - {name: pr, type: PReLU, bottom: data, top: pr}
+  - {name: prs, type: PReLU, bottom: data, top: prs, prelu_param: {channel_shared: true}}
+  - {name: p2, type: Power, bottom: data, top: p2, power_param: {power: 2, scale: 0.5, shift: -1}}
+  - {name: p3, type: Power, bottom: a, top: p3, power_param: {power: 0.5, shift: 1}}
+  - {name: p0, type: Power, bottom: data, top: p0, power_param: {power: 3, scale: 0, shift: 2}}
+  - {name: ex, type: Exp, bottom: data, top: ex, exp_param: {base: 2, scale: 0.5, shift: 1}}
+  - {name: exe, type: Exp, bottom: data, top: exe}
+  - {name: lg, type: Log, bottom: a, top: lg, log_param: {base: 10, scale: 2, shift: 1}}
+  - {name: th, type: Threshold, bottom: data, top: th, threshold_param: {threshold: 0.3}}
+"""
+    assert check_parity(_net(tmp_path, [1, 3, 4, 5], body)) < 1e-5
+
+
 def test_upsample_with_mask_and_resize(tmp_path):
     body = """
   - {name: c, type: Convolution, bottom: data, top: c, convolution_param: {num_output: 3, kernel_size: 3, pad: 1}}

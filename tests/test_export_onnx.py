@@ -272,6 +272,11 @@ def test_neuron_layers(tmp_path):
   - {name: exe, type: Exp, bottom: data, top: exe}
   - {name: lg, type: Log, bottom: a, top: lg, log_param: {base: 10, scale: 2, shift: 1}}
   - {name: th, type: Threshold, bottom: data, top: th, threshold_param: {threshold: 0.3}}
+  - {name: bi, type: Bias, bottom: data, top: bi}
+  - {name: gp, type: Pooling, bottom: data, top: gp, pooling_param: {pool: AVE, global_pooling: true}}
+  - {name: fl, type: Flatten, bottom: gp, top: fl}
+  - {name: sc2, type: Scale, bottom: [data, fl], top: sc2, scale_param: {axis: 0}}
+  - {name: bi2, type: Bias, bottom: [sc2, fl], top: bi2, bias_param: {axis: 0}}
 """
     assert check_parity(_net(tmp_path, [1, 3, 4, 5], body)) < 1e-5
 

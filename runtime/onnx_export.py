@@ -27,7 +27,7 @@ Each layer maps to ONNX operators that compute what netc computes, Caffe's conve
 * BatchNorm (TEST, global statistics) → BatchNormalization with mean/variance divided by the
   layer's scale factor (Caffe) and its eps; Scale/Bias → Mul/Add broadcast from `axis`.
 * InnerProduct → Flatten + Gemm (axis 1) or Reshape + MatMul + Add (other axes).
-* Eltwise SUM (coefficients), PROD, MAX; Concat; Softmax on its axis; Flatten/Reshape →
+* Eltwise SUM (coefficients), PROD, MAX; Concat; Softmax on its axis; Slice → Slice per top; Tile; Flatten/Reshape →
   Reshape (the batch copied with 0); Crop → Slice; Dropout → Identity (or ×(1 − ratio) without
   scale_train); Split → Identity.
 * Upsample with a mask (SegNet) → MaxUnpool with indices offset per plane; NEAREST/BILINEAR →
@@ -429,6 +429,24 @@ def _crop(b: _Builder, pl, xs):
                    [kept[i][1] for i in axes])]
 
 
+def _slice_layer(b: _Builder, pl, xs):
+    axis, sizes = pl.resolved
+    out, start = [], 0
+    for size in sizes:
+        out.append(_slice(b, xs[0], pl.name, [axis], [start], [start + size]))
+        start += size
+    return out
+
+
+def _tile(b: _Builder, pl, xs):
+    from netc.compiler.layer import canonical_axis
+
+    ndim = len(pl.bottom_shapes[0])
+    reps = [1] * ndim
+    reps[canonical_axis(pl.unit.p.axis, ndim)] = int(pl.unit.p.tiles)
+    return [b.op("Tile", [xs[0], b.const("repeats", reps, np.int64)], pl.name)]
+
+
 def _split(b: _Builder, pl, xs):
     return [b.op("Identity", xs[:1], pl.name) for _ in pl.tops]
 
@@ -577,6 +595,8 @@ CONVERTERS = {
     "Reshape": _flatten,
     "Crop": _crop,
     "Split": _split,
+    "Slice": _slice_layer,
+    "Tile": _tile,
     "Upsample": _upsample,
     "Embed": _embed,
 }

@@ -82,8 +82,24 @@ def configure(enabled: bool = True, err: TextIO | None = None) -> Path | None:
                 err.write(f"warning: cannot use the compile cache {path} ({why}); compiling "
                           "without it (set NETC_CACHE_DIR, or pass --no-compile-cache)\n")
             path = None
+    if path is not None and max_bytes() > 0:
+        _stamp_unbounded_entries(path)
     _apply(path)
     return path
+
+
+def _stamp_unbounded_entries(path: Path) -> None:
+    """JAX's bounded cache keeps a `KEY-atime` file beside each `KEY-cache` entry and fails
+    to write (a warning per compilation) when an entry lacks one, which is what a folder filled
+    without a bound holds (an older netc, or JAX used directly). Give such entries their
+    modification time as the last use, so they are evicted oldest first."""
+    try:
+        for entry in path.glob("*-cache"):
+            atime = entry.with_name(entry.name[: -len("-cache")] + "-atime")
+            if not atime.exists():
+                atime.write_bytes(entry.stat().st_mtime_ns.to_bytes(8, "little"))
+    except OSError:
+        pass  # a folder we cannot stamp: JAX warns per entry, the command still runs
 
 
 def max_bytes() -> int:

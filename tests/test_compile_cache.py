@@ -80,3 +80,26 @@ def test_default_folder_follows_xdg(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "home" / ".cache" / "netc" / "jax"
     monkeypatch.setenv("NETC_CACHE_DIR", str(tmp_path / "mine"))
     assert cache_dir() == tmp_path / "mine"
+
+
+def test_entries_written_without_a_bound_get_a_last_use(tmp_path, monkeypatch):
+    """A folder filled by unbounded JAX has entries without the `-atime` file JAX's bounded
+    (locked) cache reads: configure() stamps them, else every write would warn."""
+    from netc.runtime import compile_cache
+
+    old = tmp_path / "jit_f-0123-cache"
+    old.write_bytes(b"x" * 10)
+    stamped = tmp_path / "jit_g-4567-cache"
+    stamped.write_bytes(b"y")
+    (tmp_path / "jit_g-4567-atime").write_bytes((5).to_bytes(8, "little"))
+    monkeypatch.setenv("NETC_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("NETC_NO_COMPILE_CACHE", raising=False)
+    monkeypatch.delenv("NETC_CACHE_MAX_MB", raising=False)
+    try:
+        assert compile_cache.configure(True) == tmp_path
+        atime = int.from_bytes((tmp_path / "jit_f-0123-atime").read_bytes(), "little")
+        assert atime == old.stat().st_mtime_ns
+        assert int.from_bytes((tmp_path / "jit_g-4567-atime").read_bytes(), "little") == 5
+    finally:
+        monkeypatch.undo()
+        compile_cache.configure(True)  # back to the suite's folder

@@ -288,6 +288,44 @@ def test_finetune_last_layer_on_digits(tmp_path):
             assert same == (layer != "fc"), f"{layer}/{role}"
 
 
+class Bottleneck(nn.Module):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width * 4)
+        if stride != 1 or cin != width * 4:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False),
+                                            nn.BatchNorm2d(width * 4))
+
+
+def test_resnet50_state_dict_maps_completely(tmp_path):
+    """torchvision's ResNet-50 keys (Bottleneck: conv3/bn3, a projection in every stage's first
+    block) into models/resnet50_torchvision.yaml: every tensor mapped, every blob filled, shapes
+    equal (the mapping only; the forward pass is ResNet-18's, checked above)."""
+    model = nn.Module()
+    model.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+    model.bn1 = nn.BatchNorm2d(64)
+    cin = 64
+    for i, (width, n, s) in enumerate([(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)], 1):
+        blocks = []
+        for j in range(n):
+            blocks.append(Bottleneck(cin, width, s if j == 0 else 1))
+            cin = width * 4
+        setattr(model, f"layer{i}", nn.Sequential(*blocks))
+    model.fc = nn.Linear(2048, 1000)
+    state = save_state(model, tmp_path / "r50.safetensors")
+    spec = with_input("resnet50_torchvision.yaml", [1, 3, 64, 64], tmp_path)
+    r = netc("import-weights", spec, state, "-o", tmp_path / "w")
+    assert r.returncode == 0, r.stderr
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert n_bn == 53
+    assert f"weights: {len(model.state_dict()) - n_bn} tensor(s) imported" in r.stderr
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """`netc check --format sarif`: a SARIF 2.1.0 log validated against the OASIS JSON schema
-(tests/sarif-schema-2.1.0.json, vendored from the standard:
+(../shared/data/sarif/sarif-schema-2.1.0.json — a data file kept beside the checkout, not in it —
+from the standard:
 https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json, whose
 $id is the oasis-tcs/sarif-spec repository's Schemata/sarif-schema-2.1.0.json), one result per
 diagnostic at its file, line and column — what code scanning shows inline."""
@@ -12,9 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import MODELS, netc
 
-jsonschema = pytest.importorskip("jsonschema")
+import jsonschema
 
-SCHEMA = json.loads((Path(__file__).with_name("sarif-schema-2.1.0.json")).read_text())
+SCHEMA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sarif" / "sarif-schema-2.1.0.json"
+SCHEMA = json.loads(SCHEMA_FILE.read_text())
 BROKEN = """name: broken
 layers:
   - {name: data, type: Input, top: data, input_param: {shape: {dim: [1, 3, 8, 8]}}}

@@ -130,11 +130,11 @@ def test_yaml_safety_errors(check_spec, write_spec):
     laughs = "\n".join(
         ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
         + [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]) + "\n"
-    start = time.perf_counter()
+    start = time.process_time()
     assert errors_of(check_spec, laughs) == [
         "spec.yaml:1:16: error: aliases ('*name') and merge keys ('<<') expand the document by "
         "more than 200,000 nodes; refusing to read it"]
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     assert errors_of(check_spec, "name: a\nname: b\n") == [
         "spec.yaml:2:1: error: duplicate key 'name' (first given on line 1)"]
     assert errors_of(check_spec, "a: " + "[" * 100 + "]" * 100 + "\n") == [

@@ -89,10 +89,10 @@ def test_merge_chains_and_cycles_are_bounded():
         read_yaml(chain)
     doubling = "a0: &a0 {}\n" + "".join(f"a{i}: &a{i} {{<<: [*a{i - 1}, *a{i - 1}]}}\n"
                                         for i in range(1, 60))
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(YamlError, match=r"aliases \('\*name'\) and merge keys .* 200,000 nodes"):
         read_yaml(doubling)
-    assert time.perf_counter() - start < 2.0
+    assert time.process_time() - start < 2.0
     for cyclic in ("a: &a [*a]\n", "a: &a {<<: *a}\n", "a: &a {b: *a}\n"):
         with pytest.raises(YamlError, match="deeper than 64 levels"):
             read_yaml(cyclic)
@@ -104,11 +104,11 @@ def test_node_limit_is_applied_while_composing(monkeypatch):
 
     monkeypatch.setattr(yaml_io, "MAX_NODES", 1000)
     text = "layers:\n" + "".join(f"  - {{name: l{i}, type: ReLU}}\n" for i in range(10_000))
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(YamlError, match=r"more than 1,000 YAML nodes \(keys, values and list "
                                         r"items\)") as info:
         read_yaml(text)
-    assert time.perf_counter() - start < 1.0  # stopped at the limit, not after composing it all
+    assert time.process_time() - start < 1.0  # stopped at the limit, not after composing it all
     assert info.value.line == 201 and "alias" not in info.value.message
 
 
@@ -119,10 +119,10 @@ def test_large_legitimate_spec_checks_quickly(tmp_path):
     lines += [f"  - {{name: l{i}, type: ReLU, bottom: x{i - 1}, top: x{i}}}" for i in range(1, n)]
     f = tmp_path / "big.yaml"
     f.write_text("\n".join(lines) + "\n")
-    start = time.perf_counter()
+    start = time.process_time()
     spec, plan = check_file(str(f))
     assert not spec.diagnostics.errors and len(plan.layers) == n
-    assert time.perf_counter() - start < 10.0
+    assert time.process_time() - start < 10.0
 
 
 def test_non_regular_spec_files_are_refused(tmp_path):

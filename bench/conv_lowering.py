@@ -7,6 +7,7 @@ eager (NCHW and channels_last) on the same shapes:
   lax-nhwc     the same in NHWC (transposes at the boundary included)
   dw-im2col    lax.conv forward and grad-input (NCHW), grad-weight as im2col + one matmul
   im2col       forward as im2col + one matmul, JAX's VJP of it (netc's lowering of small convs)
+  im2col-cvjp  forward as im2col, backward as dw-im2col's (grad-input by XLA's transposed conv)
 
 Run: python bench/conv_lowering.py [--batch 128] [--repeats 5] [--json OUT.json]
 Times are medians of alternating repeats (ms per forward+backward); the ratio column is the best
@@ -78,7 +79,14 @@ def make_lowerings(c, o, h, k, s, p):
         y = cols.reshape(-1, k * k * c) @ w.transpose(2, 3, 1, 0).reshape(k * k * c, o)
         return y.reshape(x.shape[0], ho, ho, o).transpose(0, 3, 1, 2)
 
-    return {"lax-nchw": lax_nchw, "lax-nhwc": lax_nhwc, "dw-im2col": dw_im2col, "im2col": im2col}
+    @jax.custom_vjp
+    def im2col_cvjp(x, w):
+        return im2col(x, w)
+
+    im2col_cvjp.defvjp(lambda x, w: (im2col(x, w), (x, w)), bwd)
+
+    return {"lax-nchw": lax_nchw, "lax-nhwc": lax_nhwc, "dw-im2col": dw_im2col, "im2col": im2col,
+            "im2col-cvjp": im2col_cvjp}
 
 
 def jax_step(f):

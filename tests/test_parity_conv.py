@@ -598,3 +598,61 @@ def test_im2col_lowering_equals_lax_conv_on_random_geometries():
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
         for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
             np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-4 * float(jnp.abs(u).max()))
+
+
+def test_weight_gradient_as_matmul_equals_xla_on_random_geometries():
+    """The backward pass with the weight gradient as matmuls per kernel offset (ConvGeometry.grad_matmul,
+    a custom VJP; the input gradient stays lax.conv's) against JAX's own VJP, under both forward
+    lowerings, over strides, dilations and asymmetric pads — values and gradients."""
+    import dataclasses
+
+    rng, prng = np.random.default_rng(17), np.random.default_rng(18)
+    for _ in range(4):
+        k = [int(v) for v in rng.integers(1, 4, 2)]
+        s = [int(v) for v in rng.integers(1, 3, 2)]
+        d = [int(v) for v in rng.integers(1, 3, 2)]
+        pads = rng.integers(0, 3, (2, 2))
+        layer = {"name": "c", "type": "Convolution", "bottom": ["x"], "top": ["y"],
+                 "convolution_param": {"num_output": 5, "kernel_size": k, "stride": s,
+                                       "dilation": d, "pad_begin": [int(v) for v in pads[:, 0]],
+                                       "pad_end": [int(v) for v in pads[:, 1]],
+                                       "weight_filler": {"type": "gaussian", "std": 1.0}}}
+        net = build([inputs_layer({"x": (3, 4, 10, 9)}), layer])
+        pl = net.plan.layers[-1]
+        params = random_params(net, prng)
+        x = jnp.asarray(rng.standard_normal((3, 4, 10, 9)), jnp.float32)
+        dy = jnp.asarray(rng.standard_normal((3, 5) + pl.resolved.out), jnp.float32)
+
+        def objective(p, xx, net=net, dy=dy):  # ⟨y, dy⟩: the VJP of dy
+            y = net.apply(p, {}, {"x": xx})[0]["y"]
+            return jnp.vdot(y, dy), y
+
+        def run(im2col, grad_matmul, params=params, x=x, objective=objective, pl=pl):
+            pl.resolved = dataclasses.replace(pl.resolved, im2col=im2col, grad_matmul=grad_matmul)
+            (_, y), g = jit_fast(jax.value_and_grad(objective, (0, 1), has_aux=True))(params, x)
+            return y, g
+
+        with jax.default_matmul_precision("highest"):
+            ref_y, ref_g = run(False, False)
+            for im2col in (False, True):
+                y, g = run(im2col, True)
+                np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5)
+                for u, v in zip(jax.tree.leaves(ref_g), jax.tree.leaves(g)):
+                    np.testing.assert_allclose(v, u, rtol=1e-4, atol=1e-4 * float(jnp.abs(u).max()))
+
+
+def test_weight_gradient_lowering_is_chosen_by_shape():
+    """grad_matmul for 2-D ungrouped convolutions lowered through lax.conv, of bounded size; not
+    the im2col path (its own VJP is faster), grouped ones (depthwise), N-D ones or huge ones."""
+    def resolved(c, *hw, group=1):
+        layer = {"name": "c", "type": "Convolution", "bottom": ["x"], "top": ["y"],
+                 "convolution_param": {"num_output": 64, "kernel_size": 3, "pad": 1,
+                                       "group": group}}
+        return build([inputs_layer({"x": (2, c) + hw}), layer]).plan.layers[-1].resolved
+
+    assert resolved(64, 32, 32).grad_matmul and not resolved(64, 32, 32).im2col
+    assert resolved(128, 16, 16).grad_matmul
+    assert resolved(3, 32, 32).im2col and not resolved(3, 32, 32).grad_matmul  # im2col's own VJP
+    assert not resolved(64, 32, 32, group=64).grad_matmul
+    assert not resolved(4, 8, 8, 8).grad_matmul  # 3-D
+    assert not resolved(256, 128, 128).grad_matmul  # 37.7 M patch elements per sample

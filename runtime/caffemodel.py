@@ -346,14 +346,7 @@ def import_caffemodel(caffemodel: str, spec: str, out: str, err=None) -> tuple[P
     except OSError as e:
         raise CaffemodelError(f"{caffemodel}: cannot read file: {e.strerror}") from None
     layers = read_caffemodel(data, caffemodel)
-    ctx = load_context(spec, None)
-    plans = []
-    for phase in ("TEST", "TRAIN"):
-        try:
-            plans.append(ctx.plan(phase))
-        except NetcError:
-            if phase == "TEST":
-                raise
+    plans = load_context(spec, None).weight_plans()
     params, state, report = caffemodel_to_tree(layers, plans)
     if err is not None:
         for line in report.lines():

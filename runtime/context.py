@@ -126,6 +126,20 @@ class RunContext:
             self._plan_phases(batch)
         return self.plans[key]
 
+    def weight_plans(self) -> list:
+        """The plans whose parameters an imported checkpoint fills: TEST's, and TRAIN's where it
+        plans too (a deploy spec has no TRAIN net; a TEST net that does not plan is an error)."""
+        from netc.runtime.errors import NetcError
+
+        plans = []
+        for phase in ("TEST", "TRAIN"):
+            try:
+                plans.append(self.plan(phase))
+            except NetcError:
+                if phase == "TEST":
+                    raise
+        return plans
+
     def _plan_phases(self, batch: int | None) -> None:
         from netc.compiler.plan import plan, plan_all_phases
 

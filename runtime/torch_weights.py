@@ -381,14 +381,7 @@ def import_torch_weights(spec: str, state_path: str, map_name: str, out: str | N
 
     tensors = read_state_dict(state_path)
     tmap = load_map(map_name)
-    ctx = load_context(spec, None)
-    plans = []
-    for phase in ("TEST", "TRAIN"):
-        try:
-            plans.append(ctx.plan(phase))
-        except NetcError:
-            if phase == "TEST":
-                raise
+    plans = load_context(spec, None).weight_plans()
     params, state, report = map_state_dict(tensors, tmap, plans)
     if err is not None:
         for line in report.lines():

@@ -156,7 +156,7 @@ def main() -> None:
                 for a, b in zip(ref, got):
                     err = float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(a)) + 1e-30))
                     assert err < 1e-4, (name, lname, err)
-            runs[lname] = (lambda step=step: step(x, w, dy))
+            runs[lname] = (lambda step=step, x=x, w=w, dy=dy: step(x, w, dy))
         if torch is not None and not args.no_torch:
             runs["torch-nchw"] = torch_step(c, o, k, s, p, x, w, dy, False)
             runs["torch-cl"] = torch_step(c, o, k, s, p, x, w, dy, True)

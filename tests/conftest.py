@@ -43,6 +43,11 @@ if "jax" in sys.modules:  # imported before this conftest (a plugin): configure 
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_compilation_cache_max_size", 8 << 30)
 
+# Scratch folders the tests make outside pytest's tmp_path (module-level helpers): one folder per
+# process, removed when it exits, so that no run leaves spec files behind in /tmp.
+SCRATCH = tempfile.mkdtemp(prefix="netc-tests-scratch-")
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 MLP = ROOT / "tests" / "specs" / "mlp.yaml"  # max_iter 1500, snapshot 100, dropout, shuffle

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch.nn.functional as F
 import yaml
+from conftest import SCRATCH
 from test_parity import compare, inputs_layer
 
 from netc.compiler.catalogue import layer_models
@@ -74,7 +75,7 @@ def test_one_value_for_every_axis():
 
 
 def _plan_errors(layers):
-    folder = tempfile.mkdtemp(prefix="netc_adaptive_")
+    folder = tempfile.mkdtemp(prefix="netc_adaptive_", dir=SCRATCH)
     path = os.path.join(folder, "spec.yaml")
     with open(path, "w") as f:
         yaml.safe_dump({"name": "adaptive", "layers": layers}, f, sort_keys=False)

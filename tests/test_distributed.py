@@ -166,7 +166,7 @@ def test_two_processes_on_loopback(spec, one_device, tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
-    for i, (rc, so, se) in enumerate(results):
+    for i, (rc, _so, se) in enumerate(results):
         assert rc == 0, f"process {i}: {se}"
     assert "cpu (4 devices in 2 processes), batch 64 global = 16 per device" in results[0][1]
     assert "Training" not in results[1][1] and "Iteration" not in results[1][1]

@@ -15,6 +15,7 @@ import jax  # noqa: E402
 import numpy as np
 import pytest
 import yaml
+from conftest import SCRATCH
 
 from netc.compiler.catalogue import layer_models  # noqa: E402
 from netc.compiler.fillers import bilinear_kernel, fans, fill  # noqa: E402
@@ -177,7 +178,7 @@ NET = [
 
 
 def build(layers):
-    folder = tempfile.mkdtemp(prefix="netc_fill_")
+    folder = tempfile.mkdtemp(prefix="netc_fill_", dir=SCRATCH)
     path = os.path.join(folder, "spec.yaml")
     with open(path, "w") as f:
         yaml.safe_dump({"name": "fillers", "layers": layers}, f, sort_keys=False)

@@ -28,7 +28,7 @@ import pytest
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml
-from conftest import jit_fast
+from conftest import SCRATCH, jit_fast
 
 from netc.compiler.catalogue import layer_models, units  # noqa: E402
 from netc.compiler.layer import Layer  # noqa: E402
@@ -45,7 +45,7 @@ RTOL = 1e-5
 
 def build(layers: list[dict], phase: str = "TRAIN"):
     """YAML text → parse_spec → plan → lower, asserting that the spec is clean."""
-    folder = tempfile.mkdtemp(prefix="netc_parity_")
+    folder = tempfile.mkdtemp(prefix="netc_parity_", dir=SCRATCH)
     path = os.path.join(folder, "spec.yaml")
     with open(path, "w") as f:
         yaml.safe_dump({"name": "parity", "layers": layers}, f, sort_keys=False)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from conftest import jit_fast
+from conftest import SCRATCH, jit_fast
 from test_parity import (  # noqa: E402
     build,
     close,
@@ -374,7 +374,7 @@ def test_infogain_loss(seed):
         spec["bottom"] = ["p", "label", "h"]
         labels.append("h")  # Caffe: no gradient to H
     else:
-        path = os.path.join(tempfile.mkdtemp(prefix="netc_infogain_"), "h.npz")
+        path = os.path.join(tempfile.mkdtemp(prefix="netc_infogain_", dir=SCRATCH), "h.npz")
         np.savez(path, H=h)
         spec["infogain_loss_param"] = {"source": path}
     check(f"InfogainLoss seed {seed} on {shape}", [spec], inputs,
@@ -498,7 +498,7 @@ def test_label_outside_the_classes_gives_nan(kind):
 
 
 def test_infogain_source_removed_after_planning_is_a_lowering_error():
-    path = os.path.join(tempfile.mkdtemp(prefix="netc_infogain_"), "h.npz")
+    path = os.path.join(tempfile.mkdtemp(prefix="netc_infogain_", dir=SCRATCH), "h.npz")
     np.savez(path, H=np.eye(3, dtype=np.float32))
     net = build([inputs_layer({"p": (2, 3), "label": (2,)}),
                  layer("InfogainLoss", ["p", "label"], ["loss"],

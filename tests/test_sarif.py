@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 from conftest import MODELS, netc
-
-import jsonschema
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "sarif" / "sarif-schema-2.1.0.json"
 SCHEMA = json.loads(SCHEMA_FILE.read_text())

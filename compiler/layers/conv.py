@@ -255,7 +255,6 @@ convolution_param:
         return (self.p.num_output, channels // self.p.group) + w.kernel
 
     def apply(self, params, bottoms, ctx):
-        from jax import lax
 
         g: ConvGeometry = ctx.layer.resolved
         x = bottoms[0]

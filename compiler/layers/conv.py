@@ -255,7 +255,6 @@ convolution_param:
         return (self.p.num_output, channels // self.p.group) + w.kernel
 
     def apply(self, params, bottoms, ctx):
-
         g: ConvGeometry = ctx.layer.resolved
         x = bottoms[0]
         x2, lead = self._flat(x, g.axis)

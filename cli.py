@@ -63,11 +63,37 @@ def _rf_text(rf) -> str:
     return "×".join(str(r) for r, _ in rf) + " /" + "×".join(str(j) for _, j in rf)
 
 
-def _check_one(path: str, phase: str | None, stages, level: int, batch: int | None):
+def _check_one(path: str, phase: str | None, stages, level: int, batch: int | None,
+               input_shapes=None):
     """Validate and plan one spec: (spec, the plan to show or None)."""
     from netc.compiler.report import check_file
 
-    return check_file(path, phase=phase, stages=stages, level=level, batch=batch)
+    return check_file(path, phase=phase, stages=stages, level=level, batch=batch,
+                      input_shapes=input_shapes)
+
+
+def _input_shapes(ctx, param, values) -> dict:
+    """--input-shape BLOB=N,C,H,W (repeatable) as {blob: shape}; a bad value is a usage error."""
+    from netc.compiler.input_shapes import InputShapeError, parse_input_shape
+
+    shapes: dict = {}
+    for text in values:
+        try:
+            blob, shape = parse_input_shape(text)
+        except InputShapeError as e:
+            raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+        if blob in shapes:
+            raise click.BadParameter(f"'{blob}' is declared twice", ctx=ctx, param=param)
+        shapes[blob] = shape
+    return shapes
+
+
+INPUT_SHAPE = click.option(
+    "--input-shape", "input_shapes", multiple=True, callback=_input_shapes,
+    metavar="BLOB=N,C,H,W",
+    help="Declare the shape of a data layer's top whose sizes live outside the spec (an LMDB "
+         "or LevelDB Data layer; repeatable). The first dimension is the batch: the layer's "
+         "batch_size, or N for any.")
 
 
 def _report_json(spec, plan) -> dict:
@@ -128,7 +154,8 @@ def _print_table(spec, plan) -> None:
               help="json: one JSON document; github: Actions annotations; sarif: a SARIF 2.1.0 "
                    "log for code scanning.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only problems.")
-def check(specs, phase, stages, level, batch, fmt, quiet) -> None:
+@INPUT_SHAPE
+def check(specs, phase, stages, level, batch, fmt, quiet, input_shapes) -> None:
     """Validate specs and infer every blob's shape, without JAX.
 
     Prints, per spec, each layer's output shapes, parameter count, multiply-accumulates per sample
@@ -143,7 +170,7 @@ def check(specs, phase, stages, level, batch, fmt, quiet) -> None:
     failed = False
     docs = []
     for path in specs:
-        spec, plan = _check_one(path, phase, stages, level, batch)
+        spec, plan = _check_one(path, phase, stages, level, batch, input_shapes)
         failed |= bool(spec.diagnostics.errors)
         if fmt == "json":
             docs.append(_report_json(spec, plan))

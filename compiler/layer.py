@@ -174,6 +174,9 @@ class Layer:
     geometry: ClassVar[str] = "none"
     summary: ClassVar[str] = ""
     example: ClassVar[str] = ""  # YAML of one layer; tests check that it validates and plans
+    # A data layer's first top as `--input-shape` declared it (compiler/input_shapes.py; the
+    # planner sets it): the sizes of a source that lives outside the spec (an LMDB database).
+    declared_shape: Shape | None = None
 
     def __init__(self, spec: Any, spec_dir: str | None = None):
         self.spec = spec

@@ -249,6 +249,8 @@ class _Planner:
         if not self._unique_name(layer, path, prefix):
             return
         unit = self.registry[layer.type](layer, self.spec.spec_dir)
+        if unit.is_data and layer.top:  # --input-shape: a size that lives outside the spec
+            unit.declared_shape = self.spec.declared_shapes.get(layer.top[0])
         if not self._arity(unit, path, prefix):
             self.poisoned.update(layer.top)
             return
@@ -258,7 +260,8 @@ class _Planner:
             return
         bottom_shapes, top_shapes, params, macs, window, resolved = inferred
         checks = [self._tops(layer, top_shapes, path, prefix),
-                  self._counts(layer, params, path, prefix)]
+                  self._counts(layer, params, path, prefix),
+                  self._declared(unit, top_shapes, path, prefix)]
         owners, lr, decay, shared_ok = self._sharing(layer, params, path, prefix)
         if not (all(checks) and shared_ok):
             self._poison(layer)
@@ -277,6 +280,17 @@ class _Planner:
 
     def _poison(self, layer) -> None:
         self.poisoned.update(t for t in layer.top if t not in self.blobs)
+
+    def _declared(self, unit: Layer, top_shapes: list[Shape], path: tuple, prefix: str) -> bool:
+        """A data layer's first top comes out with the shape --input-shape declared for it."""
+        from netc.compiler.input_shapes import declared_mismatch, shape_text
+
+        declared = unit.declared_shape
+        why = None if declared is None else declared_mismatch(declared, top_shapes[0])
+        if why is not None:
+            self.diags.error(f"{prefix}--input-shape {shape_text(unit.spec.top[0], declared)}: "
+                             f"{why}", path + ("top", 0))
+        return why is None
 
     def _unique_name(self, layer, path: tuple, prefix: str) -> bool:
         first = self.names.get(layer.name)

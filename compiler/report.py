@@ -9,7 +9,7 @@ SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
 
 def check_file(path: str, *, phase: str | None = None, stages=(), level: int = 0,
-               batch: int | None = None, shown: str | None = None):
+               batch: int | None = None, shown: str | None = None, input_shapes=None):
     """What `netc check` does to one file: validate, plan TRAIN and TEST (or only `phase`) with
     their diagnostics merged, and warn where `netc train` would refuse it. Returns (spec, the
     plan of `shown` (default: `phase`, else TRAIN), or None when nothing could be planned)."""
@@ -21,6 +21,10 @@ def check_file(path: str, *, phase: str | None = None, stages=(), level: int = 0
     spec = parse_spec(path, layer_models())
     if not spec.layers and spec.diagnostics.errors:
         return spec, None
+    if input_shapes:  # --input-shape BLOB=N,C,H,W
+        from netc.compiler.input_shapes import declare_input_shapes
+
+        declare_input_shapes(spec, input_shapes)
     plans = plan_all_phases(spec, stages=stages, level=level, batch=batch, phase=phase)
     training_warnings(spec, plans)
     sized = plans.get("TRAIN") or plans[phase or "TEST"]

@@ -156,10 +156,16 @@ class RunContext:
             self.plans[(ph, batch)] = p
 
 
-def load_context(path: str, solver_path: str | None = None, *, data: str | None = None
-                 ) -> RunContext:
+def load_context(path: str, solver_path: str | None = None, *, data: str | None = None,
+                 input_shapes: dict | None = None) -> RunContext:
     warnings: list[str] = []
     spec, solver = load_spec(path, solver_path, warnings=warnings)
+    if input_shapes:  # --input-shape BLOB=N,C,H,W (compiler/input_shapes.py)
+        from netc.compiler.input_shapes import declare_input_shapes
+
+        declare_input_shapes(spec, input_shapes)
+        if spec.diagnostics.errors:
+            raise RunError(lines=diag_lines(spec.diagnostics))
     if data is not None:
         spec = with_source(spec, data)
     return RunContext(path, spec, solver, warnings=warnings)

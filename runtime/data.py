@@ -229,11 +229,10 @@ def load_source(
         return _load_builtin_source(source)
     path = _resolve(source, base_dir)
     file = str(path)
-    if path.is_dir():
-        raise DataError(
-            f"{file}: is a directory; netc reads .npz files (arrays 'data' and 'label'), "
-            "not LMDB/LevelDB databases"
-        )
+    if path.is_dir():  # Caffe's databases are folders: an LMDB is read, a LevelDB refused
+        from netc.runtime.lmdb_data import load_database
+
+        return load_database(path, file, need_label)
     try:
         f = open_regular(path)
     except FileRefused as exc:

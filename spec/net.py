@@ -92,6 +92,9 @@ class NetSpec:
     failed_tops: set[str] = field(default_factory=set)
     # Bottoms of layers that failed validation: still read by a layer, so never "unused".
     failed_bottoms: set[str] = field(default_factory=set)
+    # blob -> shape declared with --input-shape (compiler/input_shapes.py), for data layers
+    # whose sizes live outside the spec
+    declared_shapes: dict[str, tuple] = field(default_factory=dict)
 
     @functools.cached_property
     def spec_dir(self) -> str:

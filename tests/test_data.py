@@ -144,8 +144,8 @@ def test_not_an_npz(tmp_path):
     with pytest.raises(DataError) as e:
         load_source(str(tmp_path))
     assert message(e) == (
-        f"{tmp_path}: is a directory; netc reads .npz files (arrays 'data' and 'label'), "
-        "not LMDB/LevelDB databases"
+        f"{tmp_path}: is a directory, but not one of Caffe's LMDB databases (no data.mdb); "
+        "netc reads .npz files (arrays 'data' and 'label') and LMDB databases"
     )
 
 

@@ -228,6 +228,9 @@ data_param: {source: "netc:digits/train", batch_size: 64}
     def _read_columns(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
         src = self._source()
         tops = tuple(self.spec.top)
+        db = self._database(src, tops)
+        if db is not None:
+            return db
         if src in BUILTIN_SOURCES:
             if len(tops) > 2:
                 raise SpecError(f"built-in source '{src}' gives 2 tops (data, label), not "
@@ -268,6 +271,43 @@ data_param: {source: "netc:digits/train", batch_size: 64}
                             ("data_param", "source"))
         return (("data", shapes["data"][1:]),
                 ("label", shapes.get("label", (0,))[1:]))[:max(len(tops), 1)]
+
+    def _database(self, src: str, tops: tuple[str, ...]):
+        """Columns of a Caffe database source (backend set, or a folder holding an LMDB or
+        LevelDB; None: not one): the sample shape of the first record of an LMDB, or the one
+        --input-shape declares when the database is not here (a LevelDB is refused)."""
+        from netc.runtime.lmdb_data import database_kind, leveldb_refusal
+
+        path = _npz_path(src, self.spec_dir) or os.path.join(self.spec_dir or "", src)
+        kind = database_kind(path)
+        explicit = "backend" in self.p.set_fields()
+        if kind is None and not explicit:
+            return None
+        where = ("data_param", "backend" if explicit and kind is None else "source")
+        if (kind or self.p.backend) == "LEVELDB":
+            raise SpecError(leveldb_refusal(f"source '{src}'"), where)
+        if len(tops) > 2:
+            raise SpecError(f"a Caffe database gives 2 tops (data, label), not {len(tops)}",
+                            ("top",))
+        sample = self._database_sample(src, path, kind)
+        return (("data", sample), ("label", ()))[:len(tops)]
+
+    def _database_sample(self, src: str, path: str, kind: str | None) -> tuple[int, ...]:
+        from netc.runtime.data import DataError
+        from netc.runtime.lmdb_data import lmdb_sample_shape
+
+        declared = self.declared_shape
+        if kind is None and declared is None:
+            raise SpecError(f"no LMDB database at '{src}' (looked in {os.path.dirname(path)}) "
+                            "to read the sample shape from: declare it to check the net without "
+                            f"the database, e.g. --input-shape {self.spec.top[0]}=N,C,H,W",
+                            ("data_param", "source"))
+        if kind is None:
+            return tuple(int(d) for d in declared[1:])
+        try:
+            return lmdb_sample_shape(path, f"source '{src}'")
+        except DataError as e:
+            raise SpecError(e.message, ("data_param", "source")) from None
 
     def source_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(data, label) shapes of one sample of an .npz or built-in source, before the

@@ -163,7 +163,7 @@ class Net:
 
     def metric_blobs(self) -> list[str]:
         """Scalar outputs worth reporting (losses, accuracies): Caffe prints every net output."""
-        return [t for t in self.plan.outputs if self.plan.blobs[t] == ()]
+        return self.plan.scalar_outputs()
 
 
 def _prune(layers: list[PlannedLayer], given: set[str], outputs) -> list[PlannedLayer]:

@@ -144,6 +144,10 @@ class Plan:
     def has_loss(self) -> bool:
         return any(any(w for w in pl.loss_weights) for pl in self.layers)
 
+    def scalar_outputs(self) -> list[str]:
+        """The net's scalar outputs (losses, accuracies): what a test pass reports."""
+        return [t for t in self.outputs if self.blobs[t] == ()]
+
     def subgraph(self, outputs) -> list[PlannedLayer]:
         """The layers (in plan order) needed to compute the blobs `outputs`, data layers whose
         tops are needed included. Unknown blob names raise KeyError."""

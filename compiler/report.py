@@ -16,6 +16,7 @@ def check_file(path: str, *, phase: str | None = None, stages=(), level: int = 0
     from netc.compiler.catalogue import layer_models
     from netc.compiler.memory import check_memory
     from netc.compiler.plan import plan_all_phases, training_warnings
+    from netc.compiler.solver_check import check_solver
     from netc.spec.net import parse_spec
 
     spec = parse_spec(path, layer_models())
@@ -27,6 +28,7 @@ def check_file(path: str, *, phase: str | None = None, stages=(), level: int = 0
         declare_input_shapes(spec, input_shapes)
     plans = plan_all_phases(spec, stages=stages, level=level, batch=batch, phase=phase)
     training_warnings(spec, plans)
+    check_solver(spec, spec.solver, plans.get("TEST"))
     sized = plans.get("TRAIN") or plans[phase or "TEST"]
     if not spec.diagnostics.errors:  # a net that failed to plan has no trustworthy sizes
         check_memory(spec, sized)

@@ -17,9 +17,14 @@ subclass `Callback` to get one `on_<kind>(solver, event)` method per event kind.
     done        the run finished (data: the summary)
 
 To stop a run, a callback calls `solver.request_stop(reason)` (the current step finishes and a
-snapshot is written, as for SIGINT), or raises `Diverged` (no snapshot of the bad state).
-The progress display, metrics.jsonl and the NaN policy are callbacks; early stopping,
+snapshot is written, as for SIGINT; with `finish=True` the run ends as a finished one, with its
+final test and summary), or raises `Diverged` (no snapshot of the bad state).
+The progress display, metrics.jsonl, the NaN policy and early stopping are callbacks;
 TensorBoard or sampling are one more.
+
+A callback whose own state must survive a resume names it `state_key` and implements
+`state_dict()` / `load_state_dict(d)` (JSON values): the state is stored in every checkpoint as
+it is when the checkpoint is written, and given back when a run resumes from it.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from netc.runtime.rundir import BEST_DIR, prune_best
+
 __all__ = ["Event", "Callback", "CallbackProtocol", "Diverged", "MetricsLog", "Progress",
-           "NanGuard", "fmt_metrics", "fmt_time"]
+           "NanGuard", "EarlyStopping", "fmt_metrics", "fmt_time"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ class Diverged(Exception):
 
 class Callback:
     """Dispatches each event to `on_<kind>(solver, event)` when the subclass defines it."""
+
+    state_key: str | None = None  # set, with state_dict / load_state_dict, to be checkpointed
 
     def __call__(self, solver: Any, event: Event) -> None:
         handler = getattr(self, "on_" + event.kind, None)
@@ -108,12 +117,13 @@ class MetricsLog(Callback):
         self.write("warning", iter=e.iter, message=e.data["message"])
 
     def on_stop(self, solver, e: Event) -> None:
-        extra = {"detail": e.data["detail"]} if e.data.get("detail") else {}
+        extra = {k: e.data[k] for k in ("detail", "best") if e.data.get(k)}
         self.write("stop", iter=e.iter, reason=e.data["reason"], **extra)
 
     def on_done(self, solver, e: Event) -> None:
         # the checkpoint is in its own "snapshot" event; the path would tie the log to a folder
-        self.write("done", iter=e.iter, **{k: v for k, v in e.data.items() if k != "snapshot"})
+        self.write("done", iter=e.iter, **{k: v for k, v in e.data.items()
+                                           if k not in ("snapshot", "result")})
 
     def close(self) -> None:
         self.f.close()
@@ -227,6 +237,9 @@ class Progress(Callback):
                            f"snapshot{where}. Lower base_lr or check the data.\n")
             self.err.flush()
             return
+        if d.get("final"):  # the run ends as a finished one: the summary follows
+            self.echo(f"{d['reason']}: stopped at iteration {e.iter}: {d['detail']}")
+            return
         self.echo(f"{d['reason']}: stopped at iteration {e.iter}; snapshot {d.get('path')}")
         if d.get("resume_hint"):
             self.echo(f"resume with: {d['resume_hint']}")
@@ -244,3 +257,68 @@ class Progress(Callback):
                 f"{k} = {b['value']:.6g} (iteration {b['iter']})" for k, b in d["best_test"].items()))
         if d.get("snapshot"):
             self.echo(f"  snapshot: {d['snapshot']}")
+        if d.get("result") and d["result"] != d.get("snapshot"):
+            self.echo(f"  result: {d['result']} (iteration {d['result_iter']}; --weights "
+                      f"{solver.settings.run_dir} loads it)")
+
+
+class EarlyStopping(Callback):
+    """The solver's `early_stopping` (spec/solver.py's EARLY_STOPPING_RULE): after each test
+    pass, a `metric` better than the best by more than `min_delta` becomes the best and its
+    parameters are kept (`solver.save_weights(BEST_DIR)`, one checkpoint in RUN_DIR/best/);
+    `patience` passes in a row without one stop the run as a finished one. Its state (best value,
+    best iteration, passes without improvement) is checkpointed, so a resumed run stops where the
+    uninterrupted one would."""
+
+    state_key = "early_stopping"
+
+    def __init__(self, es: Any):
+        self.es, self.mode = es, es.resolved_mode
+        self.best: float | None = None
+        self.best_iter: int | None = None
+        self.bad = 0
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_iter": self.best_iter, "bad": self.bad}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.best, self.best_iter, self.bad = d.get("best"), d.get("best_iter"), int(d["bad"])
+
+    def improves(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.best is None:
+            return True
+        d = self.es.min_delta
+        return v > self.best + d if self.mode == "max" else v < self.best - d
+
+    def on_test(self, solver, e: Event) -> None:
+        v = e.data["metrics"][self.es.metric]
+        if self.improves(v):
+            self.best, self.best_iter, self.bad = v, e.iter, 0
+            solver.save_weights(BEST_DIR, early_stopping={"metric": self.es.metric, "value": v,
+                                                          "mode": self.mode})
+            return
+        self.bad += 1
+        if self.bad >= self.es.patience:
+            solver.request_stop("early stopping", self._why(), finish=True,
+                                best={"metric": self.es.metric, "value": self.best,
+                                      "iter": self.best_iter})
+
+    def _why(self) -> str:
+        es = self.es
+        by = f" by more than {es.min_delta:g}" if es.min_delta else ""
+        best = (f"its best, {self.best:.6g} at iteration {self.best_iter}," if self.best is not None
+                else "a finite value")
+        return (f"{es.metric} has not {'risen' if self.mode == 'max' else 'fallen'}{by} from {best} "
+                f"in {self.bad} test{'s' if self.bad != 1 else ''} (patience {es.patience})")
+
+    def on_snapshot(self, solver, e: Event) -> None:
+        # a checkpoint now records best_iter: older best parameters are not needed to resume
+        if self.best_iter is not None:
+            prune_best(solver.settings.run_dir, keep_from=self.best_iter)
+
+    def on_start(self, solver, e: Event) -> None:
+        # a resumed run recomputes what the interrupted one did after its checkpoint
+        if e.data["resumed"]:
+            prune_best(solver.settings.run_dir, keep_until=e.iter)

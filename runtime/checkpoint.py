@@ -62,6 +62,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "read_checkpoint_meta",
+    "remove_checkpoint",
     "save_checkpoint",
     "sha256_file",
     "unflatten",
@@ -683,12 +684,16 @@ def keep_last(run_dir: str | os.PathLike[str], n: int, prefix: str | None = None
     paths = list_checkpoints(run_dir, prefix)
     doomed = paths[: max(0, len(paths) - n)] if n else paths
     for json_path in doomed:
-        _, tensors_path = checkpoint_paths(json_path)
-        with contextlib.suppress(FileNotFoundError):
-            json_path.unlink()
-        _fsync_dir(run_dir)
-        with contextlib.suppress(FileNotFoundError):
-            tensors_path.unlink()
-    if doomed:
-        _fsync_dir(run_dir)
+        remove_checkpoint(json_path)
     return doomed
+
+
+def remove_checkpoint(json_path: str | os.PathLike[str]) -> None:
+    """Delete one checkpoint: un-commit it (its JSON) first, then remove its tensors file."""
+    json_path, tensors_path = checkpoint_paths(json_path)
+    with contextlib.suppress(FileNotFoundError):
+        json_path.unlink()
+    _fsync_dir(json_path.parent)
+    with contextlib.suppress(FileNotFoundError):
+        tensors_path.unlink()
+    _fsync_dir(json_path.parent)

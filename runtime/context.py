@@ -19,8 +19,9 @@ def diag_lines(diags) -> list[str]:
     return [d.format() for d in diags.sorted()]
 
 
-def _read_solver_file(solver_path: str) -> tuple[Any, list[str]]:
-    """(solver, warning lines) from a separate solver file (--solver)."""
+def _read_solver_file(solver_path: str) -> tuple[Any, Any, tuple]:
+    """(solver, its Diagnostics, its path in the document) from a separate solver file
+    (--solver); raises RunError on an error."""
     from netc.spec.errors import Diagnostics
     from netc.spec.net import read_document, validate_solver
 
@@ -31,14 +32,16 @@ def _read_solver_file(solver_path: str) -> tuple[Any, list[str]]:
     solver = None
     if raw is None and not diags.errors:
         diags.error("the file is empty: expected SolverParameter fields (base_lr, ...)")
+    base: tuple = ()
     if isinstance(raw, dict) and "solver" in raw and isinstance(raw["solver"], dict) \
             and "layers" not in raw:
-        solver = validate_solver(raw["solver"], diags, ("solver",), "solver")
+        base = ("solver",)
+        solver = validate_solver(raw["solver"], diags, base, "solver")
     elif raw is not None:
         solver = validate_solver(raw, diags, (), "")
     if diags.errors:
         raise RunError(lines=diag_lines(diags))
-    return solver, diag_lines(diags)
+    return solver, diags, base
 
 
 def load_spec(path: str, solver_path: str | None = None, *, warnings: list[str] | None = None):
@@ -61,9 +64,10 @@ def load_spec(path: str, solver_path: str | None = None, *, warnings: list[str] 
         raise RunError(lines=diag_lines(spec.diagnostics))
     solver = spec.solver
     if solver_path is not None:
-        solver, lines = _read_solver_file(solver_path)
+        solver, diags, base = _read_solver_file(solver_path)
+        spec.solver_origin = (diags, base)
         if warnings is not None:
-            warnings.extend(lines)
+            warnings.extend(diag_lines(diags))
     return spec, solver
 
 
@@ -142,6 +146,7 @@ class RunContext:
 
     def _plan_phases(self, batch: int | None) -> None:
         from netc.compiler.plan import plan, plan_all_phases
+        from netc.compiler.solver_check import check_solver
 
         states = {ph: net_state(ph, self.solver, self.spec) for ph in ("TRAIN", "TEST")}
         train, test = states["TRAIN"], states["TEST"]
@@ -150,6 +155,7 @@ class RunContext:
                                     batch=batch)
         else:
             plans = {ph: plan(self.spec, st, batch=batch) for ph, st in states.items()}
+        check_solver(self.spec, self.solver, plans.get("TEST"))
         if self.spec.diagnostics.errors:
             raise RunError(lines=diag_lines(self.spec.diagnostics))
         for ph, p in plans.items():

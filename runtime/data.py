@@ -60,8 +60,11 @@ from netc.compiler.layers.data import (
     is_text_source,
     transformed_label_shape,
 )
+from netc.compiler.transform import GEOMETRIC, check_label_map, extensions, transform_shape
 from netc.errors import NetcError
 from netc.files import FileRefused, open_regular
+from netc.runtime.augment import Augmenter, value_range
+from netc.spec.errors import SpecError
 from netc.spec.messages import TransformationParameter
 
 __all__ = [
@@ -569,6 +572,7 @@ class _Transform:
     scale: float
     crop: tuple[int, int] | None  # (crop_h, crop_w)
     mirror: bool
+    extended: TransformationParameter | None = None  # set when it has netc's augmentation
 
 
 def _make_transform(
@@ -613,17 +617,25 @@ def _make_transform(
     if crop is not None and (crop[0] > sample_shape[1] or crop[1] > sample_shape[2]):
         h, w = sample_shape[1:]
         raise DataError(f"{name}: crop {crop[0]}×{crop[1]} is larger than the images ({h}×{w})")
-    return _Transform(mean, float(t.scale), crop, bool(t.mirror))
+    try:
+        transform_shape(tuple(sample_shape), t, crop)
+    except SpecError as e:
+        raise _transform_error(name, e) from None
+    return _Transform(mean, float(t.scale), crop, bool(t.mirror), t if extensions(t) else None)
+
+
+def _transform_error(name: str, e: SpecError) -> DataError:
+    """A transform_param problem found by the shape rule, as the data loader reports it."""
+    return DataError(f"{name}: {'.'.join(map(str, e.path))}: {e.message}")
 
 
 def transformed_shape(
     sample_shape: tuple[int, ...], transform: TransformationParameter | None
 ) -> tuple[int, ...]:
-    """Shape of one sample after the transform (crop), e.g. (1, 28, 28) -> (1, 24, 24)."""
+    """Shape of one sample after the transform (crop, augmentation), e.g. (1, 28, 28) ->
+    (1, 24, 24)."""
     tr = _make_transform("<data>", tuple(sample_shape), transform)
-    if tr.crop is None:
-        return tuple(sample_shape)
-    return (sample_shape[0], *tr.crop)
+    return transform_shape(tuple(sample_shape), transform, tr.crop)
 
 
 # --- batching ------------------------------------------------------------------------------------
@@ -671,6 +683,7 @@ class _Producer:
             self.dtypes = {"data": np.float32, "label": np.float32 if real_labels else np.int32}
         self._orders: dict[int, np.ndarray] = {}
         self._augment: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.augmenter = _augmenter(ds, tr) if first.ndim == 4 else None
 
     def _order(self, epoch: int) -> np.ndarray:
         order = self._orders.get(epoch)
@@ -741,7 +754,10 @@ class _Producer:
         if window is not None:
             x = _take_window(x, *window)
         x = x.astype(self.dtypes[key0])
-        if self.dtypes[key0] == np.float32:
+        if self.augmenter is not None:
+            params = self.augmenter.params(self.seed, self.n, parts) if self.train else None
+            x = self.augmenter(x, params)
+        elif self.dtypes[key0] == np.float32:
             if self.tr.mean is not None:
                 x -= self.tr.mean
             if self.tr.scale != 1.0:
@@ -765,16 +781,32 @@ def _check_label_transform(ds: Dataset, tr: _Transform, train: bool) -> None:
     """A label (any array after the first) with a grid per sample must be a label map of the
     images' H×W if the images are cropped or mirrored: any other grid could not follow its
     image."""
-    if not (tr.crop or (tr.mirror and train)):
-        return
+    warped = bool(set(extensions(tr.extended)) & set(GEOMETRIC))
     for key, a in ds.columns()[1:]:
         per = tuple(int(d) for d in a.shape[1:])
+        if is_label_map(ds.sample_shape, per):
+            try:
+                check_label_map(tr.extended, key)
+            except SpecError as e:
+                raise _transform_error(ds.name, e) from None
+        if not (tr.crop or (tr.mirror and train) or warped):
+            continue
         if a.ndim >= 3 and not is_label_map(ds.sample_shape, per):
             raise DataError(
                 f"{ds.name}: '{key}' holds {fmt_shape(per)} per sample, but the images "
                 f"{fmt_shape(ds.sample_shape)} are cropped or mirrored: a label map must be H×W "
                 f"(or 1×H×W) of the images' own size to be cropped and mirrored with them"
             )
+
+
+def _augmenter(ds: Dataset, tr: _Transform) -> Augmenter | None:
+    """The augmentation extensions of `tr` for the images of `ds` (None: it has none)."""
+    t = tr.extended
+    if t is None:
+        return None
+    c, h, w = ds.sample_shape
+    vrange = value_range(ds.data, tr.scale) if t.color_jitter is not None else (0.0, 0.0)
+    return Augmenter(t, (c, *(tr.crop or (h, w))), tr.scale, tr.mean, vrange)
 
 
 def _take_window(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -198,9 +198,9 @@ def _load_weights(weights: Any, graph: DeployGraph) -> tuple[dict, dict, dict]:
     if isinstance(weights, (str, os.PathLike)) and Path(weights).is_dir():
         import sys
 
-        from netc.runtime.rundir import newest_checkpoint
+        from netc.runtime.rundir import run_result
 
-        found = newest_checkpoint(weights, warn=lambda m: sys.stderr.write(f"warning: {m}\n"))
+        found = run_result(weights, warn=lambda m: sys.stderr.write(f"warning: {m}\n"))
         if found is None:
             raise ExportError(f"{weights}: no checkpoint in this run directory")
         weights = found

@@ -11,7 +11,11 @@ from pathlib import Path
 from netc.runtime.errors import RunError
 
 __all__ = ["slug", "resolve_run_dir", "new_run_dir", "read_metrics", "trim_metrics",
-           "newest_checkpoint", "foreign_files", "RunLock", "open_append", "LOCK_FILE"]
+           "newest_checkpoint", "foreign_files", "RunLock", "open_append", "LOCK_FILE",
+           "BEST_DIR", "run_result", "prune_best"]
+
+# Early stopping keeps the best test's parameters here (runtime/callbacks.py's EarlyStopping).
+BEST_DIR = "best"
 
 
 def newest_checkpoint(run_dir, warn=None) -> Path | None:
@@ -27,6 +31,27 @@ def newest_checkpoint(run_dir, warn=None) -> Path | None:
         for path, why in skipped:
             warn(f"checkpoint {path} is damaged ({why}); using {used} instead")
     return found
+
+
+def run_result(run_dir, warn=None) -> Path | None:
+    """The checkpoint that is a run's result, which `--weights RUN_DIR` loads (test, predict,
+    export, fine-tuning): the best test's parameters where early stopping kept them
+    (RUN_DIR/best/), else the newest checkpoint. Resuming uses `newest_checkpoint`."""
+    best = newest_checkpoint(Path(run_dir) / BEST_DIR, warn)
+    return best if best is not None else newest_checkpoint(run_dir, warn)
+
+
+def prune_best(run_dir, *, keep_from: int | None = None, keep_until: int | None = None) -> None:
+    """Remove the checkpoints of RUN_DIR/best/ of iterations before `keep_from` (superseded
+    by a better one that a checkpoint now records) or after `keep_until` (written by an
+    interrupted run after the checkpoint it resumes from)."""
+    from netc.runtime.checkpoint import list_checkpoints, read_checkpoint_meta, remove_checkpoint
+
+    for path in list_checkpoints(Path(run_dir) / BEST_DIR):
+        it = read_checkpoint_meta(path)["iteration"]
+        if (keep_from is not None and it < keep_from) or (keep_until is not None
+                                                           and it > keep_until):
+            remove_checkpoint(path)
 
 
 def slug(name: str) -> str:
@@ -119,7 +144,7 @@ def trim_metrics(path: Path, iteration: int, checkpoint: Path | None = None) -> 
 # --- owning a run directory -------------------------------------------------------------------
 
 LOCK_FILE = ".netc.lock"
-_OWN_NAMES = ("spec.yaml", "solver.yaml", "solver.json", "metrics.jsonl", "vocab.json")
+_OWN_NAMES = ("spec.yaml", "solver.yaml", "solver.json", "metrics.jsonl", "vocab.json", BEST_DIR)
 
 
 def foreign_files(run_dir: Path) -> list[str]:

@@ -59,7 +59,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from netc.compiler.layer import is_carry_role
-from netc.runtime.callbacks import Diverged, Event, MetricsLog, NanGuard, Progress
+from netc.runtime.callbacks import Diverged, EarlyStopping, Event, MetricsLog, NanGuard, Progress
 from netc.runtime.context import RunContext, load_context
 from netc.runtime.errors import EXIT_DIVERGED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, RunError
 from netc.runtime.rundir import (
@@ -68,6 +68,7 @@ from netc.runtime.rundir import (
     new_run_dir,
     newest_checkpoint,
     resolve_run_dir,
+    run_result,
     slug,
     trim_metrics,
 )
@@ -359,6 +360,8 @@ class Solver:
         s = config if isinstance(config, SolverSettings) else resolve_settings(config, self.err)
         self.settings = s
         self.stop_reason: str | None = None
+        self.stop_info: dict = {}  # request_stop's detail, finish and what else it was told
+        self._callback_state: dict = {}  # what the checkpoint resumed from holds for callbacks
         self._lock = None
         self._notes: list[str] = list(s.notes)
         self.callbacks: list = []
@@ -377,6 +380,8 @@ class Solver:
             self.close()
             raise
         self.callbacks = list(self._default_callbacks() if default_callbacks else []) + list(callbacks)
+        self.callbacks += self._spec_callbacks()
+        self._load_callback_state()
         for note in self._notes:
             self.emit("warning", self.iter, message=note)
         self._start_streams(s.checkpoint_meta.get("data_position") if s.resumed else None)
@@ -585,6 +590,38 @@ class Solver:
         self.progress = Progress(self.out, self.err, live, self.settings.max_iter)
         return [NanGuard(), MetricsLog(self.settings.run_dir / "metrics.jsonl"), self.progress]
 
+    def _spec_callbacks(self) -> list:
+        """Callbacks the solver spec asks for (every process: they decide when the run stops)."""
+        es = self.settings.sp.early_stopping
+        return [EarlyStopping(es)] if es is not None and self.test_iter else []
+
+    def _load_callback_state(self) -> None:
+        """Give each checkpointed callback its state from the checkpoint resumed from."""
+        for cb in self.callbacks:
+            key = getattr(cb, "state_key", None)
+            if key and key in self._callback_state:
+                cb.load_state_dict(self._callback_state[key])
+
+    def save_weights(self, folder: str, **meta: Any) -> Path | None:
+        """The current parameters and state (no optimizer state: not a point to resume from)
+        as the newest checkpoint of RUN_DIR/`folder`, written atomically; `meta` is recorded
+        with it. Early stopping keeps the best test's parameters so. Process 0 writes; None
+        elsewhere."""
+        from netc.runtime import checkpoint as ckpt
+
+        if not self.primary:
+            return None
+        s, t0 = self.settings, time.perf_counter()
+        tensors = {"params": self._host(self.params), "state": self._host(self.state)}
+        meta = {"iteration": self.iter, "seed": s.seed, "spec": s.context.spec.name, **meta}
+        try:
+            path = ckpt.save_checkpoint(s.run_dir / folder, f"{s.snapshot_prefix}_iter_{self.iter}",
+                                        tensors, meta)
+        except OSError as e:
+            raise RunError(_io_message(e, f"cannot write {folder}/ in {s.run_dir}")) from None
+        self.timer.add("snap_s", time.perf_counter() - t0)
+        return path
+
     def _start_streams(self, positions) -> None:
         for st in self.streams:
             st.close()
@@ -608,10 +645,15 @@ class Solver:
         else:
             self._notes.append(message)
 
-    def request_stop(self, reason: str) -> None:
-        """Stop after the current step, with a snapshot (a signal, or a callback's decision)."""
+    def request_stop(self, reason: str, detail: str | None = None, *, finish: bool = False,
+                     **info: Any) -> None:
+        """Stop after the current step, with a snapshot (a signal, or a callback's decision).
+        `finish`: the run is complete (early stopping) and ends as a finished run does (final
+        test, snapshot, summary, exit 0), not as an interrupted one. `detail` and `info` go into
+        the "stop" event."""
         if self.stop_reason is None:
             self.stop_reason = reason
+            self.stop_info = {"detail": detail, "final": finish, **info}
 
     # --- Caffe's Step -------------------------------------------------------------------------
     @property
@@ -754,6 +796,9 @@ class Solver:
             return None
         t0 = time.perf_counter()
         it, tensors, meta = self._pending_snapshot
+        # the callbacks' state after every test up to `it` (which a resumed run does not repeat)
+        meta = {**meta, "callbacks": {cb.state_key: cb.state_dict() for cb in self.callbacks
+                                      if getattr(cb, "state_key", None)}}
         self._pending_snapshot = None
         if not self.primary:  # process 0 writes the checkpoints of a multi-host run
             return None
@@ -810,6 +855,8 @@ class Solver:
             self._warn(f"{Path(path).name} was trained on {was} device{'s' if was != 1 else ''}, "
                        f"this run uses {self.n_devices}: the global batch is the same, the "
                        "numbers agree up to float rounding, not bit for bit")
+        self._callback_state = meta.get("callbacks") or {}
+        self._load_callback_state()
         self.losses.clear()
         self.losses.extend(float(x) for x in meta.get("recent_losses", []))
         if self.streams:
@@ -840,6 +887,7 @@ class Solver:
         steady = t.steady_s()
         sps = t.steady_iters * self.batch_size / steady if t.steady_iters and steady > 0 else None
         latest = ckpt.latest_checkpoint(s.run_dir) if self.primary else None
+        result = run_result(s.run_dir) if self.primary else None
         self.emit("done", self.iter, trained=trained,
                   wall_s=round(time.perf_counter() - t.start, 3),
                   train_s=round((t.first_step_s or 0.0) + steady, 3),
@@ -848,7 +896,8 @@ class Solver:
                   samples_per_s=round(sps, 1) if sps is not None else None,
                   last_test=self.last_test,
                   best_test={k: {"value": v, "iter": i} for k, (v, i) in self.best.items()},
-                  snapshot=str(latest) if latest else None)
+                  snapshot=str(latest) if latest else None, result=str(result) if result else None,
+                  result_iter=ckpt.read_checkpoint_meta(result)["iteration"] if result else None)
 
     def _stopped(self) -> int:
         from netc.runtime import checkpoint as ckpt
@@ -882,8 +931,10 @@ class Solver:
         try:
             self._start_event()
             self.step(self.settings.max_iter - self.iter)
-            if self.stop_reason is not None:
+            if self.stop_reason is not None and not self.stop_info.get("final"):
                 return self._stopped()
+            if self.stop_reason is not None:
+                self.emit("stop", self.iter, reason=self.stop_reason, **self.stop_info)
             self._finish(self.iter - start)
             return EXIT_OK
         except Diverged as e:

@@ -77,11 +77,13 @@ def read_weights(path: str, err=None) -> tuple[dict, dict]:
 
     p = Path(path)
     if p.is_dir():
-        from netc.runtime.rundir import newest_checkpoint
+        from netc.runtime.rundir import BEST_DIR, run_result
 
-        found = newest_checkpoint(p, warn=(lambda m: err.write(f"warning: {m}\n")) if err else None)
+        found = run_result(p, warn=(lambda m: err.write(f"warning: {m}\n")) if err else None)
         if found is None:
             raise RunError(f"{path}: no checkpoint in this directory")
+        if found.parent.name == BEST_DIR and err is not None:
+            err.write(f"weights: {found} (the best test, kept by early stopping)\n")
         p = found
     if p.suffix == ".npz":
         from netc.runtime.commands.predict import read_npz

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 # Dimensions and counts are bounded so that products stay far from overflow.
 MAX_DIM = 2**31 - 1
@@ -104,6 +111,157 @@ class ParamSpec(Message):
     decay_mult: Annotated[float, Field(ge=0)] = 1.0
 
 
+# --- transform_param's netc extensions: on-the-fly augmentation (runtime/augment.py applies them,
+# compiler/transform.py has their shape rule). Random ones act in TRAIN only.
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
+def _range_of(values: tuple[float, ...], what: str, *, upper: float | None = None,
+              single: bool = False) -> tuple[float, float]:
+    """[a, b] with 0 < a ≤ b (≤ upper); one value v stands for [v, v] when `single`."""
+    if single and len(values) == 1:
+        values = (values[0], values[0])
+    bound = "" if upper is None else f" ≤ {upper:g}"
+    shown = ", ".join(f"{v:g}" for v in values)
+    if len(values) != 2 or not (0 < values[0] <= values[1] and (upper is None
+                                                                 or values[1] <= upper)):
+        raise ValueError(f"{what} must be {'one value or ' if single else ''}two values [a, b] "
+                         f"with 0 < a ≤ b{bound}, got [{shown}]")
+    return values
+
+
+class RandomResizedCropParameter(Message):
+    """torchvision's RandomResizedCrop: a box of area fraction in `scale` of the image and aspect
+    ratio (w/h) in `ratio` (log-uniform), resized bilinearly to `size`; TEST: the central box of
+    side fraction `test_crop`, resized to `size`."""
+
+    size: Repeated(PosInt)
+    scale: Repeated(float) = (0.08, 1.0)
+    ratio: Repeated(float) = (0.75, 4 / 3)
+    test_crop: Annotated[float, Field(gt=0, le=1)] = 1.0
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) not in (1, 2):
+            raise ValueError(f"size must be one value or [h, w], got {len(v)} values")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        return _range_of(v, "scale (the box's area fraction)", upper=1.0)
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        return _range_of(v, "ratio (the box's width / height)")
+
+
+class FlipParameter(Message):
+    """Flips with these probabilities (Caffe's `mirror` is horizontal: 0.5)."""
+
+    horizontal: Probability = 0.0
+    vertical: Probability = 0.0
+
+
+class Rotate90Parameter(Message):
+    """A rotation by one of `angles` (degrees, counter-clockwise), each equally likely."""
+
+    angles: Repeated(Literal[0, 90, 180, 270]) = (0, 90, 180, 270)
+
+
+class RotateParameter(Message):
+    """A rotation by an angle uniform in [-degrees, degrees], bilinear; `fill` outside (one
+    warp: rotate's fill and translate's must agree when both are given)."""
+
+    degrees: Annotated[float, Field(ge=0, le=180)]
+    fill: float = 0.0
+
+
+class TranslateParameter(Message):
+    """A shift by whole pixels, uniform in [-m, m] on each axis: m = `pixels`, or `fraction` of
+    the height (rows) and width (columns); `fill` where the image moved away."""
+
+    pixels: NonNegInt | None = None
+    fraction: Annotated[float, Field(ge=0, lt=1)] | None = None
+    fill: float = 0.0
+
+    @model_validator(mode="after")
+    def _one(self) -> TranslateParameter:
+        if (self.pixels is None) == (self.fraction is None):
+            raise ValueError("give one of pixels (the largest shift) or fraction (of the size)")
+        return self
+
+
+class ColorJitterParameter(Message):
+    """torchvision's ColorJitter: brightness, contrast and saturation factors uniform in
+    [max(0, 1 - v), 1 + v], hue shifted by up to ±hue of a turn; values clipped to the data's
+    range after each."""
+
+    brightness: Annotated[float, Field(ge=0)] = 0.0
+    contrast: Annotated[float, Field(ge=0)] = 0.0
+    saturation: Annotated[float, Field(ge=0)] = 0.0
+    hue: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+
+
+class ColorDropParameter(Message):
+    """Grayscale (ITU-R 601 luma in all three channels) with probability `p` (SimCLR)."""
+
+    p: Probability
+
+
+class CutoutParameter(Message):
+    """`holes` holes of size×size (or [h, w]) set to `fill`, centred anywhere in the image (so a
+    hole may be cut by the border; DeVries & Taylor 2017)."""
+
+    holes: PosInt = 1
+    size: Repeated(PosInt)
+    fill: float = 0.0
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if len(v) not in (1, 2):
+            raise ValueError(f"size must be one value or [h, w], got {len(v)} values")
+        return v
+
+
+class GaussianNoiseParameter(Message):
+    """Independent N(0, std²) noise added to every value (not clipped)."""
+
+    std: Annotated[float, Field(ge=0)]
+
+
+class GaussianBlurParameter(Message):
+    """A gaussian blur with sigma uniform in `sigma` ([a, b], or one value), with probability
+    `p`; kernel_size (odd) defaults to 2·ceil(3·b) + 1; borders replicate the edge."""
+
+    sigma: Repeated(float) = (0.1, 2.0)
+    kernel_size: PosInt | None = None
+    p: Probability = 1.0
+
+    @field_validator("sigma")
+    @classmethod
+    def _sigma(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        return _range_of(v, "sigma", single=True)
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, v: int | None) -> int | None:
+        if v is not None and v % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {v}")
+        return v
+
+
+class SobelParameter(Message):
+    """Deterministic edge maps (DeepCluster's input): the image made grayscale, then its Sobel
+    derivatives (2 channels: d/dx, d/dy) or their magnitude (1 channel); in TEST too."""
+
+    output: Literal["gradients", "magnitude"] = "gradients"
+
+
 class TransformationParameter(Message):
     scale: float = 1.0
     mirror: bool = False
@@ -114,6 +272,20 @@ class TransformationParameter(Message):
     mean_value: Repeated(float) = ()
     force_color: bool = False
     force_gray: bool = False
+    # netc extensions (see above), applied in this order after crop and mirror: one geometric
+    # warp (random_resized_crop, flip, rotate90, rotate, translate), color_jitter, color_drop,
+    # gaussian_blur, gaussian_noise, cutout, then sobel.
+    random_resized_crop: RandomResizedCropParameter | None = None
+    flip: FlipParameter | None = None
+    rotate90: Rotate90Parameter | None = None
+    rotate: RotateParameter | None = None
+    translate: TranslateParameter | None = None
+    color_jitter: ColorJitterParameter | None = None
+    color_drop: ColorDropParameter | None = None
+    gaussian_blur: GaussianBlurParameter | None = None
+    gaussian_noise: GaussianNoiseParameter | None = None
+    cutout: CutoutParameter | None = None
+    sobel: SobelParameter | None = None
 
 
 class LossParameter(Message):

@@ -88,6 +88,9 @@ class NetSpec:
     state: NetState | None = None
     solver: Any = None
     solver_file: str | None = None
+    # Where a solver read from another file lives (its Diagnostics and its path in that
+    # document), so that an error found later in it points there; None: the `solver:` section.
+    solver_origin: tuple[Diagnostics, Path] | None = None
     # Tops of layers that failed validation: later layers using them are not reported again.
     failed_tops: set[str] = field(default_factory=set)
     # Bottoms of layers that failed validation: still read by a layer, so never "unused".
@@ -479,6 +482,8 @@ def _parse_solver_file(path, data, diags, layer_models) -> NetSpec:
                                  ("solver",))
     spec.solver = solver if solver is not None else spec.solver
     spec.solver_file = path
+    if solver is not None:
+        spec.solver_origin = (diags, ())
     return spec
 
 

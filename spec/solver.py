@@ -22,6 +22,8 @@ netc extensions (everything else is plain Caffe):
   ``cosine``; ``poly`` likewise with a polynomial decay. The step-like policies (step, multistep,
   exp, inv, sigmoid) keep Caffe's absolute iteration numbers: ``stepvalue: [30000]`` means
   iteration 30,000 with or without a warmup.
+- ``early_stopping`` -- stop when a TEST metric stops improving and keep the best parameters
+  (:data:`EARLY_STOPPING_RULE`; runtime/callbacks.py's EarlyStopping).
 - ``type: AdamW`` -- Caffe's Adam with decoupled weight decay (Loshchilov & Hutter):
   ``w -= local_rate * (adam_step + weight_decay * decay_mult * w)``; the decay is not added to the
   gradient first (``regularization_type: L1`` decouples ``sign(w)`` the same way).
@@ -247,6 +249,34 @@ class ScheduledSampling(Message):
         return self.k / (self.k + jnp.exp(jnp.minimum(i / self.k, 80.0)))
 
 
+EARLY_STOPPING_RULE = (
+    "netc extension: after every test pass the TEST net's scalar output `metric` (an Accuracy "
+    "or loss top) is compared with the best value so far; a value better by more than "
+    "min_delta is the new best, and its parameters are written to RUN_DIR/best/ (netc test, "
+    "predict and export given the run directory use them). After `patience` test passes "
+    "without such an improvement the run stops (a final snapshot, the summary names the "
+    "winning iteration). mode: max or min; by default min for a metric whose name contains "
+    "'loss', else max. The state (best value, its iteration, the passes without improvement) "
+    "is in every checkpoint, so a resumed run stops where the uninterrupted one would."
+)
+
+
+class EarlyStopping(Message):
+    """The solver's `early_stopping` section (see EARLY_STOPPING_RULE)."""
+
+    metric: str = Field(description="A scalar output blob of the TEST net: accuracy, loss, ...")
+    mode: Literal["max", "min"] | None = None
+    patience: NonNegInt = 3
+    min_delta: NonNegFloat = 0.0
+
+    @property
+    def resolved_mode(self) -> str:
+        """`mode`, or min for a metric named like a loss and max otherwise."""
+        if self.mode is not None:
+            return self.mode
+        return "min" if "loss" in self.metric.lower() else "max"
+
+
 def _solver_type_schema(schema: dict[str, Any]) -> None:
     schema["enum"] = list(SOLVER_TYPES)
 
@@ -268,6 +298,7 @@ class SolverParameter(Message):
     test_interval: NonNegInt = 0
     test_compute_loss: bool = False
     test_initialization: bool = True
+    early_stopping: EarlyStopping | None = Field(None, description=EARLY_STOPPING_RULE)
 
     # --- the schedule ----------------------------------------------------------------------------
     base_lr: NonNegFloat | None = None
@@ -353,6 +384,13 @@ class SolverParameter(Message):
             caffe = " (Caffe refuses it too)" if solver in SOLVER_TYPE_NAMES.values() else ""
             raise _refuse("momentum", f"momentum cannot be used with type '{solver}': its update "
                           f"has no momentum term{caffe}", self.momentum)
+        return self
+
+    @model_validator(mode="after")
+    def _check_early_stopping(self) -> SolverParameter:
+        if self.early_stopping is not None and not (self.test_interval and self.test_iter):
+            raise _refuse("early_stopping", "early_stopping needs test passes to watch: set "
+                          "test_iter and test_interval", None)
         return self
 
     def _check_policy(self) -> None:

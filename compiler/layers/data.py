@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from netc.compiler.layer import BATCH, DataFact, Layer, register
+from netc.compiler.transform import check_label_map, transform_shape
 from netc.files import FileRefused, read_regular
 from netc.spec.errors import SpecError
 from netc.spec.messages import DataParameter, InputParameter, TransformationParameter
@@ -352,8 +353,11 @@ data_param: {source: "netc:digits/train", batch_size: 64}
                 raise SpecError(f"crop {crop[0]}×{crop[1]} is larger than the {h}×{w} images",
                                 ("transform_param", "crop_size"))
         n = self.p.batch_size
-        tops = [(n,) + (sample if crop is None else (sample[0], *crop))]
-        for _, shape in cols[1:]:
+        tp = self.spec.transform_param
+        tops = [(n,) + transform_shape(sample, tp, crop)]
+        for top, shape in cols[1:]:
+            if is_label_map(sample, shape):
+                check_label_map(tp, top)
             tops.append((n,) + transformed_label_shape(sample, shape, crop))
         return tops
 

@@ -35,6 +35,7 @@ def main(ctx: click.Context, no_compile_cache: bool) -> None:
     netc test SPEC --weights CKPT     the TEST net's accuracy/loss over its Data layer
     netc predict SPEC --weights CKPT IN.npz -o OUT.npz   a forward pass on given input blobs
     netc time models/lenet.yaml       per-layer forward/backward milliseconds and the whole step
+    netc graph SPEC -o net.html       the net drawn: SVG, PNG, Graphviz DOT, or a clickable page
 
     Commands that compile keep the compiled programs in a persistent cache (~/.cache/netc/jax,
     or $NETC_CACHE_DIR), so a second run of a net starts sooner; --no-compile-cache opts out.
@@ -614,6 +615,39 @@ def time_cmd(spec, iterations, phase, batch, as_json) -> None:
     _run_command(lambda: command.run(spec, phase=phase.upper(), batch=batch,
                                      iterations=iterations, as_json=as_json, out=sys.stdout,
                                      err=sys.stderr))
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True,
+              help="The file to write: .svg, .png, .dot (Graphviz) or .html (an interactive page).")
+@click.option("--format", "fmt", type=click.Choice(["svg", "png", "dot", "html"]), default=None,
+              help="The format (default: from the output's suffix).")
+@click.option("--phase", type=click.Choice(["TRAIN", "TEST", "both"], case_sensitive=False),
+              default="both", show_default=True,
+              help="The phase to draw; both: the union, phase-only layers dashed (TRAIN) or "
+                   "dotted (TEST).")
+@click.option("--stage", "stages", multiple=True, help="A NetState stage (repeatable).")
+@click.option("--level", type=int, default=0, show_default=True, help="The NetState level.")
+@click.option("--batch", type=click.IntRange(min=1), default=None,
+              help="Fix the batch size of every input blob.")
+def graph(spec, output, fmt, phase, stages, level, batch) -> None:
+    """Draw the net: layers, and blobs with their shapes (Netscope for netc), without JAX.
+
+    \b
+    netc graph models/lenet.yaml -o lenet.html     a page: click a layer for its details
+    netc graph models/bvlc_googlenet.yaml -o googlenet.svg
+
+    In-place layers (ReLU, BatchNorm, Scale, Dropout writing their bottom) are folded into the
+    node of the layer that made the blob, and listed on it. The page shows, per layer, its type,
+    YAML fields, bottom and top shapes, parameter count and multiply-accumulates per sample.
+    Exit status 0, or 1 when the spec has errors (printed as FILE:LINE:COL; nothing is written).
+    """
+    from netc.runtime.commands import graph as command
+
+    phase = "both" if phase.lower() == "both" else phase.upper()
+    _run_command(lambda: command.run(spec, output, fmt=fmt, phase=phase, stages=stages,
+                                     level=level, batch=batch, out=sys.stdout))
 
 
 if __name__ == "__main__":  # pragma: no cover

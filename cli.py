@@ -650,5 +650,31 @@ def graph(spec, output, fmt, phase, stages, level, batch) -> None:
                                      level=level, batch=batch, out=sys.stdout))
 
 
+@main.group(name="data")
+def data_group() -> None:
+    """Look at data sources: `netc data inspect SOURCE -o grid.png`."""
+
+
+@data_group.command(name="inspect")
+@click.argument("source")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write a grid of the first samples as a PNG image.")
+@click.option("--count", type=click.IntRange(min=1, max=1024), default=64, show_default=True,
+              help="Samples in the grid (8 to a row).")
+@click.option("--size", default=None, metavar="HxW",
+              help="Image sources: resize every image to H×W (ImageData's new_height×new_width).")
+@click.option("--gray", is_flag=True, help="Image sources: read the images as gray (is_color: false).")
+@click.option("--split", default=None, metavar="A,B",
+              help="Image sources: the fraction range [A, B) of each class's images.")
+def data_inspect(source, output, count, size, gray, split) -> None:
+    """Counts, sample shape, dtype, value range and class balance of SOURCE, and a grid of its
+    samples as PNG (-o). SOURCE: netc:NAME/SPLIT, an .npz file, csv:PATH, folder:PATH, or an
+    ImageData list file of `path label` lines."""
+    from netc.runtime.commands import data as command
+
+    _run_command(lambda: command.run(source, output, count, sys.stdout, size=size, gray=gray,
+                                     split=split))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

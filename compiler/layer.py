@@ -152,6 +152,9 @@ class DataFact:
     # top role -> number of distinct integer ids it holds (a text source's vocabulary size), for
     # checks by the layers that read them (Embed's input_dim)
     vocab: dict[str, int] = field(default_factory=dict)
+    # what the source's reader needs besides the source (an image source: the size images are
+    # resized to, colour, root folder, split), passed to runtime.data.load_source as `options`
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Layer:

@@ -54,12 +54,14 @@ from netc.compiler.layer import LabelFact, fmt_shape
 from netc.compiler.layers.data import (
     BUILTIN,
     BUILTIN_PREFIX,
+    CSV_PREFIX,
     BuiltinDataset,
     crop_dims,
     is_label_map,
     is_text_source,
     transformed_label_shape,
 )
+from netc.compiler.layers.image_data import FOLDER_PREFIX
 from netc.compiler.transform import GEOMETRIC, check_label_map, extensions, transform_shape
 from netc.errors import NetcError
 from netc.files import FileRefused, open_regular
@@ -144,8 +146,13 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 def _load_builtin(name: str, split: str) -> Dataset:
     info = BUILTIN[name]
     data_key, label_key = info.splits[split].data_key, info.splits[split].label_key
-    ref = resources.files("netc.runtime").joinpath(info.resource)
     source = f"{BUILTIN_PREFIX}{name}/{split}"
+    if info.resource is None:  # downloaded on first use
+        from netc.runtime.datasets_remote import load_remote
+
+        arrays = load_remote(name, keys=(data_key, label_key))
+        return Dataset(source, _readonly(arrays[data_key]), _readonly(arrays[label_key]))
+    ref = resources.files("netc.runtime").joinpath(info.resource)
     try:
         with ref.open("rb") as f, np.load(f, allow_pickle=False) as z:
             data, label = z[data_key], z[label_key]
@@ -215,6 +222,7 @@ def load_source(
     base_dir: str | Path | None = None,
     need_label: bool = True,
     keys: tuple[str, ...] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Any:
     """Load a data source: ``netc:NAME/SPLIT``, a path to an ``.npz`` file, or a text source.
 
@@ -222,7 +230,9 @@ def load_source(
     current directory. The file must hold ``data`` and (unless ``need_label`` is false)
     ``label``; with ``keys`` (a layer's tops read by name), the arrays named so instead. A text
     source (``text:PATH``, ``netc:hamlet``) gives a :class:`netc.runtime.seqdata.TextCorpus`.
-    Raises :class:`DataError`.
+    ``csv:PATH`` is a table, ``folder:PATH`` a folder of images (one subfolder per class), and
+    with ``options`` (an ImageData layer's: new_height, new_width, is_color, root_folder, split)
+    ``source`` is read as images (:mod:`netc.runtime.image_sources`). Raises :class:`DataError`.
     """
     if is_text_source(source):
         from netc.runtime.seqdata import load_text
@@ -230,6 +240,14 @@ def load_source(
         return load_text(source, base_dir=base_dir)
     if source.startswith(BUILTIN_PREFIX):
         return _load_builtin_source(source)
+    if source.startswith(CSV_PREFIX):
+        from netc.runtime.image_sources import load_csv
+
+        return load_csv(source, base_dir=base_dir)
+    if options is not None or source.startswith(FOLDER_PREFIX):
+        from netc.runtime.image_sources import load_images
+
+        return load_images(source, base_dir=base_dir, **(options or {}))
     path = _resolve(source, base_dir)
     file = str(path)
     if path.is_dir():  # Caffe's databases are folders: an LMDB is read, a LevelDB refused

@@ -111,7 +111,8 @@ def _feed(plan, pl, fact, spec_dir: str, train: bool) -> DataFeed:
             return DataFeed(pl.name, pl.tops, ds, int(fact.batch_size), fact.transform,
                             fact.shuffle and train, train, keys=keys, dtypes=dtypes)
         need_label = "label" in keys
-        ds = load_source(fact.source, base_dir=spec_dir, need_label=need_label)
+        ds = load_source(fact.source, base_dir=spec_dir, need_label=need_label,
+                         options=fact.options or None)
         labels = needs.get("label")
         check_dataset(ds, sample_shape=fact.sample_shape, labels=labels,
                       transform=fact.transform, need_label=need_label)

@@ -677,6 +677,7 @@ FORK_LAYER_TYPES = frozenset({"Upsample"})
 _EXTENSIONS: dict[str, dict[str, Any]] = {
     "convolution_param": {"pad_mode": lambda v: v != "CAFFE", "pad_begin": None, "pad_end": None},
     "data_param": {"shuffle": None, "seq_len": None, "batch_first": None, "split": None},
+    "image_data_param": {"split": None},
     "pooling_param": {"pool": lambda v: v == "L2"},
     "recurrent_param": dict.fromkeys(
         "sequence_input batch_first bidirectional merge_mode num_layers dropout output reset_after "

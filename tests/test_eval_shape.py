@@ -84,6 +84,10 @@ CONFIGS: dict[str, list[list[dict]]] = {
              [{"name": "d", "type": "Data", "top": ["data"],
                "transform_param": {"crop_size": 20},
                "data_param": {"source": "netc:digits/test", "batch_size": 3}}]],
+    "ImageData": [[{"name": "d", "type": "ImageData", "top": ["data", "label"],
+                    "transform_param": {"crop_size": 6},
+                    "image_data_param": {"source": "list.txt", "batch_size": 2, "new_height": 8,
+                                         "new_width": 10, "is_color": False}}]],
     "Convolution": [
         [X4, _conv("Convolution", kernel_size=[3])],
         [X4, _conv("Convolution", kernel_size=[3, 2], stride=[2], pad=[1, 0], dilation=[2, 1],

@@ -864,6 +864,7 @@ def test_input_blobs_pass_through_and_missing_input_is_reported():
 COVERED = {
     "Input": test_input_blobs_pass_through_and_missing_input_is_reported,
     "Data": None,  # is_data: Net.apply takes its tops from `inputs` (test_eval_shape plans it)
+    "ImageData": None,  # is_data, as Data (tests/test_image_sources.py trains from it)
     "Convolution": test_convolution, "Deconvolution": test_deconvolution,
     "Pooling": test_pooling, "InnerProduct": test_inner_product, "ReLU": test_activations,
     "Sigmoid": test_activations, "TanH": test_activations,

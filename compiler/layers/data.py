@@ -43,9 +43,10 @@ class BuiltinSplit:
 
 @dataclass(frozen=True)
 class BuiltinDataset:
-    """A data set shipped inside the package: `resource` is a file under `netc.runtime`."""
+    """A built-in data set: `resource` is a file under `netc.runtime` shipped inside the package,
+    or None for a set downloaded on first use (runtime/datasets_remote.py has its files)."""
 
-    resource: str
+    resource: str | None
     splits: dict[str, BuiltinSplit]
     description: str
 
@@ -62,9 +63,37 @@ BUILTIN: dict[str, BuiltinDataset] = {
         },
         description="5,000 MNIST digits, 1×28×28 uint8, 10 classes; train 4,000 / test 1,000",
     ),
+    "mnist": BuiltinDataset(
+        resource=None,
+        splits={
+            "train": BuiltinSplit("train_data", "train_label", 60000, (1, 28, 28), (), 10),
+            "test": BuiltinSplit("test_data", "test_label", 10000, (1, 28, 28), (), 10),
+        },
+        description="MNIST digits, 1×28×28 uint8, 10 classes; train 60,000 / test 10,000 "
+                    "(downloaded on first use, 11 MB)",
+    ),
+    "fashion-mnist": BuiltinDataset(
+        resource=None,
+        splits={
+            "train": BuiltinSplit("train_data", "train_label", 60000, (1, 28, 28), (), 10),
+            "test": BuiltinSplit("test_data", "test_label", 10000, (1, 28, 28), (), 10),
+        },
+        description="Fashion-MNIST (Zalando), 1×28×28 uint8, 10 classes; train 60,000 / test "
+                    "10,000 (downloaded on first use, 30 MB)",
+    ),
+    "cifar10": BuiltinDataset(
+        resource=None,
+        splits={
+            "train": BuiltinSplit("train_data", "train_label", 50000, (3, 32, 32), (), 10),
+            "test": BuiltinSplit("test_data", "test_label", 10000, (3, 32, 32), (), 10),
+        },
+        description="CIFAR-10 (binary version), 3×32×32 uint8 RGB, 10 classes; train 50,000 / "
+                    "test 10,000 (downloaded on first use, 162 MB)",
+    ),
 }
 
 TEXT_PREFIX = "text:"
+CSV_PREFIX = "csv:"  # a table with a header row: numeric features and a `label` column
 # A text source is read whole (its characters become int32 ids); larger files are refused.
 MAX_TEXT_BYTES = 256 * 2**20
 
@@ -102,6 +131,20 @@ def crop_dims(t: TransformationParameter | None, h: int, w: int) -> tuple[int, i
         return None
     crop = (t.crop_h or t.crop_size or h, t.crop_w or t.crop_size or w)
     return None if crop == (h, w) else crop
+
+
+def checked_crop(sample: tuple[int, ...], t: TransformationParameter | None
+                 ) -> tuple[int, int] | None:
+    """transform_param's crop of C×H×W samples (None: no crop, or not images); SpecError when
+    it is larger than the images."""
+    if len(sample) != 3:
+        return None
+    _, h, w = sample
+    crop = crop_dims(t, h, w)
+    if crop is not None and (crop[0] > h or crop[1] > w):
+        raise SpecError(f"crop {crop[0]}×{crop[1]} is larger than the {h}×{w} images",
+                        ("transform_param", "crop_size"))
+    return crop
 
 
 def is_label_map(sample_shape: tuple[int, ...], label_shape: tuple[int, ...]) -> bool:
@@ -186,7 +229,9 @@ class Data(Layer):
                f"({', '.join([*BUILTIN_SOURCES, *BUILTIN_TEXT])}); a .npz file with `data` and "
                "`label` arrays (label: one class per sample, or a label map H×W per sample, "
                "cropped and mirrored with its image), or whose arrays are named as the tops "
-               "(Caffe's HDF5Data convention, any number of tops); or `text:PATH`, a UTF-8 text "
+               "(Caffe's HDF5Data convention, any number of tops); `csv:PATH`, a table whose "
+               "header row names numeric feature columns and a `label` column (data N×D); or "
+               "`text:PATH`, a UTF-8 text "
                "read as characters: tops [data, label, cont] of seq_len × batch_size "
                "(time-major; batch_first: N×T), label = the next character, cont = 0 where a "
                "stream starts (netc extension). transform_param scales, subtracts means, crops "
@@ -244,6 +289,10 @@ data_param: {source: "netc:digits/train", batch_size: 64}
             known = [*BUILTIN_SOURCES, *BUILTIN_TEXT]
             raise SpecError(f"unknown built-in source '{src}'{did_you_mean(src, known)}",
                             ("data_param", "source"))
+        if src.startswith(CSV_PREFIX):
+            from netc.compiler.layers.image_data import csv_columns
+
+            return csv_columns(src, self.spec_dir, tops)
         found = npz_arrays(src, self.spec_dir, (*tops, "data", "label"))
         if found is None:
             raise SpecError(f"cannot read the sample shape of source '{src}' (no such .npz file)",
@@ -345,13 +394,7 @@ data_param: {source: "netc:digits/train", batch_size: 64}
                       "as stored, samples on axis 0", "data_param", "batch_first")
         cols = self.columns()
         sample = cols[0][1]
-        crop = None
-        if len(sample) == 3:
-            c, h, w = sample
-            crop = crop_dims(self.spec.transform_param, h, w)
-            if crop is not None and (crop[0] > h or crop[1] > w):
-                raise SpecError(f"crop {crop[0]}×{crop[1]} is larger than the {h}×{w} images",
-                                ("transform_param", "crop_size"))
+        crop = checked_crop(sample, self.spec.transform_param)
         n = self.p.batch_size
         tp = self.spec.transform_param
         tops = [(n,) + transform_shape(sample, tp, crop)]

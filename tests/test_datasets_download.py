@@ -28,12 +28,14 @@ class Server:
     def __init__(self):
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, str | None]] = []
+        self.ignore_range = False  # answer every request with the whole file (200)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
                 rng = self.headers.get("Range")
                 owner.requests.append((self.path, rng))
+                rng = None if owner.ignore_range else rng
                 body = owner.files.get(self.path)
                 if body is None:
                     self.send_error(404)
@@ -221,6 +223,24 @@ def test_a_partial_download_resumes_with_a_range_request(server, tmp_path):
     assert f"resuming {server.url}/resume/{name} at byte {half:,}" in log.getvalue()
     assert (folder / name).read_bytes() == files[name]
     np.testing.assert_array_equal(got["train_data"][:, 0], want["train_data"])
+
+
+def test_a_server_that_ignores_the_range_restarts_the_file(server, tmp_path):
+    files, want = mnist_files(np.random.default_rng(4))
+    remote = serve(server, "norange", files)
+    name = "t10k-images-idx3-ubyte.gz"
+    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / f"{name}.part").write_bytes(b"stale bytes")
+    server.ignore_range = True
+    try:
+        got = R.load_remote(
+            "mnist", root=tmp_path, catalogue=catalogue("mnist", remote), out=io.StringIO()
+        )
+    finally:
+        server.ignore_range = False
+    assert (f"/norange/{name}", "bytes=11-") in server.requests
+    assert (tmp_path / "mnist" / name).read_bytes() == files[name]
+    np.testing.assert_array_equal(got["test_data"][:, 0], want["test_data"])
 
 
 def test_offline_says_which_url_failed_and_where_to_put_the_file(tmp_path):

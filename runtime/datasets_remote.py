@@ -471,8 +471,17 @@ def load_remote(
             err = sys.stderr if out is None else out
             paths = {f.name: fetch(f, folder, name, err) for f in remote.files}
             arrays = remote.parse(paths)
-            tmp = folder / f".{npz.name}.tmp"
-            with open(tmp, "wb") as dst:
-                np.savez(dst, **arrays)
-            os.replace(tmp, npz)
+            _save(npz, arrays)
     return arrays if keys is None else {k: arrays[k] for k in keys}
+
+
+def _save(npz: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the parsed arrays atomically (a temporary file renamed)."""
+    tmp = npz.with_name(f".{npz.name}.tmp")
+    try:
+        with open(tmp, "wb") as dst:
+            np.savez(dst, **arrays)
+        os.replace(tmp, npz)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DownloadError(f"{npz}: cannot be written: {e.strerror or e}") from None

@@ -54,6 +54,7 @@ ZOO_INPUT: dict[str, list[int] | None] = {
     "alexnet_torchvision.yaml": [1, 3, 127, 127],
     "vgg16.yaml": [1, 3, 32, 32],
     "vgg11_torchvision.yaml": [1, 3, 32, 32],  # adaptive AVE pooling 1×1 → 7×7
+    "vgg16_torchvision.yaml": [1, 3, 32, 32],
     "resnet18_torchvision.yaml": [1, 3, 64, 64],
     "resnet50_torchvision.yaml": [1, 3, 64, 64],
     "mobilenet_v1_keras.yaml": [1, 3, 32, 32],
@@ -65,7 +66,8 @@ ZOO_INPUT: dict[str, list[int] | None] = {
     "wavenet_stack.yaml": [1, 1, 512],
 }
 SLIM = {"alexnet_torchvision.yaml", "bvlc_alexnet.yaml", "bvlc_googlenet.yaml",
-        "resnet50_caffe.yaml", "vgg16.yaml", "vgg11_torchvision.yaml", "resnet18_torchvision.yaml",
+        "resnet50_caffe.yaml", "vgg16.yaml", "vgg11_torchvision.yaml", "vgg16_torchvision.yaml",
+        "resnet18_torchvision.yaml",
         "resnet50_torchvision.yaml", "densenet121_torchvision.yaml", "unet.yaml", "fcn8s.yaml",
         "segnet.yaml"}
 SLIM_WIDTH = 16

@@ -205,9 +205,9 @@ def test_data_inspect_prints_the_balance_and_writes_the_grid(tree, tmp_path):
     assert lines[1].startswith("  data: uint8, 3×8×8 per sample, values ")
     assert "classes: 3 (samples per class)" in r.stdout
     assert [ln.split() for ln in lines[4:7]] == [
-        ["0", "3", "33.3%"],
-        ["1", "3", "33.3%"],
-        ["2", "3", "33.3%"],
+        ["0", "3", "33.3%", "cat"],
+        ["1", "3", "33.3%", "dog"],
+        ["2", "3", "33.3%", "eel"],
     ]
     with Image.open(grid) as im:  # 8 tiles to a row: 2 rows of 8×8 with 1-pixel borders
         assert im.size == (8 * 9 + 1, 2 * 9 + 1) and im.mode == "RGB"

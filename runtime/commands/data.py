@@ -47,8 +47,8 @@ def load(
     return load_source(source, need_label=False, options=options)
 
 
-def summary(ds: Dataset) -> list[str]:
-    """The lines `netc data inspect` prints about `ds`."""
+def summary(ds: Dataset, names: list[str] | None = None) -> list[str]:
+    """The lines `netc data inspect` prints about `ds` (`names`: the classes' names, if known)."""
     lines = [f"{ds.name}: {len(ds):,} samples"]
     for key, a in ds.columns():
         per = "×".join(str(d) for d in a.shape[1:]) or "one"
@@ -63,7 +63,8 @@ def summary(ds: Dataset) -> list[str]:
         unit = "samples" if label.ndim == 1 else "elements"
         lines.append(f"  classes: {len(values)} ({unit} per class)")
         for v, c in zip(values.tolist(), counts.tolist()):
-            lines.append(f"    {v:>6}  {c:>10,}  {100 * c / label.size:5.1f}%")
+            name = f"  {names[v]}" if names and 0 <= v < len(names) else ""
+            lines.append(f"    {v:>6}  {c:>10,}  {100 * c / label.size:5.1f}%{name}")
     return lines
 
 
@@ -108,7 +109,7 @@ def run(
     """Print the summary of `source`; with `output`, write the grid of samples there (PNG)."""
     h, w = _size(size)
     ds = load(source, new_height=h, new_width=w, gray=gray, split=_split(split))
-    out.write("\n".join(summary(ds)) + "\n")
+    out.write("\n".join(summary(ds, _class_names(source))) + "\n")
     if output is not None:
         from PIL import Image
 
@@ -127,6 +128,14 @@ def run(
             for r in range(0, shown, 8):
                 out.write(f"  labels row {r // 8 + 1}: {' '.join(map(str, labels[r : r + 8]))}\n")
     return EXIT_OK
+
+
+def _class_names(source: str) -> list[str] | None:
+    """The class folders' names of a folder: source (None for other sources)."""
+    from netc.compiler.layers.image_data import FOLDER_PREFIX
+    from netc.runtime.image_sources import folder_entries
+
+    return folder_entries(source, None)[2] if source.startswith(FOLDER_PREFIX) else None
 
 
 def _size(size: str | None) -> tuple[int, int]:

@@ -399,8 +399,9 @@ def _run_command(fn) -> None:
 @click.option("--distributed", is_flag=True, default=False,
               help="Multi-host: join the job the cluster environment describes (SLURM, Open "
                    "MPI: what jax.distributed.initialize detects).")
+@INPUT_SHAPE
 def train(spec, solver, weights, resume, out, seed, max_iter, data, progress, devices,
-          coordinator, num_processes, process_id, distributed) -> None:
+          coordinator, num_processes, process_id, distributed, input_shapes) -> None:
     """Train SPEC with its solver, following Caffe's Solver semantics.
 
     \b
@@ -427,7 +428,8 @@ def train(spec, solver, weights, resume, out, seed, max_iter, data, progress, de
     cfg = TrainConfig(spec=spec, solver=solver, weights=weights, resume=resume, out=out, seed=seed,
                       max_iter=max_iter, data=data, progress=progress, devices=devices,
                       coordinator=coordinator, num_processes=num_processes,
-                      process_id=process_id, distributed=distributed)
+                      process_id=process_id, distributed=distributed,
+                      input_shapes=input_shapes)
     _run_command(lambda: command.run(cfg))
 
 

@@ -103,6 +103,8 @@ class TrainConfig:
     num_processes: int | None = None
     process_id: int | None = None
     distributed: bool = False  # join the job the cluster environment describes (SLURM, MPI...)
+    # --input-shape: blob -> declared shape, for data layers whose sizes live outside the spec
+    input_shapes: dict | None = None
 
     def cluster(self):
         from netc.runtime.distributed import Cluster
@@ -219,7 +221,7 @@ def resolve_settings(cfg: TrainConfig, err: TextIO | None = None) -> SolverSetti
     errors come first, before any solver, resume or data problem."""
     err = err or sys.stderr
     _check_flags(cfg)
-    ctx = load_context(cfg.spec, cfg.solver)
+    ctx = load_context(cfg.spec, cfg.solver, input_shapes=cfg.input_shapes)
     ctx.plan("TRAIN"), ctx.plan("TEST")
     if ctx.solver is None:
         raise RunError(f"{cfg.spec}: no solver: add a `solver:` section to the spec or pass "
@@ -232,7 +234,7 @@ def resolve_settings(cfg: TrainConfig, err: TextIO | None = None) -> SolverSetti
         run_dir, ckpt, meta = _fresh_run_dir(cfg, spec_slug), None, None
     data = cfg.data if cfg.data is not None or meta is None else meta.get("data")
     if data is not None:
-        ctx = load_context(cfg.spec, cfg.solver, data=data)
+        ctx = load_context(cfg.spec, cfg.solver, data=data, input_shapes=cfg.input_shapes)
     sp = ctx.solver.resolved()
     test_iter = int(sp.test_iter[0]) if sp.test_iter else 0
     prefix = slug(os.path.basename(sp.snapshot_prefix or "") or spec_slug)

@@ -90,10 +90,17 @@ class Graph:
 
 
 def load_graph(
-    path: str, *, phase: str = "both", stages=(), level: int = 0, batch: int | None = None
+    path: str,
+    *,
+    phase: str = "both",
+    stages=(),
+    level: int = 0,
+    batch: int | None = None,
+    input_shapes=None,
 ) -> Graph:
-    """Parse and plan `path` as `netc check` does (TRAIN and TEST, or one `phase`) and build its
-    graph. A spec with errors raises GraphError carrying its FILE:LINE:COL diagnostics."""
+    """Parse and plan `path` as `netc check` does (TRAIN and TEST, or one `phase`; data shapes
+    declared with --input-shape) and build its graph. A spec with errors raises GraphError
+    carrying its FILE:LINE:COL diagnostics."""
     from netc.compiler.catalogue import layer_models
     from netc.compiler.plan import plan_all_phases
     from netc.spec.net import parse_spec
@@ -101,6 +108,10 @@ def load_graph(
     spec = parse_spec(path, layer_models())
     plans = {}
     if spec.layers or not spec.diagnostics.errors:
+        if input_shapes:  # --input-shape BLOB=N,C,H,W, as netc check takes it
+            from netc.compiler.input_shapes import declare_input_shapes
+
+            declare_input_shapes(spec, input_shapes)
         one = None if phase == "both" else phase
         plans = plan_all_phases(spec, stages=stages, level=level, batch=batch, phase=one)
     if spec.diagnostics.errors:

@@ -422,6 +422,35 @@ def test_cli_writes_each_format_and_refuses_bad_input(tmp_path):
     assert not (tmp_path / "bad.svg").exists()
 
 
+LMDB = """
+name: lmdb_net
+layers:
+  - name: mnist
+    type: Data
+    top: [data, label]
+    data_param: {source: no_such_lmdb, backend: LMDB, batch_size: 64}
+  - name: ip
+    type: InnerProduct
+    bottom: data
+    top: ip
+    inner_product_param: {num_output: 10, weight_filler: {type: xavier}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip, label], top: loss}
+"""
+
+
+def test_input_shape_draws_a_net_whose_data_is_elsewhere(tmp_path):
+    from click.testing import CliRunner
+
+    from netc.cli import main
+
+    spec, out = write_spec(tmp_path, LMDB), str(tmp_path / "lmdb.dot")
+    r = CliRunner().invoke(main, ["graph", spec, "-o", out])
+    assert r.exit_code == 1 and "--input-shape data=N,C,H,W" in r.output
+    r = CliRunner().invoke(main, ["graph", spec, "-o", out, "--input-shape", "data=N,1,28,28"])
+    assert r.exit_code == 0, r.output
+    assert 'L0 -> L1 [label="data  64×1×28×28"]' in Path(out).read_text(encoding="utf-8")
+
+
 NO_JAX = """
 import sys
 from netc.cli import main

@@ -57,6 +57,7 @@ def run(
     stages=(),
     level: int = 0,
     batch: int | None = None,
+    input_shapes=None,
     out: TextIO,
 ) -> int:
     """Draw `spec_path` into `out_path`; a spec with errors raises GraphError (nothing written)."""
@@ -64,7 +65,9 @@ def run(
     from netc.runtime.graph import load_graph
 
     fmt = output_format(out_path, fmt)
-    graph = load_graph(spec_path, phase=phase, stages=stages, level=level, batch=batch)
+    graph = load_graph(
+        spec_path, phase=phase, stages=stages, level=level, batch=batch, input_shapes=input_shapes
+    )
     data = render(graph, fmt)
     try:
         write_bytes_atomic(out_path, data)

@@ -384,6 +384,11 @@ def _run_command(fn) -> None:
               help="Read the TRAIN Data layer from SOURCE (.npz with data/label, or netc:NAME/SPLIT).")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress bar (default: when stdout is a terminal).")
+@click.option("--tensorboard/--no-tensorboard", default=True, show_default=True,
+              help="Write TensorBoard event files in RUN_DIR/tensorboard/ (losses, test "
+                   "metrics, learning rate, throughput): tensorboard --logdir RUN_DIR.")
+@click.option("--histograms", type=click.IntRange(min=0), default=0, metavar="N",
+              help="With TensorBoard: weight histograms every N iterations (default 0: none).")
 @click.option("--devices", type=click.IntRange(min=1), default=None, metavar="N",
               help="Data parallel over N local devices (default: all of them). The spec's "
                    "batch_size stays the global batch, split evenly: it must divide by the "
@@ -401,6 +406,7 @@ def _run_command(fn) -> None:
                    "MPI: what jax.distributed.initialize detects).")
 @INPUT_SHAPE
 def train(spec, solver, weights, resume, out, seed, max_iter, data, progress, devices,
+          tensorboard, histograms,
           coordinator, num_processes, process_id, distributed, input_shapes) -> None:
     """Train SPEC with its solver, following Caffe's Solver semantics.
 
@@ -427,6 +433,7 @@ def train(spec, solver, weights, resume, out, seed, max_iter, data, progress, de
 
     cfg = TrainConfig(spec=spec, solver=solver, weights=weights, resume=resume, out=out, seed=seed,
                       max_iter=max_iter, data=data, progress=progress, devices=devices,
+                      tensorboard=tensorboard, histograms=histograms,
                       coordinator=coordinator, num_processes=num_processes,
                       process_id=process_id, distributed=distributed,
                       input_shapes=input_shapes)
@@ -633,8 +640,7 @@ def time_cmd(spec, iterations, phase, batch, as_json) -> None:
 @click.option("--level", type=int, default=0, show_default=True, help="The NetState level.")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Fix the batch size of every input blob.")
-@INPUT_SHAPE
-def graph(spec, output, fmt, phase, stages, level, batch, input_shapes) -> None:
+def graph(spec, output, fmt, phase, stages, level, batch) -> None:
     """Draw the net: layers, and blobs with their shapes (Netscope for netc), without JAX.
 
     \b
@@ -650,8 +656,7 @@ def graph(spec, output, fmt, phase, stages, level, batch, input_shapes) -> None:
 
     phase = "both" if phase.lower() == "both" else phase.upper()
     _run_command(lambda: command.run(spec, output, fmt=fmt, phase=phase, stages=stages,
-                                     level=level, batch=batch, input_shapes=input_shapes,
-                                     out=sys.stdout))
+                                     level=level, batch=batch, out=sys.stdout))
 
 
 @main.group(name="data")

@@ -39,7 +39,8 @@ from typing import Any, Protocol, TextIO
 from netc.runtime.rundir import BEST_DIR, prune_best
 
 __all__ = ["Event", "Callback", "CallbackProtocol", "Diverged", "MetricsLog", "Progress",
-           "NanGuard", "EarlyStopping", "fmt_metrics", "fmt_time"]
+           "NanGuard", "EarlyStopping", "fmt_metrics", "fmt_time", "lower_is_better",
+           "train_record", "test_record"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,24 @@ def _finite(v: float) -> float | None:
     return v if v is not None and math.isfinite(v) else None
 
 
+def lower_is_better(metric: str) -> bool:
+    """The direction of a test metric when nothing says otherwise: a loss is better lower,
+    anything else (accuracy...) higher. The Solver's best test and `netc runs` use it."""
+    return "loss" in metric.lower()
+
+
+def train_record(e: Event) -> dict[str, Any]:
+    """A "train" event as metrics.jsonl logs it (MetricsLog writes it, TensorBoard shows it)."""
+    extra = {"teacher_prob": e.data["teacher_prob"]} if "teacher_prob" in e.data else {}
+    return {"iter": e.iter, "loss": e.data["loss"], "lr": e.data["lr"],
+            "it_per_s": round(e.data["it_per_s"], 3), **extra}
+
+
+def test_record(e: Event) -> dict[str, Any]:
+    """A "test" event as metrics.jsonl logs it (non-finite values as null)."""
+    return {"iter": e.iter, "metrics": {k: _finite(v) for k, v in e.data["metrics"].items()}}
+
+
 class MetricsLog(Callback):
     """metrics.jsonl: one flushed JSON object per train / test / snapshot / stop / done event."""
 
@@ -103,12 +122,10 @@ class MetricsLog(Callback):
         self.f.flush()
 
     def on_train(self, solver, e: Event) -> None:
-        extra = {"teacher_prob": e.data["teacher_prob"]} if "teacher_prob" in e.data else {}
-        self.write("train", iter=e.iter, loss=e.data["loss"], lr=e.data["lr"],
-                   it_per_s=round(e.data["it_per_s"], 3), **extra)
+        self.write("train", **train_record(e))
 
     def on_test(self, solver, e: Event) -> None:
-        self.write("test", iter=e.iter, metrics={k: _finite(v) for k, v in e.data["metrics"].items()})
+        self.write("test", **test_record(e))
 
     def on_snapshot(self, solver, e: Event) -> None:
         self.write("snapshot", iter=e.iter, path=Path(e.data["path"]).name)

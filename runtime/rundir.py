@@ -12,10 +12,12 @@ from netc.runtime.errors import RunError
 
 __all__ = ["slug", "resolve_run_dir", "new_run_dir", "read_metrics", "trim_metrics",
            "newest_checkpoint", "foreign_files", "RunLock", "open_append", "LOCK_FILE",
-           "BEST_DIR", "run_result", "prune_best"]
+           "BEST_DIR", "TB_DIR", "run_result", "prune_best"]
 
 # Early stopping keeps the best test's parameters here (runtime/callbacks.py's EarlyStopping).
 BEST_DIR = "best"
+# TensorBoard's event files (runtime/tensorboard.py).
+TB_DIR = "tensorboard"
 
 
 def newest_checkpoint(run_dir, warn=None) -> Path | None:
@@ -144,7 +146,8 @@ def trim_metrics(path: Path, iteration: int, checkpoint: Path | None = None) -> 
 # --- owning a run directory -------------------------------------------------------------------
 
 LOCK_FILE = ".netc.lock"
-_OWN_NAMES = ("spec.yaml", "solver.yaml", "solver.json", "metrics.jsonl", "vocab.json", BEST_DIR)
+_OWN_NAMES = ("spec.yaml", "solver.yaml", "solver.json", "metrics.jsonl", "vocab.json", BEST_DIR,
+              TB_DIR)
 
 
 def foreign_files(run_dir: Path) -> list[str]:

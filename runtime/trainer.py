@@ -103,6 +103,8 @@ class TrainConfig:
     num_processes: int | None = None
     process_id: int | None = None
     distributed: bool = False  # join the job the cluster environment describes (SLURM, MPI...)
+    tensorboard: bool = True  # event files in RUN_DIR/tensorboard/ (runtime/tensorboard.py)
+    histograms: int = 0  # ... with weight histograms every N iterations (0: none)
     # --input-shape: blob -> declared shape, for data layers whose sizes live outside the spec
     input_shapes: dict | None = None
 
@@ -590,7 +592,13 @@ class Solver:
             return [NanGuard()]
         live = self.out.isatty() if cfg.progress is None else cfg.progress
         self.progress = Progress(self.out, self.err, live, self.settings.max_iter)
-        return [NanGuard(), MetricsLog(self.settings.run_dir / "metrics.jsonl"), self.progress]
+        board = []
+        if cfg.tensorboard:
+            from netc.runtime.tensorboard import TensorBoard
+
+            board = [TensorBoard(self.settings.run_dir, histograms=cfg.histograms)]
+        return [NanGuard(), MetricsLog(self.settings.run_dir / "metrics.jsonl"), self.progress,
+                *board]
 
     def _spec_callbacks(self) -> list:
         """Callbacks the solver spec asks for (every process: they decide when the run stops)."""
@@ -730,9 +738,11 @@ class Solver:
     def _record_test(self, it: int, result: dict[str, float]) -> None:
         import math
 
+        from netc.runtime.callbacks import lower_is_better
+
         self.last_test = result
         for k, v in result.items():
-            better = (v < self.best[k][0] if "loss" in k.lower() else v > self.best[k][0]) \
+            better = (v < self.best[k][0] if lower_is_better(k) else v > self.best[k][0]) \
                 if k in self.best else True
             if math.isfinite(v) and better:
                 self.best[k] = (v, it)
@@ -762,6 +772,10 @@ class Solver:
         return result
 
     # --- snapshot / restore -------------------------------------------------------------------
+    def host_params(self) -> dict:
+        """The parameters as host numpy arrays (this process's copy when data parallel)."""
+        return self._host(self.params)
+
     def _host(self, tree):
         import jax
 

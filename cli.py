@@ -640,7 +640,8 @@ def time_cmd(spec, iterations, phase, batch, as_json) -> None:
 @click.option("--level", type=int, default=0, show_default=True, help="The NetState level.")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Fix the batch size of every input blob.")
-def graph(spec, output, fmt, phase, stages, level, batch) -> None:
+@INPUT_SHAPE
+def graph(spec, output, fmt, phase, stages, level, batch, input_shapes) -> None:
     """Draw the net: layers, and blobs with their shapes (Netscope for netc), without JAX.
 
     \b
@@ -656,7 +657,8 @@ def graph(spec, output, fmt, phase, stages, level, batch) -> None:
 
     phase = "both" if phase.lower() == "both" else phase.upper()
     _run_command(lambda: command.run(spec, output, fmt=fmt, phase=phase, stages=stages,
-                                     level=level, batch=batch, out=sys.stdout))
+                                     level=level, batch=batch, input_shapes=input_shapes,
+                                     out=sys.stdout))
 
 
 @main.group(name="data")

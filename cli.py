@@ -32,6 +32,8 @@ def main(ctx: click.Context, no_compile_cache: bool) -> None:
     netc layers [TYPE]                the layer catalogue with fields, defaults and examples
     netc schema                       a JSON Schema of the spec language for editors
     netc train models/lenet.yaml      train with the spec's solver (Caffe semantics), snapshots, resume
+    netc runs                         the runs under runs/: progress, best test, status
+    netc plot RUN_DIR... -o curves.png   loss, test metrics and learning rate of runs, overlaid
     netc test SPEC --weights CKPT     the TEST net's accuracy/loss over its Data layer
     netc predict SPEC --weights CKPT IN.npz -o OUT.npz   a forward pass on given input blobs
     netc time models/lenet.yaml       per-layer forward/backward milliseconds and the whole step
@@ -455,6 +457,48 @@ def test_cmd(spec, weights, iterations) -> None:
     from netc.runtime.commands import test as command
 
     _run_command(lambda: command.run(spec, weights, iterations, sys.stdout, sys.stderr))
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR...")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True,
+              help="The picture to write: .png, .svg or .pdf.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="Plot only this quantity (repeatable): loss, lr, or a TEST-net output such "
+                   "as accuracy. Default: all of them.")
+@click.option("--log-y", "log_y", is_flag=True, help="A logarithmic y axis on every panel.")
+def plot(run_dirs, output, metrics, log_y) -> None:
+    """Training curves of one or more runs, read from their metrics.jsonl.
+
+    \b
+    netc plot runs/lenet-20260101-120000 -o curves.png
+    netc plot runs/a runs/b --metric loss --log-y -o loss.png
+
+    One panel per quantity: the loss (train: the displayed loss, solid; test: the TEST net's
+    loss, dashed with a dot per test), each other TEST-net output (accuracy...), the learning
+    rate. Runs are told apart by colour, their directory names in the legend. Exit status 0, or
+    1 when a folder is not a run or a --metric is unknown.
+    """
+    from netc.runtime.commands import plot as command
+
+    _run_command(lambda: command.run(run_dirs, output, metrics, log_y, sys.stderr))
+
+
+@main.command()
+@click.argument("root", default="runs", metavar="[DIR]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+def runs(root, as_json) -> None:
+    """List the runs under DIR (default: runs/, where `netc train` puts them), oldest first.
+
+    One line per run directory: its name, the spec's name, when it started, iterations done /
+    max_iter, the best test value of its main metric (early stopping's, else the first that is
+    not a loss, e.g. accuracy) and its iteration, the last displayed train loss, its status
+    (running, finished, early-stopped, diverged, interrupted: resumable when it has a
+    checkpoint) and its wall time. DIR may also be one run directory.
+    """
+    from netc.runtime.commands import runs as command
+
+    _run_command(lambda: command.run(root, as_json, sys.stdout))
 
 
 @main.command()

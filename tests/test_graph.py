@@ -416,6 +416,10 @@ def test_cli_writes_each_format_and_refuses_bad_input(tmp_path):
     r = runner.invoke(main, ["graph", spec, "-o", str(tmp_path / "x.txt")])
     assert r.exit_code == 1 and "use .svg, .png, .dot or .html" in r.output
     assert not (tmp_path / "x.txt").exists()
+    r = runner.invoke(main, ["graph", spec, "-o", str(tmp_path / "x.txt"), "--format", "dot"])
+    assert r.exit_code == 0 and (tmp_path / "x.txt").read_text().startswith('digraph "tiny"')
+    r = runner.invoke(main, ["graph", spec, "-o", str(tmp_path / "no" / "such.svg")])
+    assert r.exit_code == 1 and "such.svg: cannot write" in r.output and "Traceback" not in r.output
     bad = write_spec(tmp_path, TINY.replace("kernel_size: 3", "kernel_size: 30"), "bad.yaml")
     r = runner.invoke(main, ["graph", bad, "-o", str(tmp_path / "bad.svg")])
     assert r.exit_code == 1 and re.search(r"bad\.yaml:\d+:\d+: error:", r.output)

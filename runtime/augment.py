@@ -25,6 +25,8 @@ side fraction test_crop resized to its size, sobel applies, everything else is o
 from __future__ import annotations
 
 import math
+import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ __all__ = ["Augmenter", "value_range"]
 _TAG = 0x61756721  # SeedSequence word separating these draws from the crop/mirror ones
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as torchvision
 _BLOCK_VALUES = 2**21  # values per sample × block size stays under this (noise is drawn per block)
+_CHUNK_MIN = 16  # samples per thread at least (a thread costs ~0.1 ms to start)
 Params = dict[str, np.ndarray]
 
 
@@ -199,36 +202,31 @@ def sample(
     x: np.ndarray, maps: np.ndarray, out_hw: tuple[int, int], fill: float, *, exact: bool = False
 ) -> np.ndarray:
     """out[n, :, i, j] = x[n, :, M·(i, j, 1)] for each sample's map M: bilinear between the four
-    neighbours (`fill` for a neighbour outside the image), or the nearest pixel when `exact`."""
+    neighbours (`fill` for a neighbour outside the image), or the nearest pixel when `exact`.
+
+    The images are padded with `fill` (one row and column before, two after) and coordinates
+    clipped to [-1, size]: every neighbour then lies in the padded image, and one outside the
+    image reads the fill — no masks. Gathers are flat `take`s of one index array per
+    neighbour."""
     n, c, h, w = x.shape
+    pw = w + 3
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 2), (1, 2)), constant_values=np.float32(fill))
     ii, jj = np.meshgrid(np.arange(out_hw[0]), np.arange(out_hw[1]), indexing="ij")
-    grid = np.stack([ii.ravel(), jj.ravel(), np.ones(ii.size)]).astype(float)
-    rc = maps[:, :2] @ grid  # n×2×(H'·W')
-    flat = x.reshape(n, c, h * w)
+    grid = np.stack([ii.ravel(), jj.ravel(), np.ones(ii.size)]).astype(np.float32)
+    rc = maps[:, :2].astype(np.float32) @ grid  # n×2×(H'·W'): where each output pixel reads
+    r = np.clip(rc[:, 0], -1, h)
+    q = np.clip(rc[:, 1], -1, w)
+    base = (np.arange(n * c) * ((h + 3) * pw)).reshape(n, c, 1)
+    flat = padded.reshape(-1)
     if exact:
-        return _gather(flat, np.rint(rc[:, 0]), np.rint(rc[:, 1]), h, w, fill).reshape(
-            n, c, *out_hw
-        )
-    r0, c0 = np.floor(rc[:, 0]), np.floor(rc[:, 1])
-    fr, fc = (rc[:, 0] - r0).astype(np.float32), (rc[:, 1] - c0).astype(np.float32)
-    out = np.zeros((n, c, rc.shape[2]), dtype=np.float32)
-    for dr, dc, weight in (
-        (0, 0, (1 - fr) * (1 - fc)),
-        (0, 1, (1 - fr) * fc),
-        (1, 0, fr * (1 - fc)),
-        (1, 1, fr * fc),
-    ):
-        out += weight[:, None] * _gather(flat, r0 + dr, c0 + dc, h, w, fill)
-    return out.reshape(n, c, *out_hw)
-
-
-def _gather(
-    flat: np.ndarray, r: np.ndarray, c: np.ndarray, h: int, w: int, fill: float
-) -> np.ndarray:
-    inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
-    index = np.where(inside, r * w + c, 0).astype(np.intp)[:, None]
-    values = np.take_along_axis(flat, index, axis=2)
-    return np.where(inside[:, None], values, np.float32(fill))
+        index = ((np.rint(r) + 1) * pw + np.rint(q) + 1).astype(np.intp)
+        return flat.take(base + index[:, None]).reshape(n, c, *out_hw)
+    r0, q0 = np.floor(r), np.floor(q)
+    fr, fq = (r - r0)[:, None], (q - q0)[:, None]
+    index = base + ((r0 + 1) * pw + q0 + 1).astype(np.intp)[:, None]
+    top = flat.take(index) * (1 - fq) + flat.take(index + 1) * fq
+    bottom = flat.take(index + pw) * (1 - fq) + flat.take(index + pw + 1) * fq
+    return (top * (1 - fr) + bottom * fr).reshape(n, c, *out_hw)
 
 
 # --- colour, blur, noise, cutout -------------------------------------------------------------------
@@ -392,7 +390,8 @@ def sobel(x: np.ndarray, output: str = "gradients") -> np.ndarray:
 class Augmenter:
     """The extensions of one stream: ``augmenter(x, params)`` with ``params`` from
     :meth:`params` (TRAIN) or None (TEST). ``x`` is N×C×H×W float32 after Caffe's crop and mirror,
-    not yet scaled; the result is the net's input."""
+    not yet scaled; the result is the net's input. ``threads`` (0: half the CPUs, at most 8) work
+    on chunks of a batch at once."""
 
     def __init__(
         self,
@@ -401,6 +400,7 @@ class Augmenter:
         scale: float,
         mean: np.ndarray | None,
         vrange: tuple[float, float],
+        threads: int = 0,
     ):
         c, h, w = shape
         out_hw = pair(t.random_resized_crop.size) if t.random_resized_crop else (h, w)
@@ -415,8 +415,38 @@ class Augmenter:
         ]
         self.block = max(1, min(256, _BLOCK_VALUES // (c * out_hw[0] * out_hw[1])))
         self._cache: dict[tuple[int, int, int], list[Params]] = {}
+        self.threads = threads or max(1, min(8, (os.cpu_count() or 1) // 2))
 
     def __call__(self, x: np.ndarray, params: list[Params] | None) -> np.ndarray:
+        """The batch transformed, in `threads` chunks of samples when it is large enough (numpy
+        releases the GIL in its loops; every operation is per sample, so the chunks are
+        independent and the result is the same)."""
+        chunks = min(self.threads, len(x) // _CHUNK_MIN)
+        if chunks < 2:
+            return self._apply(x, params)
+        bounds = np.linspace(0, len(x), chunks + 1).astype(int)
+        parts: list[Any] = [None] * chunks
+
+        def run(k: int) -> None:
+            a, b = bounds[k], bounds[k + 1]
+            sub = None if params is None else [{n: v[a:b] for n, v in p.items()} for p in params]
+            try:
+                parts[k] = self._apply(x[a:b], sub)
+            except BaseException as e:  # re-raised in the calling thread
+                parts[k] = e
+
+        workers = [threading.Thread(target=run, args=(k,)) for k in range(1, chunks)]
+        for t in workers:
+            t.start()
+        run(0)
+        for t in workers:
+            t.join()
+        for part in parts:
+            if isinstance(part, BaseException):
+                raise part
+        return np.concatenate(parts)
+
+    def _apply(self, x: np.ndarray, params: list[Params] | None) -> np.ndarray:
         if self.scale != 1:
             x = x * self.scale
         if params is not None:

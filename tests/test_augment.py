@@ -214,6 +214,21 @@ def test_resumed_stream_repeats_the_augmentations():
         np.testing.assert_array_equal(x, y)
 
 
+def test_threads_make_the_same_batches():
+    digits = load_source("netc:digits/train")
+    ds = Dataset("digits[:256]", digits.data[:256], digits.label[:256])
+    t = T.model_validate({**ALL, "sobel": {}})
+    out = {}
+    for threads in (1, 4):
+        with BatchStream(
+            ds, batch_size=96, transform=t, train=True, seed=3, shuffle=True, prefetch=0
+        ) as s:
+            s._producer.augmenter.threads = threads
+            out[threads] = [next(s)["data"] for _ in range(3)]
+    for a, b in zip(out[1], out[4]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_test_phase_has_no_random_transforms():
     x = images(n=16, c=3, h=8, w=8)
     random = {k: v for k, v in ALL.items() if k not in ("random_resized_crop", "mean_value")}

@@ -173,7 +173,9 @@ def test_two_processes_on_loopback(spec, one_device, tmp_path):
     assert max_diff(final(out), final(one_device)) <= TOL
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # not the lock
     assert names == ["dp_iter_4.json", "dp_iter_4.safetensors", "dp_iter_8.json",
-                     "dp_iter_8.safetensors", "metrics.jsonl", "solver.json", "spec.yaml"], names
+                     "dp_iter_8.safetensors", "metrics.jsonl", "solver.json", "spec.yaml",
+                     "tensorboard"], names
+    assert len(list((out / "tensorboard").iterdir())) == 1  # one event file: process 0's
 
 
 LSTM_SPEC = """\

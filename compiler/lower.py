@@ -18,7 +18,16 @@ from typing import Any
 from netc.compiler.layer import LoweringError
 from netc.compiler.plan import Plan, PlannedLayer
 
-__all__ = ["Context", "LoweringError", "Net", "lower"]
+__all__ = ["Context", "LoweringError", "Net", "lower", "param_spec"]
+
+_WEIGHT_NOISE_TAG = 0x3A7E  # folded into a layer's key: its weight noise apart from its dropout
+
+
+def param_spec(pl: PlannedLayer, role: str):
+    """The ParamSpec (`param:` entry) the spec gives the layer's blob `role`, or None."""
+    j = list(pl.params).index(role)
+    given = pl.unit.spec.param
+    return given[j] if j < len(given) else None
 
 
 @dataclass
@@ -57,6 +66,17 @@ class Net:
             value = fill(key, decl.filler or decl.default_filler, decl.shape)
             (params if decl.learned else state).setdefault(layer, {})[role] = value
         return params, state
+
+    def max_norms(self) -> dict:
+        """{layer: {role: max_norm}} of the learned blobs whose ParamSpec (the owner's) sets
+        max_norm (runtime/solver.py's with_max_norm applies them after each update)."""
+        out: dict = {}
+        for pl in self.plan.layers:
+            for role, decl in pl.params.items():
+                ps = param_spec(pl, role)
+                if decl.learned and pl.param_owner[role][0] == pl.name and ps and ps.max_norm:
+                    out.setdefault(pl.name, {})[pl.param_owner[role][1]] = ps.max_norm
+        return out
 
     def multipliers(self) -> tuple[dict, dict]:
         """(lr_mult, decay_mult) pytrees matching `params` (for the solver)."""
@@ -115,6 +135,8 @@ class Net:
                     continue  # no carried state given: the layer starts from zeros (an export)
                 p[role] = src[owner][orole]
             layer_rng = jax.random.fold_in(rng, self._rng_index[pl.name]) if rng is not None else None
+            if train and pl.name in self._weight_noise:
+                p = self._noisy(pl, p, layer_rng)
             ctx = Context(train, layer_rng, state.get(pl.name, {}), {}, pl)
             tops = pl.unit.apply(p, bottoms, ctx)
             if ctx.new_state:
@@ -136,6 +158,34 @@ class Net:
             tops = self.__dict__["_data_top_set"] = {
                 t for pl in self.plan.layers if pl.unit.is_data for t in pl.tops}
         return tops
+
+    @property
+    def _weight_noise(self) -> dict[str, dict[str, float]]:
+        """{layer: {role: std}} of the learned blobs a layer reads with weight noise."""
+        noise = self.__dict__.get("_noise")
+        if noise is None:
+            noise = self.__dict__["_noise"] = {}
+            for pl in self.plan.layers:
+                for role, decl in pl.params.items():
+                    ps = param_spec(pl, role)
+                    if decl.learned and ps is not None and ps.weight_noise:
+                        noise.setdefault(pl.name, {})[role] = ps.weight_noise
+        return noise
+
+    def _noisy(self, pl: PlannedLayer, p: dict, rng) -> dict:
+        """Weight noise (ParamSpec.weight_noise, TRAIN only): N(0, std²) added to the blobs the
+        layer reads, drawn afresh each step from the layer's key (apart from its own draws);
+        the gradient reaches the noiseless blob."""
+        import jax
+
+        if rng is None:
+            raise LoweringError(f"layer '{pl.name}': weight_noise needs an rng in TRAIN")
+        key = jax.random.fold_in(rng, _WEIGHT_NOISE_TAG)
+        p = dict(p)
+        for k, (role, std) in enumerate(self._weight_noise[pl.name].items()):
+            w = p[role]
+            p[role] = w + std * jax.random.normal(jax.random.fold_in(key, k), w.shape, w.dtype)
+        return p
 
     @property
     def _rng_index(self) -> dict[str, int]:

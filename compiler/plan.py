@@ -442,6 +442,10 @@ class _Planner:
             lr[role] = ps.lr_mult if ps else 1.0
             decay[role] = ps.decay_mult if ps else 1.0
             owners[role] = (layer.name, role)
+            if ps is not None and not decl.learned and (ps.max_norm or ps.weight_noise):
+                self.diags.warning(f"{prefix}param[{j}]: max_norm and weight_noise act on learned "
+                                   f"blobs; {role} is state the layer updates itself (ignored)",
+                                   path + ("param", j))
             if ps is None or not ps.name:
                 continue
             if ps.name not in self.shared:

@@ -584,6 +584,7 @@ CONVERTERS = {
     "Threshold": _threshold,
     "ELU": _elu,
     "Dropout": _dropout,
+    "GaussianNoise": _unary("Identity"),  # TRAIN-only noise: the deploy net has none
     "BatchNorm": _batchnorm,
     "Scale": _scale,
     "Bias": _bias,

@@ -352,3 +352,37 @@ def make_optimizer(
     """
     solver = _CaffeSolver(sp, lr_mult, decay_mult)
     return optax.GradientTransformation(solver.init, solver.update)
+
+
+# --- constraints -------------------------------------------------------------------------------------
+
+
+def with_max_norm(optimizer: optax.GradientTransformation,
+                  max_norms: dict) -> optax.GradientTransformation:
+    """``optimizer`` followed by max-norm constraints (ParamSpec.max_norm; Srivastava et al.
+    2014): ``max_norms`` is ``{layer: {role: c}}`` (``Net.max_norms``). After each update, every
+    slice along axis 0 of a constrained parameter -- one output unit's incoming weights: a row of
+    InnerProduct's N_out x K weight, a filter of Convolution's C_out x C_in x kh x kw, one Embed
+    vector -- whose L2 norm exceeds ``c`` is scaled back to norm ``c`` (up to float rounding);
+    the other slices keep the optimizer's update bit for bit. Without constraints: ``optimizer``
+    itself."""
+    if not max_norms:
+        return optimizer
+
+    def constrain(u: Any, w: Any, c: float) -> Any:
+        new = w + u
+        axes = tuple(range(1, new.ndim))
+        norm = jnp.sqrt(jnp.sum(jnp.square(new), axis=axes, keepdims=True))
+        over = norm > c
+        projected = new * (c / jnp.where(over, norm, 1.0)).astype(new.dtype)
+        return jnp.where(over, projected - w, u)
+
+    def update(grads, state, params=None):
+        updates, state = optimizer.update(grads, state, params)
+        updates = {layer: {role: (constrain(u, params[layer][role], max_norms[layer][role])
+                                  if role in max_norms.get(layer, {}) else u)
+                           for role, u in roles.items()}
+                   for layer, roles in updates.items()}
+        return updates, state
+
+    return optax.GradientTransformation(optimizer.init, update)

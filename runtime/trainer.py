@@ -436,7 +436,7 @@ class Solver:
         import jax
 
         from netc.compiler.lower import lower
-        from netc.runtime.solver import make_optimizer
+        from netc.runtime.solver import make_optimizer, with_max_norm
 
         s = self.settings
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -445,7 +445,8 @@ class Solver:
         self._build_mesh()
         self.root_key = jax.random.PRNGKey(s.seed % (2**32))
         self.params, self.state = self.net.init(jax.random.fold_in(self.root_key, _INIT_TAG))
-        self.optimizer = make_optimizer(s.sp, *self.net.multipliers())
+        self.optimizer = with_max_norm(make_optimizer(s.sp, *self.net.multipliers()),
+                                       self.net.max_norms())
         self.opt_state = self.optimizer.init(self.params)
         self.losses = collections.deque(maxlen=int(s.sp.average_loss))
         if s.config.weights:

@@ -109,6 +109,13 @@ class ParamSpec(Message):
     share_mode: Literal["STRICT", "PERMISSIVE"] = "STRICT"
     lr_mult: Annotated[float, Field(ge=0)] = 1.0
     decay_mult: Annotated[float, Field(ge=0)] = 1.0
+    # netc extensions (regularisers of a learned blob): after each update, every slice along
+    # axis 0 (an output unit's weights: a row of InnerProduct's N_out×K, a filter of
+    # Convolution's C_out×C_in×kh×kw, an Embed vector) longer than max_norm in L2 is scaled back
+    # to it (Srivastava et al. 2014); weight_noise adds N(0, std²) to the blob in each TRAIN
+    # forward pass (Graves 2011), the gradient going to the noiseless blob.
+    max_norm: Annotated[float, Field(gt=0)] | None = None
+    weight_noise: Annotated[float, Field(ge=0)] = 0.0
 
 
 # --- transform_param's netc extensions: on-the-fly augmentation (runtime/augment.py applies them,
@@ -294,6 +301,14 @@ class LossParameter(Message):
     normalize: bool | None = None
 
 
+class SoftmaxLossParameter(LossParameter):
+    """SoftmaxWithLoss's loss_param: Caffe's LossParameter, plus netc's label_smoothing ε
+    (Szegedy et al. 2016, PyTorch's cross_entropy): the target is (1 − ε)·onehot + ε/C, so each
+    position's loss is (1 − ε)·(−log p_label) + ε·mean_c(−log p_c)."""
+
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
 # --- layer parameters (alphabetical, as in caffe.proto) ------------------------------------------
 
 
@@ -360,6 +375,9 @@ class DataParameter(Message):
 class DropoutParameter(Message):
     dropout_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.5
     scale_train: bool = True
+    # netc extension: spatial dropout (Tompson et al. 2015, Keras's SpatialDropout2D) drops whole
+    # channels: one draw per sample and channel of an N×C×… blob.
+    spatial: bool = False
 
 
 class EltwiseParameter(Message):

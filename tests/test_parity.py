@@ -865,6 +865,7 @@ COVERED = {
     "Input": test_input_blobs_pass_through_and_missing_input_is_reported,
     "Data": None,  # is_data: Net.apply takes its tops from `inputs` (test_eval_shape plans it)
     "ImageData": None,  # is_data, as Data (tests/test_image_sources.py trains from it)
+    "DenseImageData": None,  # is_data, shapes only (tests/test_input_shape.py, test_eval_shape)
     "Convolution": test_convolution, "Deconvolution": test_deconvolution,
     "Pooling": test_pooling, "InnerProduct": test_inner_product, "ReLU": test_activations,
     "Sigmoid": test_activations, "TanH": test_activations,
@@ -873,6 +874,7 @@ COVERED = {
     "Eltwise": test_eltwise, "Split": test_split_gradients_add_up,
     "SoftmaxWithLoss": test_softmax_with_loss, "EuclideanLoss": test_euclidean_loss,
     "Accuracy": test_accuracy,
+    "GaussianNoise": None,  # tests/test_regularisers.py: TRAIN statistics, TEST identity
 }
 
 

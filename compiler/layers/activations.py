@@ -94,8 +94,17 @@ class Dropout(Pointwise):
     param_field = "dropout_param"
     Param = DropoutParameter
     summary = ("Zeroes each unit with probability dropout_ratio in TRAIN and scales the kept ones "
-               "by 1/(1 − ratio); the identity in TEST.")
+               "by 1/(1 − ratio); the identity in TEST. netc: spatial: true drops whole channels "
+               "(one draw per sample and channel of an N×C×… blob).")
     example = "name: drop6\ntype: Dropout\nbottom: fc6\ntop: fc6\ndropout_param: {dropout_ratio: 0.5}\n"
+
+    def infer(self, bottoms):
+        x = bottoms[0]
+        if self.p.spatial and (len(x) < 3 or batch_axis(x) not in (0, None)):
+            raise SpecError(f"spatial dropout drops whole channels of a batch-major N×C×… blob "
+                            f"(N×C×H×W, N×C×L); {self.spec.bottom[0]} is {fmt_shape(x)}",
+                            ("dropout_param", "spatial"))
+        return [x]
 
     def apply(self, params, bottoms, ctx):
         import jax
@@ -109,7 +118,8 @@ class Dropout(Pointwise):
             return [x]
         if ctx.rng is None:
             raise ValueError(f"Dropout layer '{self.spec.name}' needs an rng in TRAIN")
-        keep = jax.random.bernoulli(ctx.rng, 1 - ratio, x.shape)
+        mask = x.shape[:2] + (1,) * (x.ndim - 2) if self.p.spatial else x.shape
+        keep = jax.random.bernoulli(ctx.rng, 1 - ratio, mask)
         scale = 1 / (1 - ratio) if self.p.scale_train else 1.0
         return [jnp.where(keep, x * scale, 0)]
 

@@ -32,6 +32,7 @@ from netc.spec.messages import (
     HingeLossParameter,
     InfogainLossParameter,
     LossParameter,
+    SoftmaxLossParameter,
     SoftmaxParameter,
 )
 
@@ -168,14 +169,15 @@ class SoftmaxWithLoss(Layer):
     type = "SoftmaxWithLoss"
     param_field = "softmax_param"
     Param = SoftmaxParameter
-    extra_params = {"loss_param": LossParameter}
+    extra_params = {"loss_param": SoftmaxLossParameter}
     bottoms = (2, 2)
     tops = (1, 2)
     bottom_names = ("predictions", "label")
     is_loss = True
     summary = ("Softmax + multinomial logistic loss; honours loss_param.ignore_label and "
                "normalization (VALID by default); each position's loss is at most −log(FLT_MIN) ≈ "
-               "87.34, as Caffe. Optional second top: the probabilities.")
+               "87.34, as Caffe. netc: loss_param.label_smoothing ε mixes in ε·mean_c(−log p_c). "
+               "Optional second top: the probabilities.")
     example = """\
 name: loss
 type: SoftmaxWithLoss
@@ -207,8 +209,12 @@ top: loss
         picked = jnp.where(picked > LOG_FLT_MIN, picked,
                            LOG_FLT_MIN + (picked - jax.lax.stop_gradient(picked)))
         lp = self.spec.loss_param
+        per = -picked
+        if lp.label_smoothing:  # the target (1 − ε)·onehot + ε/C, as PyTorch's cross_entropy
+            eps = lp.label_smoothing
+            per = (1 - eps) * per - eps * jnp.mean(logp, axis=axis)
         valid = jnp.ones(lab.shape, bool) if lp.ignore_label is None else lab != lp.ignore_label
-        total = -jnp.sum(jnp.where(valid, picked, 0))
+        total = jnp.sum(jnp.where(valid, per, 0))
         outer = math.prod(pred.shape[:axis])
         norm = normalizer(normalization_mode(lp, "VALID"), valid, lab.size, outer, pred.dtype)
         loss = total / norm

@@ -94,8 +94,9 @@ def _input_shapes(ctx, param, values) -> dict:
 INPUT_SHAPE = click.option(
     "--input-shape", "input_shapes", multiple=True, callback=_input_shapes,
     metavar="BLOB=N,C,H,W",
-    help="Declare the shape of a data layer's top whose sizes live outside the spec (an LMDB "
-         "or LevelDB Data layer; repeatable). The first dimension is the batch: the layer's "
+    help="Declare the shape of a data layer's top whose sizes live outside the spec: an LMDB "
+         "Data layer without its database, ImageData without new_height/new_width, SegNet's "
+         "DenseImageData (repeatable). The first dimension is the batch: the layer's "
          "batch_size, or N for any.")
 
 

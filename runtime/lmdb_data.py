@@ -20,7 +20,7 @@ thread's own read transaction. A database of a million images costs some tens of
 its size.
 
 Caffe's other backend, LevelDB, is recognised (its CURRENT and MANIFEST files) and refused by
-name. numpy, `lmdb` and Pillow only (the optional extra ``netc[caffe]``); no JAX.
+name. numpy, Pillow and `lmdb` (the optional extra ``netc[caffe]``) only; no JAX.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from netc.runtime.data import DataError, Dataset
 __all__ = ["DatumArray", "database_kind", "decode_datum", "leveldb_refusal", "lmdb_sample_shape",
            "load_database", "load_lmdb"]
 
-INSTALL = "pip install 'netc[caffe]' (the lmdb and Pillow packages)"
+INSTALL = "pip install 'netc[caffe]' (the lmdb package)"
 
 
 def database_kind(path: str | Path) -> str | None:
@@ -130,10 +130,8 @@ def decode_datum(value: bytes, where: str = "record") -> tuple[np.ndarray, int]:
 def _decode_image(data: bytes, where: str) -> np.ndarray:
     """An encoded image as OpenCV's imdecode(IMREAD_UNCHANGED) gives it, channels first:
     grey 1×H×W; colour BGR; with alpha BGRA (8-bit images only)."""
-    try:
-        from PIL import Image
-    except ImportError:
-        raise DataError(f"decoding encoded Datum images needs Pillow: {INSTALL}") from None
+    from PIL import Image  # a netc dependency
+
     try:
         img = Image.open(io.BytesIO(data))
         img.load()

@@ -119,3 +119,47 @@ def test_check_with_input_shape_imports_no_jax(lenet):
             "'data=N,1,28,28']); assert r.exit_code == 0, r.output; "
             "assert 'jax' not in sys.modules, 'jax imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+SEGNET_TRAIN = """\
+name: "SegNet-like"
+layer {
+  name: "data"
+  type: "DenseImageData"
+  top: "data"
+  top: "label"
+  dense_image_data_param { source: "/SegNet/CamVid/train.txt" batch_size: 4 shuffle: true }
+}
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 11 kernel_size: 3 pad: 1 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "conv1" bottom: "label" top: "loss"
+        loss_param { ignore_label: 11 } }
+"""
+
+
+def test_segnet_dense_image_data(tmp_path):
+    """SegNet's train prototxts read CamVid through their fork's DenseImageData, which has no
+    image size: declared, the images and their label maps get it."""
+    proto = tmp_path / "segnet_train.prototxt"
+    proto.write_text(SEGNET_TRAIN)
+    spec = tmp_path / "segnet.yaml"
+    r = netc("import-caffe", proto, "-o", spec)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    r = netc("check", spec)
+    assert r.returncode == 1
+    assert (f"{spec}:7:5: error: layer 'data' (DenseImageData): dense_image_data_param: the "
+            "images' size lives in the image files (no new_height / new_width): declare it to "
+            "check the net, e.g. --input-shape data=N,3,H,W") in r.stderr
+    r = netc("check", spec, "--input-shape", "data=N,3,360,480")
+    assert r.returncode == 0, r.stderr
+    assert "4×3×360×480" in r.stdout and "4×1×360×480" in r.stdout  # images, label maps
+
+
+def test_image_data_without_a_size(tmp_path):
+    spec = tmp_path / "net.yaml"
+    spec.write_text("layers:\n  - {name: data, type: ImageData, top: [data, label], "
+                    "image_data_param: {source: list.txt, batch_size: 2}}\n")
+    r = netc("check", spec)
+    assert r.returncode == 1 and "--input-shape data=N,3,H,W" in r.stderr
+    r = netc("check", spec, "--input-shape", "data=N,3,20,24")
+    assert r.returncode == 0 and "2×3×20×24" in r.stdout, r.stderr

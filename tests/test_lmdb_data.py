@@ -234,3 +234,13 @@ def test_labels_are_checked_as_for_other_sources(raw_db, tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert (f"error: {path}: labels range over [0, {labels.max()}], outside [0, 3) for a "
             "classifier with 3 outputs") in r.stderr
+
+
+def test_without_the_lmdb_package_the_message_says_what_to_install(raw_db, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "lmdb", None)  # `import lmdb` raises ImportError
+    with pytest.raises(DataError) as e:
+        load_source(str(raw_db[0]))
+    assert str(e.value) == ("reading Caffe's LMDB databases needs the lmdb package: pip install "
+                            "'netc[caffe]' (the lmdb package)")

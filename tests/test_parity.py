@@ -874,6 +874,7 @@ COVERED = {
     "Eltwise": test_eltwise, "Split": test_split_gradients_add_up,
     "SoftmaxWithLoss": test_softmax_with_loss, "EuclideanLoss": test_euclidean_loss,
     "Accuracy": test_accuracy,
+    "GaussianNoise": None,  # tests/test_regularisers.py: TRAIN statistics, TEST identity
 }
 
 

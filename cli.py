@@ -387,9 +387,10 @@ def _run_command(fn) -> None:
               help="Read the TRAIN Data layer from SOURCE (.npz with data/label, or netc:NAME/SPLIT).")
 @click.option("--progress/--no-progress", default=None,
               help="Live progress bar (default: when stdout is a terminal).")
-@click.option("--tensorboard/--no-tensorboard", default=True, show_default=True,
+@click.option("--tensorboard/--no-tensorboard", default=True,
               help="Write TensorBoard event files in RUN_DIR/tensorboard/ (losses, test "
-                   "metrics, learning rate, throughput): tensorboard --logdir RUN_DIR.")
+                   "metrics, learning rate, throughput; default: on): tensorboard --logdir "
+                   "RUN_DIR.")
 @click.option("--histograms", type=click.IntRange(min=0), default=0, metavar="N",
               help="With TensorBoard: weight histograms every N iterations (default 0: none).")
 @click.option("--devices", type=click.IntRange(min=1), default=None, metavar="N",

@@ -55,17 +55,20 @@ def _diverge(solver):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    solver = root.parent / "solver.yaml"
+    solver, patient = root.parent / "solver.yaml", root.parent / "early.yaml"
     solver.write_text(SOLVER)
+    # stops at the test at 10: accuracy has not risen by 0.9 over the test at 0
+    patient.write_text(SOLVER + "early_stopping: {metric: accuracy, patience: 1, min_delta: 0.9}\n")
     made = {}
     for name, cbs, extra in [
         ("a", [], {}),
         ("b", [At(14, lambda s: s.request_stop("SIGINT"))], {}),
         ("c", [At(3, _diverge)], {"tensorboard": False}),
+        ("d", [], {"solver": str(patient)}),
     ]:
-        cfg = TrainConfig(spec=str(MLP), solver=str(solver), out=str(root / name), **extra)
-        made[name] = train(cfg, out=io.StringIO(), err=io.StringIO(), callbacks=cbs)
-    assert made == {"a": 0, "b": 130, "c": 3}
+        cfg = {"spec": str(MLP), "solver": str(solver), "out": str(root / name), **extra}
+        made[name] = train(TrainConfig(**cfg), out=io.StringIO(), err=io.StringIO(), callbacks=cbs)
+    assert made == {"a": 0, "b": 130, "c": 3, "d": 0}
     return root
 
 
@@ -148,14 +151,16 @@ def test_runs_json(runs):
     r = netc("runs", runs, "--json")
     assert r.returncode == 0, r.stderr
     listed = json.loads(r.stdout)["runs"]
-    assert [x["name"] for x in listed] == ["a", "b", "c"]  # by start time
-    a, b, c = listed
+    assert [x["name"] for x in listed] == ["a", "b", "c", "d"]  # by start time
+    a, b, c, d = listed
     assert [x["status"] for x in listed] == [
         "finished",
         "interrupted (SIGINT), resumable",
         "diverged",
+        "early-stopped",
     ]
-    assert (a["iterations"], a["max_iter"], b["iterations"], c["iterations"]) == (30, 30, 15, 3)
+    its = [(x["iterations"], x["max_iter"]) for x in listed]
+    assert its == [(30, 30), (15, 30), (3, 30), (10, 30)]
     assert {x["spec"] for x in listed} == {"mlp"}
     for x in listed:  # the best accuracy and the last loss, as metrics.jsonl has them
         tests = records(runs / x["name"], "test")
@@ -189,10 +194,10 @@ def test_runs_table_and_running(runs, tmp_path):
         "status",
         "wall",
     ]
-    assert [ln.split()[0] for ln in lines[1:]] == ["a", "b", "c"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["a", "b", "c", "d"]
     assert "30/30" in lines[1] and lines[1].split()[-2] == "running"
     assert "15/30" in lines[2] and "interrupted (SIGINT), resumable" in lines[2]
-    assert "diverged" in lines[3]
+    assert "diverged" in lines[3] and "early-stopped" in lines[4]
     assert " running " not in netc("runs", runs).stdout  # the lock is released
     r = netc("runs", tmp_path)
     assert r.returncode == 0 and r.stdout == f"no runs under {tmp_path}\n"

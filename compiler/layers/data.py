@@ -331,8 +331,9 @@ data_param: {source: "netc:digits/train", batch_size: 64}
         path = _npz_path(src, self.spec_dir) or os.path.join(self.spec_dir or "", src)
         kind = database_kind(path)
         explicit = "backend" in self.p.set_fields()
-        if kind is None and not explicit:
-            return None
+        if kind is None and (not explicit or os.path.isfile(path)
+                             or src.startswith((BUILTIN_PREFIX, TEXT_PREFIX, CSV_PREFIX))):
+            return None  # backend is read only for a database (an .npz or a netc: set has none)
         where = ("data_param", "backend" if explicit and kind is None else "source")
         if (kind or self.p.backend) == "LEVELDB":
             raise SpecError(leveldb_refusal(f"source '{src}'"), where)

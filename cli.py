@@ -447,18 +447,24 @@ def train(spec, solver, weights, resume, out, seed, max_iter, data, progress, de
 @main.command(name="test")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--weights", type=click.Path(), required=True,
-              help="A checkpoint (a run's snapshot .json, a run directory: its newest) or .npz.")
+              help="A checkpoint (a run's snapshot .json; a run directory: early stopping's best, "
+                   "else its newest) or .npz.")
 @click.option("--iterations", type=click.IntRange(min=1), default=None,
               help="Batches to average over (default: the solver's test_iter, else 50).")
-def test_cmd(spec, weights, iterations) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead.")
+def test_cmd(spec, weights, iterations, as_json) -> None:
     """Score trained weights on the TEST net (Caffe's `caffe test`).
 
     Reads the TEST phase's Data layer in order and prints every scalar net output (accuracy,
-    loss) averaged over the batches. Exit status 0, or 1 on a spec, data or weights error.
+    loss) averaged over the batches; for a classifier (a metric or loss reading class labels)
+    also the confusion matrix and per-class precision, recall and F1 (more than 20 classes: the
+    most frequent confusions and the lowest F1s). Exit status 0, or 1 on a spec, data or
+    weights error.
     """
     from netc.runtime.commands import test as command
 
-    _run_command(lambda: command.run(spec, weights, iterations, sys.stdout, sys.stderr))
+    _run_command(lambda: command.run(spec, weights, iterations, sys.stdout, sys.stderr,
+                                     as_json=as_json))
 
 
 @main.command()
@@ -506,7 +512,8 @@ def runs(root, as_json) -> None:
 @main.command()
 @click.argument("args", nargs=-1, required=True, metavar="[SPEC] INPUT.npz")
 @click.option("--weights", type=click.Path(), default=None,
-              help="A checkpoint (a run's snapshot .json, a run directory: its newest) or .npz.")
+              help="A checkpoint (a run's snapshot .json; a run directory: early stopping's best, "
+                   "else its newest) or .npz.")
 @click.option("--exported", type=click.Path(file_okay=False), default=None,
               help="Run an artifact written by `netc export` instead of SPEC + --weights "
                    "(its sha256 digests are verified before it is loaded).")
@@ -550,8 +557,9 @@ def predict(args, weights, exported, output, blobs) -> None:
                    "batch); safetensors: the weights keyed layer/blob; prototxt: the spec in "
                    "Caffe's text format (no weights).")
 @click.option("--weights", type=click.Path(), default=None,
-              help="A checkpoint (a run's snapshot .json or its stem), or a run directory (its "
-                   "newest checkpoint). Required except for --format prototxt.")
+              help="A checkpoint (a run's snapshot .json or its stem), or a run directory (early "
+                   "stopping's best checkpoint, else its newest). Required except for --format "
+                   "prototxt.")
 @click.option("-o", "--output", "out_dir", type=click.Path(), required=True,
               help="Artifact folder (created; must be empty or hold a previous export of the "
                    "same format); for prototxt the .prototxt file to write.")

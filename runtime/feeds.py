@@ -145,7 +145,7 @@ def metric_names(net) -> list[str]:
     return list(net.metric_blobs())
 
 
-def make_eval_fn(net):
+def make_eval_fn(net, extra: tuple[str, ...] = ()):
     """A jitted TEST forward: (params, state, inputs) -> (every scalar net output, new state).
     The new state is `state` with the carried recurrent states (`carry_*` roles) the forward
     wrote; every other entry (statistics) is returned as given."""
@@ -153,7 +153,7 @@ def make_eval_fn(net):
 
     from netc.compiler.layer import is_carry_role
 
-    names = metric_names(net)
+    names = metric_names(net) + list(extra)  # extra: blobs returned besides (predictions)
 
     def ev(params, state, inputs):
         out, new = net.apply(params, state, inputs, rng=None, train=False, outputs=names)
@@ -166,11 +166,12 @@ def make_eval_fn(net):
 
 
 def evaluate(eval_fn, params: dict, state: dict, feeds: list[DataFeed], iterations: int,
-             seed: int = 0) -> dict[str, float]:
+             seed: int = 0, collect=None) -> dict[str, float]:
     """Caffe's Solver::Test: run `iterations` batches read in order from the start of each TEST
     source and average every scalar output over them. The state each batch leaves (a recurrent
     layer's carried state) is the next batch's, starting from `state` (the TEST net's own
-    initial carry) at every call."""
+    initial carry) at every call. `collect(outputs)`, if given, receives each batch's other
+    outputs (those an eval_fn made with `extra` returns: netc test's predictions)."""
     import jax
 
     streams = [f.stream(seed, prefetch=2) for f in feeds]
@@ -184,8 +185,11 @@ def evaluate(eval_fn, params: dict, state: dict, feeds: list[DataFeed], iteratio
             out, state = eval_fn(params, state, jax.device_put(inputs))
             pending.append(out)
         for out in pending:
+            if collect is not None:
+                collect({k: v for k, v in out.items() if v.ndim})
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                if not v.ndim:
+                    sums[k] = sums.get(k, 0.0) + float(v)
     finally:
         for s in streams:
             s.close()

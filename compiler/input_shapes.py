@@ -26,8 +26,10 @@ from netc.spec.errors import did_you_mean
 
 __all__ = ["InputShapeError", "declare_input_shapes", "parse_input_shape", "shape_text"]
 
-_USAGE = "expected BLOB=N,C,H,W: a blob name, '=', then positive integers separated by commas " \
-         "(the first, the batch, may be N)"
+_USAGE = (
+    "expected BLOB=N,C,H,W: a blob name, '=', then positive integers separated by commas "
+    "(the first, the batch, may be N)"
+)
 
 
 class InputShapeError(ValueError):
@@ -73,20 +75,28 @@ def declare_input_shapes(spec, shapes: Mapping[str, Shape]) -> None:
     for blob, shape in shapes.items():
         text = f"--input-shape {shape_text(blob, shape)}"
         if blob not in producers:
-            spec.diagnostics.error(f"{text}: no blob '{blob}' in this net"
-                                   f"{did_you_mean(blob, list(producers))}", ("layers",))
+            spec.diagnostics.error(
+                f"{text}: no blob '{blob}' in this net{did_you_mean(blob, list(producers))}",
+                ("layers",),
+            )
             continue
         i, j = producers[blob]
         layer, path = spec.layers[i], spec.layer_paths[i]
         unit = registry.get(layer.type)
         if unit is None or not unit.is_data:
-            spec.diagnostics.error(f"{text}: '{blob}' is made by layer '{layer.name}' "
-                                   f"({layer.type}), not by a data layer; --input-shape declares "
-                                   "the tops of data layers (Data, Input, ...)", path + ("top", j))
+            spec.diagnostics.error(
+                f"{text}: '{blob}' is made by layer '{layer.name}' "
+                f"({layer.type}), not by a data layer; --input-shape declares "
+                "the tops of data layers (Data, Input, ...)",
+                path + ("top", j),
+            )
         elif j:
-            spec.diagnostics.error(f"{text}: '{blob}' is top {j} of data layer '{layer.name}'; "
-                                   f"declare its first top '{layer.top[0]}' (the others follow "
-                                   "from it)", path + ("top", j))
+            spec.diagnostics.error(
+                f"{text}: '{blob}' is top {j} of data layer '{layer.name}'; "
+                f"declare its first top '{layer.top[0]}' (the others follow "
+                "from it)",
+                path + ("top", j),
+            )
         else:
             kept[blob] = tuple(shape)
     spec.declared_shapes = kept
@@ -95,6 +105,7 @@ def declare_input_shapes(spec, shapes: Mapping[str, Shape]) -> None:
 def declared_mismatch(declared: Shape, got: Shape) -> str | None:
     """Why a data layer's first top `got` is not the `declared` shape (None: it is). A declared
     batch N matches any batch, and a symbolic batch any declared one."""
+
     def fits(d, g) -> bool:
         return d == BATCH or isinstance(g, str) or int(d) == int(g)
 

@@ -34,14 +34,21 @@ import numpy as np
 from netc.runtime.caffemodel import CaffemodelError, _fields, _reals, _signed64
 from netc.runtime.data import DataError, Dataset
 
-__all__ = ["DatumArray", "database_kind", "decode_datum", "leveldb_refusal", "lmdb_sample_shape",
-           "load_database", "load_lmdb"]
+__all__ = [
+    "DatumArray",
+    "database_kind",
+    "decode_datum",
+    "leveldb_refusal",
+    "lmdb_sample_shape",
+    "load_database",
+    "load_lmdb",
+]
 
 INSTALL = "pip install 'netc[caffe]' (the lmdb package)"
 
 
 def database_kind(path: str | Path) -> str | None:
-    """"LMDB" or "LEVELDB" for a folder holding one of Caffe's databases, else None."""
+    """ "LMDB" or "LEVELDB" for a folder holding one of Caffe's databases, else None."""
     p = Path(path)
     if not p.is_dir():
         return None
@@ -53,17 +60,20 @@ def database_kind(path: str | Path) -> str | None:
 
 
 def leveldb_refusal(name: str) -> str:
-    return (f"{name}: a LevelDB database (Caffe's backend: LEVELDB), which netc does not read; "
-            "convert it to LMDB (Caffe's convert_imageset / convert_mnist_data with "
-            "--backend=lmdb) or to an .npz file")
+    return (
+        f"{name}: a LevelDB database (Caffe's backend: LEVELDB), which netc does not read; "
+        "convert it to LMDB (Caffe's convert_imageset / convert_mnist_data with "
+        "--backend=lmdb) or to an .npz file"
+    )
 
 
 def _lmdb() -> Any:
     try:
         import lmdb
     except ImportError:
-        raise DataError(f"reading Caffe's LMDB databases needs the lmdb package: {INSTALL}"
-                        ) from None
+        raise DataError(
+            f"reading Caffe's LMDB databases needs the lmdb package: {INSTALL}"
+        ) from None
     return lmdb
 
 
@@ -87,7 +97,7 @@ def _datum_fields(value: bytes) -> dict[str, Any]:
         if number in (1, 2, 3) and wire == 0:
             out["dims"][number] = _signed64(v)
         elif number == 4 and wire == 2:
-            out["data"] = buf[v[0]:v[1]]
+            out["data"] = buf[v[0] : v[1]]
         elif number == 5 and wire == 0:
             out["label"] = _signed64(v)
         elif number == 6:
@@ -117,13 +127,15 @@ def decode_datum(value: bytes, where: str = "record") -> tuple[np.ndarray, int]:
     raw = f.get("data")
     if raw is not None and len(raw):
         if len(raw) != c * h * w:
-            raise DataError(f"{where}: {len(raw):,} bytes of data for {c}×{h}×{w} = "
-                            f"{c * h * w:,} pixels")
+            raise DataError(
+                f"{where}: {len(raw):,} bytes of data for {c}×{h}×{w} = {c * h * w:,} pixels"
+            )
         return np.frombuffer(raw, dtype=np.uint8).reshape(c, h, w).copy(), label
     floats = np.concatenate(f["floats"]) if f["floats"] else np.zeros(0, np.float32)
     if floats.size != c * h * w:
-        raise DataError(f"{where}: {floats.size:,} float_data values for {c}×{h}×{w} = "
-                        f"{c * h * w:,} values")
+        raise DataError(
+            f"{where}: {floats.size:,} float_data values for {c}×{h}×{w} = {c * h * w:,} values"
+        )
     return floats.astype(np.float32).reshape(c, h, w), label
 
 
@@ -142,8 +154,9 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
     elif img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode not in ("L", "RGB", "RGBA"):
-        raise DataError(f"{where}: an encoded {img.mode} image; netc decodes 8-bit grey, RGB "
-                        "and RGBA images")
+        raise DataError(
+            f"{where}: an encoded {img.mode} image; netc decodes 8-bit grey, RGB and RGBA images"
+        )
     a = np.asarray(img, dtype=np.uint8)
     if a.ndim == 2:
         return a[None].copy()
@@ -201,8 +214,10 @@ def _mismatch(name: str, key: bytes, this: tuple, first: tuple) -> str:
         kind = "float_data" if t[0] else "bytes"
         return kind if t[1] is None else f"{kind} {'×'.join(map(str, t[1]))}"
 
-    return (f"{name}: record {key!r} holds {said(this)}, the first record {said(first)}; netc "
-            "needs every record of one kind and size")
+    return (
+        f"{name}: record {key!r} holds {said(this)}, the first record {said(first)}; netc "
+        "needs every record of one kind and size"
+    )
 
 
 class DatumArray:
@@ -210,8 +225,9 @@ class DatumArray:
     are read when it is indexed (an int, a slice or an array of ints along axis 0): numpy's
     basic protocol as far as netc's data pipeline uses it (shape, ndim, dtype, len, indexing)."""
 
-    def __init__(self, env: Any, name: str, keys: list[bytes], shape: tuple[int, ...],
-                 dtype: np.dtype):
+    def __init__(
+        self, env: Any, name: str, keys: list[bytes], shape: tuple[int, ...], dtype: np.dtype
+    ):
         self._env, self.name = env, name
         self._blob = b"".join(keys)  # the keys, packed: one buffer, not a million objects
         self._ends = np.cumsum([len(k) for k in keys], dtype=np.int64)
@@ -224,7 +240,7 @@ class DatumArray:
 
     def key(self, i: int) -> bytes:
         start = int(self._ends[i - 1]) if i else 0
-        return self._blob[start:int(self._ends[i])]
+        return self._blob[start : int(self._ends[i])]
 
     def __getitem__(self, index: Any) -> np.ndarray:
         n = self.shape[0]
@@ -255,8 +271,10 @@ class DatumArray:
                 where = f"{self.name}: record {key!r}"
                 x, _ = decode_datum(txn.get(key), where)
                 if x.shape != out.shape[1:]:
-                    raise DataError(f"{where} is {'×'.join(map(str, x.shape))}, the first record "
-                                    f"{'×'.join(map(str, out.shape[1:]))}; netc needs one size")
+                    raise DataError(
+                        f"{where} is {'×'.join(map(str, x.shape))}, the first record "
+                        f"{'×'.join(map(str, out.shape[1:]))}; netc needs one size"
+                    )
                 out[j] = x
         return out
 
@@ -274,8 +292,10 @@ def load_lmdb(path: str | Path, name: str, need_label: bool = True) -> Dataset:
     with env.begin() as txn:
         first, _ = decode_datum(txn.get(keys[0]), f"{name}: record {keys[0]!r}")
     if labels.min() < -(2**31) or labels.max() >= 2**31:
-        raise DataError(f"{name}: labels range over [{labels.min()}, {labels.max()}], which "
-                        "does not fit in int32")
+        raise DataError(
+            f"{name}: labels range over [{labels.min()}, {labels.max()}], which "
+            "does not fit in int32"
+        )
     data = DatumArray(env, name, keys, first.shape, first.dtype)
     label = labels.astype(np.int32)
     label.setflags(write=False)
@@ -289,6 +309,8 @@ def load_database(path: Path, name: str, need_label: bool = True) -> Dataset:
         return load_lmdb(path, name, need_label)
     if kind == "LEVELDB":
         raise DataError(leveldb_refusal(name))
-    raise DataError(f"{name}: is a directory, but not one of Caffe's LMDB databases (no "
-                    "data.mdb); netc reads .npz files (arrays 'data' and 'label') and LMDB "
-                    "databases")
+    raise DataError(
+        f"{name}: is a directory, but not one of Caffe's LMDB databases (no "
+        "data.mdb); netc reads .npz files (arrays 'data' and 'label') and LMDB "
+        "databases"
+    )

@@ -25,15 +25,30 @@ class AlexNet(nn.Module):  # torchvision.models.alexnet
     def __init__(self, num_classes=1000):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2))
+            nn.Conv2d(3, 64, 11, 4, 2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+        )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
-            nn.Dropout(), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-            nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Linear(4096, num_classes))
+            nn.Dropout(),
+            nn.Linear(256 * 6 * 6, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -43,8 +58,26 @@ class VGG16(nn.Module):  # torchvision.models.vgg16 (configuration D)
     def __init__(self, num_classes=1000):
         super().__init__()
         layers, cin = [], 3
-        for v in [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-                  512, 512, 512, "M"]:
+        for v in [
+            64,
+            64,
+            "M",
+            128,
+            128,
+            "M",
+            256,
+            256,
+            256,
+            "M",
+            512,
+            512,
+            512,
+            "M",
+            512,
+            512,
+            512,
+            "M",
+        ]:
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
             else:
@@ -53,8 +86,14 @@ class VGG16(nn.Module):  # torchvision.models.vgg16 (configuration D)
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
-            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, num_classes))
+            nn.Linear(512 * 7 * 7, 4096),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(4096, 4096),
+            nn.ReLU(True),
+            nn.Dropout(),
+            nn.Linear(4096, num_classes),
+        )
 
     def forward(self, x):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
@@ -105,9 +144,11 @@ class DenseNet121(nn.Module):  # torchvision.models.densenet121
         return self.classifier(torch.flatten(x, 1))
 
 
-NETS = {"alexnet": (AlexNet, "alexnet_torchvision.yaml", "classifier_6"),
-        "vgg16": (VGG16, "vgg16_torchvision.yaml", "classifier_6"),
-        "densenet121": (DenseNet121, "densenet121_torchvision.yaml", "classifier")}
+NETS = {
+    "alexnet": (AlexNet, "alexnet_torchvision.yaml", "classifier_6"),
+    "vgg16": (VGG16, "vgg16_torchvision.yaml", "classifier_6"),
+    "densenet121": (DenseNet121, "densenet121_torchvision.yaml", "classifier"),
+}
 
 
 @pytest.mark.parametrize("net", sorted(NETS))

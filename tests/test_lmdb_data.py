@@ -32,17 +32,19 @@ def datum_class():
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
     F = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="datum_test.proto", package="datumtest",
-                                             syntax="proto2")
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="datum_test.proto", package="datumtest", syntax="proto2"
+    )
     m = fdp.message_type.add(name="Datum")
     for name, number, ftype, label in [
-            ("channels", 1, F.TYPE_INT32, F.LABEL_OPTIONAL),
-            ("height", 2, F.TYPE_INT32, F.LABEL_OPTIONAL),
-            ("width", 3, F.TYPE_INT32, F.LABEL_OPTIONAL),
-            ("data", 4, F.TYPE_BYTES, F.LABEL_OPTIONAL),
-            ("label", 5, F.TYPE_INT32, F.LABEL_OPTIONAL),
-            ("float_data", 6, F.TYPE_FLOAT, F.LABEL_REPEATED),
-            ("encoded", 7, F.TYPE_BOOL, F.LABEL_OPTIONAL)]:
+        ("channels", 1, F.TYPE_INT32, F.LABEL_OPTIONAL),
+        ("height", 2, F.TYPE_INT32, F.LABEL_OPTIONAL),
+        ("width", 3, F.TYPE_INT32, F.LABEL_OPTIONAL),
+        ("data", 4, F.TYPE_BYTES, F.LABEL_OPTIONAL),
+        ("label", 5, F.TYPE_INT32, F.LABEL_OPTIONAL),
+        ("float_data", 6, F.TYPE_FLOAT, F.LABEL_REPEATED),
+        ("encoded", 7, F.TYPE_BOOL, F.LABEL_OPTIONAL),
+    ]:
         m.field.add(name=name, number=number, type=ftype, label=label)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
@@ -157,14 +159,20 @@ def test_damaged_and_mixed_records_are_named(tmp_path):
     write_lmdb(tmp_path / "bad", {b"k1": raw_datum(x, 0), b"k2": b"\x22\x05ab"})
     with pytest.raises(DataError) as e:
         load_source(str(tmp_path / "bad"))
-    assert str(e.value) == (f"{tmp_path / 'bad'}: record b'k2': not a Caffe Datum: field 4: "
-                            "length 5 runs past the end of its message")
-    write_lmdb(tmp_path / "mixed", {b"a": raw_datum(x, 0), b"b": raw_datum(np.zeros((1, 3, 2),
-                                                                              np.uint8), 1)})
+    assert str(e.value) == (
+        f"{tmp_path / 'bad'}: record b'k2': not a Caffe Datum: field 4: "
+        "length 5 runs past the end of its message"
+    )
+    write_lmdb(
+        tmp_path / "mixed",
+        {b"a": raw_datum(x, 0), b"b": raw_datum(np.zeros((1, 3, 2), np.uint8), 1)},
+    )
     with pytest.raises(DataError) as e:
         load_source(str(tmp_path / "mixed"))
-    assert str(e.value) == (f"{tmp_path / 'mixed'}: record b'b' holds bytes 1×3×2, the first "
-                            "record bytes 1×2×2; netc needs every record of one kind and size")
+    assert str(e.value) == (
+        f"{tmp_path / 'mixed'}: record b'b' holds bytes 1×3×2, the first "
+        "record bytes 1×2×2; netc needs every record of one kind and size"
+    )
 
 
 def test_leveldb_is_refused_by_name(tmp_path):
@@ -174,14 +182,18 @@ def test_leveldb_is_refused_by_name(tmp_path):
     (db / "MANIFEST-000001").write_bytes(b"")
     with pytest.raises(DataError) as e:
         load_source(str(db))
-    assert str(e.value).startswith(f"{db}: a LevelDB database (Caffe's backend: LEVELDB), which "
-                                   "netc does not read; convert it to LMDB")
+    assert str(e.value).startswith(
+        f"{db}: a LevelDB database (Caffe's backend: LEVELDB), which "
+        "netc does not read; convert it to LMDB"
+    )
     spec = tmp_path / "net.yaml"
     spec.write_text(SPEC.format(source=db.name, backend="LEVELDB", classes=4))
     r = netc("check", spec)
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert (f"{spec}:7:51: error: layer 'db' (Data): data_param.source: source 'train_leveldb': a "
-            "LevelDB database (Caffe's backend: LEVELDB), which netc does not read") in r.stderr
+    assert (
+        f"{spec}:7:51: error: layer 'db' (Data): data_param.source: source 'train_leveldb': a "
+        "LevelDB database (Caffe's backend: LEVELDB), which netc does not read"
+    ) in r.stderr
 
 
 SPEC = """\
@@ -208,8 +220,10 @@ def test_check_reads_the_shape_from_the_database(raw_db, tmp_path):
     assert "8×1×6×6" in r.stdout
     r = netc("check", spec, "--input-shape", "data=N,1,5,6")
     assert r.returncode == 1
-    assert (f"{spec}:5:11: error: layer 'db' (Data): --input-shape data=N,1,5,6: the layer gives "
-            "8×1×6×6") in r.stderr
+    assert (
+        f"{spec}:5:11: error: layer 'db' (Data): --input-shape data=N,1,5,6: the layer gives "
+        "8×1×6×6"
+    ) in r.stderr
 
 
 def test_netc_train_learns_from_an_lmdb(raw_db, tmp_path):
@@ -219,8 +233,11 @@ def test_netc_train_learns_from_an_lmdb(raw_db, tmp_path):
     out = tmp_path / "run"
     r = netc("train", spec, "--out", out, "--no-progress")
     assert r.returncode == 0, r.stderr
-    losses = [e["loss"] for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-              if e.get("event") == "train" and "loss" in e]
+    losses = [
+        e["loss"]
+        for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if e.get("event") == "train" and "loss" in e
+    ]
     assert losses and all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
 
@@ -232,8 +249,10 @@ def test_labels_are_checked_as_for_other_sources(raw_db, tmp_path):
     spec.write_text(SPEC.format(source=path, backend="LMDB", classes=3))
     r = netc("train", spec, "--out", tmp_path / "run", "--no-progress")
     assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert (f"error: {path}: labels range over [0, {labels.max()}], outside [0, 3) for a "
-            "classifier with 3 outputs") in r.stderr
+    assert (
+        f"error: {path}: labels range over [0, {labels.max()}], outside [0, 3) for a "
+        "classifier with 3 outputs"
+    ) in r.stderr
 
 
 def test_without_the_lmdb_package_the_message_says_what_to_install(raw_db, monkeypatch):
@@ -242,5 +261,7 @@ def test_without_the_lmdb_package_the_message_says_what_to_install(raw_db, monke
     monkeypatch.setitem(sys.modules, "lmdb", None)  # `import lmdb` raises ImportError
     with pytest.raises(DataError) as e:
         load_source(str(raw_db[0]))
-    assert str(e.value) == ("reading Caffe's LMDB databases needs the lmdb package: pip install "
-                            "'netc[caffe]' (the lmdb package)")
+    assert str(e.value) == (
+        "reading Caffe's LMDB databases needs the lmdb package: pip install "
+        "'netc[caffe]' (the lmdb package)"
+    )

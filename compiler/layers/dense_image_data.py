@@ -39,10 +39,12 @@ class DenseImageData(Layer):
     tops = (1, 2)
     is_data = True
     geometry = "pointwise"
-    summary = ("SegNet's fork: images and their label maps from a list file; tops N×C×H×W and "
-               "N×1×H×W, of new_height × new_width, or of the size --input-shape declares. "
-               "Shapes only: netc reads no image lists (train from an .npz of data and label "
-               "maps instead).")
+    summary = (
+        "SegNet's fork: images and their label maps from a list file; tops N×C×H×W and "
+        "N×1×H×W, of new_height × new_width, or of the size --input-shape declares. "
+        "Shapes only: netc reads no image lists (train from an .npz of data and label "
+        "maps instead)."
+    )
     example = """\
 name: data
 type: DenseImageData
@@ -54,14 +56,18 @@ dense_image_data_param: {source: train.txt, batch_size: 4, new_height: 360, new_
         p = self.p
         c = 3 if p.is_color else 1
         if bool(p.new_height) != bool(p.new_width):
-            raise SpecError("set new_height and new_width together (or neither)",
-                            ("dense_image_data_param",))
+            raise SpecError(
+                "set new_height and new_width together (or neither)", ("dense_image_data_param",)
+            )
         if p.new_height:
             return (c, p.new_height, p.new_width)
         if self.declared_shape is None or len(self.declared_shape) != 4:
-            raise SpecError("the images' size lives in the image files (no new_height / "
-                            "new_width): declare it to check the net, e.g. --input-shape "
-                            f"{self.spec.top[0]}=N,{c},H,W", ("dense_image_data_param",))
+            raise SpecError(
+                "the images' size lives in the image files (no new_height / "
+                "new_width): declare it to check the net, e.g. --input-shape "
+                f"{self.spec.top[0]}=N,{c},H,W",
+                ("dense_image_data_param",),
+            )
         return tuple(int(d) for d in self.declared_shape[1:])
 
     def infer(self, bottoms):
@@ -78,5 +84,6 @@ dense_image_data_param: {source: train.txt, batch_size: 4, new_height: 360, new_
 
     def data_fact(self) -> DataFact:
         # source None: netc reads no list file; the blobs are given (netc predict), as an Input's
-        return DataFact(source=None, batch_size=self.p.batch_size,
-                        roles=("data", "label")[: len(self.spec.top)])
+        return DataFact(
+            source=None, batch_size=self.p.batch_size, roles=("data", "label")[: len(self.spec.top)]
+        )

@@ -683,6 +683,10 @@ _EXTENSIONS: dict[str, dict[str, Any]] = {
         "sequence_input batch_first bidirectional merge_mode num_layers dropout output reset_after "
         "output_layer recurrent_weight_filler bptt_steps weight_dropout".split()),
     "upsample_param": {"mode": None},
+    "dropout_param": {"spatial": lambda v: v is True},
+    "loss_param": {"label_smoothing": lambda v: v != 0},
+    "param": {"max_norm": None, "weight_noise": lambda v: v != 0},
+    "solver": {"early_stopping": None},
     "*filler": {"gain": None, "type": lambda v: v == "orthogonal"},
 }
 # Literal-typed fields that caffe.proto declares as strings, not enums.

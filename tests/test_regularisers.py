@@ -323,3 +323,25 @@ def test_max_norms_from_the_spec():
         ]
     )
     assert net.max_norms() == {"a": {"weight": 2.0}}  # the owner's ParamSpec, as lr_mult
+
+
+@pytest.mark.parametrize(
+    "layer, field",
+    [
+        ({"type": "Dropout", "dropout_param": {"spatial": True}}, "dropout_param.spatial"),
+        ({"type": "InnerProduct", "param": [{"max_norm": 2.0}]}, "param.max_norm"),
+        ({"type": "InnerProduct", "param": [{"weight_noise": 0.1}]}, "param.weight_noise"),
+        (
+            {"type": "SoftmaxWithLoss", "loss_param": {"label_smoothing": 0.1}},
+            "loss_param.label_smoothing",
+        ),
+        ({"type": "GaussianNoise", "gaussian_noise_param": {"std": 0.1}}, "type GaussianNoise"),
+    ],
+)
+def test_caffe_prototxt_refuses_the_extensions(layer, field):
+    from netc.spec.prototxt import NotCaffeError, data_to_prototxt, solver_to_prototxt
+
+    with pytest.raises(NotCaffeError, match=field.replace(".", r"\.")):
+        data_to_prototxt({"layers": [{"name": "l", **layer}]})
+    with pytest.raises(NotCaffeError, match=r"solver\.early_stopping"):
+        solver_to_prototxt({"base_lr": 0.1, "early_stopping": {"metric": "accuracy"}})

@@ -337,5 +337,5 @@ class EarlyStopping(Callback):
 
     def on_start(self, solver, e: Event) -> None:
         # a resumed run recomputes what the interrupted one did after its checkpoint
-        if e.data["resumed"]:
+        if e.data["resumed"] and solver.primary:
             prune_best(solver.settings.run_dir, keep_until=e.iter)

@@ -604,6 +604,9 @@ class Solver:
     def _spec_callbacks(self) -> list:
         """Callbacks the solver spec asks for (every process: they decide when the run stops)."""
         es = self.settings.sp.early_stopping
+        if es is not None and not self.test_iter:
+            self._warn("early_stopping has no test passes to watch (the TEST net has no Data "
+                       "layer): the run trains to max_iter")
         return [EarlyStopping(es)] if es is not None and self.test_iter else []
 
     def _load_callback_state(self) -> None:

@@ -229,13 +229,13 @@ def bench_grain(args) -> None:
         with BatchStream(ds, batch_size=b, transform=T.model_validate(t), train=True, seed=1,
                          shuffle=True, prefetch=4) as s:
             r = rate(lambda s=s: next(s), args.batches, b)
-        print(f"  {name:11s} {label:22s} BatchStream (1 thread) {r:10,.0f} samples/s")
+        print(f"  {name:11s} {label:22s} BatchStream, 1 thread  {r:10,.0f} samples/s")
         for k in args.workers:
             it = iter(grain_pipeline(ds, b, t, 1, k))
             for _ in range(2 * max(k, 1)):
                 next(it)  # workers started and warm
             r = rate(lambda it=it: next(it), args.batches, b)
-            print(f"  {name:11s} {label:22s} grain, {k} worker(s)   {r:10,.0f} samples/s")
+            print(f"  {name:11s} {label:22s} grain, {k} worker(s)      {r:10,.0f} samples/s")
             del it
     check_grain_checkpoint()
 

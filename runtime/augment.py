@@ -25,8 +25,6 @@ side fraction test_crop resized to its size, sobel applies, everything else is o
 from __future__ import annotations
 
 import math
-import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +38,6 @@ __all__ = ["Augmenter", "value_range"]
 _TAG = 0x61756721  # SeedSequence word separating these draws from the crop/mirror ones
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as torchvision
 _BLOCK_VALUES = 2**21  # values per sample × block size stays under this (noise is drawn per block)
-_CHUNK_MIN = 16  # samples per thread at least (a thread costs ~0.1 ms to start)
 Params = dict[str, np.ndarray]
 
 
@@ -390,8 +387,7 @@ def sobel(x: np.ndarray, output: str = "gradients") -> np.ndarray:
 class Augmenter:
     """The extensions of one stream: ``augmenter(x, params)`` with ``params`` from
     :meth:`params` (TRAIN) or None (TEST). ``x`` is N×C×H×W float32 after Caffe's crop and mirror,
-    not yet scaled; the result is the net's input. ``threads`` (0: half the CPUs, at most 8) work
-    on chunks of a batch at once."""
+    not yet scaled; the result is the net's input."""
 
     def __init__(
         self,
@@ -400,7 +396,6 @@ class Augmenter:
         scale: float,
         mean: np.ndarray | None,
         vrange: tuple[float, float],
-        threads: int = 0,
     ):
         c, h, w = shape
         out_hw = pair(t.random_resized_crop.size) if t.random_resized_crop else (h, w)
@@ -415,38 +410,8 @@ class Augmenter:
         ]
         self.block = max(1, min(256, _BLOCK_VALUES // (c * out_hw[0] * out_hw[1])))
         self._cache: dict[tuple[int, int, int], list[Params]] = {}
-        self.threads = threads or max(1, min(8, (os.cpu_count() or 1) // 2))
 
     def __call__(self, x: np.ndarray, params: list[Params] | None) -> np.ndarray:
-        """The batch transformed, in `threads` chunks of samples when it is large enough (numpy
-        releases the GIL in its loops; every operation is per sample, so the chunks are
-        independent and the result is the same)."""
-        chunks = min(self.threads, len(x) // _CHUNK_MIN)
-        if chunks < 2:
-            return self._apply(x, params)
-        bounds = np.linspace(0, len(x), chunks + 1).astype(int)
-        parts: list[Any] = [None] * chunks
-
-        def run(k: int) -> None:
-            a, b = bounds[k], bounds[k + 1]
-            sub = None if params is None else [{n: v[a:b] for n, v in p.items()} for p in params]
-            try:
-                parts[k] = self._apply(x[a:b], sub)
-            except BaseException as e:  # re-raised in the calling thread
-                parts[k] = e
-
-        workers = [threading.Thread(target=run, args=(k,)) for k in range(1, chunks)]
-        for t in workers:
-            t.start()
-        run(0)
-        for t in workers:
-            t.join()
-        for part in parts:
-            if isinstance(part, BaseException):
-                raise part
-        return np.concatenate(parts)
-
-    def _apply(self, x: np.ndarray, params: list[Params] | None) -> np.ndarray:
         if self.scale != 1:
             x = x * self.scale
         if params is not None:

@@ -867,7 +867,9 @@ class BatchStream:
     are made in ``next()``). Labels keep their shape per sample (a label map is cropped and
     mirrored with its image); ``real_labels``: float32 targets instead of int32 class indices.
     ``dtypes`` ({key: dtype}) overrides the kind of arrays read by name (float32 for the targets
-    of a regression loss, int32 for class indices stored as reals).
+    of a regression loss, int32 for class indices stored as reals). ``workers``: worker processes
+    that make the batches instead of the thread (grain; :mod:`netc.runtime.data_workers`), each
+    ``prefetch`` batches ahead; the batches are the same.
     """
 
     def __init__(
@@ -883,9 +885,13 @@ class BatchStream:
         prefetch: int = 4,
         real_labels: bool = False,
         dtypes: dict[str, Any] | None = None,
+        workers: int = 0,
     ):
         self._closed = True
         self._thread: threading.Thread | None = None
+        self._workers: Any = None
+        if workers < 0:
+            raise ValueError(f"workers must be at least 0, got {workers}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if prefetch < 0:
@@ -909,7 +915,12 @@ class BatchStream:
         self._error: BaseException | None = None
         self._closed = False
         self._size = n
-        if prefetch:
+        if workers:
+            from netc.runtime.data_workers import worker_batches
+
+            self._workers = worker_batches(self._producer, self._pos, n, batch_size, workers,
+                                           prefetch)
+        elif prefetch:
             self._queue: queue.Queue = queue.Queue(maxsize=prefetch)
             self._stop = threading.Event()
             self._thread = threading.Thread(
@@ -958,6 +969,8 @@ class BatchStream:
             raise self._error
         if self._closed:
             raise RuntimeError(f"BatchStream over {self.dataset.name} is closed")
+        if self._workers is not None:
+            return self._next_from_workers()
         if self._thread is None:
             batch, self._pos = self._producer.batch(*self._pos)
             return batch
@@ -977,11 +990,25 @@ class BatchStream:
         self._pos = pos
         return payload
 
+    def _next_from_workers(self) -> dict[str, np.ndarray]:
+        try:  # the arrays copied out of grain's shared memory, which is then released
+            batch = {k: np.array(v) for k, v in next(self._workers).items()}
+        except BaseException as exc:  # a worker's error, re-raised by grain
+            self._error = exc
+            self.close()
+            raise
+        epoch, index = self._pos
+        self._pos = divmod(epoch * self._size + index + self.batch_size, self._size)
+        return batch
+
     def close(self) -> None:
-        """Stop the background thread; idempotent."""
+        """Stop the background thread or worker processes; idempotent."""
         if self._closed:
             return
         self._closed = True
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None  # grain's iterators must not outlive the interpreter's modules
         if self._thread is not None:
             self._stop.set()
             try:

@@ -35,6 +35,7 @@ class DataFeed:
     keys: tuple[str, ...] = ("data", "label")
     dtypes: dict = field(default_factory=dict)  # arrays read by name: key -> dtype override
     text: dict = field(default_factory=dict)  # text source: seq_len, split, batch_first
+    workers: int = 0  # data_param.workers: processes making TRAIN batches (runtime/data_workers)
 
     def stream(self, seed: int, position: dict | None = None, prefetch: int = 4):
         if self.text:
@@ -47,7 +48,7 @@ class DataFeed:
         return BatchStream(self.dataset, batch_size=self.batch_size, transform=self.transform,
                            train=self.train, seed=seed, shuffle=self.shuffle, position=position,
                            prefetch=prefetch, real_labels=self.real_labels,
-                           dtypes=self.dtypes or None)
+                           dtypes=self.dtypes or None, workers=self.workers)
 
     def feed(self, batch: dict) -> dict:
         """A stream's batch keyed by this layer's top names."""
@@ -109,7 +110,8 @@ def _feed(plan, pl, fact, spec_dir: str, train: bool) -> DataFeed:
             dtypes = {k: ("float32" if n.kind == "target" else "int32")
                       for k, n in needs.items() if n is not None}
             return DataFeed(pl.name, pl.tops, ds, int(fact.batch_size), fact.transform,
-                            fact.shuffle and train, train, keys=keys, dtypes=dtypes)
+                            fact.shuffle and train, train, keys=keys, dtypes=dtypes,
+                            workers=int(getattr(p, "workers", 0)) if train else 0)
         need_label = "label" in keys
         ds = load_source(fact.source, base_dir=spec_dir, need_label=need_label,
                          options=fact.options or None)
@@ -122,7 +124,8 @@ def _feed(plan, pl, fact, spec_dir: str, train: bool) -> DataFeed:
         raise RunError(str(e)) from None
     return DataFeed(pl.name, pl.tops, ds, int(fact.batch_size), fact.transform,
                     fact.shuffle and train, train,
-                    real_labels=labels is not None and labels.kind == "target", keys=keys)
+                    real_labels=labels is not None and labels.kind == "target", keys=keys,
+                    workers=int(getattr(p, "workers", 0)) if train else 0)
 
 
 def data_feeds(plan, spec_dir: str) -> list[DataFeed]:

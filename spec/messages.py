@@ -361,6 +361,9 @@ class DataParameter(Message):
     mirror: bool = False
     force_encoded_color: bool = False
     prefetch: PosInt = 4
+    # netc extension: worker processes that make the TRAIN phase's batches (through grain,
+    # runtime/data_workers.py) instead of one thread; 0: the thread. The batches are the same.
+    workers: Annotated[int, Field(ge=0, le=64)] = 0
     # netc extension: reshuffle the source every epoch (Caffe reads its DB in order). For a text
     # source: start each epoch's streams at a random offset instead.
     shuffle: bool = False

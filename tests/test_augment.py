@@ -214,19 +214,19 @@ def test_resumed_stream_repeats_the_augmentations():
         np.testing.assert_array_equal(x, y)
 
 
-def test_threads_make_the_same_batches():
+def test_worker_processes_make_the_same_batches():
     digits = load_source("netc:digits/train")
-    ds = Dataset("digits[:256]", digits.data[:256], digits.label[:256])
-    t = T.model_validate({**ALL, "sobel": {}})
-    out = {}
-    for threads in (1, 4):
-        with BatchStream(
-            ds, batch_size=96, transform=t, train=True, seed=3, shuffle=True, prefetch=0
-        ) as s:
-            s._producer.augmenter.threads = threads
-            out[threads] = [next(s)["data"] for _ in range(3)]
-    for a, b in zip(out[1], out[4]):
-        np.testing.assert_array_equal(a, b)
+    ds = Dataset("digits[:300]", digits.data[:300], digits.label[:300])
+    kw = dict(batch_size=64, transform=T.model_validate(ALL), train=True, seed=7, shuffle=True)
+    with BatchStream(ds, **kw, prefetch=0) as s:
+        ref = [next(s) for _ in range(8)]
+    start = {"epoch": 0, "index": 192, "size": 300}  # batch 3; batch 4 crosses the epoch
+    with BatchStream(ds, **kw, prefetch=2, workers=1, position=start) as s:
+        got = [next(s) for _ in range(5)]
+        assert s.position() == {"epoch": 1, "index": 192 + 5 * 64 - 300, "size": 300}
+    for a, b in zip(got, ref[3:], strict=True):
+        np.testing.assert_array_equal(a["data"], b["data"])
+        np.testing.assert_array_equal(a["label"], b["label"])
 
 
 def test_test_phase_has_no_random_transforms():
@@ -329,6 +329,21 @@ def test_check_reports_bad_values_with_layer_and_field(check_spec, t, message):
     ]
 
 
+def test_workers_are_for_array_and_image_sources(check_spec):
+    text = """\
+name: chars
+layers:
+  - name: text
+    type: Data
+    top: [data, label]
+    data_param: {source: "netc:hamlet", batch_size: 4, seq_len: 8, workers: 2}
+"""
+    assert [e.split("spec.yaml:", 1)[1] for e in errors_of(check_spec, text)] == [
+        "6:68: error: layer 'text' (Data): data_param.workers: workers applies to array and "
+        "image sources, not to text source 'netc:hamlet'"
+    ]
+
+
 def test_the_loader_refuses_what_check_refuses():
     with pytest.raises(
         DataError,
@@ -385,7 +400,10 @@ def test_training_with_augmentation_resumes_exactly(tmp_path, augmented_mlp):
     assert meta["iteration"] == 20 and tree["params"]["ip1"]["weight"].shape == (32, 576)
     r = netc("train", augmented_mlp, "--out", part, "--max-iter", 10)
     assert r.returncode == 0, r.stderr
-    r = netc("train", augmented_mlp, "--resume", part, "--max-iter", 20)
+    # the resumed run makes its batches in a worker process, from the saved position: the same
+    with_workers = augmented_mlp.with_name("mlp_aug_workers.yaml")
+    with_workers.write_text(AUGMENTED_MLP.replace("shuffle: true}", "shuffle: true, workers: 1}"))
+    r = netc("train", with_workers, "--resume", part, "--max-iter", 20)
     assert r.returncode == 0 and "at iteration 10" in r.stdout, r.stderr
     a, b = flatten(tree), flatten(load_checkpoint(latest_checkpoint(part))[0])
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -424,6 +424,9 @@ data_param: {source: "netc:digits/train", batch_size: 64}
             raise SpecError(f"a text source gives at most 3 tops (data, label, cont), not {n_tops}",
                             ("top",))
         t = self._seq_len()
+        if p.workers:
+            raise SpecError(f"workers applies to array and image sources, not to text source "
+                            f"'{src}'", ("data_param", "workers"))
         tp = self.spec.transform_param
         if tp is not None and tp.set_fields():
             raise SpecError(f"transform_param does not apply to text source '{src}' (its tops "

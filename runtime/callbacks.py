@@ -13,7 +13,8 @@ subclass `Callback` to get one `on_<kind>(solver, event)` method per event kind.
                 it by raising Diverged
     snapshot    a checkpoint was written (data: path)
     warning     something the user should know (data: message), e.g. a damaged checkpoint skipped
-    stop        the run stops early (data: reason, detail, path)
+    stop        the run stops early (data: reason, detail, path; final and best when early
+                stopping ended it as a finished run, whose "done" follows)
     done        the run finished (data: the summary)
 
 To stop a run, a callback calls `solver.request_stop(reason)` (the current step finishes and a

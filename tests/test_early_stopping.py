@@ -241,3 +241,18 @@ def test_resume_stops_where_the_uninterrupted_run_did(stopped):
     last_a, _ = load_checkpoint(latest_checkpoint(run))
     last_b, _ = load_checkpoint(latest_checkpoint(stopped.run))
     assert np.array_equal(last_a["params"]["ip2"]["weight"], last_b["params"]["ip2"]["weight"])
+
+
+def test_export_of_the_run_dir_is_the_best(stopped):
+    from safetensors.numpy import load_file
+
+    out = stopped.root / "export"
+    r = netc("export", stopped.spec, "--weights", stopped.run, "--format", "safetensors", "-o", out)
+    assert r.returncode == 0, r.stderr
+    best, _ = load_checkpoint(run_result(stopped.run))
+    exported = load_file(str(out / "weights.safetensors"))
+    assert exported.keys() == {"ip1/weight", "ip1/bias", "ip2/weight", "ip2/bias"}
+    for key, value in exported.items():
+        layer, role = key.split("/")
+        np.testing.assert_array_equal(value, best["params"][layer][role])
+    assert json.loads((out / "manifest.json").read_text())["source"]["iteration"] == 200

@@ -12,7 +12,7 @@ PHASES = click.Choice(["TRAIN", "TEST"], case_sensitive=False)
 
 
 # The commands that compile JAX programs: the persistent compilation cache is put in force for them
-COMPILING = {"train", "test", "predict", "export", "sample", "time"}
+COMPILING = {"train", "test", "predict", "export", "sample", "time", "inspect"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -38,6 +38,8 @@ def main(ctx: click.Context, no_compile_cache: bool) -> None:
     netc predict SPEC --weights CKPT IN.npz -o OUT.npz   a forward pass on given input blobs
     netc time models/lenet.yaml       per-layer forward/backward milliseconds and the whole step
     netc graph SPEC -o net.html       the net drawn: SVG, PNG, Graphviz DOT, or a clickable page
+    netc inspect saliency SPEC --weights RUN -o s.png   filters, feature maps, top patches,
+                                      occlusion, saliency, t-SNE of a trained net (PNG)
 
     Commands that compile keep the compiled programs in a persistent cache (~/.cache/netc/jax,
     or $NETC_CACHE_DIR), so a second run of a net starts sooner; --no-compile-cache opts out.
@@ -713,6 +715,116 @@ def graph(spec, output, fmt, phase, stages, level, batch, input_shapes) -> None:
     _run_command(lambda: command.run(spec, output, fmt=fmt, phase=phase, stages=stages,
                                      level=level, batch=batch, input_shapes=input_shapes,
                                      out=sys.stdout))
+
+
+# --- netc inspect: looking inside a trained network -----------------------------------------------
+
+
+def _inspect_args(source: str | None = None, index: bool = False):
+    """SPEC, --weights and -o for every `netc inspect` command; `source` adds that source
+    option (--input or --data), `index` adds --index."""
+    def deco(f):
+        if index:
+            f = click.option("--index", type=click.IntRange(min=0), default=0, show_default=True,
+                             help="Which sample of the source.")(f)
+        if source:
+            f = click.option(f"--{source}", "source", default=None, metavar="SOURCE",
+                             help="A data set source (netc:digits/test, an .npz with data and "
+                                  "label) or an image file (default: the TEST Data layer's "
+                                  "source); transformed as the TEST Data layer transforms.")(f)
+        f = click.option("-o", "--output", "output", type=click.Path(dir_okay=False),
+                         required=True, help="The picture to write (.png).")(f)
+        f = click.option("--weights", type=click.Path(), required=True,
+                         help="A checkpoint (a run's snapshot .json, a run directory: its "
+                              "newest) or .npz.")(f)
+        return click.argument("spec", type=click.Path(dir_okay=False))(f)
+    return deco
+
+
+@main.group(name="inspect")
+def inspect_group() -> None:
+    """Look inside a trained network: pictures (PNG) of what its TEST net computes.
+
+    \b
+    netc inspect filters SPEC --weights RUN -o filters.png           first conv's kernels
+    netc inspect features SPEC --weights RUN --blob conv1 --index 3 -o maps.png
+    netc inspect top-patches SPEC --weights RUN --blob conv2 --channel 5 -o patches.png
+    netc inspect occlusion SPEC --weights RUN --index 3 -o occlusion.png
+    netc inspect saliency SPEC --weights RUN --index 3 -o saliency.png
+    netc inspect embedding SPEC --weights RUN --blob ip1 -n 1000 -o tsne.png
+    """
+
+
+def _inspect(name: str, *args) -> None:
+    from netc.runtime.commands import inspect as command
+
+    _run_command(lambda: getattr(command, name)(*args, sys.stdout, sys.stderr))
+
+
+@inspect_group.command(name="filters")
+@_inspect_args()
+@click.option("--layer", default=None, help="The layer (default: the first with 2-D kernels).")
+def inspect_filters(spec, weights, output, layer) -> None:
+    """A convolution's kernels as a grid: one RGB tile per filter when it reads 3 channels,
+    else a row of grey tiles (one per input channel) per filter; each filter on its own scale."""
+    _inspect("filters", spec, weights, layer, output)
+
+
+@inspect_group.command(name="features")
+@_inspect_args("input", index=True)
+@click.option("--blob", required=True, help="The blob (N×C×H×W) whose channels to show.")
+def inspect_features(spec, weights, output, source, index, blob) -> None:
+    """The feature maps of BLOB for one input: one tile per channel, all on one scale."""
+    _inspect("features", spec, weights, blob, source, index, output)
+
+
+@inspect_group.command(name="top-patches")
+@_inspect_args("data")
+@click.option("--blob", required=True, help="A convolution or pooling blob (N×C×H×W).")
+@click.option("--channel", type=click.IntRange(min=0), required=True, help="Its channel.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=9, show_default=True,
+              help="How many patches.")
+@click.option("-n", "limit", type=click.IntRange(min=1), default=None,
+              help="Look at the first N samples of the source (default: all).")
+def inspect_top_patches(spec, weights, output, source, blob, channel, k, limit) -> None:
+    """The input patches that most activate CHANNEL of BLOB over a data set (Zeiler & Fergus):
+    per sample the position of the channel's maximum, its receptive field cropped from the
+    input; the k strongest samples, strongest first."""
+    _inspect("top_patches", spec, weights, blob, channel, source, k, limit, output)
+
+
+@inspect_group.command(name="occlusion")
+@_inspect_args("input", index=True)
+@click.option("--patch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="The grey square's side (input pixels).")
+@click.option("--stride", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--class", "klass", type=click.IntRange(min=0), default=None,
+              help="The class (default: the sample's label, else the predicted class).")
+def inspect_occlusion(spec, weights, output, source, index, patch, stride, klass) -> None:
+    """Occlusion sensitivity: slide a square of the image's mean value over it and map how much
+    the class's probability drops (red: it drops; blue: it rises), beside the input."""
+    _inspect("occlusion", spec, weights, source, index, patch, stride, klass, output)
+
+
+@inspect_group.command(name="saliency")
+@_inspect_args("input", index=True)
+@click.option("--class", "klass", type=click.IntRange(min=0), default=None,
+              help="The class (default: the sample's label, else the predicted class).")
+def inspect_saliency(spec, weights, output, source, index, klass) -> None:
+    """Gradient saliency: |d class score / d input|, the maximum over channels (Simonyan et
+    al.), through netc's compiled forward."""
+    _inspect("saliency", spec, weights, source, index, klass, output)
+
+
+@inspect_group.command(name="embedding")
+@_inspect_args("data")
+@click.option("--blob", required=True, help="The blob whose features to embed (e.g. ip1).")
+@click.option("-n", "limit", type=click.IntRange(min=5), default=1000, show_default=True,
+              help="Embed the first N samples of the source.")
+def inspect_embedding(spec, weights, output, source, blob, limit) -> None:
+    """A 2-D t-SNE of BLOB's features over a data set, coloured by class, with the
+    leave-one-out 5-nearest-neighbour accuracy in 2-D (needs scikit-learn: netc[inspect])."""
+    _inspect("embedding", spec, weights, blob, source, limit, output)
 
 
 @main.group(name="data")

@@ -10,8 +10,9 @@ Sections (all by default; --only NAME to pick):
   jax.scipy.ndimage.map_coordinates) and jitted, as it would run inside the train step: raw uint8
   batch in, augmented float batch out, on JAX's default device;
 * step — LeNet's train step on the digits (batch 64): alone, fed by BatchStream with augmentation
-  (prefetch thread: the augmentation overlaps the step), and with the JAX augmentation fused into
-  the jitted step (then it is on the step's critical path);
+  (prefetch thread: the augmentation overlaps the step; then with data_param.workers, grain's
+  worker processes), and with the JAX augmentation fused into the jitted step (then it is on the
+  step's critical path);
 * grain — the same pipeline in grain (a source of places, batch, a map that gathers and augments
   with the same per-place randomness), with 0 / 1 / 2 ... worker processes, beside BatchStream; and
   grain's iterator checkpoint (get_state / set_state) checked to resume the exact batches.
@@ -173,12 +174,17 @@ def bench_step(args) -> None:
     print(f"  {'step alone (one fixed batch)':44s} {r:10,.0f} samples/s")
     shift = {"scale": 1 / 256, "translate": {"pixels": 2}, "flip": {"horizontal": 0.5},
              "rotate": {"degrees": 15}}
-    for label, t in (("BatchStream, no augmentation", {"scale": 1 / 256}),
-                     ("BatchStream + numpy shift+flip+rotate", shift)):
+    most = max(args.workers)
+    for label, t, workers in (("BatchStream, no augmentation", {"scale": 1 / 256}, 0),
+                              ("BatchStream + numpy shift+flip+rotate", shift, 0),
+                              (f"... with data_param.workers: {most}", shift, most)):
         with BatchStream(ds, batch_size=b, transform=T.model_validate(t), train=True, seed=1,
-                         shuffle=True, prefetch=4) as s:
+                         shuffle=True, prefetch=4, workers=workers) as s:
+            for _ in range(3 * workers):
+                next(s)  # the workers started
             r = rate(lambda s=s: jax.block_until_ready(train(next(s))), args.batches, b)
-        print(f"  {label:44s} {r:10,.0f} samples/s  (prefetch thread)")
+        how = f"{workers} worker processes" if workers else "prefetch thread"
+        print(f"  {label:44s} {r:10,.0f} samples/s  ({how})")
     y = ds.label[:b].astype(np.int32)
     x = np.ascontiguousarray(ds.data[:b])
     keys = iter(jax.random.split(jax.random.key(1), 10_000))

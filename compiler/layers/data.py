@@ -235,7 +235,10 @@ class Data(Layer):
                "read as characters: tops [data, label, cont] of seq_len × batch_size "
                "(time-major; batch_first: N×T), label = the next character, cont = 0 where a "
                "stream starts (netc extension). transform_param scales, subtracts means, crops "
-               "and mirrors the first top.")
+               "and mirrors the first top, and augments it (netc extensions: random_resized_crop, "
+               "flip, rotate90, rotate, translate, color_jitter, color_drop, gaussian_blur, "
+               "gaussian_noise, cutout, sobel). data_param.workers: TRAIN batches made by "
+               "worker processes (grain).")
     example = """\
 name: mnist
 type: Data

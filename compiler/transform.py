@@ -52,18 +52,39 @@ def transform_shape(
             f"{'×'.join(map(str, sample))}",
             _where(used[0]),
         )
-    c, h, w = sample
-    if t.random_resized_crop is not None:
-        if crop is not None or t.crop_size or t.crop_h or t.crop_w:
-            raise SpecError(
-                "random_resized_crop and crop_size/crop_h/crop_w exclude each "
-                "other: random_resized_crop's size is the output size",
-                _where("random_resized_crop"),
-            )
-        h, w = pair(t.random_resized_crop.size)
-    elif crop is not None:
-        h, w = crop
+    c = sample[0]
+    h, w = _warped_size(t, sample, crop)
     after = " (after the crop)" if crop or t.random_resized_crop else ""
+    _check_geometry(t, h, w, after)
+    _check_colour(t, c)
+    if t.cutout is not None:
+        ch, cw = pair(t.cutout.size)
+        if ch > h or cw > w:
+            raise SpecError(
+                f"cutout hole {ch}×{cw} is larger than the {h}×{w} images{after}",
+                _where("cutout", "size"),
+            )
+    if t.sobel is not None:
+        c = 2 if t.sobel.output == "gradients" else 1
+    return (c, h, w)
+
+
+def _warped_size(
+    t: TransformationParameter, sample: tuple[int, ...], crop: tuple[int, int] | None
+) -> tuple[int, int]:
+    """H×W after Caffe's crop or random_resized_crop (which exclude each other)."""
+    if t.random_resized_crop is None:
+        return crop or (sample[1], sample[2])
+    if crop is not None or t.crop_size or t.crop_h or t.crop_w:
+        raise SpecError(
+            "random_resized_crop and crop_size/crop_h/crop_w exclude each "
+            "other: random_resized_crop's size is the output size",
+            _where("random_resized_crop"),
+        )
+    return pair(t.random_resized_crop.size)
+
+
+def _check_geometry(t: TransformationParameter, h: int, w: int, after: str) -> None:
     if t.flip is not None and t.mirror and t.flip.horizontal:
         raise SpecError(
             "flip.horizontal and mirror both flip horizontally: give one of them",
@@ -86,17 +107,6 @@ def transform_shape(
             f"{t.rotate.fill:g} and translate.fill {t.translate.fill:g} differ",
             _where("translate", "fill"),
         )
-    _check_colour(t, c)
-    if t.cutout is not None:
-        ch, cw = pair(t.cutout.size)
-        if ch > h or cw > w:
-            raise SpecError(
-                f"cutout hole {ch}×{cw} is larger than the {h}×{w} images{after}",
-                _where("cutout", "size"),
-            )
-    if t.sobel is not None:
-        c = 2 if t.sobel.output == "gradients" else 1
-    return (c, h, w)
 
 
 def _check_colour(t: TransformationParameter, c: int) -> None:

@@ -321,6 +321,11 @@ def test_check_infers_the_augmented_shape(check_spec):
             "6:40: error: layer 'digits' (Data): transform_param."
             "gaussian_noise.std: must be ≥ 0.0, got -1",
         ),
+        (
+            "{rotate: {degrees: 5}, translate: {pixels: 2, fill: 1}}",
+            "6:68: error: layer 'digits' (Data): transform_param.translate.fill: rotate and "
+            "translate are one warp with one fill: rotate.fill 0 and translate.fill 1 differ",
+        ),
     ],
 )
 def test_check_reports_bad_values_with_layer_and_field(check_spec, t, message):
@@ -345,6 +350,8 @@ layers:
 
 
 def test_the_loader_refuses_what_check_refuses():
+    with pytest.raises(DataError, match=r"^mem: transform_param.sobel: sobel needs 1-channel"):
+        batch(images(c=2), {"sobel": {}})
     with pytest.raises(
         DataError,
         match=r"^mem: transform_param.color_jitter.saturation: "

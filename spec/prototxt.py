@@ -676,7 +676,11 @@ FORK_LAYER_TYPES = frozenset({"Upsample"})
 # netc extensions (spec/messages.py marks them): field → None (any value) or the values that are.
 _EXTENSIONS: dict[str, dict[str, Any]] = {
     "convolution_param": {"pad_mode": lambda v: v != "CAFFE", "pad_begin": None, "pad_end": None},
-    "data_param": {"shuffle": None, "seq_len": None, "batch_first": None, "split": None},
+    "data_param": {"shuffle": None, "seq_len": None, "batch_first": None, "split": None,
+                   "workers": lambda v: v != 0},
+    "transform_param": dict.fromkeys(
+        "random_resized_crop flip rotate90 rotate translate color_jitter color_drop gaussian_blur "
+        "gaussian_noise cutout sobel".split()),
     "image_data_param": {"split": None},
     "pooling_param": {"pool": lambda v: v == "L2"},
     "recurrent_param": dict.fromkeys(

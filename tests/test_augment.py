@@ -349,6 +349,17 @@ layers:
     ]
 
 
+@pytest.mark.parametrize("field", ["transform_param.rotate", "data_param.workers"])
+def test_caffe_prototxt_refuses_the_extensions(field):
+    from netc.spec.prototxt import NotCaffeError, data_to_prototxt
+
+    section, key = field.split(".")
+    value = {"degrees": 5} if key == "rotate" else 2
+    layer = {"name": "d", "type": "Data", "top": ["data"], section: {key: value}}
+    with pytest.raises(NotCaffeError, match=field.replace(".", r"\.")):
+        data_to_prototxt({"layers": [layer]})
+
+
 def test_the_loader_refuses_what_check_refuses():
     with pytest.raises(DataError, match=r"^mem: transform_param.sobel: sobel needs 1-channel"):
         batch(images(c=2), {"sobel": {}})

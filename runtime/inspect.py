@@ -141,7 +141,7 @@ class Inspected:
         return x
 
     def _image_sample(self, indices) -> Samples:
-        if indices not in (None, [0], (0,)) and list(indices) != [0]:
+        if indices is not None and list(indices) != [0]:
             raise RunError(f"--index: {self.source} is one image; use --index 0")
         shape = (
             self.feed.dataset.sample_shape
@@ -484,7 +484,9 @@ CLASS_COLOURS = [
     (188, 189, 34),
     (23, 190, 207),
 ]
-BACKGROUND = (40, 40, 40)
+BACKGROUND = (40, 40, 40)  # of the panels, and where a patch leaves the image
+GAP = (225, 225, 225)  # between colour tiles
+GAP_GREY = (70, 110, 160)  # between grey tiles
 
 
 def colourise(v: np.ndarray, anchors=VIRIDIS) -> np.ndarray:
@@ -535,8 +537,10 @@ def grid(
     min_side: int = 48,
     max_width: int = 1400,
     gap: int = 2,
+    gap_colour: tuple[int, int, int] | None = None,
 ) -> Grid:
-    """Lay T×h×w×3 uint8 tiles out in a grid, each enlarged (nearest) by a whole factor."""
+    """Lay T×h×w×3 uint8 tiles out in a grid, each enlarged (nearest) by a whole factor. The
+    gap between tiles is light grey, or steel blue between grey tiles (which can be white)."""
     from PIL import Image
 
     t, h, w = tiles.shape[:3]
@@ -547,7 +551,8 @@ def grid(
     big = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
     th, tw = h * scale, w * scale
     canvas = np.empty((gap + rows * (th + gap), gap + cols * (tw + gap), 3), np.uint8)
-    canvas[:] = BACKGROUND
+    grey = (tiles[..., :1] == tiles).all()
+    canvas[:] = gap_colour or (GAP_GREY if grey else GAP)
     g = Grid(None, t, cols, scale, (th, tw), gap)
     for i in range(t):
         x0, y0, x1, y1 = g.box(i)
@@ -588,7 +593,7 @@ def heat_panel(
     colour = colourise(v, anchors).astype(np.float32)
     over = base * (1 - 0.7 * alpha[..., None]) + colour * 0.7 * alpha[..., None]
     panels = np.stack([base.astype(np.uint8), colour.astype(np.uint8), over.astype(np.uint8)])
-    g = grid(panels, cols=3, min_side=img.shape[1] * scale, gap=6)
+    g = grid(panels, cols=3, min_side=img.shape[1] * scale, gap=6, gap_colour=BACKGROUND)
     canvas = Image.new("RGB", (g.image.width, g.image.height + 24), BACKGROUND)
     canvas.paste(g.image, (0, 24))
     ImageDraw.Draw(canvas).text((6, 4), title, fill=(235, 235, 235), font=_font(14))

@@ -100,6 +100,7 @@ def test_filters_grid_has_one_tile_per_filter_each_on_its_own_scale(net):
     assert g.count == 8 and g.cols == 3 and g.tile == (5 * g.scale, 5 * g.scale)
     assert g.image.size == (2 + 3 * (g.tile[1] + 2), 2 + 3 * (g.tile[0] + 2))
     pixels = np.asarray(g.image)
+    assert len(_tiles_in(pixels)) == 8
     for i in range(8):
         x0, y0, x1, y1 = g.box(i)
         tile = pixels[y0 : y1 : g.scale, x0 : x1 : g.scale, 0]
@@ -128,8 +129,25 @@ def test_features_command_draws_one_tile_per_channel(trained, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "16 channels of 'conv2' (10×10)" in r.stdout
-    g = ins.grid(np.zeros((16, 10, 10, 3), np.uint8))
-    assert Image.open(out).size == g.image.size and g.count == 16
+    tiles = _tiles_in(np.asarray(Image.open(out).convert("RGB")))
+    assert len(tiles) == 16
+    assert len({(y1 - y0, x1 - x0) for y0, y1, x0, x1 in tiles}) == 1  # one size, square
+    assert tiles[0][1] - tiles[0][0] == tiles[0][3] - tiles[0][2]
+
+
+def _runs(mask):
+    """(start, stop) of each run of True."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def _tiles_in(pixels):
+    """The boxes (top, bottom, left, right) of a grid picture's tiles: what is not the gap."""
+    gap = (pixels == pixels[0, 0]).all(axis=2)  # the corner is gap
+    boxes = []
+    for y0, y1 in _runs(~gap.all(axis=1)):
+        boxes += [(y0, y1, x0, x1) for x0, x1 in _runs(~gap[y0:y1].all(axis=0))]
+    return boxes
 
 
 def test_top_patches_are_the_strongest_and_their_windows_are_the_receptive_fields(net, digits):

@@ -82,7 +82,7 @@ def features(
         )
     img, _ = _one(net, index)
     maps = net.forward(img[None], [blob])[blob][0]
-    g = ins.grid(ins.feature_tiles(maps))
+    g = ins.grid(ins.feature_tiles(maps), min_side=64)
     return _write(
         g.image,
         output,
@@ -145,7 +145,7 @@ def occlusion(
     occ = ins.occlusion(net, img, k, patch, stride)
     worst = np.unravel_index(occ.drop.argmax(), occ.drop.shape)
     title = (
-        f"class {k}: p = {occ.prob:.3f}; greying {patch}×{patch} at row "
+        f"class {k}: p = {occ.prob:.3f}; greying {patch}x{patch} at row "
         f"{occ.rows[worst[0]]}, column {occ.cols[worst[1]]} drops it by {occ.drop.max():.3f}"
     )
     panel = ins.heat_panel(img, occ.heat, ins.DIVERGING, True, title)
@@ -190,8 +190,11 @@ def embedding(
     feats = net.forward(s.x, [blob])[blob]
     points = ins.tsne(feats)
     title = f"t-SNE of '{blob}' ({feats[0].size:,} features), {len(points):,} samples"
-    if s.labels is not None:
+    classes = s.labels is not None and s.labels.dtype.kind in "iu"
+    if classes:
         acc = ins.knn_accuracy(points, s.labels.astype(np.int64))
         title += f"; 5-NN accuracy in 2-D {acc:.3f}"
     out.write(title + "\n")
-    return _write(ins.scatter(points, s.labels, title), output, out, "the embedding")
+    return _write(
+        ins.scatter(points, s.labels if classes else None, title), output, out, "the embedding"
+    )

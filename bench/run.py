@@ -1,0 +1,352 @@
+"""netc's benchmark, one command: every workload's train step side by side — netc's compiled spec,
+the best hand-written JAX program of the same network (bench/hand_jax.py, char_lstm.py,
+lenet_train.py), PyTorch eager NCHW and channels_last, and torch.compile — on the same work in one
+process, alternating repeats (bench/harness.py), plus:
+
+- the machine's matmul peak measured in the same run (XLA, 4096² float32 and bfloat16), and each
+  contender's achieved FLOP/s as a fraction of it (a train step ≈ 6 × the plan's MACs per sample);
+- netc's time to first step, cold and with the persistent compile cache warm (LeNet, `netc train`
+  in a fresh process: bench/first_step.py);
+- each contender's peak memory: the peak RSS of a fresh process running three steps, less the
+  same process's RSS after importing its framework;
+- `netc check` of ResNet-50 (models/resnet50_caffe.yaml): wall time of the whole command.
+
+Writes RESULTS.json and RESULTS.md into --out (default bench/results/<machine kind>).
+
+    python bench/run.py                       # everything (about 20-30 minutes on 2 cores)
+    python bench/run.py --quick               # a smoke run: tiny steps, small batches
+    python bench/run.py --workloads lenet,char_lstm --contenders netc,jax,torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import char_lstm  # noqa: E402
+import lenet_train  # noqa: E402
+import resnet18_cifar  # noqa: E402
+from harness import compare, torch_threads  # noqa: E402
+
+TORCH_MODES = {"torch": "nchw", "torch-cl": "channels_last", "torch-compile": "compile"}
+
+
+@dataclass
+class Workload:
+    name: str
+    title: str
+    batch: int
+    input_shape: tuple          # per sample, NCHW or (T,) for tokens
+    classes: int
+    spec: str                   # netc spec text (TRAIN net with a loss)
+    steps: int
+    repeats: int
+    unit: str = "samples/s"
+    time_major: bool = False
+    makers: dict = field(default_factory=dict)   # contender -> () -> run(x, y)
+
+    def inputs(self, rng):
+        if self.time_major:
+            t = self.input_shape[0]
+            x = rng.integers(0, self.classes, (t, self.batch)).astype(np.int32)
+            return x, rng.integers(0, self.classes, (t, self.batch)).astype(np.int32)
+        x = rng.random((self.batch, *self.input_shape), dtype=np.float32)
+        return x, rng.integers(0, self.classes, self.batch).astype(np.int32)
+
+
+def with_loss(model_yaml: str, batch: int, size: int, classes: int) -> str:
+    """A zoo spec as a TRAIN net: an Input of batch×3×size×size plus labels, `classes` outputs,
+    SoftmaxWithLoss on the last layer, SGD (momentum 0.9, weight decay 5e-4)."""
+    data = yaml.safe_load((ROOT / "models" / model_yaml).read_text())
+    layers = data["layers"]
+    layers[0] = {"name": layers[0]["name"], "type": "Input", "top": [layers[0]["top"], "label"],
+                 "input_param": {"shape": [{"dim": [batch, 3, size, size]}, {"dim": [batch]}]}}
+    layers[-1]["inner_product_param"]["num_output"] = classes
+    layers.append({"name": "loss", "type": "SoftmaxWithLoss", "top": "loss",
+                   "bottom": [layers[-1]["top"], "label"]})
+    data["solver"] = {"type": "SGD", "base_lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+                      "lr_policy": "fixed", "max_iter": 1}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def netc_maker(spec_text: str, batch: int):
+    def make():
+        import jax
+
+        import netc
+
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+            fh.write(spec_text)
+        model = netc.load(fh.name, phase="TRAIN", batch=batch)
+        params, state = model.init(jax.random.key(0))
+        opt_state, step = model.train_step()
+        carry = [params, state, opt_state, 0]
+
+        def run(x, y):
+            carry[0], carry[1], carry[2], _ = step(carry[0], carry[1], carry[2],
+                                                   {"data": x, "label": y}, np.int32(carry[3]))
+            carry[3] += 1
+            return carry[0]
+
+        return run
+
+    return make
+
+
+def cnn_makers(w: Workload, jax_fns, torch_model) -> dict:
+    import hand_jax
+
+    def torch_maker(mode):
+        def make():
+            import torch_nets
+
+            return torch_nets.train_step(lambda: getattr(torch_nets, torch_model)(w.classes),
+                                         mode)
+        return make
+
+    init, apply = jax_fns
+    makers = {"netc": netc_maker(w.spec, w.batch),
+              "jax": lambda: hand_jax.train_step(lambda: getattr(hand_jax, init)(w.classes),
+                                                 getattr(hand_jax, apply))}
+    makers.update({name: torch_maker(mode) for name, mode in TORCH_MODES.items()})
+    return makers
+
+
+def workloads(quick: bool) -> dict[str, Workload]:
+    def q(full, small):
+        return small if quick else full
+
+    lenet = Workload("lenet", "Caffe LeNet", q(64, 16), (1, 28, 28), 10,
+                     (ROOT / "models" / "lenet.yaml").read_text(), q(50, 3), q(5, 2))
+    lenet.makers = {"netc": lambda: lenet_train.netc_step(lenet.batch),
+                    "jax": lambda: lenet_train.jax_step(lenet.batch),
+                    "torch": lambda: lenet_train.torch_step(lenet.batch)}
+    rb = q(128, 8)
+    resnet = Workload("resnet18_cifar", "CIFAR ResNet-18", rb, (3, 32, 32), 10,
+                      resnet18_cifar.cifar_spec(rb), q(3, 1), q(3, 2))
+    resnet.makers = cnn_makers(resnet, ("resnet18_init", "resnet18_apply"), "resnet18_cifar")
+    mb = q(64, 4)
+    mobile = Workload("mobilenet_v2_96", "MobileNet v2 at 96×96", mb, (3, 96, 96), 1000,
+                      with_loss("mobilenet_v2_torchvision.yaml", mb, 96, 1000), q(5, 1), q(3, 2))
+    mobile.makers = cnn_makers(mobile, ("mobilenet_v2_init", "mobilenet_v2_apply"), "mobilenet_v2")
+    t, n = q(100, 20), q(32, 4)
+    lstm = Workload("char_lstm", "char-LSTM (Embed 128, LSTM 256, T 100)", n, (t,), char_lstm.V,
+                    char_lstm.spec_text(t, n), q(20, 2), q(3, 2), unit="sequences/s",
+                    time_major=True)
+    lstm.makers = {"netc": lambda: char_lstm.netc_step(t, n, 256),
+                   "jax": lambda: char_lstm.jax_step(t, n, 256),
+                   "torch": lambda: char_lstm.torch_step(t, n, 256)}
+    return {w.name: w for w in (lenet, resnet, mobile, lstm)}
+
+
+def macs_per_sample(spec_text: str) -> int:
+    import netc
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        fh.write(spec_text)
+    return netc.load(fh.name, phase="TRAIN", batch=1).plan.macs
+
+
+def matmul_peak(n: int, repeats: int = 5) -> dict[str, float]:
+    """GFLOP/s of an n×n×n matmul under jit, float32 and bfloat16 (best of `repeats`)."""
+    import jax
+    import jax.numpy as jnp
+
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        a = jnp.ones((n, n), dtype)
+        f = jax.jit(lambda x: x @ x)
+        f(a).block_until_ready()
+        best = min(_timed(f, a) for _ in range(repeats))
+        out[dtype] = 2 * n ** 3 / best / 1e9
+    return out
+
+
+def _timed(f, a) -> float:
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    return time.perf_counter() - t0
+
+
+def run_workload(w: Workload, contenders: list[str]) -> dict:
+    chosen = {n: m for n, m in w.makers.items() if n in contenders}
+    rng = np.random.default_rng(0)
+    x, y = w.inputs(rng)
+    results, failed = {}, {}
+    for name, make in chosen.items():   # a contender that cannot build (torch.compile) is noted
+        try:
+            results.update(compare({name: make}, (x, y), w.batch, 1, 1))
+        except Exception as e:  # noqa: BLE001
+            failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    ok = {n: chosen[n] for n in results}
+    results = compare(ok, (x, y), w.batch, w.steps, w.repeats) if ok else {}
+    return {"results": results, "failed": failed}
+
+
+CHILD = """
+import json, resource, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+import run as bench
+w = bench.workloads(sys.argv[4] == "quick")[sys.argv[2]]
+name = sys.argv[3]
+if name.startswith("torch"):
+    import torch
+else:
+    import jax, jax.numpy as jnp
+    jax.jit(lambda v: v + 1)(jnp.ones(3)).block_until_ready()
+base = int(open("/proc/self/statm").read().split()[1]) * 4096
+x, y = w.inputs(np.random.default_rng(0))
+step = w.makers[name]()
+for _ in range(3):
+    out = step(x, y)
+try:
+    jax.block_until_ready(out)
+except NameError:
+    pass
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"peak_rss": peak, "base_rss": base}))
+"""
+
+
+def peak_memory(w: Workload, name: str, quick: bool) -> dict | None:
+    r = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "bench"), w.name, name,
+                        "quick" if quick else "full"], capture_output=True, text=True,
+                       timeout=1800)
+    if r.returncode != 0:
+        return None
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"peak_mib": m["peak_rss"] / 2**20, "net_mib": (m["peak_rss"] - m["base_rss"]) / 2**20}
+
+
+def first_step(repeats: int) -> dict[str, float]:
+    import first_step as fs
+
+    cold, warm = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            cache = Path(tmp) / f"cache{i}"
+            for k in range(2):
+                marks = fs.one("models/lenet.yaml", cache, Path(tmp) / f"run{i}-{k}")
+                (cold if k == 0 else warm).append(marks["first_step_done"])
+    return {"cold_s": statistics.median(cold), "warm_s": statistics.median(warm)}
+
+
+def check_time(repeats: int) -> float:
+    import check_speed
+
+    cmd = [*check_speed.netc_command(), "check", "models/resnet50_caffe.yaml", "-q"]
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    import jax
+
+    torch = torch_threads()
+    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "load_average": os.getloadavg(), "python": platform.python_version(),
+            "jax": jax.__version__, "backend": jax.default_backend(),
+            "torch": torch.__version__ if torch else None,
+            "torch_threads": torch.get_num_threads() if torch else None}
+
+
+def summarise(w: Workload, run: dict, peak: dict, macs: int, memory: dict) -> dict:
+    flop = 6 * macs  # forward 2 FLOP per MAC, backward twice the forward
+    rows = {}
+    base = run["results"].get("netc", {}).get("median")
+    for name, r in run["results"].items():
+        gflops = r["median"] * flop / 1e9
+        rows[name] = {"per_s": r["median"], "runs": r["runs"], "first_call_s": r["first_s"],
+                      "netc_over": base / r["median"] if base else None,
+                      "gflop_s": gflops, "of_fp32_peak": gflops / peak["float32"],
+                      "of_bf16_peak": gflops / peak["bfloat16"], "memory": memory.get(name)}
+    return {"title": w.title, "batch": w.batch, "unit": w.unit, "macs_per_sample": macs,
+            "flop_per_sample_step": flop, "steps": w.steps, "repeats": w.repeats,
+            "contenders": rows, "failed": run["failed"]}
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    peak = report["matmul_peak_gflop_s"]
+    lines = [f"# netc benchmark ({report['date']})", "",
+             f"{m['cpus']} CPU(s) ({m['processor']}), load average at start "
+             f"{m['load_average'][0]:.1f}; Python {m['python']}, jax {m['jax']} "
+             f"({m['backend']}), torch {m['torch']} ({m['torch_threads']} threads). Matmul peak "
+             f"measured in this run (XLA, 4096³): float32 {peak['float32']:.0f} GFLOP/s, "
+             f"bfloat16 {peak['bfloat16']:.0f} GFLOP/s.", "",
+             "Medians of alternating repeats; `netc ÷` is netc's rate over the contender's; "
+             "FLOP/s counts a train step as 6 × the plan's MACs per sample; memory is a fresh "
+             "process's peak RSS over three steps, less its RSS after importing the framework.",
+             ""]
+    for w in report["workloads"].values():
+        lines += [f"## {w['title']}, batch {w['batch']}", "",
+                  f"| contender | {w['unit']} | netc ÷ | GFLOP/s | of fp32 peak | first call s "
+                  "| memory MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, r in w["contenders"].items():
+            ratio = f"{r['netc_over']:.2f}×" if r["netc_over"] else "—"
+            mem = f"{r['memory']['net_mib']:.0f}" if r["memory"] else "—"
+            lines.append(f"| {name} | {r['per_s']:.1f} | {ratio} | {r['gflop_s']:.1f} | "
+                         f"{r['of_fp32_peak']:.0%} | {r['first_call_s']:.1f} | {mem} |")
+        lines += [f"| {n} | failed: {why} | | | | | |" for n, why in w["failed"].items()] + [""]
+    extra = report.get("first_step")
+    if extra:
+        lines += [f"Time to first step (`netc train models/lenet.yaml`, fresh process): cold "
+                  f"{extra['cold_s']:.2f} s, warm compile cache {extra['warm_s']:.2f} s.", ""]
+    if report.get("check_resnet50_s") is not None:
+        lines += [f"`netc check models/resnet50_caffe.yaml`: {report['check_resnet50_s']:.2f} s "
+                  "(whole command).", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny batches and steps (a smoke run)")
+    ap.add_argument("--workloads", default="lenet,resnet18_cifar,mobilenet_v2_96,char_lstm")
+    ap.add_argument("--contenders", default="netc,jax,torch,torch-cl,torch-compile")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    contenders = args.contenders.split(",")
+    report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+              "quick": args.quick, "matmul_peak_gflop_s": matmul_peak(512 if args.quick else 4096),
+              "workloads": {}}
+    all_w = workloads(args.quick)
+    for name in args.workloads.split(","):
+        w = all_w[name]
+        print(f"== {w.title}", flush=True)
+        run = run_workload(w, contenders)
+        memory = {} if args.no_memory else {
+            n: peak_memory(w, n, args.quick) for n in run["results"]}
+        report["workloads"][name] = summarise(w, run, report["matmul_peak_gflop_s"],
+                                              macs_per_sample(w.spec), memory)
+    report["first_step"] = first_step(1 if args.quick else 2)
+    report["check_resnet50_s"] = check_time(3 if args.quick else 10)
+    out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "RESULTS.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "RESULTS.md").write_text(markdown(report))
+    print(markdown(report))
+    print(f"written: {out / 'RESULTS.json'}, {out / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -316,7 +316,7 @@ def test_a_failed_layer_still_declares_its_tops_for_suggestions(check_spec, para
 
 
 @pytest.mark.parametrize("kind", ["LSTMUnit", "Filter", "BatchReindex", "Python", "HDF5Data",
-                                  "HDF5Output", "ImageData", "WindowData", "MemoryData",
+                                  "HDF5Output", "WindowData", "MemoryData",
                                   "DummyData"])
 def test_a_caffe_type_netc_lacks_is_named_as_such(check_spec, kind):
     text = INPUTS.split("  - name: ip")[0] + f"""

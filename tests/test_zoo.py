@@ -286,7 +286,6 @@ FB_INPUT: dict[str, list[int] | None] = {
     "alexnet_torchvision.yaml": [1, 3, 127, 127],
     "vgg16.yaml": [1, 3, 64, 64],
     "vgg11_torchvision.yaml": [1, 3, 32, 32],  # features 1×1, adaptive pool → 7×7
-    "vgg16_torchvision.yaml": [1, 3, 32, 32],  # likewise
     "resnet18_torchvision.yaml": [1, 3, 64, 64],
     "resnet50_torchvision.yaml": [1, 3, 64, 64],
     "mobilenet_v1_keras.yaml": [1, 3, 64, 64],
@@ -357,8 +356,15 @@ def numpy_params(net, rng):
     return jax.tree_util.tree_map(fill, jax.eval_shape(net.init, jax.random.PRNGKey(0)))
 
 
+# Zoo nets whose forward + backward adds nothing the table's nets do not cover, with the reason
+# (each such compile costs the suite ~30 s of 2 CPU cores).
+FB_COVERED = {"vgg16_torchvision.yaml": "vgg16.yaml's conv stack + vgg11_torchvision's adaptive "
+                                        "pool and classifier, layer for layer"}
+
+
 def test_forward_backward_table_covers_the_zoo():
-    assert set(FB_INPUT) == set(ZOO) - {"lenet.yaml"}
+    assert set(FB_INPUT) | set(FB_COVERED) == set(ZOO) - {"lenet.yaml"}
+    assert not set(FB_INPUT) & set(FB_COVERED)
 
 
 @pytest.mark.parametrize("name", sorted(FB_INPUT))

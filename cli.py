@@ -410,10 +410,13 @@ def _run_command(fn) -> None:
 @click.option("--distributed", is_flag=True, default=False,
               help="Multi-host: join the job the cluster environment describes (SLURM, Open "
                    "MPI: what jax.distributed.initialize detects).")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]),
+              default=None, help="Override the solver's precision: the dtype the step computes "
+              "in (parameters and optimizer state stay float32; float16 scales the loss).")
 @INPUT_SHAPE
 def train(spec, solver, weights, resume, out, seed, max_iter, data, progress, devices,
           tensorboard, histograms,
-          coordinator, num_processes, process_id, distributed, input_shapes) -> None:
+          coordinator, num_processes, process_id, distributed, precision, input_shapes) -> None:
     """Train SPEC with its solver, following Caffe's Solver semantics.
 
     \b
@@ -441,7 +444,7 @@ def train(spec, solver, weights, resume, out, seed, max_iter, data, progress, de
                       max_iter=max_iter, data=data, progress=progress, devices=devices,
                       tensorboard=tensorboard, histograms=histograms,
                       coordinator=coordinator, num_processes=num_processes,
-                      process_id=process_id, distributed=distributed,
+                      process_id=process_id, distributed=distributed, precision=precision,
                       input_shapes=input_shapes)
     _run_command(lambda: command.run(cfg))
 

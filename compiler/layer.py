@@ -88,6 +88,18 @@ def is_carry_role(role: str) -> bool:
     return role.startswith(CARRY_PREFIX)
 
 
+def wide(x):
+    """`x` as float32 when it is a narrower float (bfloat16, float16), else unchanged: what the
+    reductions that lose too much in 8 or 11 mantissa bits (softmax, normalisation statistics,
+    losses and metrics) compute in when a net runs in mixed precision (runtime/precision.py).
+    A no-op for float32 blobs and for integer labels."""
+    import jax.numpy as jnp
+
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+        return x.astype(jnp.float32)
+    return x
+
+
 class LoweringError(NetcError):
     """A net that planned cleanly cannot run as asked: an input blob not given, a parameter file a
     layer reads at run time that is unusable. Defined here (not in lower.py) so that layer units

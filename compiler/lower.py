@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from netc.compiler.layer import LoweringError
+from netc.compiler.layer import LoweringError, wide
 from netc.compiler.plan import Plan, PlannedLayer
 
 __all__ = ["Context", "LoweringError", "Net", "lower", "param_spec"]
@@ -124,6 +124,8 @@ class Net:
                     raise LoweringError(f"input blob '{b}' (needed by layer '{pl.name}') was "
                                         "not given")
                 bottoms.append(blobs[b])
+            if pl.unit.is_loss or pl.unit.is_metric:  # in float32 under mixed precision
+                bottoms = [wide(x) for x in bottoms]
             if pl.unit.spec.propagate_down:
                 bottoms = [x if pd else jax.lax.stop_gradient(x)
                            for x, pd in zip(bottoms, pl.unit.spec.propagate_down)]
@@ -205,7 +207,7 @@ class Net:
         for pl in self.plan.layers:
             for t, w in zip(pl.tops, pl.loss_weights):
                 if w:
-                    total = total + w * jnp.sum(blobs[t])
+                    total = total + w * jnp.sum(wide(blobs[t]))
         return total, (blobs, new_state)
 
     def loss_blobs(self) -> list[str]:

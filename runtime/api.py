@@ -96,10 +96,12 @@ class Model:
         """Caffe's objective `(Σ loss_weight · Σ top, (blobs, new_state))`. Pure."""
         return self.net.loss(params, state, inputs, rng=rng, train=train)
 
-    def train_step(self, seed: int = 0):
+    def train_step(self, seed: int = 0, precision: str | None = None):
         """`(opt_state, step)`: the jitted step `netc train` runs with the spec's solver,
         `step(params, state, opt_state, inputs, it) -> (params, state, opt_state, loss)`,
-        donating its first three arguments. Needs params (init() or weights) and a solver."""
+        donating its first three arguments. It computes in `precision` (float32, bfloat16,
+        float16; default: the solver's), with float32 params and optimizer state either way.
+        Needs params (init() or weights) and a solver."""
         import jax
 
         from netc.runtime.solver import make_optimizer
@@ -111,10 +113,16 @@ class Model:
         if self.params is None:
             self.init()
         sp = self.context.solver.resolved()
+        if precision is not None:
+            from netc.runtime.precision import DTYPES
+
+            if precision not in DTYPES:
+                raise RunError(f"precision must be one of {', '.join(DTYPES)}, got {precision!r}")
+            sp = sp.model_copy(update={"precision": precision})
         optimizer = make_optimizer(sp, *self.net.multipliers())
         key = jax.random.fold_in(jax.random.PRNGKey(seed), 0x57E9)
-        return optimizer.init(self.params), make_train_step(self.net, optimizer,
-                                                            int(sp.iter_size), key)
+        return optimizer.init(self.params), make_train_step(
+            self.net, optimizer, int(sp.iter_size), key, precision=sp.precision)
 
     def load_weights(self, weights: str, err=None) -> None:
         """Copy every blob of a checkpoint / run directory / .npz that matches by layer name

@@ -148,18 +148,22 @@ def metric_names(net) -> list[str]:
     return list(net.metric_blobs())
 
 
-def make_eval_fn(net, extra: tuple[str, ...] = ()):
+def make_eval_fn(net, extra: tuple[str, ...] = (), precision: str = "float32"):
     """A jitted TEST forward: (params, state, inputs) -> (every scalar net output, new state).
     The new state is `state` with the carried recurrent states (`carry_*` roles) the forward
-    wrote; every other entry (statistics) is returned as given."""
+    wrote; every other entry (statistics) is returned as given. `precision`: the dtype the
+    forward computes in, as the train step does (runtime/precision.py)."""
     import jax
 
     from netc.compiler.layer import is_carry_role
+    from netc.runtime.precision import policy
 
     names = metric_names(net) + list(extra)  # extra: blobs returned besides (predictions)
+    mp = policy(precision, net.plan)
 
     def ev(params, state, inputs):
-        out, new = net.apply(params, state, inputs, rng=None, train=False, outputs=names)
+        out, new = net.apply(mp.cast_params(params), state, mp.cast_inputs(inputs), rng=None,
+                             train=False, outputs=names)
         kept = {layer: {role: (new.get(layer, {}).get(role, v) if is_carry_role(role) else v)
                         for role, v in roles.items()}
                 for layer, roles in state.items()}

@@ -349,9 +349,17 @@ def make_optimizer(
     updates to *add* to them (``optax.apply_updates``). A leaf whose ``lr_mult`` is 0 gets an
     update of ``-0.0`` (so it stays bit-identical), keeps its history untouched and is left out of
     the clipping norm (Caffe computes no gradient for it, so its diff is 0).
+
+    With ``precision: float16`` the state also holds the dynamic loss scale (``loss_scale``,
+    runtime/precision.py), which the train step reads and advances.
     """
     solver = _CaffeSolver(sp, lr_mult, decay_mult)
-    return optax.GradientTransformation(solver.init, solver.update)
+    optimizer = optax.GradientTransformation(solver.init, solver.update)
+    if sp.precision == "float16":
+        from netc.runtime.precision import with_loss_scale
+
+        optimizer = with_loss_scale(optimizer)
+    return optimizer
 
 
 # --- constraints -------------------------------------------------------------------------------------

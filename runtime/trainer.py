@@ -105,6 +105,7 @@ class TrainConfig:
     distributed: bool = False  # join the job the cluster environment describes (SLURM, MPI...)
     tensorboard: bool = True  # event files in RUN_DIR/tensorboard/ (runtime/tensorboard.py)
     histograms: int = 0  # ... with weight histograms every N iterations (0: none)
+    precision: str | None = None  # overrides the solver's precision (float32, bfloat16, float16)
     # --input-shape: blob -> declared shape, for data layers whose sizes live outside the spec
     input_shapes: dict | None = None
 
@@ -218,6 +219,17 @@ def _max_iter(cfg: TrainConfig, sp, meta: dict | None) -> int:
     return int(sp.max_iter or 0)
 
 
+def _precision(cfg: TrainConfig, sp, meta: dict | None) -> str:
+    """--precision, else the resumed run's, else the solver's. float16's loss scale is part of
+    the solver state, so a run cannot switch into or out of float16 when it resumes."""
+    then = (meta or {}).get("precision")
+    want = cfg.precision or then or sp.precision
+    if then is not None and (want == "float16") != (then == "float16"):
+        raise RunError(f"cannot resume a {then} run in {want}: float16 keeps its loss scale in "
+                       "the solver state; start a new run (--weights) to change to or from it")
+    return want
+
+
 def resolve_settings(cfg: TrainConfig, err: TextIO | None = None) -> SolverSettings:
     """Resolve `cfg` into SolverSettings; raises RunError for anything the user can fix. Spec
     errors come first, before any solver, resume or data problem."""
@@ -238,6 +250,7 @@ def resolve_settings(cfg: TrainConfig, err: TextIO | None = None) -> SolverSetti
     if data is not None:
         ctx = load_context(cfg.spec, cfg.solver, data=data, input_shapes=cfg.input_shapes)
     sp = ctx.solver.resolved()
+    sp = sp.model_copy(update={"precision": _precision(cfg, sp, meta)})
     test_iter = int(sp.test_iter[0]) if sp.test_iter else 0
     prefix = slug(os.path.basename(sp.snapshot_prefix or "") or spec_slug)
     return SolverSettings(cfg, ctx, sp, spec_slug, run_dir, ckpt, meta, _seed(cfg, sp, meta, err),
@@ -247,7 +260,44 @@ def resolve_settings(cfg: TrainConfig, err: TextIO | None = None) -> SolverSetti
 # --- the jitted step --------------------------------------------------------------------------
 
 
-def make_train_step(net, optimizer, iter_size: int, step_key, mix=None, replicated=None):
+def _make_grads(net, policy, iter_size: int, mix=None):
+    """`grads(params, state, inputs, key, it, scale) -> ((loss, new_state), grads)`: the
+    forward and backward in the policy's dtype, the loss multiplied by `scale` (None: not) for
+    the backward only; with iter_size > 1 summed over the micro-batches (the loss averaged)."""
+    import jax
+    import jax.numpy as jnp
+
+    def objective(params, state, inputs, key, scale):
+        total, (_, new_state) = net.loss(policy.cast_params(params), state, inputs, rng=key,
+                                         train=True)
+        return (total if scale is None else total * scale), (total, new_state)
+
+    value_and_grad = jax.value_and_grad(objective, has_aux=True)
+
+    def grad_fn(params, state, inputs, key, it, scale):
+        inputs = policy.cast_inputs(inputs)
+        if mix is not None:
+            inputs = mix(policy.cast_params(params), state, inputs, key, it)
+        (_, aux), grads = value_and_grad(params, state, inputs, key, scale)
+        return aux, grads
+
+    def accumulate(params, state, inputs, key, it, scale):
+        def micro(carry, xs):
+            st, gsum, lsum = carry
+            j, mb = xs
+            (lj, st), g = grad_fn(params, st, mb, jax.random.fold_in(key, j), it, scale)
+            return (st, jax.tree_util.tree_map(jnp.add, gsum, g), lsum + lj), None
+
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        (state, grads, lsum), _ = jax.lax.scan(
+            micro, (state, zeros, jnp.zeros((), jnp.float32)), (jnp.arange(iter_size), inputs))
+        return (lsum / iter_size, state), grads
+
+    return grad_fn if iter_size == 1 else accumulate
+
+
+def make_train_step(net, optimizer, iter_size: int, step_key, mix=None, replicated=None,
+                    precision: str = "float32"):
     """`step(params, state, opt_state, inputs, it) -> (params, state, opt_state, loss)`, jitted,
     donating its first three arguments. With iter_size > 1, `inputs` has a leading micro-batch axis;
     the gradients are summed over the micro-batches (runtime/solver.py divides by iter_size) and
@@ -256,43 +306,35 @@ def make_train_step(net, optimizer, iter_size: int, step_key, mix=None, replicat
 
     `replicated` (a sharding, runtime/distributed.py) makes a data-parallel step: the inputs
     arrive split over a mesh, and params / state / optimizer state / loss leave replicated on
-    it (XLA all-reduces the gradients). None: the plain one-device step."""
+    it (XLA all-reduces the gradients). None: the plain one-device step.
+
+    `precision` (the solver's: float32, bfloat16, float16) is the dtype the forward and backward
+    compute in; params and optimizer state stay float32 (runtime/precision.py). float16 scales
+    the loss by the optimizer state's `loss_scale` (make_optimizer adds it) and skips a step
+    whose gradients are not finite."""
     import jax
-    import jax.numpy as jnp
     import optax
 
-    def objective(params, state, inputs, key):
-        total, (_, new_state) = net.loss(params, state, inputs, rng=key, train=True)
-        return total, new_state
+    from netc.runtime import precision as mp
 
-    value_and_grad = jax.value_and_grad(objective, has_aux=True)
-
-    def grad_fn(params, state, inputs, key, it):
-        if mix is not None:
-            inputs = mix(params, state, inputs, key, it)
-        return value_and_grad(params, state, inputs, key)
-
-    def accumulate(params, state, inputs, key, it):
-        def micro(carry, xs):
-            st, gsum, lsum = carry
-            j, mb = xs
-            (lj, st), g = grad_fn(params, st, mb, jax.random.fold_in(key, j), it)
-            return (st, jax.tree_util.tree_map(jnp.add, gsum, g), lsum + lj), None
-
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        (state, grads, lsum), _ = jax.lax.scan(
-            micro, (state, zeros, jnp.zeros((), jnp.float32)), (jnp.arange(iter_size), inputs))
-        return (lsum / iter_size, state), grads
+    policy = mp.policy(precision, net.plan)
+    grads_of = _make_grads(net, policy, iter_size, mix)
 
     def step(params, state, opt_state, inputs, it):
         key = jax.random.fold_in(step_key, it)
-        if iter_size == 1:
-            (loss, state), grads = grad_fn(params, state, inputs, key, it)
-        else:
-            (loss, state), grads = accumulate(params, state, inputs, key, it)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, state, opt_state, loss
+        scale = mp.loss_scale(opt_state)
+        if policy.scaled and scale is None:
+            raise ValueError("precision float16 needs the loss scale in the optimizer state "
+                             "(make_optimizer adds it for a float16 solver)")
+        (loss, new_state), grads = grads_of(params, state, inputs, key, it, scale)
+        if scale is not None:
+            grads, finite = mp.unscale(grads, scale)
+        updates, new_opt = optimizer.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        if scale is None:
+            return new_params, new_state, new_opt, loss
+        return (*mp.skip_if_nonfinite(finite, (params, state, opt_state),
+                                      (new_params, new_state, new_opt)), loss)
 
     if replicated is not None:
         return jax.jit(step, donate_argnums=(0, 1, 2), out_shardings=replicated)
@@ -467,7 +509,9 @@ class Solver:
             mix = None
         self._step_fn = make_train_step(self.net, self.optimizer, self.iter_size,
                                         jax.random.fold_in(self.root_key, _STEP_TAG), mix,
-                                        self.dp.replicated if self.dp is not None else None)
+                                        self.dp.replicated if self.dp is not None else None,
+                                        precision=s.sp.precision)
+        self._skipped = _skipped_steps(self.opt_state)
 
     def _build_mesh(self) -> None:
         """With more than one device in the run: the mesh, and each input's batch axis (the
@@ -536,7 +580,7 @@ class Solver:
                             f"but {fmt_shape(v.shape)} in the TEST net, which share parameters "
                             f"by layer name{hint}")
             self._test_shared[what] = {layer: (layer in src) for layer in tree}
-        self._eval_fn = make_eval_fn(self.test_net)
+        self._eval_fn = make_eval_fn(self.test_net, precision=self.settings.sp.precision)
 
     def _prepare_run_dir(self) -> None:
         from netc.runtime import checkpoint as ckpt
@@ -563,7 +607,8 @@ class Solver:
             ckpt.write_bytes_atomic(metrics_path, b"")
         backend, devices = self._backend()
         doc = s.context.solver.record(backend)  # what netc does, not the ignored fields
-        doc.update({"max_iter": s.max_iter, "random_seed": s.seed, "devices": devices})
+        doc.update({"max_iter": s.max_iter, "random_seed": s.seed, "devices": devices,
+                    "precision": s.sp.precision})
         if self.dp is not None:
             doc.update({"batch_per_device": self.batch_size // devices,
                         "processes": self.dp.processes})
@@ -705,6 +750,7 @@ class Solver:
         if it + 1 < s.max_iter:
             self._next_batch = self._fetch()  # overlaps the step running on the device
         loss_v = float(loss)
+        self._report_skipped(it)
         self.timer.step_done()
         self.positions = pos
         lr = learning_rate(s.sp, it)
@@ -723,6 +769,16 @@ class Solver:
                 extra["teacher_prob"] = s.sp.scheduled_sampling.teacher_prob(it)
             self.emit("train", it, loss=smoothed, lr=lr, it_per_s=rate, **extra)
         self.iter = it + 1
+
+    def _report_skipped(self, it: int) -> None:
+        """float16: a warning when the step just taken was skipped (a gradient was not finite,
+        so the update was dropped and the loss scale halved)."""
+        skipped = _skipped_steps(self.opt_state)
+        if skipped is not None and skipped > self._skipped:
+            scale = float(self.opt_state["loss_scale"]["scale"])
+            self.emit("warning", it, message=f"float16: a gradient was not finite at iteration "
+                      f"{it}: the update was skipped and the loss scale lowered to {scale:g}")
+        self._skipped = skipped
 
     def step(self, n: int) -> None:
         """Run up to `n` iterations (not past max_iter), testing and snapshotting when due.
@@ -800,7 +856,7 @@ class Solver:
             "data_position": self.positions, "arch": self.arch, "arch_digest": self.digest,
             "solver_type": s.sp.type, "spec": s.context.spec.name,
             "recent_losses": list(self.losses), "versions": _versions(),
-            "devices": self.n_devices,
+            "devices": self.n_devices, "precision": s.sp.precision,
         }
         tensors = {"params": params, "state": self._host(self.state),
                    "opt_state": self._host(self.opt_state)}
@@ -862,6 +918,7 @@ class Solver:
                            "spec and solver need")
         self.params, self.state, self.opt_state = loaded
         self._place()
+        self._skipped = _skipped_steps(self.opt_state)
         self.iter = self.last_snapshot = int(meta["iteration"])
         then, now = meta.get("versions"), _versions()
         if then != now:
@@ -979,6 +1036,12 @@ class Solver:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def _skipped_steps(opt_state) -> int | None:
+    """How many steps float16's loss scaling has skipped so far (None: not float16)."""
+    scale = opt_state.get("loss_scale") if isinstance(opt_state, dict) else None
+    return None if scale is None else int(scale["skipped"])
 
 
 def _io_message(e: OSError, what: str) -> str:

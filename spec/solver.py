@@ -56,6 +56,13 @@ from netc.spec.messages import Message, NetState, NonNegInt, PosInt, Repeated
 
 LrPolicy = Literal["fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid", "cosine"]
 DeprecatedSolverType = Literal["SGD", "NESTEROV", "ADAGRAD", "RMSPROP", "ADADELTA", "ADAM"]
+Precision = Literal["float32", "bfloat16", "float16"]
+PRECISION_RULE = (
+    "netc extension: the dtype the train step and the test pass compute in. bfloat16 / float16 "
+    "cast the parameters and the floating-point inputs inside the step; the parameters, the "
+    "optimizer state, BatchNorm statistics, losses and the gradients' sum stay float32. float16 "
+    "also scales the loss dynamically (from 2**15, halved and the update skipped when a gradient "
+    "is not finite, doubled after 2000 good steps; runtime/precision.py).")
 
 # The hyper-parameters of the update rules (the fields a SolverTypeInfo may list in `reads`).
 UPDATE_HYPERS = ("momentum", "momentum2", "delta", "rms_decay")
@@ -334,6 +341,9 @@ class SolverParameter(Message):
 
     # --- sequence training (netc extension) --------------------------------------------------------
     scheduled_sampling: ScheduledSampling | None = Field(None, description=SCHEDULED_SAMPLING_RULE)
+
+    # --- mixed precision (netc extension) ------------------------------------------------------------
+    precision: Precision = Field("float32", description=PRECISION_RULE)
 
     # --- snapshots and the rest (see ignored_fields) ---------------------------------------------
     snapshot: NonNegInt = 0

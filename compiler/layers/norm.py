@@ -6,7 +6,7 @@ with BatchNorm + Scale) count the weight layers (convolutions, inner products) o
 
 from __future__ import annotations
 
-from netc.compiler.layer import Layer, ParamDecl, canonical_axis, count, fmt_shape, register
+from netc.compiler.layer import Layer, ParamDecl, canonical_axis, count, fmt_shape, register, wide
 from netc.spec.errors import SpecError
 from netc.spec.messages import (
     BatchNormParameter,
@@ -67,7 +67,7 @@ batch_norm_param: {moving_average_fraction: 0.999, eps: 1e-5}
         import jax
         import jax.numpy as jnp
 
-        x = bottoms[0]
+        x = wide(bottoms[0])  # statistics and their running sums in float32
         c = self._channels(x.shape)
         axes = tuple(i for i in range(x.ndim) if i != 1)
         bshape = (1,) if x.ndim == 1 else (1, c) + (1,) * (x.ndim - 2)
@@ -92,7 +92,8 @@ batch_norm_param: {moving_average_fraction: 0.999, eps: 1e-5}
                 mean=params["mean"] * maf + bm,
                 variance=params["variance"] * maf + bv * correction,
                 scale_factor=params["scale_factor"] * maf + 1)
-        return [centred / jnp.sqrt(var.reshape(bshape) + self.p.eps)]
+        y = centred / jnp.sqrt(var.reshape(bshape) + self.p.eps)
+        return [y.astype(bottoms[0].dtype)]
 
 
 def _operand_shape(unit: Layer, x, field: str) -> tuple[int, tuple]:
@@ -270,7 +271,7 @@ lrn_param: {local_size: 5, alpha: 0.0001, beta: 0.75}
         import jax
         import jax.numpy as jnp
 
-        x = bottoms[0]
+        x = wide(bottoms[0])
         n, pad = self.p.local_size, (self.p.local_size - 1) // 2
         sq = jnp.square(x)
         if self.p.norm_region == "ACROSS_CHANNELS":
@@ -284,7 +285,7 @@ lrn_param: {local_size: 5, alpha: 0.0001, beta: 0.75}
             padding = ((0, 0), (0, 0)) + ((pad, pad),) * d
             s = jax.lax.reduce_window(sq, 0.0, jax.lax.add, dims, (1,) * x.ndim, padding)
             scale = 1.0 + (self.p.alpha / n**d) * s
-        return [x * scale ** (-self.p.beta)]
+        return [(x * scale ** (-self.p.beta)).astype(bottoms[0].dtype)]
 
 
 @register
@@ -312,7 +313,7 @@ mvn_param: {normalize_variance: true, across_channels: false, eps: 1e-9}
     def apply(self, params, bottoms, ctx):
         import jax.numpy as jnp
 
-        x = bottoms[0]
+        x = wide(bottoms[0])
         axes = tuple(range(1 if self.p.across_channels else 2, x.ndim))
         y = x - jnp.mean(x, axis=axes, keepdims=True)
         if self.p.normalize_variance:
@@ -320,4 +321,4 @@ mvn_param: {normalize_variance: true, across_channels: false, eps: 1e-9}
             # sqrt has an infinite slope at 0 (a constant slice): keep the gradient finite there
             std = jnp.where(var > 0, jnp.sqrt(jnp.where(var > 0, var, 1.0)), 0.0)
             y = y / (std + self.p.eps)
-        return [y]
+        return [y.astype(bottoms[0].dtype)]

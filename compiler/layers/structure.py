@@ -11,6 +11,7 @@ from netc.compiler.layer import (
     fmt_shape,
     register,
     same_shape,
+    wide,
 )
 from netc.spec.errors import SpecError
 from netc.spec.messages import (
@@ -62,8 +63,8 @@ class Softmax(Layer):
     def apply(self, params, bottoms, ctx):
         import jax
 
-        x = bottoms[0]
-        return [jax.nn.softmax(x, axis=canonical_axis(self.p.axis, x.ndim))]
+        x = bottoms[0]  # in float32 under mixed precision
+        return [jax.nn.softmax(wide(x), axis=canonical_axis(self.p.axis, x.ndim)).astype(x.dtype)]
 
 
 @register

@@ -2,7 +2,8 @@
 solver) vs a hand-written JAX + optax program vs PyTorch eager, on the same work: batch 64 of
 random 1×28×28 inputs, SGD with momentum 0.9, weight decay 5e-4 (Caffe's LeNet solver).
 
-Run: python bench/lenet_train.py [--batch 64] [--steps 200] [--repeats 5]
+Run: python bench/lenet_train.py [--batch 64] [--steps 200] [--repeats 5] [--only netc,jax,torch]
+(also netc-bf16 / netc-fp16: netc's step in mixed precision, the solver's `precision`)
 Prints samples/s (median over alternating repeats) and ratios. Not a test: numbers vary by machine.
 """
 
@@ -19,7 +20,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from harness import compare, report, torch_threads  # noqa: E402
 
 
-def netc_step(batch: int):
+def netc_step(batch: int, precision: str = "float32"):
     """netc's own train step (the one `netc train` runs), through the public API."""
     import jax
     import numpy as np
@@ -28,7 +29,7 @@ def netc_step(batch: int):
 
     model = netc.load(str(ROOT / "models" / "lenet.yaml"), phase="TRAIN", batch=batch)
     params, state = model.init(jax.random.key(0))
-    opt_state, step = model.train_step()
+    opt_state, step = model.train_step(precision=precision)
     carry = [params, state, opt_state, 0]
 
     def run(x, y):
@@ -124,7 +125,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, args.batch).astype(np.int32)
-    makers = {"netc": netc_step, "jax": jax_step, "torch": torch_step}
+    makers = {"netc": netc_step, "netc-bf16": lambda b: netc_step(b, "bfloat16"),
+              "netc-fp16": lambda b: netc_step(b, "float16"), "jax": jax_step, "torch": torch_step}
     chosen = {n: (lambda m=makers[n]: m(args.batch)) for n in args.only.split(",")
               if not (n == "torch" and torch is None)}
     results = compare(chosen, (x, y), args.batch, args.steps, args.repeats)

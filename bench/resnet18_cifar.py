@@ -8,6 +8,7 @@ per train step). `--lowering` sets the convolution lowering's shape bounds for a
 (compiler/layers/conv.py: IM2COL_MAX_ELEMENTS, GRAD_MATMUL_MAX_ELEMENTS; "default" keeps them).
 
 Run: python bench/resnet18_cifar.py [--batch 128] [--steps 3] [--repeats 3] [--only netc,torch,torch-cl]
+(also netc-bf16 / netc-fp16: netc's step in mixed precision, the solver's `precision`)
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def set_lowering(which: str) -> None:
         setattr(conv, name, int(value))
 
 
-def netc_step(batch: int):
+def netc_step(batch: int, precision: str = "float32"):
     import jax
 
     import netc
@@ -76,7 +77,7 @@ def netc_step(batch: int):
         fh.write(cifar_spec(batch))
     model = netc.load(fh.name, phase="TRAIN", batch=batch)
     params, state = model.init(jax.random.key(0))
-    opt_state, step = model.train_step()
+    opt_state, step = model.train_step(precision=precision)
     carry = [params, state, opt_state, 0]
 
     def run(x, y):
@@ -157,7 +158,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, 3, 32, 32), dtype=np.float32)
     y = rng.integers(0, 10, args.batch).astype(np.int32)
-    makers = {"netc": netc_step, "torch": torch_step(False), "torch-cl": torch_step(True)}
+    makers = {"netc": netc_step, "netc-bf16": lambda b: netc_step(b, "bfloat16"),
+              "netc-fp16": lambda b: netc_step(b, "float16"), "torch": torch_step(False),
+              "torch-cl": torch_step(True)}
     chosen = {n: (lambda m=makers[n]: m(args.batch)) for n in args.only.split(",")
               if not (n.startswith("torch") and torch is None)}
     results = compare(chosen, (x, y), args.batch, args.steps, args.repeats)

@@ -3,6 +3,7 @@ trained once on the built-in digits (module fixture), each checked for something
 of a trained net, not for pixels."""
 
 import dataclasses
+import sys
 import textwrap
 
 import numpy as np
@@ -226,6 +227,12 @@ def test_an_image_file_is_read_as_the_data_layer_reads_its_source(net, digits, t
     s = as_file.samples(indices=[0])
     np.testing.assert_array_equal(s.x[0], digits.x[7])
     assert s.labels is None
+
+
+def test_without_scikit_learn_the_embedding_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)  # import fails, as if missing
+    with pytest.raises(RunError, match=r"needs scikit-learn: pip install 'netc\[inspect\]'"):
+        ins.tsne(np.zeros((10, 4)))
 
 
 def test_user_errors_are_messages(trained, net, tmp_path):

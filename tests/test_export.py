@@ -30,11 +30,10 @@ def _net(spec_path):
 
 
 def _reference(net, params, state, x, output, extra=None):
-    """(eager net.apply, jitted net.apply) value of `output` for data `x`."""
+    """The jitted net.apply's value of `output` for data `x` (net.apply itself is checked against
+    PyTorch by the parity tests; an eager run here cost ~15 s of per-op compiles for no more)."""
     inputs = {"data": x, **(extra or {})}
-    eager = np.asarray(net.apply(params, state, inputs)[0][output])
-    jitted = np.asarray(jax.jit(lambda i: net.apply(params, state, i)[0][output])(inputs))
-    return eager, jitted
+    return np.asarray(jax.jit(lambda i: net.apply(params, state, i)[0][output])(inputs))
 
 
 @pytest.fixture(scope="module")
@@ -102,11 +101,10 @@ def test_fresh_process_matches_net_apply(lenet, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     got = np.load(tmp_path / "outputs.npz")
     for k, x in xs.items():
-        eager, jitted = _reference(lenet["net"], lenet["params"], lenet["state"], x, "ip2",
-                                   {"label": np.zeros(len(x), np.int32)})
+        jitted = _reference(lenet["net"], lenet["params"], lenet["state"], x, "ip2",
+                            {"label": np.zeros(len(x), np.int32)})
         assert got[k].shape == (len(x), 10)
         np.testing.assert_array_equal(got[k], jitted)  # same XLA program: bit for bit
-        np.testing.assert_allclose(got[k], eager, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(got["direct_7"], got["7"])  # float64 input converted
     np.testing.assert_array_equal(got["plain_7"], got["7"])
 
@@ -226,6 +224,5 @@ def test_deploy_spec_with_input_layer(write_spec, tmp_path):
     assert m["transform_param"] == {}
     x = np.random.RandomState(2).randn(3, 3, 8, 8).astype(np.float32)
     got = run_exported(tmp_path / "art", {"data": x})["prob"]
-    eager, jitted = _reference(net, params, state, x, "prob", {"label": np.zeros(3, np.int32)})
+    jitted = _reference(net, params, state, x, "prob", {"label": np.zeros(3, np.int32)})
     np.testing.assert_array_equal(got, jitted)
-    np.testing.assert_allclose(got, eager, rtol=1e-6, atol=1e-6)

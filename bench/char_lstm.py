@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import compare, report, torch_threads  # noqa: E402
+from harness import compare, netc_train_run, report, torch_threads  # noqa: E402
 
 V, E = 65, 128
 
@@ -61,25 +60,7 @@ def spec_text(t: int, n: int, h: int = 256, cont: bool = False) -> str:
 
 
 def netc_step(t: int, n: int, h: int):
-    import jax
-
-    import netc
-
-    path = Path(tempfile.mkdtemp()) / f"char_lstm_t{t}.yaml"
-    path.write_text(spec_text(t, n, h))
-    model = netc.load(str(path), phase="TRAIN")
-    params, state = model.init(0)
-    opt_state, step = model.train_step()
-    carry = [params, state, opt_state, 0]
-
-    def run(x, y):
-        carry[0], carry[1], carry[2], _ = step(carry[0], carry[1], carry[2],
-                                               {"data": x, "label": y}, np.int32(carry[3]))
-        carry[3] += 1
-        return carry[0]
-
-    del jax
-    return run
+    return netc_train_run(spec_text(t, n, h))
 
 
 def jax_step(t: int, n: int, h: int):

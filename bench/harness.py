@@ -60,6 +60,35 @@ def report(title: str, results: dict, unit: str = "samples/s") -> None:
                 print(f"  netc / {n}: {results['netc']['median'] / r['median']:.2f}×")
 
 
+def netc_train_run(spec, batch: int | None = None, precision: str = "float32"):
+    """`run(x, y)`: one step of netc's own train step (what `netc train` runs, through the public
+    API) on {"data": x, "label": y}, for SPEC (a path, or YAML text written to a temporary file)."""
+    import tempfile
+    from pathlib import Path
+
+    import jax
+    import numpy as np
+
+    import netc
+
+    if "\n" in str(spec):
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+            fh.write(spec)
+        spec = fh.name
+    model = netc.load(str(Path(spec)), phase="TRAIN", batch=batch)
+    params, state = model.init(jax.random.key(0))
+    opt_state, step = model.train_step(precision=precision)
+    carry = [params, state, opt_state, 0]
+
+    def run(x, y):
+        carry[0], carry[1], carry[2], _ = step(carry[0], carry[1], carry[2],
+                                               {"data": x, "label": y}, np.int32(carry[3]))
+        carry[3] += 1
+        return carry[0]
+
+    return run
+
+
 def torch_threads():
     try:
         import torch

@@ -17,28 +17,12 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import compare, report, torch_threads  # noqa: E402
+from harness import compare, netc_train_run, report, torch_threads  # noqa: E402
 
 
 def netc_step(batch: int, precision: str = "float32"):
     """netc's own train step (the one `netc train` runs), through the public API."""
-    import jax
-    import numpy as np
-
-    import netc
-
-    model = netc.load(str(ROOT / "models" / "lenet.yaml"), phase="TRAIN", batch=batch)
-    params, state = model.init(jax.random.key(0))
-    opt_state, step = model.train_step(precision=precision)
-    carry = [params, state, opt_state, 0]
-
-    def run(x, y):
-        carry[0], carry[1], carry[2], _ = step(carry[0], carry[1], carry[2],
-                                               {"data": x, "label": y}, np.int32(carry[3]))
-        carry[3] += 1
-        return carry[0]
-
-    return run
+    return netc_train_run(ROOT / "models" / "lenet.yaml", batch, precision)
 
 
 def jax_step(batch: int):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from harness import compare, report, torch_threads  # noqa: E402
+from harness import compare, netc_train_run, report, torch_threads  # noqa: E402
 
 FLOP_PER_SAMPLE = 3.33e9
 
@@ -69,77 +68,17 @@ def set_lowering(which: str) -> None:
 
 
 def netc_step(batch: int, precision: str = "float32"):
-    import jax
-
-    import netc
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-        fh.write(cifar_spec(batch))
-    model = netc.load(fh.name, phase="TRAIN", batch=batch)
-    params, state = model.init(jax.random.key(0))
-    opt_state, step = model.train_step(precision=precision)
-    carry = [params, state, opt_state, 0]
-
-    def run(x, y):
-        carry[0], carry[1], carry[2], _ = step(carry[0], carry[1], carry[2],
-                                               {"data": x, "label": y}, np.int32(carry[3]))
-        carry[3] += 1
-        return carry[0]
-
-    return run
+    return netc_train_run(cifar_spec(batch), batch, precision)
 
 
-def torch_model():
-    import torch
-    from torch import nn
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.b1 = nn.BatchNorm2d(cout)
-            self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.b2 = nn.BatchNorm2d(cout)
-            self.short = nn.Sequential()
-            if stride != 1 or cin != cout:
-                self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                           nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            y = torch.relu(self.b1(self.c1(x)))
-            return torch.relu(self.b2(self.c2(y)) + self.short(x))
-
-    layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
-    cin = 64
-    for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
-        layers += [Block(cin, cout, stride), Block(cout, cout, 1)]
-        cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)]
-    torch.manual_seed(0)
-    return nn.Sequential(*layers)
 
 
 def torch_step(channels_last: bool):
     def make(batch: int):
-        import torch
+        import torch_nets
 
-        model = torch_model()
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        lossf = torch.nn.CrossEntropyLoss()
-
-        def run(x, y):
-            xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y)).long()
-            if channels_last:
-                xt = xt.contiguous(memory_format=torch.channels_last)
-            opt.zero_grad(set_to_none=True)
-            loss = lossf(model(xt), yt)
-            loss.backward()
-            opt.step()
-            return loss
-
-        return run
+        return torch_nets.train_step(torch_nets.resnet18_cifar,
+                                     "channels_last" if channels_last else "nchw")
 
     return make
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import char_lstm  # noqa: E402
 import lenet_train  # noqa: E402
 import resnet18_cifar  # noqa: E402
-from harness import compare, torch_threads  # noqa: E402
+from harness import compare, netc_train_run, torch_threads  # noqa: E402
 
 TORCH_MODES = {"torch": "nchw", "torch-cl": "channels_last", "torch-compile": "compile"}
 
@@ -84,27 +84,7 @@ def with_loss(model_yaml: str, batch: int, size: int, classes: int) -> str:
 
 
 def netc_maker(spec_text: str, batch: int):
-    def make():
-        import jax
-
-        import netc
-
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
-            fh.write(spec_text)
-        model = netc.load(fh.name, phase="TRAIN", batch=batch)
-        params, state = model.init(jax.random.key(0))
-        opt_state, step = model.train_step()
-        carry = [params, state, opt_state, 0]
-
-        def run(x, y):
-            carry[0], carry[1], carry[2], _ = step(carry[0], carry[1], carry[2],
-                                                   {"data": x, "label": y}, np.int32(carry[3]))
-            carry[3] += 1
-            return carry[0]
-
-        return run
-
-    return make
+    return lambda: netc_train_run(spec_text, batch)
 
 
 def cnn_makers(w: Workload, jax_fns, torch_model) -> dict:

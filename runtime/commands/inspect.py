@@ -31,25 +31,32 @@ def check_output(output: str) -> None:
         raise RunError(f"-o {output}: is a directory")
 
 
+def _open(spec: str, weights: str, source: str | None, output: str, err: TextIO) -> ins.Inspected:
+    """Every command's start: check -o before any work, then load the net."""
+    check_output(output)
+    return ins.open_net(spec, weights, source, err)
+
+
 def _one(net: ins.Inspected, index: int) -> tuple[np.ndarray, int | None]:
     s = net.samples(indices=[index])
     return s.x[0], None if s.labels is None else int(s.labels[0])
 
 
-def _class_of(net: ins.Inspected, img: np.ndarray, given: int | None, label: int | None) -> int:
-    """--class, else the sample's label, else the class the net predicts."""
+def _sample_and_class(net: ins.Inspected, index: int, given: int | None) -> tuple[np.ndarray, int]:
+    """Sample `index` and the class to explain: --class, else the sample's label, else the class
+    the net predicts."""
+    img, label = _one(net, index)
     probs = net.probabilities(img[None])[0]
     k = given if given is not None else label if label is not None else int(probs.argmax())
     if not 0 <= k < len(probs):
         raise RunError(f"--class {k}: the scores blob '{net.scores}' has {len(probs)} classes")
-    return k
+    return img, k
 
 
 def filters(
     spec: str, weights: str, layer: str | None, output: str, out: TextIO, err: TextIO
 ) -> int:
-    check_output(output)
-    net = ins.open_net(spec, weights, err=err)
+    net = _open(spec, weights, None, output, err)
     name, w = ins.first_filters(net, layer)
     tiles, cols = ins.filter_tiles(w)
     g = ins.grid(tiles, cols=cols)
@@ -72,8 +79,7 @@ def features(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    check_output(output)
-    net = ins.open_net(spec, weights, source, err)
+    net = _open(spec, weights, source, output, err)
     shape = net.check_blob(blob)
     if len(shape) != 4:
         raise RunError(
@@ -104,8 +110,7 @@ def top_patches(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    check_output(output)
-    net = ins.open_net(spec, weights, source, err)
+    net = _open(spec, weights, source, output, err)
     s = net.samples(limit=limit)
     tp = ins.top_patches(net, s.x, blob, channel, k)
     lo, hi = np.nanmin(s.x), np.nanmax(s.x)  # one scale for every patch: the data's
@@ -138,10 +143,8 @@ def occlusion(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    check_output(output)
-    net = ins.open_net(spec, weights, source, err)
-    img, label = _one(net, index)
-    k = _class_of(net, img, klass, label)
+    net = _open(spec, weights, source, output, err)
+    img, k = _sample_and_class(net, index, klass)
     occ = ins.occlusion(net, img, k, patch, stride)
     worst = np.unravel_index(occ.drop.argmax(), occ.drop.shape)
     title = (
@@ -163,10 +166,8 @@ def saliency(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    check_output(output)
-    net = ins.open_net(spec, weights, source, err)
-    img, label = _one(net, index)
-    k = _class_of(net, img, klass, label)
+    net = _open(spec, weights, source, output, err)
+    img, k = _sample_and_class(net, index, klass)
     sal = ins.saliency(net, img[None], np.array([k]))[0]
     title = f"|d score[{k}] / d input| ('{net.scores}'), max over channels"
     panel = ins.heat_panel(img, sal, ins.VIRIDIS, False, title)
@@ -183,8 +184,7 @@ def embedding(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    check_output(output)
-    net = ins.open_net(spec, weights, source, err)
+    net = _open(spec, weights, source, output, err)
     net.check_blob(blob)
     s = net.samples(limit=limit)
     feats = net.forward(s.x, [blob])[blob]

@@ -394,7 +394,9 @@ class FlattenParameter(Message):
     end_axis: Axis = -1
 
 
-class ImageDataParameter(Message):
+class ImageListParameter(Message):
+    """The fields ImageData's message shares with DenseImageData's (SegNet's fork)."""
+
     # source: a list file of `path label` lines (Caffe), or `folder:PATH` (netc extension: one
     # subfolder per class). Paths are relative to the list file's folder, or root_folder + path.
     source: str | None = None
@@ -404,12 +406,15 @@ class ImageDataParameter(Message):
     new_height: NonNegInt = 0
     new_width: NonNegInt = 0
     is_color: bool = True
+    root_folder: str = ""
+
+
+class ImageDataParameter(ImageListParameter):
     # deprecated in Caffe (transform_param does these); netc refuses them when set
     scale: float = 1.0
     mean_file: str | None = None
     crop_size: NonNegInt = 0
     mirror: bool = False
-    root_folder: str = ""
     # netc extension: the fraction range [a, b] of each class's images read (a fixed permutation
     # per class, so [0, 0.8] and [0.8, 1] are disjoint and together hold every image)
     split: Repeated(float) = (0.0, 1.0)

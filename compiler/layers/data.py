@@ -147,6 +147,13 @@ def checked_crop(sample: tuple[int, ...], t: TransformationParameter | None
     return crop
 
 
+def require_fields(p, field: str, names: tuple[str, ...] = ("source", "batch_size")) -> None:
+    """SpecError for the first of `names` that `field`'s message `p` leaves unset (None)."""
+    for name in names:
+        if getattr(p, name) is None:
+            raise SpecError(f"missing required field '{name}'", (field,))
+
+
 def is_label_map(sample_shape: tuple[int, ...], label_shape: tuple[int, ...]) -> bool:
     """A dense label: images C×H×W with labels H×W (or 1×H×W, …) per sample, one per pixel.
     Such labels go through crop and mirror with their image (same offsets, same flip)."""

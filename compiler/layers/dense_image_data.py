@@ -10,23 +10,15 @@ convert the images and label maps to an .npz (arrays `data` N×C×H×W and `labe
 from __future__ import annotations
 
 from netc.compiler.layer import DataFact, Layer, register
-from netc.compiler.layers.data import checked_crop, transformed_label_shape
+from netc.compiler.layers.data import checked_crop, require_fields, transformed_label_shape
 from netc.compiler.transform import transform_shape
 from netc.spec.errors import SpecError
-from netc.spec.messages import Message, NonNegInt, PosInt, TransformationParameter
+from netc.spec.messages import ImageListParameter, TransformationParameter
 
 
-class DenseImageDataParameter(Message):
-    """The fork's message (caffe-segnet's caffe.proto): the list file and how images are read."""
-
-    source: str | None = None
-    batch_size: PosInt | None = None
-    rand_skip: NonNegInt = 0
-    shuffle: bool = False
-    new_height: NonNegInt = 0
-    new_width: NonNegInt = 0
-    is_color: bool = True
-    root_folder: str = ""
+class DenseImageDataParameter(ImageListParameter):
+    """The fork's message (caffe-segnet's caffe.proto): the list file and how images are read,
+    the fields ImageData's message shares."""
 
 
 @register
@@ -72,9 +64,7 @@ dense_image_data_param: {source: train.txt, batch_size: 4, new_height: 360, new_
 
     def infer(self, bottoms):
         p = self.p
-        for name in ("source", "batch_size"):
-            if getattr(p, name) is None:
-                raise SpecError(f"missing required field '{name}'", ("dense_image_data_param",))
+        require_fields(p, "dense_image_data_param")
         sample = self._sample()
         tp = self.spec.transform_param
         crop = checked_crop(sample, tp)

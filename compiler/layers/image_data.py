@@ -14,7 +14,7 @@ import io
 import os
 
 from netc.compiler.layer import DataFact, Layer, register
-from netc.compiler.layers.data import CSV_PREFIX, checked_crop, split_problem
+from netc.compiler.layers.data import CSV_PREFIX, checked_crop, require_fields, split_problem
 from netc.compiler.transform import transform_shape
 from netc.files import FileRefused, open_regular
 from netc.spec.errors import SpecError
@@ -80,10 +80,7 @@ image_data_param: {source: "folder:images", new_height: 32, new_width: 32, batch
 
     def infer(self, bottoms):
         p = self.p
-        if p.source is None:
-            raise SpecError("missing required field 'source'", ("image_data_param",))
-        if p.batch_size is None:
-            raise SpecError("missing required field 'batch_size'", ("image_data_param",))
+        require_fields(p, "image_data_param")
         problem = split_problem(p.split)
         if problem:
             raise SpecError(problem, ("image_data_param", "split"))

@@ -57,6 +57,12 @@ def open_regular(path: str | os.PathLike[str], *, max_bytes: int | None = None) 
         raise
 
 
+def unreadable(name: str, e: FileRefused | OSError) -> str:
+    """The message for a file that open_regular or read_regular could not read."""
+    why = f"it {e.message}" if isinstance(e, FileRefused) else (e.strerror or e)
+    return f"{name}: cannot be read: {why}"
+
+
 def read_regular(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     """The whole content of a regular file of at most `max_bytes` bytes (a file that grows while
     it is read is refused too). Raises FileRefused or OSError."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from netc.compiler.layers.data import split_bounds
 from netc.compiler.layers.image_data import CSV_LABEL, FOLDER_PREFIX, csv_header, csv_path
-from netc.files import FileRefused, open_regular, read_regular
+from netc.files import FileRefused, open_regular, read_regular, unreadable
 from netc.runtime.data import DataError, Dataset, _readonly, _resolve
 
 __all__ = [
@@ -101,10 +101,8 @@ def list_entries(source: str, base_dir, root_folder: str = "") -> tuple[list[Pat
 def _read_text(path: Path, name: str) -> str:
     try:
         return read_regular(path, _MAX_TABLE_BYTES).decode("utf-8-sig")
-    except FileRefused as e:
-        raise DataError(f"{name}: cannot be read: it {e.message}") from None
-    except OSError as e:
-        raise DataError(f"{name}: cannot be read: {e.strerror or e}") from None
+    except (FileRefused, OSError) as e:
+        raise DataError(unreadable(name, e)) from None
     except UnicodeDecodeError as e:
         raise DataError(f"{name}: not valid UTF-8 at byte {e.start:,} ({e.reason})") from None
 

@@ -21,7 +21,7 @@ from fractions import Fraction
 
 from netc.compiler.layer import BATCH, DataFact, Layer, register
 from netc.compiler.transform import check_label_map, transform_shape
-from netc.files import FileRefused, read_regular
+from netc.files import FileRefused, read_regular, unreadable
 from netc.spec.errors import SpecError
 from netc.spec.messages import DataParameter, InputParameter, TransformationParameter
 
@@ -528,10 +528,8 @@ def read_text(path: str, name: str) -> str:
     """The whole text of a regular file of at most MAX_TEXT_BYTES, decoded as UTF-8."""
     try:
         raw = read_regular(path, MAX_TEXT_BYTES)
-    except FileRefused as e:
-        raise TextError(f"{name}: cannot be read: it {e.message}") from None
-    except OSError as e:
-        raise TextError(f"{name}: cannot be read: {e.strerror or e}") from None
+    except (FileRefused, OSError) as e:
+        raise TextError(unreadable(name, e)) from None
     return decode_text(raw, name)
 
 

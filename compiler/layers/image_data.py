@@ -16,7 +16,7 @@ import os
 from netc.compiler.layer import DataFact, Layer, register
 from netc.compiler.layers.data import CSV_PREFIX, checked_crop, require_fields, split_problem
 from netc.compiler.transform import transform_shape
-from netc.files import FileRefused, open_regular
+from netc.files import FileRefused, open_regular, unreadable
 from netc.spec.errors import SpecError
 from netc.spec.messages import ImageDataParameter, TransformationParameter
 
@@ -137,10 +137,8 @@ def csv_header(path: str, name: str) -> list[str]:
     try:
         with open_regular(path) as f:
             first = f.readline(1 << 20).decode("utf-8-sig")
-    except FileRefused as e:
-        raise ValueError(f"{name}: cannot be read: it {e.message}") from None
-    except OSError as e:
-        raise ValueError(f"{name}: cannot be read: {e.strerror or e}") from None
+    except (FileRefused, OSError) as e:
+        raise ValueError(unreadable(name, e)) from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{name}: the header row is not UTF-8 ({e.reason})") from None
     header = [c.strip() for c in next(csv.reader(io.StringIO(first)), [])]

@@ -53,6 +53,16 @@ MODELS = ROOT / "models"
 MLP = ROOT / "tests" / "specs" / "mlp.yaml"  # max_iter 1500, snapshot 100, dropout, shuffle
 
 
+def mlp_solver(max_iter: int) -> str:
+    """mlp.yaml's own update rule (the same compiled step as the suite's other MLP runs), with
+    display / test / snapshot intervals short enough to give curves in a few dozen iterations."""
+    return (
+        "base_lr: 0.05\nmomentum: 0.9\nweight_decay: 5e-4\nlr_policy: inv\ngamma: 1e-4\n"
+        "power: 0.75\ntest_iter: 1\ntest_interval: 10\ndisplay: 5\n"
+        f"max_iter: {max_iter}\nsnapshot: 10\nsnapshot_prefix: mlp\nrandom_seed: 7\n"
+    )
+
+
 def run_netc(*args, cwd=None, timeout=300, env=None):
     """Run the installed `netc` console script as a user would (a subprocess)."""
     exe = Path(sys.executable).with_name("netc")

@@ -10,30 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MLP, netc
+from conftest import MLP, mlp_solver, netc
 
 from netc.runtime.callbacks import Callback, Diverged
 from netc.runtime.commands.plot import DPI, LEGEND_H, PANEL_SIZE
 from netc.runtime.rundir import RunLock
 from netc.runtime.trainer import TrainConfig, train
 
-# mlp.yaml's own update rule (the same compiled step as the suite's other MLP runs), with
-# display / test / snapshot intervals short enough to give curves in 30 iterations
-SOLVER = """\
-base_lr: 0.05
-momentum: 0.9
-weight_decay: 5e-4
-lr_policy: inv
-gamma: 1e-4
-power: 0.75
-test_iter: 1
-test_interval: 10
-display: 5
-max_iter: 30
-snapshot: 10
-snapshot_prefix: mlp
-random_seed: 7
-"""
+SOLVER = mlp_solver(30)  # mlp.yaml's update rule, short intervals
 BLUE, ORANGE = (31, 119, 180), (255, 127, 14)  # tab10's first two colours: run 1, run 2
 
 

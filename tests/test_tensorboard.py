@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MLP, netc
+from conftest import MLP, mlp_solver, netc
 
 from netc.runtime.callbacks import Event
 from netc.runtime.checkpoint import load_checkpoint
@@ -20,22 +20,7 @@ from netc.runtime.errors import RunError
 from netc.runtime.tensorboard import TensorBoard
 from netc.runtime.trainer import TrainConfig, train
 
-# mlp.yaml's update rule (batch 32), with short display / test / snapshot intervals
-SOLVER = """\
-base_lr: 0.05
-momentum: 0.9
-weight_decay: 5e-4
-lr_policy: inv
-gamma: 1e-4
-power: 0.75
-test_iter: 1
-test_interval: 10
-display: 5
-max_iter: 20
-snapshot: 10
-snapshot_prefix: mlp
-random_seed: 7
-"""
+SOLVER = mlp_solver(20)  # mlp.yaml's update rule, short intervals (batch 32)
 BATCH = 32
 
 

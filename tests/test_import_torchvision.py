@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import MODELS
 from torch import nn
+from torch_models import vgg16
 
 from netc.runtime.context import load_context
 from netc.runtime.torch_weights import load_map, map_state_dict
@@ -47,51 +48,6 @@ class AlexNet(nn.Module):  # torchvision.models.alexnet
             nn.Dropout(),
             nn.Linear(4096, 4096),
             nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
-        )
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
-class VGG16(nn.Module):  # torchvision.models.vgg16 (configuration D)
-    def __init__(self, num_classes=1000):
-        super().__init__()
-        layers, cin = [], 3
-        for v in [
-            64,
-            64,
-            "M",
-            128,
-            128,
-            "M",
-            256,
-            256,
-            256,
-            "M",
-            512,
-            512,
-            512,
-            "M",
-            512,
-            512,
-            512,
-            "M",
-        ]:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
-                cin = v
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096),
-            nn.ReLU(True),
-            nn.Dropout(),
-            nn.Linear(4096, 4096),
-            nn.ReLU(True),
-            nn.Dropout(),
             nn.Linear(4096, num_classes),
         )
 
@@ -146,7 +102,7 @@ class DenseNet121(nn.Module):  # torchvision.models.densenet121
 
 NETS = {
     "alexnet": (AlexNet, "alexnet_torchvision.yaml", "classifier_6"),
-    "vgg16": (VGG16, "vgg16_torchvision.yaml", "classifier_6"),
+    "vgg16": (vgg16, "vgg16_torchvision.yaml", "classifier_6"),
     "densenet121": (DenseNet121, "densenet121_torchvision.yaml", "classifier"),
 }
 

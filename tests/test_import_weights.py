@@ -22,6 +22,7 @@ import torch
 from conftest import MODELS, netc
 from safetensors.torch import save_file
 from torch import nn
+from torch_models import vgg11
 
 from netc.spec.prototxt import dump_yaml
 from netc.spec.yaml_io import read_yaml
@@ -111,29 +112,9 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-class VGG11(nn.Module):
-    def __init__(self, num_classes=1000):
-        super().__init__()
-        layers, cin = [], 3
-        for v in [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]:
-            if v == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
-                cin = v
-        self.features = nn.Sequential(*layers)
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-        self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
-            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, num_classes))
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-
 NETS = {"resnet18": (ResNet18, "resnet18_torchvision.yaml", "fc"),
         "mobilenet_v2": (MobileNetV2, "mobilenet_v2_torchvision.yaml", "classifier"),
-        "vgg11": (VGG11, "vgg11_torchvision.yaml", "classifier_6")}
+        "vgg11": (vgg11, "vgg11_torchvision.yaml", "classifier_6")}
 
 
 def randomised(model: nn.Module, seed: int) -> nn.Module:

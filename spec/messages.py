@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -54,6 +55,15 @@ NonNegInt = Annotated[int, Field(ge=0, le=MAX_DIM)]
 Axis = Annotated[int, Field(ge=-32, le=32)]
 Phase = Literal["TRAIN", "TEST"]
 Engine = Literal["DEFAULT", "CAFFE", "CUDNN"]
+
+
+def _size_hw(v: tuple[int, ...]) -> tuple[int, ...]:
+    if len(v) not in (1, 2):
+        raise ValueError(f"size must be one value or [h, w], got {len(v)} values")
+    return v
+
+
+SizeHW = Annotated[Repeated(PosInt), AfterValidator(_size_hw)]  # one side, or [h, w]
 
 
 # --- generic messages --------------------------------------------------------------------------
@@ -143,17 +153,10 @@ class RandomResizedCropParameter(Message):
     ratio (w/h) in `ratio` (log-uniform), resized bilinearly to `size`; TEST: the central box of
     side fraction `test_crop`, resized to `size`."""
 
-    size: Repeated(PosInt)
+    size: SizeHW
     scale: Repeated(float) = (0.08, 1.0)
     ratio: Repeated(float) = (0.75, 4 / 3)
     test_crop: Annotated[float, Field(gt=0, le=1)] = 1.0
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if len(v) not in (1, 2):
-            raise ValueError(f"size must be one value or [h, w], got {len(v)} values")
-        return v
 
     @field_validator("scale")
     @classmethod
@@ -224,15 +227,8 @@ class CutoutParameter(Message):
     hole may be cut by the border; DeVries & Taylor 2017)."""
 
     holes: PosInt = 1
-    size: Repeated(PosInt)
+    size: SizeHW
     fill: float = 0.0
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if len(v) not in (1, 2):
-            raise ValueError(f"size must be one value or [h, w], got {len(v)} values")
-        return v
 
 
 class GaussianNoiseParameter(Message):

@@ -249,11 +249,16 @@ def load_source(
 
         return load_images(source, base_dir=base_dir, **(options or {}))
     path = _resolve(source, base_dir)
-    file = str(path)
     if path.is_dir():  # Caffe's databases are folders: an LMDB is read, a LevelDB refused
         from netc.runtime.lmdb_data import load_database
 
-        return load_database(path, file, need_label)
+        return load_database(path, str(path), need_label)
+    return _load_npz(path, need_label, keys)
+
+
+def _load_npz(path: Path, need_label: bool, keys: tuple[str, ...] | None) -> Dataset:
+    """An .npz file's arrays: data and label, or those named `keys`."""
+    file = str(path)
     try:
         f = open_regular(path)
     except FileRefused as exc:
@@ -261,19 +266,7 @@ def load_source(
     except OSError as exc:
         raise DataError(f"{file}: cannot be read: {exc.strerror or exc}") from exc
     try:
-        magic = f.read(6)
-        if magic.startswith(b"\x93NUMPY"):
-            raise DataError(
-                f"{file}: is a .npy file holding one array; netc expects an .npz archive with "
-                "arrays 'data' and 'label' (np.savez)"
-            )
-        if magic[:1] == b"\x80":
-            raise DataError(
-                f"{file}: is a Python pickle, which netc refuses to load (pickle); save the arrays "
-                "with np.savez"
-            )
-        if not magic.startswith(b"PK"):
-            raise DataError(f"{file}: not a valid .npz file (not a zip archive)")
+        _check_magic(f.read(6), file)
         f.seek(0)
         try:  # the file checked above, not the path again (it could be replaced meanwhile)
             z = np.load(f, allow_pickle=False)
@@ -283,6 +276,22 @@ def load_source(
             return _read_npz(z, file, need_label) if keys is None else _read_named(z, file, keys)
     finally:
         f.close()
+
+
+def _check_magic(magic: bytes, file: str) -> None:
+    """DataError unless the first bytes of `file` are a zip archive's (an .npz)."""
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(
+            f"{file}: is a .npy file holding one array; netc expects an .npz archive with "
+            "arrays 'data' and 'label' (np.savez)"
+        )
+    if magic[:1] == b"\x80":
+        raise DataError(
+            f"{file}: is a Python pickle, which netc refuses to load (pickle); save the arrays "
+            "with np.savez"
+        )
+    if not magic.startswith(b"PK"):
+        raise DataError(f"{file}: not a valid .npz file (not a zip archive)")
 
 
 def _read_named(z: Any, file: str, keys: tuple[str, ...]) -> Dataset:

@@ -228,11 +228,29 @@ def import_caffe(net, solver, weights, weights_out, output) -> None:
     layers by name (Caffe's CopyTrainedLayersFrom); a mis-shaped blob is an error naming the
     layer and blob index. Exit status 0, or 1 on an error.
     """
+    if weights and output is None:
+        raise click.UsageError("--weights needs -o: the checkpoint is made for the written YAML")
+    yaml_text = _caffe_to_yaml(net, solver)
+    if output is None:
+        click.echo(yaml_text, nl=False)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(yaml_text)
+    except OSError as e:
+        click.echo(f"{output}: error: cannot write file: {e.strerror}", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {output}", err=True)
+    if weights is not None:
+        _import_caffemodel(weights, output, weights_out)
+
+
+def _caffe_to_yaml(net: str, solver: str | None) -> str:
+    """import-caffe's YAML for the net (and solver) .prototxt; its warnings printed, and exit
+    status 1 on an error."""
     from netc.files import FileRefused, read_regular
     from netc.spec.prototxt import PrototxtError, prototxt_to_yaml
 
-    if weights and output is None:
-        raise click.UsageError("--weights needs -o: the checkpoint is made for the written YAML")
     warnings: list = []
     path = net
     try:
@@ -256,18 +274,11 @@ def import_caffe(net, solver, weights, weights_out, output) -> None:
         sys.exit(1)
     for w in warnings:
         click.echo(str(w), err=True)
-    if output is None:
-        click.echo(yaml_text, nl=False)
-        return
-    try:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(yaml_text)
-    except OSError as e:
-        click.echo(f"{output}: error: cannot write file: {e.strerror}", err=True)
-        sys.exit(1)
-    click.echo(f"wrote {output}", err=True)
-    if weights is None:
-        return
+    return yaml_text
+
+
+def _import_caffemodel(weights: str, output: str, weights_out: str | None) -> None:
+    """import-caffe --weights: the .caffemodel's blobs as a checkpoint for the YAML `output`."""
     from netc.errors import NetcError
     from netc.runtime.caffemodel import import_caffemodel
 

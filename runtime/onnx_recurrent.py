@@ -31,10 +31,38 @@ def _blocks(w: np.ndarray, order, H: int) -> np.ndarray:
 
 
 def _convert(b, pl, xs):
-    from netc.runtime.onnx_export import _refuse, _slice
-
     unit, g = pl.unit, pl.resolved
     p = unit.p
+    _refuse_unsupported(pl, p, g)
+    x, lens, h0, c0 = _inputs(b, pl, xs)
+    final_h, final_c = [], []
+    valid = None  # T×N×1 float mask (for RNN's output layer), from the lengths
+    for layer in range(g.L):
+        sfxs = [(f"_l{layer}" if layer else "") + ("_reverse" if d else "") for d in range(g.D)]
+        outs = _layer_op(b, pl, layer, sfxs, [x, lens, h0, c0])
+        final_h.append(outs[1])
+        if pl.type == "LSTM":
+            final_c.append(outs[2])
+        sequence = not (layer == g.L - 1 and p.output == "LAST")
+        per_dir = []
+        for d, sfx in enumerate(sfxs):
+            h = _direction(b, pl.name, outs[:2], d, sequence)
+            if pl.type == "RNN" and p.output_layer:
+                h, valid = _output_layer(b, pl, h, sfx, x, lens, valid, sequence)
+            per_dir.append(h)
+        x = y = _merge(b, pl.name, per_dir, p.merge_mode)
+    if p.output != "LAST" and p.batch_first:
+        y = b.op("Transpose", [y], pl.name, perm=[1, 0, 2])
+    tops = [y]
+    if p.expose_hidden:
+        for finals in (final_h, final_c) if pl.type == "LSTM" else (final_h,):
+            tops.append(finals[0] if g.L == 1 else b.op("Concat", finals, pl.name, axis=0))
+    return tops
+
+
+def _refuse_unsupported(pl, p, g) -> None:
+    from netc.runtime.onnx_export import _refuse
+
     if p.sequence_input == "CONT":
         _refuse(pl, "sequence_input CONT: Caffe's per-step state resets (cont = 0 starts a new "
                     "sequence) cannot be expressed by ONNX's recurrent operators; use "
@@ -45,99 +73,106 @@ def _convert(b, pl, xs):
     if g.static is not None:
         _refuse(pl, "x_static (a per-sequence term added to every step's gates) has no ONNX "
                     "form")
-    kind = pl.type
-    H, L, D = g.H, g.L, g.D
-    wx, bx, _, wh = unit.roles
-    name = pl.name
 
+
+def _inputs(b, pl, xs):
+    """(x time-major T×N×F, int32 lengths or None, h0 or None, c0 or None)."""
+    g, p, name = pl.resolved, pl.unit.p, pl.name
     x = xs[0]
     if p.batch_first:
         x = b.op("Transpose", [x], name, perm=[1, 0] + list(range(2, len(pl.bottom_shapes[0]))))
     if len(pl.bottom_shapes[0]) != 3:
         x = b.op("Reshape", [x, b.const("shape", [0, 0, -1], np.int64)], name)
     lens = None
-    valid = None  # T×N×1 float mask (for RNN's output layer), from the lengths
     if g.seq is not None:  # LENGTHS
         lens = b.op("Cast", [xs[g.seq]], name, to=6)  # int32
     h0 = c0 = None
     if g.h0 is not None:
         h0 = xs[g.h0]
-        if unit.n_states == 2:
+        if pl.unit.n_states == 2:
             c0 = xs[g.h0 + 1]
+    return x, lens, h0, c0
 
-    direction = "bidirectional" if D == 2 else "forward"
-    final_h, final_c = [], []
-    y = None
-    for layer in range(L):
-        sfxs = [(f"_l{layer}" if layer else "") + ("_reverse" if d else "") for d in range(D)]
-        W, R, B = [], [], []
-        for sfx in sfxs:
-            w = b.param(pl, wx + sfx).astype(np.float32)
-            r = b.param(pl, wh + sfx).astype(np.float32)
-            bias = b.param(pl, bx + sfx).astype(np.float32)
-            rb = np.zeros_like(bias)
-            if kind == "GRU" and p.reset_after:
-                rb = b.param(pl, "b_hg" + sfx).astype(np.float32)
-            if kind == "LSTM":
-                w, r, bias, rb = (_blocks(a, LSTM_ORDER, H) for a in (w, r, bias, rb))
-            elif kind == "GRU":
-                w, r, bias, rb = (_blocks(a, GRU_ORDER, H) for a in (w, r, bias, rb))
-            W.append(w)
-            R.append(r)
-            B.append(np.concatenate([bias, rb]))
-        tag = f"{name}/l{layer}"
-        ins = [x, b.init(f"{tag}:W", np.stack(W)), b.init(f"{tag}:R", np.stack(R)),
-               b.init(f"{tag}:B", np.stack(B)), lens or ""]
-        if h0 is not None or c0 is not None:
-            ins.append(_slice(b, h0, name, [0], [layer * D], [(layer + 1) * D])
-                       if h0 is not None else "")
-        if c0 is not None:
-            ins.append(_slice(b, c0, name, [0], [layer * D], [(layer + 1) * D]))
-        while ins and ins[-1] == "":
-            ins.pop()
-        attrs = {"hidden_size": H, "direction": direction}
-        if kind == "GRU":
-            attrs["linear_before_reset"] = 1 if p.reset_after else 0
-        outs = b.op(kind, ins, name, n_out=3 if kind == "LSTM" else 2, **attrs)
-        Y, Yh = outs[0], outs[1]  # T×D×N×H, D×N×H
-        final_h.append(Yh)
+
+def _weights(b, pl, sfxs):
+    """ONNX's W, R, B of one stacked layer (one entry per direction), from netc's blobs."""
+    kind, H, p = pl.type, pl.resolved.H, pl.unit.p
+    wx, bx, _, wh = pl.unit.roles
+    W, R, B = [], [], []
+    for sfx in sfxs:
+        w = b.param(pl, wx + sfx).astype(np.float32)
+        r = b.param(pl, wh + sfx).astype(np.float32)
+        bias = b.param(pl, bx + sfx).astype(np.float32)
+        rb = np.zeros_like(bias)
+        if kind == "GRU" and p.reset_after:
+            rb = b.param(pl, "b_hg" + sfx).astype(np.float32)
         if kind == "LSTM":
-            final_c.append(outs[2])
-        last = layer == L - 1
-        sequence = not (last and p.output == "LAST")
-        per_dir = []
-        for d, sfx in enumerate(sfxs):
-            if sequence:
-                h = _slice(b, Y, name, [1], [d], [d + 1])
-                h = b.op("Squeeze", [h, b.const("axes", [1], np.int64)], name)  # T×N×H
-            else:
-                h = _slice(b, Yh, name, [0], [d], [d + 1])
-                h = b.op("Squeeze", [h, b.const("axes", [0], np.int64)], name)  # N×H
-            if kind == "RNN" and p.output_layer:
-                w_ho = b.param(pl, "W_ho" + sfx).astype(np.float32)
-                h = b.op("Tanh", [b.op("Add", [
-                    b.op("MatMul", [h, b.init(f"{name}/W_ho{sfx}:T", w_ho.T)], name),
-                    b.param_name(pl, "b_o" + sfx)], name)], name)
-                if lens is not None:  # padded steps output 0, as netc's
-                    if valid is None:
-                        valid = _valid_steps(b, name, x, lens, g)
-                    h = b.op("Mul", [h, valid if sequence else _any_valid(b, name, lens)], name)
-            per_dir.append(h)
-        if D == 1:
-            y = per_dir[0]
-        elif p.merge_mode == "CONCAT":
-            y = b.op("Concat", per_dir, name, axis=-1)
-        else:
-            y = b.op("Add", per_dir, name)
-        x = y
-    if p.output != "LAST" and p.batch_first:
-        y = b.op("Transpose", [y], name, perm=[1, 0, 2])
-    tops = [y]
-    if p.expose_hidden:
-        tops.append(final_h[0] if L == 1 else b.op("Concat", final_h, name, axis=0))
-        if kind == "LSTM":
-            tops.append(final_c[0] if L == 1 else b.op("Concat", final_c, name, axis=0))
-    return tops
+            w, r, bias, rb = (_blocks(a, LSTM_ORDER, H) for a in (w, r, bias, rb))
+        elif kind == "GRU":
+            w, r, bias, rb = (_blocks(a, GRU_ORDER, H) for a in (w, r, bias, rb))
+        W.append(w)
+        R.append(r)
+        B.append(np.concatenate([bias, rb]))
+    return W, R, B
+
+
+def _layer_op(b, pl, layer, sfxs, inputs):
+    """One stacked layer as one ONNX LSTM / GRU / RNN operator: its outputs Y (T×D×N×H),
+    Y_h (D×N×H) and, for an LSTM, Y_c."""
+    from netc.runtime.onnx_export import _slice
+
+    x, lens, h0, c0 = inputs
+    kind, name, D, p = pl.type, pl.name, pl.resolved.D, pl.unit.p
+    W, R, B = _weights(b, pl, sfxs)
+    tag = f"{name}/l{layer}"
+    ins = [x, b.init(f"{tag}:W", np.stack(W)), b.init(f"{tag}:R", np.stack(R)),
+           b.init(f"{tag}:B", np.stack(B)), lens or ""]
+    if h0 is not None or c0 is not None:
+        ins.append(_slice(b, h0, name, [0], [layer * D], [(layer + 1) * D])
+                   if h0 is not None else "")
+    if c0 is not None:
+        ins.append(_slice(b, c0, name, [0], [layer * D], [(layer + 1) * D]))
+    while ins and ins[-1] == "":
+        ins.pop()
+    attrs = {"hidden_size": pl.resolved.H, "direction": "bidirectional" if D == 2 else "forward"}
+    if kind == "GRU":
+        attrs["linear_before_reset"] = 1 if p.reset_after else 0
+    return b.op(kind, ins, name, n_out=3 if kind == "LSTM" else 2, **attrs)
+
+
+def _direction(b, name, outs, d, sequence):
+    """Direction d of a layer's outputs: its sequence T×N×H, or its last state N×H."""
+    from netc.runtime.onnx_export import _slice
+
+    Y, Yh = outs
+    if sequence:
+        h = _slice(b, Y, name, [1], [d], [d + 1])
+        return b.op("Squeeze", [h, b.const("axes", [1], np.int64)], name)  # T×N×H
+    h = _slice(b, Yh, name, [0], [d], [d + 1])
+    return b.op("Squeeze", [h, b.const("axes", [0], np.int64)], name)  # N×H
+
+
+def _output_layer(b, pl, h, sfx, x, lens, valid, sequence):
+    """Caffe RNN's o = tanh(W_ho h + b_o), 0 at padded steps; (o, the T×N×1 mask, made once)."""
+    name = pl.name
+    w_ho = b.param(pl, "W_ho" + sfx).astype(np.float32)
+    h = b.op("Tanh", [b.op("Add", [
+        b.op("MatMul", [h, b.init(f"{name}/W_ho{sfx}:T", w_ho.T)], name),
+        b.param_name(pl, "b_o" + sfx)], name)], name)
+    if lens is not None:  # padded steps output 0, as netc's
+        if valid is None:
+            valid = _valid_steps(b, name, x, lens, pl.resolved)
+        h = b.op("Mul", [h, valid if sequence else _any_valid(b, name, lens)], name)
+    return h, valid
+
+
+def _merge(b, name, per_dir, merge_mode):
+    """The directions' outputs as one: the only one, concatenated (CONCAT) or summed."""
+    if len(per_dir) == 1:
+        return per_dir[0]
+    if merge_mode == "CONCAT":
+        return b.op("Concat", per_dir, name, axis=-1)
+    return b.op("Add", per_dir, name)
 
 
 def _valid_steps(b, name, x, lens, g):

@@ -745,6 +745,25 @@ def _recurrence(cell, masked: bool, sequence: bool, batched: bool, unroll: int, 
     recomputed from the saved pre-activations, and dh += dz·wh — and W_h's gradient is one
     (T·N)-deep matmul of the saved states with the saved dz afterwards."""
     import jax
+
+    mm, mm_t = _matmuls(batched)
+    enter, elem = _step(cell, masked, sequence)
+    forward = _scan_forward(enter, elem, mm, additive, unroll)
+
+    @jax.custom_vjp
+    def run(gx, wh, bh, carry0, ctl, cuts):
+        return forward(gx, wh, bh, carry0, ctl, False)  # cuts only change the gradient
+
+    def run_fwd(gx, wh, bh, carry0, ctl, cuts):
+        final, (ys, ceffs, zrs) = forward(gx, wh, bh, carry0, ctl, True)
+        return (final, ys), (gx, wh, bh, ctl, cuts, ceffs, zrs)
+
+    run.defvjp(run_fwd, _scan_backward(elem, mm_t, masked, batched, unroll, additive))
+    return run
+
+
+def _matmuls(batched: bool):
+    """(h·wᵀ, dz·w), over a leading direction axis when `batched`."""
     import jax.numpy as jnp
 
     def mm(h, w):  # h·wᵀ
@@ -752,6 +771,13 @@ def _recurrence(cell, masked: bool, sequence: bool, batched: bool, unroll: int, 
 
     def mm_t(dz, w):  # dz·w
         return jnp.einsum("dng,dgh->dnh", dz, w) if batched else dz @ w
+
+    return mm, mm_t
+
+
+def _step(cell, masked: bool, sequence: bool):
+    """(enter, elem): the state a step reads, and the elementwise part of a step."""
+    import jax.numpy as jnp
 
     def enter(carry, ctl_t):
         """The state the step reads: Caffe's h_{t−1} ← cont_t·h_{t−1} (c likewise)."""
@@ -768,6 +794,15 @@ def _recurrence(cell, masked: bool, sequence: bool, batched: bool, unroll: int, 
             return new, (jnp.where(m, new[0], 0) if sequence else None)
         return new, (new[0] if sequence else None)
 
+    return enter, elem
+
+
+def _scan_forward(enter, elem, mm, additive: bool, unroll: int):
+    """forward(gx, wh, bh, carry0, ctl, keep) → (final state, outputs, and with `keep` the
+    states read and the pre-activations saved for the backward)."""
+    import jax
+    import jax.numpy as jnp
+
     def forward(gx, wh, bh, carry0, ctl, keep):
         def body(carry, xs):
             gx_t, ctl_t = xs
@@ -783,13 +818,14 @@ def _recurrence(cell, masked: bool, sequence: bool, batched: bool, unroll: int, 
 
         return jax.lax.scan(body, carry0, (gx, ctl), unroll=unroll)
 
-    @jax.custom_vjp
-    def run(gx, wh, bh, carry0, ctl, cuts):
-        return forward(gx, wh, bh, carry0, ctl, False)  # cuts only change the gradient
+    return forward
 
-    def run_fwd(gx, wh, bh, carry0, ctl, cuts):
-        final, (ys, ceffs, zrs) = forward(gx, wh, bh, carry0, ctl, True)
-        return (final, ys), (gx, wh, bh, ctl, cuts, ceffs, zrs)
+
+def _scan_backward(elem, mm_t, masked: bool, batched: bool, unroll: int, additive: bool):
+    """The custom VJP's backward: a reverse scan carrying the state's gradient alone, then the
+    recurrent weights' gradient as one deep matmul."""
+    import jax
+    import jax.numpy as jnp
 
     def run_bwd(res, cotangents):
         gx, wh, bh, ctl, cuts, ceffs, zrs = res
@@ -817,19 +853,26 @@ def _recurrence(cell, masked: bool, sequence: bool, batched: bool, unroll: int, 
                                             reverse=True, unroll=unroll)
         if additive:
             dgx = dzrs
-        h = ceffs[0]
-        if batched:  # D × (T·N) × …: one deep matmul per direction
-            d = h.shape[1]
-            h = jnp.swapaxes(h, 0, 1).reshape(d, -1, h.shape[-1])
-            dwh = jnp.einsum("dkg,dkh->dgh", jnp.swapaxes(dzrs, 0, 1).reshape(d, -1, dzrs.shape[-1]), h)
-        else:
-            dwh = dzrs.reshape(-1, dzrs.shape[-1]).T @ h.reshape(-1, h.shape[-1])
-        dbh = None
-        if bh is not None:
-            dbh = jnp.sum(dzrs, axis=(0, 2) if batched else (0, 1)).reshape(bh.shape)
+        dwh, dbh = _recurrent_grads(dzrs, ceffs[0], bh, batched)
         zeros = None if ctl is None else jnp.zeros_like(ctl)
         dcuts = None if cuts is None else jnp.zeros_like(cuts)
         return dgx, dwh, dbh, dcarry0, zeros, dcuts
 
-    run.defvjp(run_fwd, run_bwd)
-    return run
+    return run_bwd
+
+
+def _recurrent_grads(dzrs, h, bh, batched: bool):
+    """(dW_h, db_h or None): the saved states h (T×[D×]N×H) against the saved dz, one
+    (T·N)-deep matmul (per direction)."""
+    import jax.numpy as jnp
+
+    if batched:  # D × (T·N) × …: one deep matmul per direction
+        d = h.shape[1]
+        h = jnp.swapaxes(h, 0, 1).reshape(d, -1, h.shape[-1])
+        dwh = jnp.einsum("dkg,dkh->dgh", jnp.swapaxes(dzrs, 0, 1).reshape(d, -1, dzrs.shape[-1]), h)
+    else:
+        dwh = dzrs.reshape(-1, dzrs.shape[-1]).T @ h.reshape(-1, h.shape[-1])
+    dbh = None
+    if bh is not None:
+        dbh = jnp.sum(dzrs, axis=(0, 2) if batched else (0, 1)).reshape(bh.shape)
+    return dwh, dbh

@@ -303,61 +303,84 @@ def map_state_dict(tensors: dict[str, np.ndarray], tmap: TorchMap, plans
     misfit: set[tuple[str, str]] = set()  # blobs a mis-shaped tensor was meant for (listed once)
     ignored = []
     for raw, value in tensors.items():
-        key = raw
-        for prefix in tmap.strip_prefix:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-                break
-        status, layer, role = _route(key, tmap, layers)
-        shape = tuple(value.shape)
+        status, layer, role = _route(_strip_prefix(raw, tmap.strip_prefix), tmap, layers)
         if status == "ignore":
             ignored.append(raw)
             continue
-        if status == "unmapped":
-            if layer is None:
-                report.unmapped.append(f"{raw} ({_fmt(shape)}): no rule of {tmap.source} maps it")
-            elif role is not None:
-                report.unmapped.append(f"{raw} ({_fmt(shape)}): a BatchNorm rule maps it to "
-                                       f"{layer}, which have no blob for '{role}'")
-            else:
-                report.unmapped.append(f"{raw} ({_fmt(shape)}): mapped to layer {layer}, which "
-                                       "the net does not have")
-            continue
-        if role not in layers[layer]:
-            have = ", ".join(layers[layer]) or "none"
-            report.unmapped.append(f"{raw} ({_fmt(shape)}): mapped to {layer}/{role}, but layer "
-                                   f"'{layer}' has no blob '{role}' (its blobs: {have})")
+        shape = tuple(value.shape)
+        problem = _unplaced(raw, shape, status, layer, role, tmap, layers, filled)
+        if problem is not None:
+            report.unmapped.append(problem)
             continue
         decl, unit = layers[layer][role]
-        want = tuple(int(d) for d in decl.shape)
-        target = f"{layer}/{role}"
-        if (layer, role) in filled:
-            report.unmapped.append(f"{raw} ({_fmt(shape)}): {target} already comes from "
-                                   f"{filled[(layer, role)]}")
-            continue
-        array = np.asarray(value)
-        if (shape != want and unit.type == "InnerProduct" and role == "weight"
-                and getattr(unit.p, "transpose", False) and shape[::-1] == want):
-            array = array.T  # a Linear's out×in into an InnerProduct that stores in×out
-        elif shape != want:
+        array, problem = _fitted(raw, value, f"{layer}/{role}", decl, unit, role)
+        if problem is not None:
             misfit.add((layer, role))
-            report.mismatched.append(f"{raw} → {target}: shape {_fmt(shape)} in the state "
-                                     f"dict, {_fmt(want)} in the net")
-            continue
-        if not np.issubdtype(array.dtype, np.floating):
-            misfit.add((layer, role))
-            report.mismatched.append(f"{raw} → {target}: dtype {array.dtype}, not a float tensor")
+            report.mismatched.append(problem)
             continue
         filled[(layer, role)] = raw
-        (params if decl.learned else state).setdefault(layer, {})[role] = \
-            np.ascontiguousarray(array, dtype=np.float32)
-        report.loaded.append(f"{raw} → {target}")
-    # Caffe's BatchNorm divides its stored statistics by the scale factor: PyTorch's are final
+        (params if decl.learned else state).setdefault(layer, {})[role] = array
+        report.loaded.append(f"{raw} → {layer}/{role}")
+    _unit_scale_factors(layers, filled, state)
+    _note_ignored_and_missing(report, layers, filled, misfit, ignored)
+    return params, state, report
+
+
+def _strip_prefix(key: str, prefixes) -> str:
+    """`key` without the first of the map's strip_prefix entries it starts with."""
+    for prefix in prefixes:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _unplaced(raw, shape, status, layer, role, tmap, layers, filled) -> str | None:
+    """Why the tensor `raw`, routed to (`status`, `layer`, `role`), has no blob to go to; None
+    when it has one."""
+    if status == "unmapped":
+        if layer is None:
+            return f"{raw} ({_fmt(shape)}): no rule of {tmap.source} maps it"
+        if role is not None:
+            return (f"{raw} ({_fmt(shape)}): a BatchNorm rule maps it to "
+                    f"{layer}, which have no blob for '{role}'")
+        return f"{raw} ({_fmt(shape)}): mapped to layer {layer}, which the net does not have"
+    if role not in layers[layer]:
+        have = ", ".join(layers[layer]) or "none"
+        return (f"{raw} ({_fmt(shape)}): mapped to {layer}/{role}, but layer "
+                f"'{layer}' has no blob '{role}' (its blobs: {have})")
+    if (layer, role) in filled:
+        return f"{raw} ({_fmt(shape)}): {layer}/{role} already comes from {filled[(layer, role)]}"
+    return None
+
+
+def _fitted(raw, value, target, decl, unit, role) -> tuple[np.ndarray | None, str | None]:
+    """(the tensor as the blob's float32 array, None), or (None, why its shape or dtype do not
+    fit the blob)."""
+    shape = tuple(value.shape)
+    want = tuple(int(d) for d in decl.shape)
+    array = np.asarray(value)
+    if (shape != want and unit.type == "InnerProduct" and role == "weight"
+            and getattr(unit.p, "transpose", False) and shape[::-1] == want):
+        array = array.T  # a Linear's out×in into an InnerProduct that stores in×out
+    elif shape != want:
+        return None, (f"{raw} → {target}: shape {_fmt(shape)} in the state "
+                      f"dict, {_fmt(want)} in the net")
+    if not np.issubdtype(array.dtype, np.floating):
+        return None, f"{raw} → {target}: dtype {array.dtype}, not a float tensor"
+    return np.ascontiguousarray(array, dtype=np.float32), None
+
+
+def _unit_scale_factors(layers, filled, state) -> None:
+    """Caffe's BatchNorm divides its stored statistics by the scale factor: PyTorch's are final,
+    so a BatchNorm whose statistics were imported gets scale factor 1."""
     for layer, roles in layers.items():
         if {"mean", "variance", "scale_factor"} <= set(roles) and (layer, "mean") in filled:
             state.setdefault(layer, {})["scale_factor"] = np.ones(roles["scale_factor"][0].shape,
                                                                   np.float32)
             filled[(layer, "scale_factor")] = "(1: PyTorch's statistics are stored as they are)"
+
+
+def _note_ignored_and_missing(report, layers, filled, misfit, ignored) -> None:
     if ignored:
         report.notes.append(f"{len(ignored)} tensor(s) skipped by the map's ignore rules "
                             f"(e.g. {ignored[0]}: PyTorch's BatchNorm batch counter, not a weight)"
@@ -368,7 +391,6 @@ def map_state_dict(tensors: dict[str, np.ndarray], tmap: TorchMap, plans
             if (layer, role) not in filled and (layer, role) not in misfit:
                 report.missing.append(f"{layer}/{role} ({_fmt(decl.shape)}): no tensor of the "
                                       "state dict fills it")
-    return params, state, report
 
 
 def import_torch_weights(spec: str, state_path: str, map_name: str, out: str | None,

@@ -204,16 +204,9 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
 
     from netc.compiler.lower import lower
     from netc.runtime.context import load_context
-    from netc.runtime.trainer import make_train_step
 
     ctx = load_context(spec_path)
-    plan = ctx.plan(phase, batch)
-    bad = [b for b in plan.inputs if any(isinstance(d, str) for d in plan.blobs[b])]
-    if bad:
-        raise RunError(f"{spec_path}: the {phase} net's batch is symbolic (input "
-                       f"'{bad[0]}'); give --batch N to time it")
-    if not any(not pl.unit.is_data for pl in plan.layers):
-        raise RunError(f"{spec_path}: the {phase} net has no layer to time")
+    plan = _timed_plan(ctx, spec_path, phase, batch)
     net = lower(plan)
     train = phase == "TRAIN"
     root = jax.random.PRNGKey(seed)
@@ -221,24 +214,11 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
     inputs = jax.device_put(_inputs(plan, seed))
     key = jax.random.fold_in(root, 2)
     apply = jax.jit(lambda p, s, x, k: net.apply(p, s, x, rng=k, train=train))
-    blobs = dict(inputs)  # each layer reads what the layers before it wrote, as Net.apply does
 
     b = plan.batch_size
     result = Timing(spec_path, phase, int(b) if isinstance(b, int) else 0, iterations,
                     jax.default_backend())
-    todo = [pl for pl in plan.layers if not pl.unit.is_data]
-    for k, pl in enumerate(todo):
-        if progress is not None:
-            progress.write(f"\rtiming layer {k + 1}/{len(todo)}: {pl.name}\x1b[K")
-            progress.flush()
-        lk = jax.random.fold_in(key, net._rng_index[pl.name])
-        result.layers.append(_time_layer(pl, blobs, params, state, train, lk, iterations))
-    result.layers_forward_ms = sum(t.forward_ms or 0.0 for t in result.layers)
-    result.layers_backward_ms = sum(t.backward_ms or 0.0 for t in result.layers)
-    total = result.layers_forward_ms + result.layers_backward_ms
-    for t in result.layers:
-        t.share = ((t.forward_ms or 0.0) + (t.backward_ms or 0.0)) / total if total > 0 else 0.0
-
+    _time_layers(result, plan, net, (params, state, inputs), train, key, progress)
     if progress is not None:
         progress.write("\rtiming the whole forward and train step\x1b[K")
         progress.flush()
@@ -247,8 +227,51 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
         result.train_step_note = (f"the {phase} net has no loss" if phase == "TRAIN" else
                                   f"the {phase} net is not trained") + ": no train step to time"
         return result
+    _time_train_step(result, ctx, net, (params, state, inputs), jax.random.fold_in(root, 3))
+    return result
+
+
+def _timed_plan(ctx, spec_path: str, phase: str, batch: int | None):
+    """The `phase` net's plan; RunError when its batch is symbolic or it has no layer to time."""
+    plan = ctx.plan(phase, batch)
+    bad = [b for b in plan.inputs if any(isinstance(d, str) for d in plan.blobs[b])]
+    if bad:
+        raise RunError(f"{spec_path}: the {phase} net's batch is symbolic (input "
+                       f"'{bad[0]}'); give --batch N to time it")
+    if not any(not pl.unit.is_data for pl in plan.layers):
+        raise RunError(f"{spec_path}: the {phase} net has no layer to time")
+    return plan
+
+
+def _time_layers(result: Timing, plan, net, arrays, train: bool, key, progress) -> None:
+    """Each non-data layer's forward and backward, in order, and their shares of the sum."""
+    import jax
+
+    params, state, inputs = arrays
+    blobs = dict(inputs)  # each layer reads what the layers before it wrote, as Net.apply does
+    todo = [pl for pl in plan.layers if not pl.unit.is_data]
+    for k, pl in enumerate(todo):
+        if progress is not None:
+            progress.write(f"\rtiming layer {k + 1}/{len(todo)}: {pl.name}\x1b[K")
+            progress.flush()
+        lk = jax.random.fold_in(key, net._rng_index[pl.name])
+        result.layers.append(_time_layer(pl, blobs, params, state, train, lk, result.iterations))
+    result.layers_forward_ms = sum(t.forward_ms or 0.0 for t in result.layers)
+    result.layers_backward_ms = sum(t.backward_ms or 0.0 for t in result.layers)
+    total = result.layers_forward_ms + result.layers_backward_ms
+    for t in result.layers:
+        t.share = ((t.forward_ms or 0.0) + (t.backward_ms or 0.0)) / total if total > 0 else 0.0
+
+
+def _time_train_step(result: Timing, ctx, net, arrays, key) -> None:
+    """One whole train step (the spec's optimizer, one batch): its first call and its median."""
+    import jax
+
+    from netc.runtime.trainer import make_train_step
+
+    params, state, inputs = arrays
     optimizer, which = _optimizer(ctx, net)
-    step = make_train_step(net, optimizer, 1, jax.random.fold_in(root, 3))
+    step = make_train_step(net, optimizer, 1, key)
     carry = [jax.tree_util.tree_map(lambda x: x.copy(), params),
              jax.tree_util.tree_map(lambda x: x.copy(), state), optimizer.init(params)]
     it = [0]
@@ -262,10 +285,9 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
     t0 = time.perf_counter()
     jax.block_until_ready(one())
     result.train_step_first_call_s = time.perf_counter() - t0
-    result.train_step_ms = _median_ms(one, iterations)
+    result.train_step_ms = _median_ms(one, result.iterations)
     result.train_step_note = f"one batch, {which}" + (" (iter_size 1)" if ctx.solver is not None
                                                       and int(ctx.solver.iter_size) > 1 else "")
-    return result
 
 
 def _fmt(ms: float | None) -> str:

@@ -509,14 +509,7 @@ def save_checkpoint(
     committed before the JSON, each atomically; see the module docstring.
     """
     _check_stem(stem)
-    if iteration is None:
-        if "iteration" not in meta:
-            raise ValueError("save_checkpoint needs an iteration (argument or meta['iteration'])")
-        iteration = meta["iteration"]
-    if isinstance(iteration, np.integer):
-        iteration = int(iteration)
-    if not isinstance(iteration, int) or isinstance(iteration, bool):
-        raise TypeError(f"iteration must be an int, got {iteration!r}")
+    iteration = _checked_iteration(iteration, meta)
     meta = dict(meta)
     meta.setdefault("iteration", iteration)
     # Fail on non-serialisable metadata before touching the disk.
@@ -555,6 +548,19 @@ def save_checkpoint(
     }
     write_json_atomic(json_path, record)
     return json_path
+
+
+def _checked_iteration(iteration: Any, meta: Mapping[str, Any]) -> int:
+    """save_checkpoint's iteration: the argument, else meta's; an int (numpy's converted)."""
+    if iteration is None:
+        if "iteration" not in meta:
+            raise ValueError("save_checkpoint needs an iteration (argument or meta['iteration'])")
+        iteration = meta["iteration"]
+    if isinstance(iteration, np.integer):
+        iteration = int(iteration)
+    if not isinstance(iteration, int) or isinstance(iteration, bool):
+        raise TypeError(f"iteration must be an int, got {iteration!r}")
+    return iteration
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -118,24 +118,8 @@ class Net:
                     elif outputs is None:  # the whole net needs every input
                         raise LoweringError(f"input blob '{t}' (from layer '{pl.name}') was not given")
                 continue
-            bottoms = []
-            for b in pl.bottoms:
-                if b not in blobs:
-                    raise LoweringError(f"input blob '{b}' (needed by layer '{pl.name}') was "
-                                        "not given")
-                bottoms.append(blobs[b])
-            if pl.unit.is_loss or pl.unit.is_metric:  # in float32 under mixed precision
-                bottoms = [wide(x) for x in bottoms]
-            if pl.unit.spec.propagate_down:
-                bottoms = [x if pd else jax.lax.stop_gradient(x)
-                           for x, pd in zip(bottoms, pl.unit.spec.propagate_down)]
-            p = {}
-            for role, (owner, orole) in pl.param_owner.items():
-                decl = pl.params[role]
-                src = params if decl.learned else state
-                if decl.carry and orole not in src.get(owner, {}):
-                    continue  # no carried state given: the layer starts from zeros (an export)
-                p[role] = src[owner][orole]
+            bottoms = _bottoms(pl, blobs)
+            p = _layer_params(pl, params, state)
             layer_rng = jax.random.fold_in(rng, self._rng_index[pl.name]) if rng is not None else None
             if train and pl.name in self._weight_noise:
                 p = self._noisy(pl, p, layer_rng)
@@ -216,6 +200,37 @@ class Net:
     def metric_blobs(self) -> list[str]:
         """Scalar outputs worth reporting (losses, accuracies): Caffe prints every net output."""
         return self.plan.scalar_outputs()
+
+
+def _bottoms(pl, blobs: dict) -> list:
+    """The layer's bottoms as it reads them: float32 for losses and metrics (mixed precision),
+    gradients stopped where propagate_down says false."""
+    import jax
+
+    bottoms = []
+    for b in pl.bottoms:
+        if b not in blobs:
+            raise LoweringError(f"input blob '{b}' (needed by layer '{pl.name}') was "
+                                "not given")
+        bottoms.append(blobs[b])
+    if pl.unit.is_loss or pl.unit.is_metric:  # in float32 under mixed precision
+        bottoms = [wide(x) for x in bottoms]
+    if pl.unit.spec.propagate_down:
+        bottoms = [x if pd else jax.lax.stop_gradient(x)
+                   for x, pd in zip(bottoms, pl.unit.spec.propagate_down)]
+    return bottoms
+
+
+def _layer_params(pl, params: dict, state: dict) -> dict:
+    """{role: array} of the layer's blobs, shared ones read from their owner."""
+    p = {}
+    for role, (owner, orole) in pl.param_owner.items():
+        decl = pl.params[role]
+        src = params if decl.learned else state
+        if decl.carry and orole not in src.get(owner, {}):
+            continue  # no carried state given: the layer starts from zeros (an export)
+        p[role] = src[owner][orole]
+    return p
 
 
 def _prune(layers: list[PlannedLayer], given: set[str], outputs) -> list[PlannedLayer]:

@@ -220,6 +220,63 @@ def test_lenet_shapes_match_eval_shape(phase):
 LEGIT = ("output would be empty",)
 
 
+def _random_layer(draw, i: int, shapes: dict) -> dict:
+    """Layer l{i} on a drawn blob of `shapes`, of a kind and with parameters that fit it."""
+    name = f"l{i}"
+    blob = draw(st.sampled_from(sorted(shapes)))
+    s = shapes[blob]
+    spatial = len(s) - 2
+    kinds = ["ReLU", "Softmax", "Dropout", "Split", "Flatten", "Reshape", "InnerProduct"]
+    if spatial >= 1:
+        kinds += ["Convolution", "Convolution", "Pooling", "Pooling"]
+    same = sorted(b for b in shapes if shapes[b] == s)
+    concat_ok = sorted(b for b in shapes if len(shapes[b]) == len(s)
+                       and shapes[b][0] == s[0] and shapes[b][2:] == s[2:])
+    kinds += ["Eltwise"] * 3 * (len(same) > 1) + ["Concat"] * 3 * (len(concat_ok) > 1)
+    kind = draw(st.sampled_from(kinds))
+    top = f"b{i}"
+    layer = {"name": name, "type": kind, "bottom": [blob], "top": [top]}
+    if kind in ("ReLU", "Dropout"):
+        if draw(st.booleans()):
+            layer["top"] = [blob]  # in place
+    elif kind == "Softmax":
+        layer["softmax_param"] = {"axis": draw(st.integers(-len(s), len(s) - 1))}
+    elif kind == "Split":
+        layer["top"] = [f"b{i}_{j}" for j in range(draw(st.integers(1, 3)))]
+    elif kind == "Flatten":
+        a = draw(st.integers(0, len(s) - 1))
+        layer["flatten_param"] = {"axis": a, "end_axis": draw(st.integers(a, len(s) - 1))}
+    elif kind == "Reshape":
+        layer["reshape_param"] = {"shape": {"dim": [0, -1]}}
+    elif kind == "InnerProduct":
+        layer["inner_product_param"] = {"num_output": draw(st.integers(1, 6)),
+                                        "axis": draw(st.integers(1, len(s) - 1))}
+    elif kind == "Convolution":
+        g = draw(st.sampled_from([g for g in (1, 2) if s[1] % g == 0]))
+        layer["convolution_param"] = {
+            "num_output": g * draw(st.integers(1, 3)), "group": g,
+            "kernel_size": [draw(st.integers(1, 3))], "stride": [draw(st.integers(1, 2))],
+            "pad": [draw(st.integers(0, 1))], "dilation": [draw(st.integers(1, 2))]}
+    elif kind == "Pooling":
+        k = draw(st.integers(1, 3))
+        if draw(st.integers(0, 5)) == 0:
+            layer["pooling_param"] = {"pool": draw(st.sampled_from(["MAX", "AVE"])),
+                                      "global_pooling": True}
+        else:
+            layer["pooling_param"] = {
+                "pool": draw(st.sampled_from(["MAX", "AVE"])), "kernel_size": [k],
+                "stride": [draw(st.integers(1, 3))], "pad": [draw(st.integers(0, k - 1))],
+                "round_mode": draw(st.sampled_from(["CEIL", "FLOOR"]))}
+    elif kind == "Eltwise":
+        bots = draw(st.lists(st.sampled_from(same), min_size=2, max_size=3))
+        layer["bottom"] = bots
+        op = draw(st.sampled_from(["SUM", "PROD", "MAX"]))
+        layer["eltwise_param"] = {"operation": op}
+    elif kind == "Concat":
+        layer["bottom"] = draw(st.lists(st.sampled_from(concat_ok), min_size=2, max_size=3))
+    return layer
+
+
 @st.composite
 def random_net(draw):
     """A random DAG grown one layer at a time; each new layer is shaped from the plan's current
@@ -230,59 +287,7 @@ def random_net(draw):
     layers = [inp("data", *shape)]
     shapes = {"data": tuple(shape)}
     for i in range(draw(st.integers(2, 8))):
-        name = f"l{i}"
-        blob = draw(st.sampled_from(sorted(shapes)))
-        s = shapes[blob]
-        spatial = len(s) - 2
-        kinds = ["ReLU", "Softmax", "Dropout", "Split", "Flatten", "Reshape", "InnerProduct"]
-        if spatial >= 1:
-            kinds += ["Convolution", "Convolution", "Pooling", "Pooling"]
-        same = sorted(b for b in shapes if shapes[b] == s)
-        concat_ok = sorted(b for b in shapes if len(shapes[b]) == len(s)
-                           and shapes[b][0] == s[0] and shapes[b][2:] == s[2:])
-        kinds += ["Eltwise"] * 3 * (len(same) > 1) + ["Concat"] * 3 * (len(concat_ok) > 1)
-        kind = draw(st.sampled_from(kinds))
-        top = f"b{i}"
-        layer = {"name": name, "type": kind, "bottom": [blob], "top": [top]}
-        if kind in ("ReLU", "Dropout"):
-            if draw(st.booleans()):
-                layer["top"] = [blob]  # in place
-        elif kind == "Softmax":
-            layer["softmax_param"] = {"axis": draw(st.integers(-len(s), len(s) - 1))}
-        elif kind == "Split":
-            layer["top"] = [f"b{i}_{j}" for j in range(draw(st.integers(1, 3)))]
-        elif kind == "Flatten":
-            a = draw(st.integers(0, len(s) - 1))
-            layer["flatten_param"] = {"axis": a, "end_axis": draw(st.integers(a, len(s) - 1))}
-        elif kind == "Reshape":
-            layer["reshape_param"] = {"shape": {"dim": [0, -1]}}
-        elif kind == "InnerProduct":
-            layer["inner_product_param"] = {"num_output": draw(st.integers(1, 6)),
-                                            "axis": draw(st.integers(1, len(s) - 1))}
-        elif kind == "Convolution":
-            g = draw(st.sampled_from([g for g in (1, 2) if s[1] % g == 0]))
-            layer["convolution_param"] = {
-                "num_output": g * draw(st.integers(1, 3)), "group": g,
-                "kernel_size": [draw(st.integers(1, 3))], "stride": [draw(st.integers(1, 2))],
-                "pad": [draw(st.integers(0, 1))], "dilation": [draw(st.integers(1, 2))]}
-        elif kind == "Pooling":
-            k = draw(st.integers(1, 3))
-            if draw(st.integers(0, 5)) == 0:
-                layer["pooling_param"] = {"pool": draw(st.sampled_from(["MAX", "AVE"])),
-                                          "global_pooling": True}
-            else:
-                layer["pooling_param"] = {
-                    "pool": draw(st.sampled_from(["MAX", "AVE"])), "kernel_size": [k],
-                    "stride": [draw(st.integers(1, 3))], "pad": [draw(st.integers(0, k - 1))],
-                    "round_mode": draw(st.sampled_from(["CEIL", "FLOOR"]))}
-        elif kind == "Eltwise":
-            bots = draw(st.lists(st.sampled_from(same), min_size=2, max_size=3))
-            layer["bottom"] = bots
-            op = draw(st.sampled_from(["SUM", "PROD", "MAX"]))
-            layer["eltwise_param"] = {"operation": op}
-        elif kind == "Concat":
-            layer["bottom"] = draw(st.lists(st.sampled_from(concat_ok), min_size=2, max_size=3))
-        layers.append(layer)
+        layers.append(_random_layer(draw, i, shapes))
         spec = parse(layers)
         p = plan(spec, NetState(phase="TRAIN"))
         errors = [d.format() for d in spec.diagnostics.errors]

@@ -396,34 +396,8 @@ class _Recurrent(Layer):
             x = jnp.swapaxes(x, 0, 1)
         T, N = x.shape[0], x.shape[1]
         x = x.reshape(T, N, -1).astype(dt)
-        LD = g.L * g.D
-
-        # the per-step control, time-major T×N, no gradient
-        cont = mask = None
-        if g.seq is not None:
-            s = jax.lax.stop_gradient(bottoms[g.seq])
-            if p.sequence_input == "LENGTHS":
-                mask = jnp.arange(T)[:, None] < s.reshape(1, N)
-            else:
-                s = jnp.swapaxes(s, 0, 1) if p.batch_first else s
-                if p.sequence_input == "MASK":
-                    mask = s != 0
-                else:
-                    cont = s.astype(dt)
-
-        # the initial states (L·D)×N×H
-        zeros = jnp.zeros((LD, N, g.H), dt)
-        if g.h0 is not None:
-            init = [bottoms[g.h0 + j].astype(dt) for j in range(self.n_states)]
-        elif g.carry and "carry_h" in params:
-            # Caffe's carried h_T: forward directions continue from it (cont = 0 resets it);
-            # a reverse direction starts at the batch's last step, from zeros
-            fwd = (jnp.arange(LD) % g.D == 0)[:, None, None]
-            init = [jnp.where(fwd, jax.lax.stop_gradient(params[name]).astype(dt), 0)
-                    for name in ["carry_h", "carry_c"][:self.n_states]]
-        else:
-            init = [zeros] * self.n_states
-
+        cont, mask = self._step_control(g, bottoms, T, N, dt)
+        init = self._initial_states(g, params, bottoms, N, dt)
         static = None
         if g.static is not None:
             static = bottoms[g.static].reshape(N, -1).astype(dt)
@@ -464,44 +438,56 @@ class _Recurrent(Layer):
                 ctx.new_state[name] = jax.lax.stop_gradient(st).astype(params[name].dtype)
         return [y] + (hT if p.expose_hidden else [])
 
+    def _step_control(self, g: Recurrence, bottoms, T: int, N: int, dt):
+        """(cont, mask): the per-step control, time-major T×N, no gradient; None where absent."""
+        import jax
+        import jax.numpy as jnp
+
+        p = self.p
+        cont = mask = None
+        if g.seq is not None:
+            s = jax.lax.stop_gradient(bottoms[g.seq])
+            if p.sequence_input == "LENGTHS":
+                mask = jnp.arange(T)[:, None] < s.reshape(1, N)
+            else:
+                s = jnp.swapaxes(s, 0, 1) if p.batch_first else s
+                if p.sequence_input == "MASK":
+                    mask = s != 0
+                else:
+                    cont = s.astype(dt)
+        return cont, mask
+
+    def _initial_states(self, g: Recurrence, params, bottoms, N: int, dt) -> list:
+        """The initial states (L·D)×N×H: the h0 (c0) bottoms, the carried state, or zeros."""
+        import jax
+        import jax.numpy as jnp
+
+        LD = g.L * g.D
+        zeros = jnp.zeros((LD, N, g.H), dt)
+        if g.h0 is not None:
+            return [bottoms[g.h0 + j].astype(dt) for j in range(self.n_states)]
+        if g.carry and "carry_h" in params:
+            # Caffe's carried h_T: forward directions continue from it (cont = 0 resets it);
+            # a reverse direction starts at the batch's last step, from zeros
+            fwd = (jnp.arange(LD) % g.D == 0)[:, None, None]
+            return [jnp.where(fwd, jax.lax.stop_gradient(params[name]).astype(dt), 0)
+                    for name in ["carry_h", "carry_c"][:self.n_states]]
+        return [zeros] * self.n_states
+
     def _layer(self, params, layer, g: Recurrence, inp, h0, cont, mask, static, dt, *, sequence,
                weight_rng=None):
         """One stacked layer, both directions in one scan. Returns (per-direction outputs —
         T×N×H sequences, or N×H at the last valid step —, final states D×N×H). `weight_rng`:
         draw the weight_dropout mask of each direction's W_h from it."""
-        import jax
         import jax.numpy as jnp
 
         p = self.p
         T, N = inp.shape[0], inp.shape[1]
         D = g.D
-        wx, b, ws, wh = self.roles
         sfxs = [(f"_l{layer}" if layer else "") + ("_reverse" if d else "") for d in range(D)]
-        gxs, whs = [], []
-        for d, sfx in enumerate(sfxs):
-            src = inp[::-1] if d else inp  # a reverse direction sees time reversed
-            gx = src @ params[wx + sfx].astype(dt).T + params[b + sfx].astype(dt)
-            if static is not None:
-                gx = gx + (static @ params[ws + sfx].astype(dt).T)[None]
-            gxs.append(gx)
-            w = params[wh + sfx].astype(dt)  # G × H, Caffe's layout
-            if weight_rng is not None:
-                q = p.weight_dropout
-                keep = jax.random.bernoulli(jax.random.fold_in(weight_rng, d), 1 - q, w.shape)
-                w = jnp.where(keep, w / (1 - q), 0).astype(dt)
-            whs.append(w)
+        gxs, whs = self._projections(params, sfxs, inp, static, dt, weight_rng)
         biases = [self._recurrent_bias(params, sfx, dt) for sfx in sfxs]
-
-        # per-step control of each direction, in its processing order
-        ctl = None
-        if cont is not None:
-            # forward: the state is multiplied by cont_t before step t; reverse (processing t =
-            # T−1 … 0): by cont_{t+1} — reset where the next step starts a new sequence
-            per = [cont] + ([jnp.concatenate([jnp.ones((1, N), dt), cont[::-1][:-1]])]
-                            if D == 2 else [])
-            ctl = per
-        elif mask is not None:
-            ctl = [mask] + ([mask[::-1]] if D == 2 else [])
+        ctl = _direction_control(cont, mask, D, N, dt)
         cuts = None
         k = p.bptt_steps
         if k and k < T:
@@ -531,10 +517,39 @@ class _Recurrent(Layer):
                                          sequence, batched)
         if D == 1:
             final = tuple(f[None] for f in final)
+        return self._outputs(params, sfxs, ys, final, mask, sequence, dt), list(final)
+
+    def _projections(self, params, sfxs, inp, static, dt, weight_rng):
+        """Each direction's input projections gx (T×N×G, in its processing order) and recurrent
+        weights W_h (G×H, Caffe's layout; weight_dropout applied when `weight_rng`)."""
+        import jax
+        import jax.numpy as jnp
+
+        wx, b, ws, wh = self.roles
+        gxs, whs = [], []
+        for d, sfx in enumerate(sfxs):
+            src = inp[::-1] if d else inp  # a reverse direction sees time reversed
+            gx = src @ params[wx + sfx].astype(dt).T + params[b + sfx].astype(dt)
+            if static is not None:
+                gx = gx + (static @ params[ws + sfx].astype(dt).T)[None]
+            gxs.append(gx)
+            w = params[wh + sfx].astype(dt)  # G × H, Caffe's layout
+            if weight_rng is not None:
+                q = self.p.weight_dropout
+                keep = jax.random.bernoulli(jax.random.fold_in(weight_rng, d), 1 - q, w.shape)
+                w = jnp.where(keep, w / (1 - q), 0).astype(dt)
+            whs.append(w)
+        return gxs, whs
+
+    def _outputs(self, params, sfxs, ys, final, mask, sequence: bool, dt) -> list:
+        """Each direction's output: its T×N×H sequence in time order, or (LAST) its N×H final
+        state."""
+        import jax.numpy as jnp
+
         outs = []
         for d, sfx in enumerate(sfxs):
             if sequence:
-                h = ys if D == 1 else ys[:, d]
+                h = ys if len(sfxs) == 1 else ys[:, d]
                 if d:
                     h = h[::-1]
                 valid = None if mask is None else mask[..., None]
@@ -544,7 +559,7 @@ class _Recurrent(Layer):
                 # is the final state; a sequence with no valid step gives 0
                 valid = None if mask is None else jnp.any(mask, axis=0)[:, None]
             outs.append(self._output(params, sfx, h, valid, dt))
-        return outs, list(final)
+        return outs
 
     # --- the recurrence ------------------------------------------------------------------------
     # Every cell but GRU's reset-before does ONE recurrent matmul per step, zr = h·W_hᵀ (+ b_hg),
@@ -724,6 +739,20 @@ recurrent_param:
         if self.p.output_layer:  # Caffe's o_t, for every step at once outside the scan
             h = jnp.tanh(h @ params["W_ho" + sfx].astype(dt).T + params["b_o" + sfx].astype(dt))
         return h if valid is None else jnp.where(valid, h, 0)
+
+
+def _direction_control(cont, mask, D: int, N: int, dt):
+    """The per-step control of each direction, in its processing order (None: none)."""
+    import jax.numpy as jnp
+
+    if cont is not None:
+        # forward: the state is multiplied by cont_t before step t; reverse (processing t =
+        # T−1 … 0): by cont_{t+1} — reset where the next step starts a new sequence
+        return [cont] + ([jnp.concatenate([jnp.ones((1, N), dt), cont[::-1][:-1]])]
+                         if D == 2 else [])
+    if mask is not None:
+        return [mask] + ([mask[::-1]] if D == 2 else [])
+    return None
 
 
 def _recurrence(cell, masked: bool, sequence: bool, batched: bool, unroll: int, additive: bool):

@@ -208,6 +208,15 @@ class _Recurrent(Layer):
         nb = len(self.spec.bottom)
         return [(nb - self.n_states + j, 1 + j) for j in range(self.n_states)]
 
+    def _check_tops(self, want_tops: int) -> None:
+        """y, and with expose_hidden hT (and cT)."""
+        p = self.p
+        if len(self.spec.top) != want_tops:
+            names = ["y"] + (["hT", "cT"][:self.n_states] if p.expose_hidden else [])
+            raise SpecError(f"produces {want_tops} top{'s' if want_tops > 1 else ''} "
+                            f"({', '.join(names)}){' with expose_hidden' if p.expose_hidden else ''}"
+                            f", got {len(self.spec.top)}", ("top",))
+
     def _geometry(self, bottoms: list[Shape]) -> Recurrence:
         p = self.p
         nb = len(bottoms)
@@ -220,12 +229,7 @@ class _Recurrent(Layer):
                             f"{' and expose_hidden' if p.expose_hidden else ''}, got {nb}",
                             ("bottom",))
         static = nb == base + hidden + 1
-        want_tops = 1 + hidden
-        if len(self.spec.top) != want_tops:
-            names = ["y"] + (["hT", "cT"][:self.n_states] if p.expose_hidden else [])
-            raise SpecError(f"produces {want_tops} top{'s' if want_tops > 1 else ''} "
-                            f"({', '.join(names)}){' with expose_hidden' if p.expose_hidden else ''}"
-                            f", got {len(self.spec.top)}", ("top",))
+        self._check_tops(1 + hidden)
         x = tuple(bottoms[0])
         order = "N×T×… (batch_first)" if p.batch_first else "T×N×… (time-major)"
         if len(x) < 2:

@@ -180,6 +180,7 @@ def evaluate(eval_fn, params: dict, state: dict, feeds: list[DataFeed], iteratio
     initial carry) at every call. `collect(outputs)`, if given, receives each batch's other
     outputs (those an eval_fn made with `extra` returns: netc test's predictions)."""
     import jax
+    import numpy as np
 
     streams = [f.stream(seed, prefetch=2) for f in feeds]
     sums: dict[str, float] = {}
@@ -193,9 +194,9 @@ def evaluate(eval_fn, params: dict, state: dict, feeds: list[DataFeed], iteratio
             pending.append(out)
         for out in pending:
             if collect is not None:
-                collect({k: v for k, v in out.items() if v.ndim})
+                collect({k: v for k, v in out.items() if np.ndim(v)})
             for k, v in out.items():
-                if not v.ndim:
+                if not np.ndim(v):
                     sums[k] = sums.get(k, 0.0) + float(v)
     finally:
         for s in streams:

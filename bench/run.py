@@ -178,7 +178,7 @@ def run_workload(w: Workload, contenders: list[str]) -> dict:
 
 
 CHILD = """
-import json, resource, sys
+import json, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 import run as bench
@@ -198,7 +198,9 @@ try:
     jax.block_until_ready(out)
 except NameError:
     pass
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over execve, so a child started by a
+# big parent would report the parent's peak
+peak = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print(json.dumps({"peak_rss": peak, "base_rss": base}))
 """
 
@@ -303,13 +305,18 @@ def main() -> None:
     ap.add_argument("--workloads", default="lenet,resnet18_cifar,mobilenet_v2_96,char_lstm")
     ap.add_argument("--contenders", default="netc,jax,torch,torch-cl,torch-compile")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="measure only the memory column again, into --out's RESULTS.json")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     contenders = args.contenders.split(",")
+    if args.memory_only:
+        return memory_only(args)
     report = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
               "quick": args.quick, "matmul_peak_gflop_s": matmul_peak(512 if args.quick else 4096),
               "workloads": {}}
     all_w = workloads(args.quick)
+    out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "cpu")
     for name in args.workloads.split(","):
         w = all_w[name]
         print(f"== {w.title}", flush=True)
@@ -318,14 +325,29 @@ def main() -> None:
             n: peak_memory(w, n, args.quick) for n in run["results"]}
         report["workloads"][name] = summarise(w, run, report["matmul_peak_gflop_s"],
                                               macs_per_sample(w.spec), memory)
+        write(report, out)  # after each workload: a long run stopped early keeps what it measured
     report["first_step"] = first_step(1 if args.quick else 2)
     report["check_resnet50_s"] = check_time(3 if args.quick else 10)
+    write(report, out)
+    print(markdown(report))
+    print(f"written: {out / 'RESULTS.json'}, {out / 'RESULTS.md'}")
+
+
+def memory_only(args) -> None:
     out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "cpu")
+    report = json.loads((out / "RESULTS.json").read_text())
+    all_w = workloads(args.quick)
+    for name, w in report["workloads"].items():
+        for contender, row in w["contenders"].items():
+            row["memory"] = peak_memory(all_w[name], contender, args.quick)
+            print(name, contender, row["memory"], flush=True)
+        write(report, out)
+
+
+def write(report: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "RESULTS.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "RESULTS.md").write_text(markdown(report))
-    print(markdown(report))
-    print(f"written: {out / 'RESULTS.json'}, {out / 'RESULTS.md'}")
 
 
 if __name__ == "__main__":

@@ -266,6 +266,17 @@ def _fmt(shape) -> str:
     return "×".join(str(d) for d in shape) if len(shape) else "scalar"
 
 
+def _fits(blob, want: tuple, kind: str, count: int) -> bool:
+    """Whether a caffemodel blob of its shape fills a net blob of shape `want`: the same shape, a
+    V1 blob's 4-D shape padded with leading 1s, or SegNet's BN 1×C×1×1 into Scale's C."""
+    if blob.shape == want:
+        return True
+    if blob.legacy and len(want) <= 4 and blob.shape == (1,) * (4 - len(want)) + want:
+        return True
+    squeezed = tuple(d for d in blob.shape if d != 1) == tuple(d for d in want if d != 1)
+    return kind == "BN" and squeezed and count == int(np.prod(want, dtype=np.int64))
+
+
 def caffemodel_to_tree(layers, plans) -> tuple[dict, dict, ImportReport]:
     """(params, state, report): the caffemodel's blobs placed by layer name into the net whose
     plans (one per phase; a layer in several is the same layer) are given."""
@@ -306,13 +317,7 @@ def caffemodel_to_tree(layers, plans) -> tuple[dict, dict, ImportReport]:
                 report.errors.append(f"{where}: shape {_fmt(blob.shape)} holds {count} values "
                                      f"but the blob has {blob.data.size}")
                 continue
-            ok = blob.shape == want
-            if not ok and blob.legacy and len(want) <= 4:
-                ok = blob.shape == (1,) * (4 - len(want)) + want
-            if not ok and kind == "BN":  # SegNet's 1×C×1×1 scale/shift into Scale's C
-                ok = tuple(d for d in blob.shape if d != 1) == tuple(d for d in want if d != 1) \
-                    and count == int(np.prod(want, dtype=np.int64))
-            if not ok:
+            if not _fits(blob, want, kind, count):
                 report.errors.append(f"{where}: shape {_fmt(blob.shape)} in the caffemodel, "
                                      f"{_fmt(want)} in the net")
                 continue

@@ -147,6 +147,57 @@ def compare(name, layer_spec, shapes, reference, rng, *, tops=None, label_inputs
     return net, outs
 
 
+def _case_layer(layer_spec: dict, i: int) -> dict:
+    """The layer of case i in a merged net: its name and blob names suffixed with `_i`."""
+    s = f"_{i}"
+    return dict(layer_spec, name=layer_spec["name"] + s,
+                bottom=[b + s for b in layer_spec.get("bottom", [])],
+                top=[t + s for t in layer_spec["top"]])
+
+
+def compare_many(cases, rng, *, rtol=RTOL, train=None, phase="TRAIN"):
+    """compare() for several independent cases in ONE net and ONE compiled program (XLA compiles
+    a program per net; the cases share nothing, so each output and gradient is the case's own).
+
+    cases: (name, layer_spec, shapes, reference) tuples, or with a 5th item, a dict of compare's
+    per-case keywords `tops`, `zero_grad`, `label_inputs` (by the case's own blob names) and
+    `before` (layers between the inputs and the layer under test, part of the reference)."""
+    cases = [c if len(c) == 5 else (*c, {}) for c in cases]
+    layers, shapes = [], {}
+    for i, (_, layer_spec, case_shapes, _, kw) in enumerate(cases):
+        layers += [_case_layer(lay, i) for lay in (*kw.get("before", ()), layer_spec)]
+        shapes.update({f"{k}_{i}": s for k, s in case_shapes.items()})
+    net = build([inputs_layer(shapes), *layers], phase=phase)
+    inputs = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    tops = []
+    for i, (_, layer_spec, _, _, kw) in enumerate(cases):
+        inputs.update({f"{k}_{i}": v for k, v in kw.get("label_inputs", {}).items()})
+        tops += [f"{t}_{i}" for t in kw.get("tops") or layer_spec["top"]]
+    params = random_params(net, rng)
+    cots = [rng.standard_normal(net.plan.blobs[t]).astype(np.float32) for t in tops]
+    outs, gp, gx = run_netc(net, params, inputs, tops, cots, train=train)
+    got = dict(zip(tops, outs))
+    cot_of = dict(zip(tops, cots))
+    for i, (name, layer_spec, case_shapes, reference, kw) in enumerate(cases):
+        s = f"_{i}"
+        labels = kw.get("label_inputs", {})
+        case_tops = list(kw.get("tops") or layer_spec["top"])
+        lp = params.get(layer_spec["name"] + s, {})
+        x = {k: inputs[k + s] for k in case_shapes}
+        routs, rgp, rgx = run_torch(reference, lp, x, [cot_of[t + s] for t in case_tops],
+                                    no_grad=tuple(labels))
+        for t, r in zip(case_tops, routs):
+            close(got[t + s], r, f"{name}: forward {t}", rtol)
+        for role in lp:
+            close(gp[layer_spec["name"] + s][role], rgp[role], f"{name}: d/d {role}", rtol)
+        for k in case_shapes:
+            if k in kw.get("zero_grad", ()) or k in labels:
+                assert not np.any(gx[k + s]), f"{name}: gradient reaches {k}, which must get none"
+            else:
+                close(gx[k + s], rgx[k], f"{name}: d/d input {k}", rtol)
+    return net
+
+
 def spatial_list(rng, n, lo, hi):
     """A Caffe repeated field: one value for every axis, or one per axis."""
     if rng.random() < 0.4:

@@ -16,7 +16,7 @@ import pytest
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from conftest import jit_fast
-from test_parity import build, close, compare, inputs_layer, run_torch  # noqa: E402
+from test_parity import build, close, compare_many, inputs_layer, run_torch  # noqa: E402
 
 import netc.compiler.layers.norm  # noqa: E402, F401 - registers the units
 
@@ -69,7 +69,7 @@ def _activation_case(kind, rng):
         return ({"gelu_param": {"approximate": approx}},
                 lambda x: F.gelu(x, approximate="tanh" if approx else "none"))
     if kind == "ReLU6":
-        return {}, lambda x: F.relu6(3 * x)  # scaled below so that both clips are exercised
+        return {}, lambda x: F.relu6(6 * x + 3)  # RELU6_PRE in front
     if kind == "Clip":
         lo = float(rng.uniform(-1.5, 0))
         hi = float(rng.uniform(lo, 1.5))
@@ -78,40 +78,37 @@ def _activation_case(kind, rng):
 
 
 ACTIVATIONS = ["ELU", "AbsVal", "BNLL", "Power", "Exp", "Log", "Swish", "GELU", "ReLU6", "Clip"]
+# ReLU6's inputs spread over about (−3, 9) by a Power (6x + 3) in front, so that both clips are hit
+RELU6_PRE = {"name": "pre", "type": "Power", "bottom": ["x"], "top": ["x6"],
+             "power_param": {"scale": 6.0, "shift": 3.0}}
 
 
-@pytest.mark.parametrize("kind", ACTIVATIONS)
-def test_activations(kind):
-    rng = np.random.default_rng(ACTIVATIONS.index(kind))
-    for i in range(4):
-        shape = rand_shape(rng)
-        block, fn = _activation_case(kind, rng)
-        top = "x" if i % 2 else "y"
-        layer = {"name": "act", "type": kind, "bottom": ["x"], "top": [top], **block}
-        if kind == "ReLU6":  # spread the inputs over (−3, 9) with a Scale by 3 in front
-            pre = {"name": "pre", "type": "Power", "bottom": ["x"], "top": ["x3"],
-                   "power_param": {"scale": 3.0}}
-            layer["bottom"] = ["x3"]
-            layer["top"] = ["x3"] if i % 2 else ["y"]
-            net = build([inputs_layer({"x": shape}), pre, layer])
-            _relu6_case(net, shape, layer["top"][0], fn, rng)
-            continue
-        compare(f"{kind} {block} on {shape}", layer, {"x": shape},
-                lambda p, x, fn=fn: [fn(x["x"])], rng)
+def test_activations():
+    """Four random legal configurations of each kind (odd ones in place), all in one program."""
+    cases = []
+    for kind in ACTIVATIONS:
+        rng = np.random.default_rng(ACTIVATIONS.index(kind))
+        for i in range(4):
+            shape = rand_shape(rng)
+            block, fn = _activation_case(kind, rng)
+            bottom, kw = ("x6", {"before": [RELU6_PRE]}) if kind == "ReLU6" else ("x", {})
+            layer = {"name": "act", "type": kind, "bottom": [bottom],
+                     "top": [bottom if i % 2 else "y"], **block}
+            cases.append((f"{kind} {block} on {shape}", layer, {"x": shape},
+                          lambda p, x, fn=fn: [fn(x["x"])], kw))
+    compare_many(cases, np.random.default_rng(99))
 
 
-def _relu6_case(net, shape, top, fn, rng):
-    x = rng.standard_normal(shape).astype(np.float32) * 2 + 1
-    cot = rng.standard_normal(shape).astype(np.float32)
+def y_and_grad(net, x, top="y", reduce=jnp.sum):
+    """The net's `top` on input x and d reduce(top)/dx, in one program compiled with conftest's
+    FAST_XLA (eager JAX would compile each operation, and its derivative, on its own)."""
 
-    def f(x):
-        return jnp.sum(net.apply({}, {}, {"x": x})[0][top] * cot)
+    def objective(v):
+        y = net.apply({}, {}, {"x": v})[0][top]
+        return reduce(y), y
 
-    g = jax.grad(f)(jnp.asarray(x))
-    y = net.apply({}, {}, {"x": jnp.asarray(x)})[0][top]
-    (ry,), _, rgx = run_torch(lambda p, t: [fn(t["x"])], {}, {"x": x}, [cot])
-    close(y, ry, "ReLU6 forward")
-    close(g, rgx["x"], "ReLU6 d/dx")
+    (_, y), g = jit_fast(jax.value_and_grad(objective, has_aux=True))(jnp.asarray(x))
+    return np.asarray(y), np.asarray(g)
 
 
 def test_clip_gradient_passes_at_both_bounds_and_relu6_does_not():
@@ -125,26 +122,27 @@ def test_clip_gradient_passes_at_both_bounds_and_relu6_does_not():
     ]:
         layer = {"name": "c", "type": kind, "bottom": ["x"], "top": ["y"], **block}
         net = build([inputs_layer({"x": x.shape}), layer])
-        y = net.apply({}, {}, {"x": jnp.asarray(x)})[0]["y"]
-        g = jax.grad(lambda v, net=net: jnp.sum(net.apply({}, {}, {"x": v})[0]["y"]))(jnp.asarray(x))
-        np.testing.assert_array_equal(np.asarray(y), want_y, err_msg=kind)
-        np.testing.assert_array_equal(np.asarray(g), want_g, err_msg=kind)
+        y, g = y_and_grad(net, x)
+        np.testing.assert_array_equal(y, want_y, err_msg=kind)
+        np.testing.assert_array_equal(g, want_g, err_msg=kind)
 
 
 def test_threshold():
     rng = np.random.default_rng(40)
+    cases = []
     for _ in range(3):
         shape = rand_shape(rng)
         t = float(rng.uniform(-1, 1))
         layer = {"name": "thr", "type": "Threshold", "bottom": ["x"], "top": ["y"],
                  "threshold_param": {"threshold": t}}
-        compare(f"Threshold {t} on {shape}", layer, {"x": shape},
-                lambda p, x, t=t: [(x["x"] > t).double()], rng, zero_grad=("x",))
+        cases.append((f"Threshold {t} on {shape}", layer, {"x": shape},
+                      lambda p, x, t=t: [(x["x"] > t).double()], {"zero_grad": ("x",)}))
+    compare_many(cases, rng)
     # a tie is not above the threshold
     net = build([inputs_layer({"x": (3,)}), {"name": "thr", "type": "Threshold", "bottom": ["x"],
                                             "top": ["y"], "threshold_param": {"threshold": 0.5}}])
-    y = net.apply({}, {}, {"x": jnp.asarray([0.25, 0.5, 0.75])})[0]["y"]
-    np.testing.assert_array_equal(np.asarray(y), [0, 0, 1])
+    y, _ = y_and_grad(net, np.asarray([0.25, 0.5, 0.75], np.float32))
+    np.testing.assert_array_equal(y, [0, 0, 1])
 
 
 def test_power_special_cases_are_constants_without_gradient():
@@ -155,36 +153,39 @@ def test_power_special_cases_are_constants_without_gradient():
                         ({"power": 0.5, "scale": 0.0, "shift": -4.0}, np.nan)]:
         net = build([inputs_layer({"x": (7,)}), {"name": "p", "type": "Power", "bottom": ["x"],
                                                  "top": ["y"], "power_param": block}])
-        y = np.asarray(net.apply({}, {}, {"x": x})[0]["y"])
+        y, g = y_and_grad(net, x)
         np.testing.assert_array_equal(y, np.full(7, want, np.float32))
-        g = jax.grad(lambda v, net=net: jnp.sum(net.apply({}, {}, {"x": v})[0]["y"]))(x)
-        np.testing.assert_array_equal(np.asarray(g), np.zeros(7))
+        np.testing.assert_array_equal(g, np.zeros(7))
     # a negative base with a fractional power is NaN, not an error (Caffe's pow)
     net = build([inputs_layer({"x": (2,)}), {"name": "p", "type": "Power", "bottom": ["x"],
                                              "top": ["y"], "power_param": {"power": 0.5}}])
-    y = np.asarray(net.apply({}, {}, {"x": jnp.asarray([-4.0, 4.0])})[0]["y"])
+    y, _ = y_and_grad(net, np.asarray([-4.0, 4.0], np.float32))
     assert np.isnan(y[0]) and y[1] == 2.0
 
 
 def test_prelu():
     rng = np.random.default_rng(41)
+    cases, want = [], []
     for i in range(6):
         shape = rand_shape(rng, min_ndim=2)
         shared = bool(i % 2)
         layer = {"name": "prelu", "type": "PReLU", "bottom": ["x"], "top": ["x" if i % 3 else "y"],
                  "prelu_param": {"channel_shared": shared}}
-        net, _ = compare(f"PReLU shared={shared} on {shape}", layer, {"x": shape},
-                         lambda p, x: [F.prelu(x["x"], p["weight"])], rng)
-        assert net.plan.params[("prelu", "weight")].shape == ((1,) if shared else (shape[1],))
+        cases.append((f"PReLU shared={shared} on {shape}", layer, {"x": shape},
+                      lambda p, x: [F.prelu(x["x"], p["weight"])]))
+        want.append((1,) if shared else (shape[1],))
+    net = compare_many(cases, rng)
+    assert [net.plan.params[(f"prelu_{i}", "weight")].shape for i in range(6)] == want
     # the default filler is constant 0.25
     net = build([inputs_layer({"x": (2, 3)}), {"name": "pr", "type": "PReLU", "bottom": ["x"],
                                               "top": ["y"]}])
-    params, _ = net.init(jax.random.PRNGKey(0))
+    params, _ = jit_fast(net.init)(jax.random.PRNGKey(0))
     np.testing.assert_array_equal(np.asarray(params["pr"]["weight"]), [0.25] * 3)
 
 
 def test_maxout():
     rng = np.random.default_rng(42)
+    cases = []
     for _ in range(6):
         shape = list(rand_shape(rng, min_ndim=2))
         axis = int(rng.integers(1, len(shape)))
@@ -199,15 +200,16 @@ def test_maxout():
             v = x["x"].reshape(shape[:axis] + (shape[axis] // k, k) + shape[axis + 1:])
             return [v.max(dim=axis + 1).values]
 
-        compare(f"Maxout k={k} axis={axis} on {shape}", layer, {"x": shape}, ref, rng)
+        cases.append((f"Maxout k={k} axis={axis} on {shape}", layer, {"x": shape}, ref))
+    compare_many(cases, rng)
 
 
 def test_maxout_ties_route_the_gradient_to_the_first_piece():
     x = np.array([[1.0, 1.0, 0.0, 2.0, 2.0, 2.0]], np.float32)
     net = build([inputs_layer({"x": x.shape}), {"name": "mo", "type": "Maxout", "bottom": ["x"],
                                                 "top": ["y"], "maxout_param": {"num_pieces": 3}}])
-    g = jax.grad(lambda v: jnp.sum(net.apply({}, {}, {"x": v})[0]["y"]))(jnp.asarray(x))
-    np.testing.assert_array_equal(np.asarray(g), [[1, 0, 0, 1, 0, 0]])
+    _, g = y_and_grad(net, x)
+    np.testing.assert_array_equal(g, [[1, 0, 0, 1, 0, 0]])
 
 
 def test_existing_activations_still_work():
@@ -216,7 +218,7 @@ def test_existing_activations_still_work():
                        ("Sigmoid", 1 / (1 + np.exp([[1.0, -2.0]])))]:
         net = build([inputs_layer({"x": (1, 2)}), {"name": "a", "type": kind, "bottom": ["x"],
                                                    "top": ["y"]}])
-        np.testing.assert_allclose(np.asarray(net.apply({}, {}, {"x": x})[0]["y"]), want, rtol=1e-6)
+        np.testing.assert_allclose(y_and_grad(net, x)[0], want, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,12 +255,15 @@ def _affine_config(rng, kind):
     return shapes, layer, ref
 
 
-@pytest.mark.parametrize("kind", ["Scale", "Bias"])
-def test_scale_and_bias(kind):
-    rng = np.random.default_rng(43 + (kind == "Bias"))
-    for _ in range(10):
-        shapes, layer, ref = _affine_config(rng, kind)
-        compare(f"{kind} {layer} on {shapes}", layer, shapes, ref, rng)
+def test_scale_and_bias():
+    """Ten random legal configurations each of Scale and Bias, in one program."""
+    cases = []
+    for kind in ("Scale", "Bias"):
+        rng = np.random.default_rng(43 + (kind == "Bias"))
+        for _ in range(10):
+            shapes, layer, ref = _affine_config(rng, kind)
+            cases.append((f"{kind} {layer} on {shapes}", layer, shapes, ref))
+    compare_many(cases, rng)
 
 
 def test_scale_default_fillers_are_one_and_zero():
@@ -266,7 +271,7 @@ def test_scale_default_fillers_are_one_and_zero():
                  {"name": "sc", "type": "Scale", "bottom": ["x"], "top": ["x"],
                   "scale_param": {"bias_term": True}},
                  {"name": "bi", "type": "Bias", "bottom": ["x"], "top": ["x"]}])
-    params, state = net.init(jax.random.PRNGKey(0))
+    params, state = jit_fast(net.init)(jax.random.PRNGKey(0))
     assert state == {}
     np.testing.assert_array_equal(np.asarray(params["sc"]["weight"]), np.ones(3))
     np.testing.assert_array_equal(np.asarray(params["sc"]["bias"]), np.zeros(3))
@@ -288,6 +293,7 @@ def _within_ref(x, n, alpha, beta):
 
 def test_lrn():
     rng = np.random.default_rng(45)
+    cases = []
     for i in range(10):
         within = bool(i % 2)
         shape = rand_shape(rng, min_ndim=3 if within else 2, max_ndim=5 if within else 4, hi=7)
@@ -305,7 +311,8 @@ def test_lrn():
                 return [F.local_response_norm(v[..., None], n, alpha, beta, k)[..., 0]]
             return [F.local_response_norm(v, n, alpha, beta, k)]
 
-        compare(f"LRN {param} on {shape}", layer, {"x": shape}, ref, rng)
+        cases.append((f"LRN {param} on {shape}", layer, {"x": shape}, ref))
+    compare_many(cases, rng)
 
 
 def test_lrn_across_channels_is_caffes_loop():
@@ -315,7 +322,7 @@ def test_lrn_across_channels_is_caffes_loop():
     n, alpha, beta, k = 5, 0.7, 0.75, 2.0
     net = build([inputs_layer({"x": x.shape}), {"name": "lrn", "type": "LRN", "bottom": ["x"],
                  "top": ["y"], "lrn_param": {"local_size": n, "alpha": alpha, "beta": beta, "k": k}}])
-    y = np.asarray(net.apply({}, {}, {"x": jnp.asarray(x)})[0]["y"])
+    y, _ = y_and_grad(net, x)
     x64 = x.astype(np.float64)
     padded = np.zeros((2, 6 + n - 1, 3, 2))
     padded[:, (n - 1) // 2:(n - 1) // 2 + 6] = x64 ** 2
@@ -327,6 +334,7 @@ def test_lrn_across_channels_is_caffes_loop():
 
 def test_mvn():
     rng = np.random.default_rng(47)
+    cases = []
     for i in range(8):
         shape = rand_shape(rng, min_ndim=2, max_ndim=4, hi=6)
         if int(np.prod(shape[2:])) < 2 and not i % 2:
@@ -346,14 +354,14 @@ def test_mvn():
 
         if int(np.prod(shape[1 if across else 2:])) < 2 and normvar:
             continue  # one element per slice: the std is 0 (checked below)
-        compare(f"MVN {layer['mvn_param']} on {shape}", layer, {"x": shape}, ref, rng)
+        cases.append((f"MVN {layer['mvn_param']} on {shape}", layer, {"x": shape}, ref))
+    compare_many(cases, rng)
     # a constant slice: output 0 and a finite gradient
     net = build([inputs_layer({"x": (2, 3)}), {"name": "mvn", "type": "MVN", "bottom": ["x"],
                                               "top": ["y"]}])
-    x = jnp.ones((2, 3))
-    assert not np.any(np.asarray(net.apply({}, {}, {"x": x})[0]["y"]))
-    g = jax.grad(lambda v: jnp.sum(net.apply({}, {}, {"x": v})[0]["y"] ** 2))(x)
-    assert np.all(np.isfinite(np.asarray(g)))
+    y, g = y_and_grad(net, np.ones((2, 3), np.float32), reduce=lambda y: jnp.sum(y**2))
+    assert not np.any(y)
+    assert np.all(np.isfinite(g))
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,7 +451,7 @@ def test_batch_norm_state_converges_to_the_data_statistics():
     layer = {"name": "bn", "type": "BatchNorm", "bottom": ["x"], "top": ["y"],
              "batch_norm_param": {"moving_average_fraction": 0.5}}
     net = build([inputs_layer({"x": x.shape}), layer])
-    params, state = net.init(jax.random.PRNGKey(0))
+    params, state = jit_fast(net.init)(jax.random.PRNGKey(0))
     assert all(not np.any(np.asarray(v)) for v in state["bn"].values())  # Caffe: zeros
     step = jit_fast(lambda s: net.apply(params, s, {"x": jnp.asarray(x)}, train=True)[1])
     for _ in range(40):
@@ -454,7 +462,8 @@ def test_batch_norm_state_converges_to_the_data_statistics():
                                rtol=1e-5)
     np.testing.assert_allclose(np.asarray(state["bn"]["variance"]) / sf,
                                x.var(axis=(0, 2, 3), ddof=1), rtol=1e-5)
-    y = np.asarray(net.apply(params, state, {"x": jnp.asarray(x)}, train=False)[0]["y"])
+    test = jit_fast(lambda s: net.apply(params, s, {"x": jnp.asarray(x)}, train=False)[0]["y"])
+    y = np.asarray(test(state))
     m, v = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3), ddof=1)
     want = (x - m[None, :, None, None]) / np.sqrt(v[None, :, None, None] + 1e-5)
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-5)

@@ -30,6 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np
 import pytest
 import torch  # noqa: E402
+from conftest import jit_fast  # noqa: E402
 from test_parity import build, close, inputs_layer  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
@@ -163,17 +164,24 @@ def time_major(case: Case, a: np.ndarray) -> np.ndarray:
 
 
 def run_netc(net, params, state, inputs, tops, cots, grad_inputs):
-    def objective(p, xg, xo):
-        blobs, new_state = net.apply(p, state, {**xg, **xo})
-        outs = [blobs[t] for t in tops]
-        return sum(jnp.sum(o * c) for o, c in zip(outs, cots)), (outs, new_state)
+    """Outputs, new state and gradients of Σ top·cot; one compiled program per net, tops and
+    argument shapes (state and cotangents are arguments: calls with other values reuse it)."""
+    key = (id(net), tuple(tops), tuple(sorted(grad_inputs)))
+    if key not in _COMPILED:
+        def objective(p, xg, xo, state, cots):
+            blobs, new_state = net.apply(p, state, {**xg, **xo})
+            outs = [blobs[t] for t in tops]
+            return sum(jnp.sum(o * c) for o, c in zip(outs, cots)), (outs, new_state)
 
+        _COMPILED[key] = (net, jit_fast(jax.value_and_grad(objective, argnums=(0, 1),
+                                                           has_aux=True)))
     xg = {k: jnp.asarray(v) for k, v in inputs.items() if k in grad_inputs}
     xo = {k: jnp.asarray(v) for k, v in inputs.items() if k not in grad_inputs}
-    fn = jax.jit(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True))
-    (_, (outs, new_state)), (gp, gx) = fn(params, xg, xo)
-    tree = jax.tree_util.tree_map(np.asarray, (outs, new_state, gp, gx))
-    return tree
+    (_, (outs, new_state)), (gp, gx) = _COMPILED[key][1](params, xg, xo, state, list(cots))
+    return jax.tree_util.tree_map(np.asarray, (outs, new_state, gp, gx))
+
+
+_COMPILED: dict = {}  # (id(net), tops, grad inputs) → (net, kept alive; its jitted function)
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,8 +513,8 @@ def test_rnn_output_layer_is_caffes(x64):
         h = cont[t][:, None] * h  # Caffe: h_{t-1} ← cont_t · h_{t-1}
         h = np.tanh(h @ p["W_hh"].T + x[t] @ p["W_xh"].T + p["b_h"])
         want[t] = np.tanh(h @ p["W_ho"].T + p["b_o"])
-    blobs, new_state = net.apply({"l": p}, {"l": {"carry_h": h_prev[None]}},
-                                 {"x": jnp.asarray(x), "cont": jnp.asarray(cont)})
+    blobs, new_state = jit_fast(net.apply)({"l": p}, {"l": {"carry_h": h_prev[None]}},
+                                           {"x": jnp.asarray(x), "cont": jnp.asarray(cont)})
     close(blobs["o"], want, "Caffe RNN vs numpy", RTOL)
     close(new_state["l"]["carry_h"][0], h, "Caffe RNN carried h", RTOL)
 
@@ -567,19 +575,24 @@ def test_dropout_between_layers_only_in_train(x64):
     params = {"l": {r: rng.standard_normal(d.shape) for r, d in net.plan.layers[-1].params.items()}}
     x = jnp.asarray(rng.standard_normal((T, N, F)))
     key = jax.random.PRNGKey(9)
-    y_train = net.apply(params, {}, {"x": x}, rng=key)[0]["y"]
-    y_test = net.apply(params, {}, {"x": x}, rng=key, train=False)[0]["y"]
     # the same two layers as two one-layer nets
     one = build(Case("GRU", T=T, N=N, feat=(F,), H=H).layers())
     two = build(Case("GRU", T=T, N=N, feat=(H,), H=H).layers())
     p1 = {"l": {r: v for r, v in params["l"].items() if "_l1" not in r}}
     p2 = {"l": {r.replace("_l1", ""): v for r, v in params["l"].items() if "_l1" in r}}
-    h1 = one.apply(p1, {}, {"x": x})[0]["y"]
-    layer_key = jax.random.fold_in(key, 1)  # the recurrent layer is the plan's 2nd layer
-    keep = jax.random.bernoulli(jax.random.fold_in(layer_key, 1), 1 - p, h1.shape)
-    close(y_train, two.apply(p2, {}, {"x": jnp.where(keep, h1 / (1 - p), 0)})[0]["y"],
-          "dropout TRAIN", RTOL)
-    close(y_test, two.apply(p2, {}, {"x": h1})[0]["y"], "no dropout in TEST", RTOL)
+
+    def run(params, x):  # everything in one compiled program
+        y_train = net.apply(params, {}, {"x": x}, rng=key)[0]["y"]
+        y_test = net.apply(params, {}, {"x": x}, rng=key, train=False)[0]["y"]
+        h1 = one.apply(p1, {}, {"x": x})[0]["y"]
+        layer_key = jax.random.fold_in(key, 1)  # the recurrent layer is the plan's 2nd layer
+        keep = jax.random.bernoulli(jax.random.fold_in(layer_key, 1), 1 - p, h1.shape)
+        want_train = two.apply(p2, {}, {"x": jnp.where(keep, h1 / (1 - p), 0)})[0]["y"]
+        return y_train, want_train, y_test, two.apply(p2, {}, {"x": h1})[0]["y"], keep
+
+    y_train, want_train, y_test, want_test, keep = jit_fast(run)(params, x)
+    close(y_train, want_train, "dropout TRAIN", RTOL)
+    close(y_test, want_test, "no dropout in TEST", RTOL)
     assert 0 < float(jnp.mean(keep)) < 1
 
 
@@ -596,9 +609,13 @@ def test_state_is_carried_across_batches(x64):
     cont[0] = 0
     cont[4, 1] = 0  # a new sequence inside the second batch
     zero = {"l": {"carry_h": np.zeros((1, N, H)), "carry_c": np.zeros((1, N, H))}}
-    b1, s1 = net.apply(params, zero, {"x": x[:T], "s": cont[:T]})
-    b2, s2 = net.apply(params, s1, {"x": x[T:], "s": cont[T:]})
-    whole, s = long.apply(params, zero, {"x": x, "s": cont})
+
+    def run(params, zero, x, cont):  # one compiled program
+        b1, s1 = net.apply(params, zero, {"x": x[:T], "s": cont[:T]})
+        b2, s2 = net.apply(params, s1, {"x": x[T:], "s": cont[T:]})
+        return b1, b2, s2, long.apply(params, zero, {"x": x, "s": cont})
+
+    b1, b2, s2, (whole, s) = jit_fast(run)(params, zero, x, cont)
     close(np.concatenate([b1["y"], b2["y"]]), whole["y"], "two batches = one", RTOL)
     close(s2["l"]["carry_c"], s["l"]["carry_c"], "carried c", RTOL)
 
@@ -629,9 +646,9 @@ def test_embed_matches_torch_embedding(x64):
         blobs = net.apply(p, {}, ids)[0]
         return sum(jnp.sum(blobs[f"y{i}"] * c) for i, c in enumerate(cots)), blobs
 
-    (_, blobs), (gp, gids) = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(
+    (_, blobs), (gp, gids) = jit_fast(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(
         params, ids)
-    as_int = jax.jit(lambda p, ids: net.apply(p, {}, ids)[0])(
+    as_int = jit_fast(lambda p, ids: net.apply(p, {}, ids)[0])(
         params, {k: v.astype(np.int32) for k, v in ids.items()})
     for i, (_, _, _, bias) in enumerate(configs):
         w = torch.tensor(params[f"e{i}"]["weight"], requires_grad=True)
@@ -653,12 +670,12 @@ def test_embed_out_of_range_id_is_nan_not_a_wrapped_row():
                  {"name": "e", "type": "Embed", "bottom": ["ids"], "top": ["y"],
                   "embed_param": {"num_output": 2, "input_dim": 3, "bias_term": False}}])
     w = np.arange(6, dtype=np.float32).reshape(3, 2)
+    embed = jit_fast(lambda ids: net.apply({"e": {"weight": w}}, {}, {"ids": ids})[0]["y"])
     for ids in (np.array([0, 1, 2, 3, -1, 2.5], np.float32), np.array([0, 1, 2, 3, -1, -3])):
-        y = np.asarray(net.apply({"e": {"weight": w}}, {}, {"ids": jnp.asarray(ids)})[0]["y"])
+        y = np.asarray(embed(jnp.asarray(ids)))
         np.testing.assert_array_equal(y[:3], w)
         assert np.all(np.isnan(y[3:])), y  # 3 and −1 (and 2.5) are no rows: never wrapped
-    nan = np.asarray(net.apply({"e": {"weight": w}}, {},
-                               {"ids": jnp.asarray([np.nan, 0, 0, 0, 0, 0], jnp.float32)})[0]["y"])
+    nan = np.asarray(embed(jnp.asarray([np.nan, 0, 0, 0, 0, 0], jnp.float32)))
     assert np.all(np.isnan(nan[0])) and not np.any(np.isnan(nan[1:]))
 
 

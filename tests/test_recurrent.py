@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import MODELS, errors_of, netc, warnings_of
+from conftest import MODELS, errors_of, jit_fast, netc, warnings_of
 
 from netc.compiler.fillers import orthogonal
 from netc.compiler.lower import lower
@@ -328,19 +328,24 @@ def test_weight_dropout_masks_the_recurrent_weights_in_train_only(check_spec):
     def loss(params, n, train, rng=None):
         return jnp.sum(n.apply(params, state, inputs, train=train, rng=rng)[0]["y"] ** 2)
 
+    def run(params):  # every loss and gradient below in one compiled program
+        rng = jax.random.PRNGKey(7)
+        test = (loss(params, net, False), loss(params, ref, False))
+        train, g = jax.value_and_grad(loss)(params, net, True, rng)
+        # the plain layer run with W_h masked where the gradient is 0, the rest rescaled
+        w_h = jnp.where(g["rec"]["W_hc"] != 0, params["rec"]["W_hc"] / (1 - q), 0)
+        masked = dict(params, rec=dict(params["rec"], W_hc=w_h))
+        g2 = jax.grad(loss)(params, net, True, jax.random.PRNGKey(8))  # another batch
+        return test, (train, loss(masked, ref, True, rng)), g["rec"], g2["rec"]
+
+    (test, ref_test), (train, ref_train), g, g2 = jit_fast(run)(params)
     # TEST: identical to the layer without weight_dropout
-    assert loss(params, net, False) == pytest.approx(float(loss(params, ref, False)), rel=1e-6)
+    assert test == pytest.approx(float(ref_test), rel=1e-6)
     # TRAIN: the gradient of a dropped W_h entry is exactly zero, W_x's never
-    rng = jax.random.PRNGKey(7)
-    g = jax.grad(loss)(params, net, True, rng)["rec"]
     dropped = np.asarray(g["W_hc"]) == 0
     assert 0.3 < dropped.mean() < 0.5, dropped.mean()
     assert not (np.asarray(g["W_xc"]) == 0).any()
     # ... and the layer equals the plain one run with the masked, rescaled W_h
-    keep = ~dropped
-    w_h = jnp.where(keep, params["rec"]["W_hc"] / (1 - q), 0)
-    masked = dict(params, rec=dict(params["rec"], W_hc=w_h))
-    assert loss(params, net, True, rng) == pytest.approx(float(loss(masked, ref, True, rng)), rel=1e-5)
+    assert train == pytest.approx(float(ref_train), rel=1e-5)
     # another batch (another rng) draws another mask
-    g2 = jax.grad(loss)(params, net, True, jax.random.PRNGKey(8))["rec"]
     assert ((np.asarray(g2["W_hc"]) == 0) != dropped).any()

@@ -269,7 +269,7 @@ def _make_grads(net, policy, iter_size: int, mix=None):
 
     def objective(params, state, inputs, key, scale):
         total, (_, new_state) = net.loss(policy.cast_params(params), state, inputs, rng=key,
-                                         train=True)
+                                         train=True, outputs=net.sinks())
         return (total if scale is None else total * scale), (total, new_state)
 
     value_and_grad = jax.value_and_grad(objective, has_aux=True)

@@ -213,7 +213,8 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
     params, state = net.init(jax.random.fold_in(root, 1))
     inputs = jax.device_put(_inputs(plan, seed))
     key = jax.random.fold_in(root, 2)
-    apply = jax.jit(lambda p, s, x, k: net.apply(p, s, x, rng=k, train=train))
+    apply = jax.jit(lambda p, s, x, k: net.apply(p, s, x, rng=k, train=train,
+                                                 outputs=net.sinks()))
 
     b = plan.batch_size
     result = Timing(spec_path, phase, int(b) if isinstance(b, int) else 0, iterations,
@@ -256,6 +257,10 @@ def _time_layers(result: Timing, plan, net, arrays, train: bool, key, progress) 
             progress.flush()
         lk = jax.random.fold_in(key, net._rng_index[pl.name])
         result.layers.append(_time_layer(pl, blobs, params, state, train, lk, result.iterations))
+    scanned = net.scanned_layers()  # the whole programs run these in one lax.scan (Net.apply)
+    for t in result.layers:
+        if t.name in scanned:
+            t.lowering += f" in lax.scan ×{scanned[t.name]}"
     result.layers_forward_ms = sum(t.forward_ms or 0.0 for t in result.layers)
     result.layers_backward_ms = sum(t.backward_ms or 0.0 for t in result.layers)
     total = result.layers_forward_ms + result.layers_backward_ms

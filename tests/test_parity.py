@@ -160,8 +160,9 @@ def compare_many(cases, rng, *, rtol=RTOL, train=None, phase="TRAIN"):
     a program per net; the cases share nothing, so each output and gradient is the case's own).
 
     cases: (name, layer_spec, shapes, reference) tuples, or with a 5th item, a dict of compare's
-    per-case keywords `tops`, `zero_grad`, `label_inputs` (by the case's own blob names) and
-    `before` (layers between the inputs and the layer under test, part of the reference)."""
+    per-case keywords `tops`, `zero_grad`, `label_inputs` (by the case's own blob names),
+    `before` (layers between the inputs and the layer under test, part of the reference) and
+    the planned shapes to check (see _check_case)."""
     cases = [c if len(c) == 5 else (*c, {}) for c in cases]
     layers, shapes = [], {}
     for i, (_, layer_spec, case_shapes, _, kw) in enumerate(cases):
@@ -178,24 +179,37 @@ def compare_many(cases, rng, *, rtol=RTOL, train=None, phase="TRAIN"):
     outs, gp, gx = run_netc(net, params, inputs, tops, cots, train=train)
     got = dict(zip(tops, outs))
     cot_of = dict(zip(tops, cots))
-    for i, (name, layer_spec, case_shapes, reference, kw) in enumerate(cases):
-        s = f"_{i}"
-        labels = kw.get("label_inputs", {})
-        case_tops = list(kw.get("tops") or layer_spec["top"])
-        lp = params.get(layer_spec["name"] + s, {})
-        x = {k: inputs[k + s] for k in case_shapes}
-        routs, rgp, rgx = run_torch(reference, lp, x, [cot_of[t + s] for t in case_tops],
-                                    no_grad=tuple(labels))
-        for t, r in zip(case_tops, routs):
-            close(got[t + s], r, f"{name}: forward {t}", rtol)
-        for role in lp:
-            close(gp[layer_spec["name"] + s][role], rgp[role], f"{name}: d/d {role}", rtol)
-        for k in case_shapes:
-            if k in kw.get("zero_grad", ()) or k in labels:
-                assert not np.any(gx[k + s]), f"{name}: gradient reaches {k}, which must get none"
-            else:
-                close(gx[k + s], rgx[k], f"{name}: d/d input {k}", rtol)
+    for i, case in enumerate(cases):
+        _check_case(net, case, f"_{i}", (params, inputs, got, cot_of, gp, gx), rtol)
     return net
+
+
+def _check_case(net, case, s, results, rtol):
+    """compare_many's checks of one case (its blobs and layer suffixed with `s`), plus the
+    planned shapes its keywords `blob_shapes` {top: shape} and `param_shapes` {(layer, role):
+    shape} give."""
+    name, layer_spec, case_shapes, reference, kw = case
+    params, inputs, got, cot_of, gp, gx = results
+    labels = kw.get("label_inputs", {})
+    case_tops = list(kw.get("tops") or layer_spec["top"])
+    lp = params.get(layer_spec["name"] + s, {})
+    x = {k: inputs[k + s] for k in case_shapes}
+    routs, rgp, rgx = run_torch(reference, lp, x, [cot_of[t + s] for t in case_tops],
+                                no_grad=tuple(labels))
+    for t, r in zip(case_tops, routs):
+        close(got[t + s], r, f"{name}: forward {t}", rtol)
+    for role in lp:
+        close(gp[layer_spec["name"] + s][role], rgp[role], f"{name}: d/d {role}", rtol)
+    for k in case_shapes:
+        if k in kw.get("zero_grad", ()) or k in labels:
+            assert not np.any(gx[k + s]), f"{name}: gradient reaches {k}, which must get none"
+        else:
+            close(gx[k + s], rgx[k], f"{name}: d/d input {k}", rtol)
+    for t, want in kw.get("blob_shapes", {}).items():
+        assert net.plan.blobs[t + s] == want, f"{name}: {t} is {net.plan.blobs[t + s]}"
+    for (layer, role), want in kw.get("param_shapes", {}).items():
+        got_shape = net.plan.params[(layer + s, role)].shape
+        assert got_shape == want, f"{name}: {layer}/{role} is {got_shape}"
 
 
 def spatial_list(rng, n, lo, hi):
@@ -247,8 +261,7 @@ def conv_config(seed, transposed=False):
     return rng, n, param, x_shape, (K, S, P, D)
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_convolution(seed):
+def _convolution_case(seed):
     rng, n, param, x_shape, (K, S, P, D) = conv_config(seed)
     conv = [F.conv1d, F.conv2d, F.conv3d][n - 1]
     group = param["group"]
@@ -259,13 +272,18 @@ def test_convolution(seed):
         return [conv(x["x"], p["weight"], p.get("bias"), stride=S, padding=P, dilation=D,
                      groups=group)]
 
-    net, _ = compare(f"Convolution {param} on {x_shape}", layer, {"x": x_shape}, ref, rng)
-    assert net.plan.params[("conv", "weight")].shape == (param["num_output"], x_shape[1] // group,
-                                                          *K)
+    want = (param["num_output"], x_shape[1] // group, *K)
+    return (f"Convolution {param} on {x_shape}", layer, {"x": x_shape}, ref,
+            {"param_shapes": {("conv", "weight"): want}})
 
 
-@pytest.mark.parametrize("seed", SEEDS)
-def test_deconvolution(seed):
+def test_convolution():
+    """Random geometries (every rank, groups, stride, pad, dilation, both 2-D spellings), all in
+    one program."""
+    compare_many([_convolution_case(seed) for seed in SEEDS], np.random.default_rng(1))
+
+
+def _deconvolution_case(seed):
     rng, n, param, x_shape, (K, S, P, D) = conv_config(seed, transposed=True)
     deconv = [F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d][n - 1]
     group = param["group"]
@@ -276,9 +294,13 @@ def test_deconvolution(seed):
         return [deconv(x["x"], p["weight"], p.get("bias"), stride=S, padding=P, dilation=D,
                        groups=group)]
 
-    net, _ = compare(f"Deconvolution {param} on {x_shape}", layer, {"x": x_shape}, ref, rng)
-    assert net.plan.params[("deconv", "weight")].shape == (x_shape[1], param["num_output"] // group,
-                                                            *K)
+    want = (x_shape[1], param["num_output"] // group, *K)
+    return (f"Deconvolution {param} on {x_shape}", layer, {"x": x_shape}, ref,
+            {"param_shapes": {("deconv", "weight"): want}})
+
+
+def test_deconvolution():
+    compare_many([_deconvolution_case(seed) for seed in SEEDS], np.random.default_rng(2))
 
 
 def test_convolution_propagate_down_false_still_learns():
@@ -363,15 +385,19 @@ def pool_config(seed):
     return rng, param, x_shape, (K, S, P, mode)
 
 
-@pytest.mark.parametrize("seed", range(24))
-def test_pooling(seed):
+def _pooling_case(seed):
     rng, param, x_shape, (K, S, P, mode) = pool_config(seed)
     layer = {"name": "pool", "type": "Pooling", "bottom": ["x"], "top": ["y"],
              "pooling_param": param}
-    net, _ = compare(f"Pooling {param} on {x_shape}", layer, {"x": x_shape},
-                     lambda p, x: [caffe_pool(x["x"], param["pool"], K, S, P, mode)], rng)
-    assert net.plan.blobs["y"] == x_shape[:2] + tuple(
+    want = x_shape[:2] + tuple(
         caffe_pooled(sz, k, s, p, mode) for sz, k, s, p in zip(x_shape[2:], K, S, P))
+    return (f"Pooling {param} on {x_shape}", layer, {"x": x_shape},
+            lambda p, x: [caffe_pool(x["x"], param["pool"], K, S, P, mode)],
+            {"blob_shapes": {"y": want}})
+
+
+def test_pooling():
+    compare_many([_pooling_case(seed) for seed in range(24)], np.random.default_rng(3))
 
 
 @pytest.mark.parametrize("pool", ["MAX", "AVE"])
@@ -380,6 +406,7 @@ def test_pooling_matches_torch_where_rules_agree(pool):
     pad > 0 (both drop a last window starting in the right padding), and its
     count_include_pad=True divisor is Caffe's: the window clipped to the padded input."""
     rng = np.random.default_rng(11)
+    cases = []
     for size, k, s, p in [(7, 3, 2, 1), (8, 3, 2, 1), (9, 2, 2, 1), (6, 3, 3, 1), (10, 4, 3, 2)]:
         layer = {"name": "pool", "type": "Pooling", "bottom": ["x"], "top": ["y"],
                  "pooling_param": {"pool": pool, "kernel_size": [k], "stride": [s], "pad": [p]}}
@@ -389,7 +416,8 @@ def test_pooling_matches_torch_where_rules_agree(pool):
                 return [F.max_pool2d(x["x"], k, s, p, ceil_mode=True)]
             return [F.avg_pool2d(x["x"], k, s, p, ceil_mode=True, count_include_pad=True)]
 
-        compare(f"Pooling {pool} {size}/{k}/{s}/{p}", layer, {"x": (2, 3, size, size)}, ref, rng)
+        cases.append((f"Pooling {pool} {size}/{k}/{s}/{p}", layer, {"x": (2, 3, size, size)}, ref))
+    compare_many(cases, rng)
 
 
 def test_pooling_ave_divisor_is_window_clipped_to_padded_input():
@@ -402,12 +430,14 @@ def test_pooling_ave_divisor_is_window_clipped_to_padded_input():
         layer = {"name": "pool", "type": "Pooling", "bottom": ["x"], "top": ["y"],
                  "pooling_param": {"pool": "AVE", "kernel_size": [k], "stride": [s], "pad": [p]}}
         net = build([inputs_layer({"x": (1, 1, len(data))}), layer])
-        blobs, _ = net.apply({}, {}, {"x": jnp.asarray([[data]], jnp.float32)})
-        np.testing.assert_allclose(np.asarray(blobs["y"])[0, 0], want, rtol=1e-6)
+        y = jit_fast(lambda x, net=net: net.apply({}, {}, {"x": x})[0]["y"])(
+            jnp.asarray([[data]], jnp.float32))
+        np.testing.assert_allclose(np.asarray(y)[0, 0], want, rtol=1e-6)
 
 
 def test_global_pooling():
     rng = np.random.default_rng(12)
+    cases = []
     for pool in ("MAX", "AVE"):
         layer = {"name": "pool", "type": "Pooling", "bottom": ["x"], "top": ["y"],
                  "pooling_param": {"pool": pool, "global_pooling": True}}
@@ -416,15 +446,15 @@ def test_global_pooling():
             v = x["x"]
             return [v.amax((2, 3), keepdim=True) if pool == "MAX" else v.mean((2, 3), keepdim=True)]
 
-        compare(f"global {pool}", layer, {"x": (2, 3, 5, 4)}, ref, rng)
+        cases.append((f"global {pool}", layer, {"x": (2, 3, 5, 4)}, ref))
+    compare_many(cases, rng)
 
 
 # --------------------------------------------------------------------------------------------
 # InnerProduct
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_inner_product(seed):
+def _inner_product_case(seed):
     rng = np.random.default_rng(4000 + seed)
     ndim = int(rng.integers(2, 5))
     x_shape = tuple(int(v) for v in rng.integers(1, 5, size=ndim))
@@ -442,17 +472,29 @@ def test_inner_product(seed):
         w = p["weight"].T if param["transpose"] else p["weight"]
         return [F.linear(v, w, p.get("bias"))]
 
-    compare(f"InnerProduct {param} on {x_shape}", layer, {"x": x_shape}, ref, rng)
+    return f"InnerProduct {param} on {x_shape}", layer, {"x": x_shape}, ref
+
+
+def test_inner_product():
+    compare_many([_inner_product_case(seed) for seed in range(12)], np.random.default_rng(4))
 
 
 # --------------------------------------------------------------------------------------------
 # Activations (in place and not)
 
 
-@pytest.mark.parametrize("kind", ["ReLU", "LeakyReLU", "Sigmoid", "TanH"])
 @pytest.mark.parametrize("in_place", [False, True])
-def test_activations(kind, in_place):
+def test_activations(in_place):
+    cases = []
+    for kind in ["ReLU", "LeakyReLU", "Sigmoid", "TanH"]:
+        cases += _activation_cases(kind, in_place)
+    net = compare_many(cases, np.random.default_rng(5))
+    assert [pl.in_place for pl in net.plan.layers[1:]] == [(in_place,)] * len(cases)
+
+
+def _activation_cases(kind, in_place):
     rng = np.random.default_rng(["ReLU", "LeakyReLU", "Sigmoid", "TanH"].index(kind) + 10 * in_place)
+    cases = []
     for _ in range(3):
         shape = tuple(int(v) for v in rng.integers(1, 5, size=int(rng.integers(1, 5))))
         top = "x" if in_place else "y"
@@ -463,9 +505,8 @@ def test_activations(kind, in_place):
             layer["relu_param"] = {"negative_slope": slope}
         fn = {"ReLU": F.relu, "LeakyReLU": lambda v, slope=slope: F.leaky_relu(v, slope),
               "Sigmoid": torch.sigmoid, "TanH": torch.tanh}[kind]
-        net, _ = compare(f"{kind} on {shape}", layer, {"x": shape},
-                         lambda p, x, fn=fn: [fn(x["x"])], rng)
-        assert net.plan.layers[-1].in_place == (in_place,)
+        cases.append((f"{kind} on {shape}", layer, {"x": shape}, lambda p, x, fn=fn: [fn(x["x"])]))
+    return cases
 
 
 def test_in_place_chain_matches_torch():
@@ -523,7 +564,7 @@ def test_dropout_train_statistics_and_scale(ratio):
         blobs, _ = net.apply({}, {}, {"x": x}, rng=key)
         return jnp.sum(blobs["x"]), blobs["x"]
 
-    (_, y), g = jax.value_and_grad(f, has_aux=True)(x)
+    (_, y), g = jit_fast(jax.value_and_grad(f, has_aux=True))(x)
     y, g, xn = np.asarray(y), np.asarray(g), np.asarray(x)
     kept = y != 0
     scale = 1 / (1 - ratio)
@@ -532,14 +573,15 @@ def test_dropout_train_statistics_and_scale(ratio):
     frac = 1 - kept.mean()
     assert abs(frac - ratio) < 5 * math.sqrt(ratio * (1 - ratio) / n), (frac, ratio)
     # the mask depends on the key, and only on it
-    again, _ = net.apply({}, {}, {"x": x}, rng=key)
-    np.testing.assert_array_equal(np.asarray(again["x"]), y)
-    other, _ = net.apply({}, {}, {"x": x}, rng=jax.random.PRNGKey(4))
-    assert np.any(np.asarray(other["x"]) != y)
+    train = jit_fast(lambda x, k: net.apply({}, {}, {"x": x}, rng=k)[0]["x"])
+    np.testing.assert_array_equal(np.asarray(train(x, key)), y)
+    assert np.any(np.asarray(train(x, jax.random.PRNGKey(4))) != y)
     # TEST is the identity: either by phase or by train=False
     test_net = build([inputs_layer({"x": (4, n // 4)}), layer], phase="TEST")
-    for blobs, _ in (test_net.apply({}, {}, {"x": x}), net.apply({}, {}, {"x": x}, train=False)):
-        np.testing.assert_array_equal(np.asarray(blobs["x"]), xn)
+    test = jit_fast(lambda x: (test_net.apply({}, {}, {"x": x})[0]["x"],
+                               net.apply({}, {}, {"x": x}, train=False)[0]["x"]))
+    for out in test(x):
+        np.testing.assert_array_equal(np.asarray(out), xn)
 
 
 def test_dropout_without_scale_train():
@@ -548,9 +590,10 @@ def test_dropout_without_scale_train():
              "dropout_param": {"dropout_ratio": 0.25, "scale_train": False}}
     net = build([inputs_layer({"x": (1000,)}), layer])
     x = jnp.ones((1000,), jnp.float32)
-    y = np.asarray(net.apply({}, {}, {"x": x}, rng=jax.random.PRNGKey(0))[0]["y"])
+    y, t = jit_fast(lambda x: (net.apply({}, {}, {"x": x}, rng=jax.random.PRNGKey(0))[0]["y"],
+                               net.apply({}, {}, {"x": x}, train=False)[0]["y"]))(x)
+    y, t = np.asarray(y), np.asarray(t)
     assert set(np.unique(y)) == {0.0, 1.0}
-    t = np.asarray(net.apply({}, {}, {"x": x}, train=False)[0]["y"])
     np.testing.assert_allclose(t, 0.75)
 
 
@@ -558,20 +601,26 @@ def test_dropout_without_scale_train():
 # Structure layers
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_softmax(seed):
+def test_softmax():
+    compare_many([_softmax_case(seed) for seed in range(8)], np.random.default_rng(6))
+
+
+def _softmax_case(seed):
     rng = np.random.default_rng(5000 + seed)
     ndim = int(rng.integers(2, 5))
     shape = tuple(int(v) for v in rng.integers(1, 5, size=ndim))
     axis = int(rng.integers(-ndim, ndim))
     layer = {"name": "sm", "type": "Softmax", "bottom": ["x"], "top": ["y"],
              "softmax_param": {"axis": axis}}
-    compare(f"Softmax axis {axis} on {shape}", layer, {"x": shape},
-            lambda p, x: [torch.softmax(x["x"] * 1, dim=axis)], rng)
+    return (f"Softmax axis {axis} on {shape}", layer, {"x": shape},
+            lambda p, x: [torch.softmax(x["x"] * 1, dim=axis)])
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_flatten(seed):
+def test_flatten():
+    compare_many([_flatten_case(seed) for seed in range(8)], np.random.default_rng(7))
+
+
+def _flatten_case(seed):
     rng = np.random.default_rng(6000 + seed)
     ndim = int(rng.integers(2, 6))
     shape = tuple(int(v) for v in rng.integers(1, 4, size=ndim))
@@ -581,14 +630,17 @@ def test_flatten(seed):
              "end_axis": e - ndim if rng.random() < 0.5 else e}
     layer = {"name": "fl", "type": "Flatten", "bottom": ["x"], "top": ["y"],
              "flatten_param": param}
-    compare(f"Flatten {param} on {shape}", layer, {"x": shape},
-            lambda p, x: [torch.flatten(x["x"], a, e)], rng)
+    return (f"Flatten {param} on {shape}", layer, {"x": shape},
+            lambda p, x: [torch.flatten(x["x"], a, e)])
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_reshape(seed):
+def test_reshape():
     """The expected shape is built first (a random refactorisation of axes [start, end)); the spec
     then spells it with Caffe's 0 (copy) and −1 (infer)."""
+    compare_many([_reshape_case(seed) for seed in range(10)], np.random.default_rng(8))
+
+
+def _reshape_case(seed):
     rng = np.random.default_rng(7000 + seed)
     ndim = int(rng.integers(1, 5))
     shape = [int(v) for v in rng.integers(1, 5, size=ndim)]
@@ -618,13 +670,15 @@ def test_reshape(seed):
         param["num_axes"] = end - start
     layer = {"name": "rs", "type": "Reshape", "bottom": ["x"], "top": ["y"],
              "reshape_param": param}
-    net, _ = compare(f"Reshape {param} on {shape}", layer, {"x": tuple(shape)},
-                     lambda p, x: [x["x"].reshape(want)], rng)
-    assert net.plan.blobs["y"] == want
+    return (f"Reshape {param} on {shape}", layer, {"x": tuple(shape)},
+            lambda p, x: [x["x"].reshape(want)], {"blob_shapes": {"y": want}})
 
 
-@pytest.mark.parametrize("seed", range(8))
-def test_concat(seed):
+def test_concat():
+    compare_many([_concat_case(seed) for seed in range(8)], np.random.default_rng(9))
+
+
+def _concat_case(seed):
     rng = np.random.default_rng(8000 + seed)
     ndim = int(rng.integers(1, 5))
     base = [int(v) for v in rng.integers(1, 4, size=ndim)]
@@ -640,12 +694,15 @@ def test_concat(seed):
         param = {"concat_dim": axis}  # the deprecated spelling
     layer = {"name": "cat", "type": "Concat", "bottom": list(shapes), "top": ["y"],
              "concat_param": param}
-    compare(f"Concat {param} of {list(shapes.values())}", layer, shapes,
-            lambda p, x: [torch.cat([x[b] for b in shapes], dim=axis)], rng)
+    return (f"Concat {param} of {list(shapes.values())}", layer, shapes,
+            lambda p, x: [torch.cat([x[b] for b in shapes], dim=axis)])
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_eltwise(seed):
+def test_eltwise():
+    compare_many([_eltwise_case(seed) for seed in range(12)], np.random.default_rng(10))
+
+
+def _eltwise_case(seed):
     rng = np.random.default_rng(9000 + seed)
     op = ["SUM", "PROD", "MAX"][seed % 3]
     shape = tuple(int(v) for v in rng.integers(1, 5, size=int(rng.integers(1, 5))))
@@ -672,8 +729,8 @@ def test_eltwise(seed):
             out = out * v if op == "PROD" else torch.maximum(out, v)
         return [out]
 
-    compare(f"Eltwise {param} ×{k} on {shape}", layer, {b: shape for b in names}, ref, rng,
-            zero_grad=stopped)
+    return (f"Eltwise {param} ×{k} on {shape}", layer, {b: shape for b in names}, ref,
+            {"zero_grad": stopped})
 
 
 def test_split_gradients_add_up():
@@ -693,8 +750,11 @@ def _labels(rng, shape, classes, ignore):
     return lab.astype(np.float32)
 
 
-@pytest.mark.parametrize("seed", range(16))
-def test_softmax_with_loss(seed):
+def test_softmax_with_loss():
+    compare_many([_softmax_with_loss_case(seed) for seed in range(16)], np.random.default_rng(11))
+
+
+def _softmax_with_loss_case(seed):
     rng = np.random.default_rng(10_000 + seed)
     modes = ["VALID", "FULL", "BATCH_SIZE", "NONE"]
     mode = modes[seed % 4]
@@ -734,8 +794,8 @@ def test_softmax_with_loss(seed):
             outs.append(torch.softmax(logits, dim=1))
         return outs
 
-    compare(f"SoftmaxWithLoss {loss_param} on {pred_shape}", layer,
-            {"x": pred_shape, "label": label_shape}, ref, rng, label_inputs={"label": label})
+    return (f"SoftmaxWithLoss {loss_param} on {pred_shape}", layer,
+            {"x": pred_shape, "label": label_shape}, ref, {"label_inputs": {"label": label}})
 
 
 def test_softmax_with_loss_class_axis_2():
@@ -751,8 +811,11 @@ def test_softmax_with_loss_class_axis_2():
             label_inputs={"label": label})
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_euclidean_loss(seed):
+def test_euclidean_loss():
+    compare_many([_euclidean_loss_case(seed) for seed in range(6)], np.random.default_rng(12))
+
+
+def _euclidean_loss_case(seed):
     rng = np.random.default_rng(11_000 + seed)
     n = int(rng.integers(1, 4))
     a_shape = (n, *(int(v) for v in rng.integers(1, 4, size=int(rng.integers(1, 4)))))
@@ -769,8 +832,8 @@ def test_euclidean_loss(seed):
         return [F.mse_loss(x["a"].reshape(n, -1), x["b"].reshape(n, -1), reduction="sum") / n / 2
                 if seed % 3 else (d * d).sum() / n / 2]
 
-    compare(f"EuclideanLoss {a_shape} vs {b_shape}", layer, {"a": a_shape, "b": b_shape}, ref,
-            rng, zero_grad=stopped)
+    return (f"EuclideanLoss {a_shape} vs {b_shape}", layer, {"a": a_shape, "b": b_shape}, ref,
+            {"zero_grad": stopped})
 
 
 def caffe_accuracy(scores, lab, top_k, ignore, classes):

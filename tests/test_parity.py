@@ -161,12 +161,14 @@ def compare_many(cases, rng, *, rtol=RTOL, train=None, phase="TRAIN"):
 
     cases: (name, layer_spec, shapes, reference) tuples, or with a 5th item, a dict of compare's
     per-case keywords `tops`, `zero_grad`, `label_inputs` (by the case's own blob names),
-    `before` (layers between the inputs and the layer under test, part of the reference) and
-    the planned shapes to check (see _check_case)."""
+    `before` / `after` (layers before / after the layer under test, part of the reference) and
+    the planned shapes to check (see _check_case). Returns the net and each case's outputs
+    ({top: array} per case)."""
     cases = [c if len(c) == 5 else (*c, {}) for c in cases]
     layers, shapes = [], {}
     for i, (_, layer_spec, case_shapes, _, kw) in enumerate(cases):
-        layers += [_case_layer(lay, i) for lay in (*kw.get("before", ()), layer_spec)]
+        layers += [_case_layer(lay, i)
+                   for lay in (*kw.get("before", ()), layer_spec, *kw.get("after", ()))]
         shapes.update({f"{k}_{i}": s for k, s in case_shapes.items()})
     net = build([inputs_layer(shapes), *layers], phase=phase)
     inputs = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
@@ -181,7 +183,8 @@ def compare_many(cases, rng, *, rtol=RTOL, train=None, phase="TRAIN"):
     cot_of = dict(zip(tops, cots))
     for i, case in enumerate(cases):
         _check_case(net, case, f"_{i}", (params, inputs, got, cot_of, gp, gx), rtol)
-    return net
+    return net, [{t: got[f"{t}_{i}"] for t in kw.get("tops") or layer_spec["top"]}
+                 for i, (_, layer_spec, _, _, kw) in enumerate(cases)]
 
 
 def _check_case(net, case, s, results, rtol):
@@ -488,7 +491,7 @@ def test_activations(in_place):
     cases = []
     for kind in ["ReLU", "LeakyReLU", "Sigmoid", "TanH"]:
         cases += _activation_cases(kind, in_place)
-    net = compare_many(cases, np.random.default_rng(5))
+    net, _ = compare_many(cases, np.random.default_rng(5))
     assert [pl.in_place for pl in net.plan.layers[1:]] == [(in_place,)] * len(cases)
 
 

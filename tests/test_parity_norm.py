@@ -174,7 +174,7 @@ def test_prelu():
         cases.append((f"PReLU shared={shared} on {shape}", layer, {"x": shape},
                       lambda p, x: [F.prelu(x["x"], p["weight"])]))
         want.append((1,) if shared else (shape[1],))
-    net = compare_many(cases, rng)
+    net, _ = compare_many(cases, rng)
     assert [net.plan.params[(f"prelu_{i}", "weight")].shape for i in range(6)] == want
     # the default filler is constant 0.25
     net = build([inputs_layer({"x": (2, 3)}), {"name": "pr", "type": "PReLU", "bottom": ["x"],

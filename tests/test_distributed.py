@@ -1,14 +1,17 @@
 """Data-parallel `netc train` (runtime/distributed.py): the batch split over many devices, and one
 job across processes.
 
-JAX fixes its device count when it starts, so the multi-device runs are `netc train` processes
-with XLA_FLAGS=--xla_force_host_platform_device_count=8 (eight CPU devices); the 1-device
-references run in this process (one CPU device). Two processes on loopback talk through JAX's
-coordinator and gloo, the CPU collectives. Every comparison is of the final checkpoint's tensors
-(params, state, optimizer state) read back with netc's own checkpoint reader."""
+JAX fixes its device count when it starts, so the multi-device runs are `netc train` commands in
+ONE process started with XLA_FLAGS=--xla_force_host_platform_device_count=8 (eight CPU devices;
+the commands run there one after another through click, as `netc` would: one interpreter start and
+JAX import for all of them); the 1-device references run in this process (one CPU device). Two
+processes on loopback talk through JAX's coordinator and gloo, the CPU collectives. Every
+comparison is of the final checkpoint's tensors (params, state, optimizer state) read back with
+netc's own checkpoint reader."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import netc, run_netc
+from conftest import netc
 
 from netc.runtime.checkpoint import flatten, latest_checkpoint, load_checkpoint
 
@@ -85,6 +88,48 @@ def spec(tmp_path_factory) -> Path:
     return p
 
 
+# Runs `netc ARGS…` for each list of arguments in argv[1] (JSON) in this one process; prints
+# [{rc, stdout, stderr}…] as JSON. An exception escaping a command is a traceback in its stderr.
+DRIVER = """\
+import json, sys, traceback
+from click.testing import CliRunner
+from netc.cli import main
+results = []
+for args in json.loads(sys.argv[1]):
+    r = CliRunner().invoke(main, args, prog_name="netc")
+    err = r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        err += "Traceback (most recent call last):\\n" + "".join(
+            traceback.format_exception(*r.exc_info))
+    results.append({"rc": r.exit_code, "stdout": r.stdout, "stderr": err})
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def eight(spec, tmp_path_factory) -> tuple[Path, dict]:
+    """Every multi-device `netc train` of this file, in one process with eight CPU devices:
+    {name: CompletedProcess} and the folder holding their run directories."""
+    root = tmp_path_factory.mktemp("eight")
+    lstm = root / "lstm.yaml"
+    lstm.write_text(LSTM_SPEC)
+    runs = {
+        "d8": ["train", spec, "--out", root / "d8"],
+        "d2": ["train", spec, "--out", root / "d2", "--devices", 2],
+        "resume": ["train", spec, "--out", root / "resume", "--devices", 2, "--max-iter", 4],
+        "split3": ["train", spec, "--out", root / "split3", "--devices", 3],
+        "many": ["train", spec, "--out", root / "many", "--devices", 16],
+        "lstm4": ["train", lstm, "--out", root / "lstm4", "--devices", 4],
+    }
+    argv = json.dumps([[str(a) for a in args] for args in runs.values()])
+    r = subprocess.run([sys.executable, "-c", DRIVER, argv], capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, **forced(8)))
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout.splitlines()[-1])
+    return root, {name: subprocess.CompletedProcess(runs[name], d["rc"], d["stdout"], d["stderr"])
+                  for name, d in zip(runs, done)}
+
+
 @pytest.fixture(scope="module")
 def one_device(spec, tmp_path_factory) -> Path:
     """The reference: 8 iterations on this process's single CPU device."""
@@ -95,30 +140,25 @@ def one_device(spec, tmp_path_factory) -> Path:
     return out
 
 
-def test_eight_devices_equal_one(spec, one_device, tmp_path):
+def test_eight_devices_equal_one(eight, one_device):
     """--devices 2 and all 8 devices give the 1-device parameters for the same global batch;
     the log says the global and per-device batch."""
+    root, runs = eight
     ref = final(one_device)
-    for devices, per in ((None, 8), (2, 32)):
-        out = tmp_path / f"d{devices}"
-        args = ["train", spec, "--out", out] + (["--devices", devices] if devices else [])
-        r = run_netc(*args, env=forced(8), timeout=300)
+    for name, n, per in (("d8", 8, 8), ("d2", 2, 32)):
+        r = runs[name]
         assert r.returncode == 0, r.stderr
-        n = devices or 8
         assert f"cpu ({n} devices), batch 64 global = {per} per device" in r.stdout, r.stdout
-        assert max_diff(final(out), ref) <= TOL
-        import json
-
-        doc = json.loads((out / "solver.json").read_text())
+        assert max_diff(final(root / name), ref) <= TOL
+        doc = json.loads((root / name / "solver.json").read_text())
         assert doc["devices"] == n and doc["batch_per_device"] == per
 
 
-def test_resume_on_another_device_count(spec, one_device, tmp_path):
+def test_resume_on_another_device_count(spec, eight, one_device):
     """4 iterations on 2 devices, resumed to 8 on 1 device == 8 on 1 device straight."""
-    out = tmp_path / "run"
-    r = run_netc("train", spec, "--out", out, "--devices", 2, "--max-iter", 4, env=forced(8),
-                 timeout=300)
-    assert r.returncode == 0, r.stderr
+    root, runs = eight
+    out = root / "resume"
+    assert runs["resume"].returncode == 0, runs["resume"].stderr
     assert final(out, 4)
     r = netc("train", spec, "--resume", out, "--max-iter", 8)
     assert r.returncode == 0, r.stderr
@@ -126,18 +166,19 @@ def test_resume_on_another_device_count(spec, one_device, tmp_path):
     assert max_diff(final(out), final(one_device)) <= TOL
 
 
-def test_device_errors(spec, tmp_path):
+def test_device_errors(eight):
     """A batch that does not split evenly, and more devices than there are: exit 1, a message
     saying what to do, nothing written."""
-    r = run_netc("train", spec, "--out", tmp_path / "a", "--devices", 3, env=forced(8), timeout=300)
+    root, runs = eight
+    r = runs["split3"]
     assert r.returncode == 1, r.stderr
     assert "batch 64 does not divide over 3 devices" in r.stderr, r.stderr
     assert "--devices 4" in r.stderr and "Traceback" not in r.stderr
-    r = run_netc("train", spec, "--out", tmp_path / "b", "--devices", 16, env=forced(8),
-                 timeout=300)
+    r = runs["many"]
     assert r.returncode == 1, r.stderr
     assert "--devices 16: only 8 cpu devices available" in r.stderr, r.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert "Traceback" not in r.stderr
+    assert not (root / "split3").exists() and not (root / "many").exists()
 
 
 def _free_port() -> int:
@@ -205,16 +246,15 @@ solver: {base_lr: 0.5, lr_policy: fixed, momentum: 0.9, display: 2, max_iter: 6,
 """
 
 
-def test_time_major_inputs_and_carried_state(tmp_path):
+def test_time_major_inputs_and_carried_state(eight, tmp_path):
     """A time-major (T×N) text net whose LSTM carries its state from batch to batch: the batch is
     split on axis 1, the carry (N×H, replicated) is threaded exactly as on one device."""
-    spec = tmp_path / "lstm.yaml"
-    spec.write_text(LSTM_SPEC)
-    r = netc("train", spec, "--out", tmp_path / "one")
+    root, runs = eight
+    r = netc("train", root / "lstm.yaml", "--out", tmp_path / "one")
     assert r.returncode == 0, r.stderr
-    r = run_netc("train", spec, "--out", tmp_path / "four", env=forced(4), timeout=300)
+    r = runs["lstm4"]
     assert r.returncode == 0, r.stderr
     assert "cpu (4 devices), batch 8 global = 2 per device" in r.stdout
-    a, b = final(tmp_path / "one", 6), final(tmp_path / "four", 6)
+    a, b = final(tmp_path / "one", 6), final(root / "lstm4", 6)
     assert {"state/lstm/carry_h", "state/lstm/carry_c"} <= a.keys()
     assert max_diff(a, b) <= TOL

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import netc
+from conftest import jit_fast, netc
 
 from netc.runtime.generate import Decoder, beam_search, greedy, sample
 
@@ -134,8 +134,8 @@ def test_stepping_a_carried_state_net_equals_the_whole_sequence(tmp_path, kind):
     tokens = np.random.default_rng(0).integers(0, 5, (6, 3)).astype(np.int32)
     cont = np.ones((6, 3), np.float32)
     cont[0] = 0
-    whole, _ = model.apply(params, state, {"data": tokens, "label": tokens, "cont": cont},
-                           outputs=["logits"])
+    whole, _ = jit_fast(lambda p, s, x: model.apply(p, s, x, outputs=["logits"]))(
+        params, state, {"data": tokens, "label": tokens, "cont": cont})
     ctx = load_context(str(path))
     dec = Decoder.build(ctx.spec, net_state("TEST", ctx.solver, ctx.spec), 3, token="data",
                         scores="logits", cont="cont")
@@ -164,8 +164,8 @@ def test_seq2seq_decoder_feeds_back_exposed_state_and_runs_the_encoder_once(tmp_
     z = np.load(tmp_path / "data" / "reverse_test.npz")
     arrays = {k: z[k] for k in z.files}
     # teacher-forced scores of the whole target at once ...
-    whole, _ = model.apply(params, state, {k: arrays[k][:8] for k in ("src", "src_len", "dec_in")},
-                           outputs=["logits"])
+    whole, _ = jit_fast(lambda p, s, x: model.apply(p, s, x, outputs=["logits"]))(
+        params, state, {k: arrays[k][:8] for k in ("src", "src_len", "dec_in")})
     # ... equal the decoder's, stepping with the true previous tokens
     from netc.runtime.context import load_context, net_state
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import netc
+from conftest import jit_fast, netc
 
 from netc.runtime.data import BatchStream, DataError, load_source
 from netc.runtime.errors import RunError
@@ -585,15 +585,16 @@ def test_evaluate_threads_the_carried_state_between_test_batches(tmp_path):
     got = evaluate(make_eval_fn(net), params, state, feeds, 3)
 
     # by hand: each batch starts from the state the previous one left; the pass from zeros
+    apply = jit_fast(lambda params, st, inputs: net.apply(params, st, inputs, train=False))
     stream = feeds[0].stream(0)
     st, losses = state, []
     for _ in range(3):
-        blobs, st = net.apply(params, st, feeds[0].feed(next(stream)), train=False)
+        blobs, st = apply(params, st, feeds[0].feed(next(stream)))
         losses.append(float(blobs["loss"]))
     assert got["loss"] == pytest.approx(np.mean(losses), rel=1e-6)
     # the same batches each from a zero state give another number: the state did matter
     stream = feeds[0].stream(0)
-    cold = [float(net.apply(params, state, feeds[0].feed(next(stream)), train=False)[0]["loss"])
+    cold = [float(apply(params, state, feeds[0].feed(next(stream)))[0]["loss"])
             for _ in range(3)]
     assert abs(np.mean(cold) - got["loss"]) > 1e-6
     # a second pass starts again from the given state: the same result

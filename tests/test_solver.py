@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pydantic
 import pytest
+from conftest import jit_fast
 
 from netc.runtime.solver import learning_rate, make_optimizer
 from netc.spec.solver import SolverParameter
@@ -22,6 +23,17 @@ def sp(**kw) -> SolverParameter:
     kw.setdefault("base_lr", 0.1)
     kw.setdefault("lr_policy", "fixed")
     return SolverParameter(**kw)
+
+
+def jitted_update(opt, **jit_kw):
+    """opt's update and its application as one jitted step(params, state, grads), the trainer's
+    shape of it (compiled with the suite's fast XLA options: one small program per test)."""
+
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jit_fast(step, **jit_kw)
 
 
 # --- (a) a hand-computed Caffe SGD run across a learning-rate step ------------------------------
@@ -44,25 +56,21 @@ def test_sgd_momentum_across_lr_step_by_hand():
     params = {"ip": {"w": jnp.asarray(1.0, jnp.float32)}}
     grads = {"ip": {"w": jnp.asarray(1.0, jnp.float32)}}
     opt = make_optimizer(s, {"ip": {"w": 1.0}}, {"ip": {"w": 1.0}})
-    state = opt.init(params)
+    state, step = opt.init(params), jitted_update(opt)
     got = []
     for _ in range(4):
-        updates, state = opt.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
+        params, state = step(params, state, grads)
         got.append(float(params["ip"]["w"]))
     np.testing.assert_allclose(got, caffe_expected, rtol=1e-6)
     np.testing.assert_allclose(float(state["history"]["ip"]["w"]), 0.1729, rtol=1e-6)
     assert int(state["iter"]) == 4
 
-    ref = optax.sgd(
-        optax.piecewise_constant_schedule(0.1, {2: 0.1}), momentum=0.9
-    )
+    ref = optax.sgd(optax.piecewise_constant_schedule(0.1, {2: 0.1}), momentum=0.9)
     p2 = {"ip": {"w": jnp.asarray(1.0, jnp.float32)}}
-    st2 = ref.init(p2)
+    st2, step2 = ref.init(p2), jitted_update(ref)
     got2 = []
     for _ in range(4):
-        u, st2 = ref.update(grads, st2, p2)
-        p2 = optax.apply_updates(p2, u)
+        p2, st2 = step2(p2, st2, grads)
         got2.append(float(p2["ip"]["w"]))
     np.testing.assert_allclose(got2, optax_expected, rtol=1e-6)
     assert abs(got[-1] - got2[-1]) > 0.25  # the two rules really differ after the step
@@ -101,8 +109,11 @@ def caffe_reference(s: SolverParameter, w0: dict, grad_seq: list[dict]):
     clipped = []
     for it, grads in enumerate(grad_seq):
         diff = {
-            n: (np.zeros_like(w[n]) if LR_MULT[n[0]][n[1]] == 0 else
-                np.array(grads[n[0]][n[1]], np.float64).copy())
+            n: (
+                np.zeros_like(w[n])
+                if LR_MULT[n[0]][n[1]] == 0
+                else np.array(grads[n[0]][n[1]], np.float64).copy()
+            )
             for n in NAMES
         }
         # GetLearningRate
@@ -200,24 +211,22 @@ def _problem(seed: int, dtype):
     w0["conv1"]["bias"][0] = 0.0  # sign(0) = 0 for L1
     grad_seq = []
     for scale in GRAD_SCALES:  # gradient norms around clip_gradients: some clipped, some not
-        grad_seq.append({
-            layer: {role: (scale * rng.normal(size=shape)).astype(dtype)
-                    for role, shape in roles.items()}
-            for layer, roles in SHAPES.items()
-        })
+        grad_seq.append(
+            {
+                layer: {
+                    role: (scale * rng.normal(size=shape)).astype(dtype)
+                    for role, shape in roles.items()
+                }
+                for layer, roles in SHAPES.items()
+            }
+        )
     return w0, grad_seq
 
 
 def _run(s: SolverParameter, w0, grad_seq, dtype):
     opt = make_optimizer(s, LR_MULT, DECAY_MULT)
     params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), w0)
-    state = opt.init(params)
-
-    @jax.jit
-    def step(params, state, grads):
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
+    state, step = opt.init(params), jitted_update(opt)
     for grads in grad_seq:
         params, state = step(params, state, jax.tree_util.tree_map(jnp.asarray, grads))
     return params, state
@@ -239,8 +248,13 @@ def test_solver_matches_caffe_reference(kind, config):
         for layer, role in NAMES:
             g = np.asarray(got[layer][role])
             assert g.dtype == np.float64
-            np.testing.assert_allclose(g, ref[(layer, role)], rtol=1e-6, atol=1e-12,
-                                       err_msg=f"{kind} {config} {layer}.{role}")
+            np.testing.assert_allclose(
+                g,
+                ref[(layer, role)],
+                rtol=1e-6,
+                atol=1e-12,
+                err_msg=f"{kind} {config} {layer}.{role}",
+            )
             moved += not np.array_equal(g, w0[layer][role])
         assert moved == len(NAMES) - 1  # every leaf but the frozen one changed
 
@@ -266,15 +280,23 @@ POLICIES = [
     (dict(lr_policy="step", stepsize=10, gamma=0.5), lambda i: 0.1 * 0.5 ** (i // 10)),
     (dict(lr_policy="exp", gamma=0.99), lambda i: 0.1 * 0.99**i),
     (dict(lr_policy="inv", gamma=1e-3, power=0.75), lambda i: 0.1 * (1 + 1e-3 * i) ** -0.75),
-    (dict(lr_policy="multistep", gamma=0.1, stepvalue=[3, 10, 50]),
-     lambda i: 0.1 * 0.1 ** sum(i >= v for v in (3, 10, 50))),
+    (
+        dict(lr_policy="multistep", gamma=0.1, stepvalue=[3, 10, 50]),
+        lambda i: 0.1 * 0.1 ** sum(i >= v for v in (3, 10, 50)),
+    ),
     (dict(lr_policy="poly", power=2.0, max_iter=100), lambda i: 0.1 * (1 - i / 100) ** 2),
-    (dict(lr_policy="sigmoid", gamma=0.1, stepsize=50),
-     lambda i: 0.1 / (1 + math.exp(-0.1 * (i - 50)))),
-    (dict(lr_policy="cosine", max_iter=100),
-     lambda i: 0.1 * 0.5 * (1 + math.cos(math.pi * i / 100))),
-    (dict(lr_policy="step", stepsize=10, gamma=0.5, warmup_iter=4, warmup_start_factor=0.2),
-     lambda i: 0.1 * 0.5 ** (i // 10) * (0.2 + 0.8 * i / 4 if i < 4 else 1.0)),
+    (
+        dict(lr_policy="sigmoid", gamma=0.1, stepsize=50),
+        lambda i: 0.1 / (1 + math.exp(-0.1 * (i - 50))),
+    ),
+    (
+        dict(lr_policy="cosine", max_iter=100),
+        lambda i: 0.1 * 0.5 * (1 + math.cos(math.pi * i / 100)),
+    ),
+    (
+        dict(lr_policy="step", stepsize=10, gamma=0.5, warmup_iter=4, warmup_start_factor=0.2),
+        lambda i: 0.1 * 0.5 ** (i // 10) * (0.2 + 0.8 * i / 4 if i < 4 else 1.0),
+    ),
 ]
 
 
@@ -285,8 +307,9 @@ def test_lr_policy_formula(kw, formula):
     got_py = np.array([learning_rate(s, i) for i in ITERS])
     assert all(isinstance(learning_rate(s, i), float) for i in ITERS[:2])
     np.testing.assert_allclose(got_py, expected, rtol=1e-12)
-    jitted = jax.jit(lambda i: learning_rate(s, i))
-    got_jit = np.array([float(jitted(jnp.asarray(i, jnp.int32))) for i in ITERS])
+    # traced: each iteration a JAX int32 scalar (vmap: one compiled program for all of ITERS)
+    jitted = jit_fast(jax.vmap(lambda i: learning_rate(s, i)))
+    got_jit = np.asarray(jitted(jnp.asarray(ITERS, jnp.int32)), np.float64)
     np.testing.assert_allclose(got_jit, expected, rtol=1e-6)
 
 
@@ -315,8 +338,15 @@ def test_warmup_starts_at_factor_and_cosine_clamps():
     assert learning_rate(s, 10) == pytest.approx(0.0, abs=1e-15)
     assert learning_rate(s, 15) == pytest.approx(0.0, abs=1e-15)
     # A start factor of 0, written, starts from 0.
-    assert learning_rate(sp(base_lr=0.2, lr_policy="cosine", max_iter=10, warmup_iter=5,
-                            warmup_start_factor=0.0), 0) == 0.0
+    assert (
+        learning_rate(
+            sp(
+                base_lr=0.2, lr_policy="cosine", max_iter=10, warmup_iter=5, warmup_start_factor=0.0
+            ),
+            0,
+        )
+        == 0.0
+    )
 
 
 # --- (d) lr_mult 0 -------------------------------------------------------------------------------
@@ -329,12 +359,11 @@ def test_lr_mult_zero_leaf_is_bit_identical(kind):
     params = {"a": {"w": jnp.ones((2, 2), jnp.float32)}, "b": {"w": frozen}}
     lr_mult = {"a": {"w": 1.0}, "b": {"w": 0.0}}
     opt = make_optimizer(s, lr_mult, {"a": {"w": 1.0}, "b": {"w": 1.0}})
-    state = opt.init(params)
+    state, step = opt.init(params), jitted_update(opt)
     grads_b = jnp.asarray([[1e30, jnp.nan], [-1.0, jnp.inf]], jnp.float32)
+    grads = {"a": {"w": jnp.full((2, 2), 0.1, jnp.float32)}, "b": {"w": grads_b}}
     for _ in range(3):
-        grads = {"a": {"w": jnp.full((2, 2), 0.1, jnp.float32)}, "b": {"w": grads_b}}
-        updates, state = opt.update(grads, state, params)
-        params = optax.apply_updates(params, updates)
+        params, state = step(params, state, grads)
     out = np.asarray(params["b"]["w"])
     assert np.array_equal(out.view(np.uint32), np.asarray(frozen).view(np.uint32))
     assert not np.array_equal(np.asarray(params["a"]["w"]), np.ones((2, 2)))
@@ -347,33 +376,37 @@ def test_lr_mult_zero_leaf_is_bit_identical(kind):
 
 @pytest.mark.parametrize("kind", ["Nesterov", "Adam"])
 def test_update_inside_jit_with_donation(kind):
-    s = sp(type=kind, base_lr=0.01, momentum=0.9, lr_policy="step", stepsize=2, gamma=0.5,
-           weight_decay=5e-4, clip_gradients=10.0, iter_size=2)
-    lr_mult = {"l": {"w": 1.0, "b": 2.0}}
-    decay_mult = {"l": {"w": 1.0, "b": 0.0}}
-    opt = make_optimizer(s, lr_mult, decay_mult)
-    rng = np.random.default_rng(0)
-    p0 = {"l": {"w": rng.normal(size=(4, 3)).astype(np.float32),
-                "b": rng.normal(size=(4,)).astype(np.float32)}}
-    gs = [{"l": {"w": rng.normal(size=(4, 3)).astype(np.float32),
-                 "b": rng.normal(size=(4,)).astype(np.float32)}} for _ in range(4)]
-
-    def train_step(params, state, grads):
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    jitted = jax.jit(train_step, donate_argnums=(0, 1))
-    pe = jax.tree_util.tree_map(jnp.asarray, p0)
-    se = opt.init(pe)
-    pj = jax.tree_util.tree_map(jnp.asarray, p0)
+    """The update jitted with its parameters and state donated (as the trainer's step is) follows
+    Caffe's rule, the float64 transcription above (a step schedule, decay, clipping, iter_size);
+    its state is arrays only."""
+    s = sp(
+        type=kind,
+        **TYPE_SETTINGS[kind],
+        lr_policy="step",
+        stepsize=2,
+        gamma=0.5,
+        weight_decay=5e-4,
+        clip_gradients=10.0,
+        iter_size=2,
+    )
+    w0, grad_seq = _problem(11, np.float32)
+    ref, _ = caffe_reference(s, w0, grad_seq)
+    opt = make_optimizer(s, LR_MULT, DECAY_MULT)
+    jitted = jitted_update(opt, donate_argnums=(0, 1))
+    pj = jax.tree_util.tree_map(jnp.asarray, w0)
     sj = opt.init(pj)
-    for g in gs:
-        pe, se = train_step(pe, se, g)
+    for g in grad_seq:
         pj, sj = jitted(pj, sj, jax.tree_util.tree_map(jnp.asarray, g))
-    for a, b in zip(jax.tree_util.tree_leaves(pe), jax.tree_util.tree_leaves(pj)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-    assert not np.allclose(np.asarray(pj["l"]["w"]), p0["l"]["w"])
-    assert sj["iter"].dtype == jnp.int32 and int(sj["iter"]) == 4
+    for layer, role in NAMES:
+        np.testing.assert_allclose(
+            np.asarray(pj[layer][role]),
+            ref[(layer, role)],
+            rtol=2e-5,
+            atol=1e-6,
+            err_msg=f"{kind} {layer}.{role}",
+        )
+    assert not np.allclose(np.asarray(pj["fc"]["weight"]), w0["fc"]["weight"])
+    assert sj["iter"].dtype == jnp.int32 and int(sj["iter"]) == N_ITERS
     leaves = jax.tree_util.tree_leaves(sj)
     assert leaves and all(isinstance(x, jax.Array) for x in leaves)
     assert set(sj) == ({"iter", "history", "history2"} if kind == "Adam" else {"iter", "history"})

@@ -13,7 +13,7 @@ import pytest
 import torch.nn.functional as F
 import yaml
 from conftest import SCRATCH
-from test_parity import compare, inputs_layer
+from test_parity import compare_many, inputs_layer
 
 from netc.compiler.catalogue import layer_models
 from netc.compiler.layers.pooling import adaptive_bins
@@ -31,16 +31,15 @@ def layer(pool, output_size, **more):
             "pooling_param": {"pool": pool, "output_size": list(output_size), **more}}
 
 
-def check(pool, size, out, rng):
-    n = len(size)
-    ref_fn = TORCH[(pool, n)]
+def case(pool, size, out):
+    """A compare_many case: torch's adaptive pooling as the reference, (2, 3, *out) planned."""
+    ref_fn = TORCH[(pool, len(size))]
 
     def ref(_, x):
         return [ref_fn(x["x"], tuple(out))]
 
-    net, outs = compare(f"adaptive {pool} {size} → {out}", layer(pool, out), {"x": (2, 3, *size)},
-                        ref, rng)
-    assert net.plan.blobs["y"] == (2, 3, *out)
+    return (f"adaptive {pool} {size} → {out}", layer(pool, out), {"x": (2, 3, *size)}, ref,
+            {"blob_shapes": {"y": (2, 3, *out)}})
 
 
 def test_bins_are_pytorchs():
@@ -50,28 +49,29 @@ def test_bins_are_pytorchs():
     assert adaptive_bins(5, 5) == tuple((i, i + 1) for i in range(5))
 
 
-@pytest.mark.parametrize("pool", ["AVE", "MAX"])
-@pytest.mark.parametrize("size,out", [((7, 7), (7, 7)), ((12, 8), (4, 2)), ((10, 11), (3, 4)),
-                                      ((2, 3), (7, 7)), ((5, 9), (1, 1)), ((13, 6), (5, 6))])
-def test_2d_matches_torch(pool, size, out):
-    check(pool, size, out, np.random.default_rng(sum(size) * 31 + sum(out)))
+SIZES_2D = [((7, 7), (7, 7)), ((12, 8), (4, 2)), ((10, 11), (3, 4)), ((2, 3), (7, 7)),
+            ((5, 9), (1, 1)), ((13, 6), (5, 6))]
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_random_sizes_match_torch(seed):
+def _random_case(seed):
     """Random input and output sizes per axis, 1-D to 3-D: most are not divisible."""
     rng = np.random.default_rng(100 + seed)
     n = [2, 2, 1, 3, 2, 1][seed]
     size = tuple(int(v) for v in rng.integers(1, 12 if n < 3 else 7, size=n))
     out = tuple(int(v) for v in rng.integers(1, 9 if n < 3 else 5, size=n))
-    check("AVE" if seed % 2 else "MAX", size, out, rng)
+    return case("AVE" if seed % 2 else "MAX", size, out)
 
 
-def test_one_value_for_every_axis():
-    rng = np.random.default_rng(7)
-    net, _ = compare("adaptive AVE (6)", layer("AVE", [6]), {"x": (2, 3, 9, 13)},
-                     lambda _, x: [F.adaptive_avg_pool2d(x["x"], 6)], rng)
-    assert net.plan.blobs["y"] == (2, 3, 6, 6)
+def test_matches_torch():
+    """2-D equal, divisible, overlapping, larger-than-input and 1×1 outputs (AVE and MAX), random
+    1-D to 3-D sizes, and one output_size value for every axis, all in one program."""
+    cases = [case(pool, size, out) for pool in ("AVE", "MAX") for size, out in SIZES_2D]
+    cases += [_random_case(seed) for seed in range(6)]
+    one = layer("AVE", [6])
+    cases.append(("adaptive AVE (6)", one, {"x": (2, 3, 9, 13)},
+                  lambda _, x: [F.adaptive_avg_pool2d(x["x"], 6)],
+                  {"blob_shapes": {"y": (2, 3, 6, 6)}}))
+    compare_many(cases, np.random.default_rng(7))
 
 
 def _plan_errors(layers):

@@ -26,11 +26,14 @@ from netc.runtime.checkpoint import (
 )
 
 NETC = Path(sys.executable).with_name("netc")
+# tests/specs/mlp.yaml (snapshot every 100, test every 500) cut to 500 of its 1,500 iterations:
+# checkpoints at 100..400 to kill after and resume from, a test pass at 0 and 500
+ITERS = 500
 
 
 def final_tensors(run_dir: Path) -> dict[str, np.ndarray]:
     tree, meta = load_checkpoint(latest_checkpoint(run_dir))
-    assert meta["iteration"] == 1500
+    assert meta["iteration"] == ITERS
     return flatten(tree)
 
 
@@ -38,8 +41,18 @@ def events(run_dir: Path) -> list[dict]:
     recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for r in recs:
         r.pop("time", None)
-        for k in ("it_per_s", "wall_s", "train_s", "eval_s", "samples_per_s", "path", "first_step_s",
-                  "steady_s", "steady_iters", "trained"):  # timings of this process
+        for k in (
+            "it_per_s",
+            "wall_s",
+            "train_s",
+            "eval_s",
+            "samples_per_s",
+            "path",
+            "first_step_s",
+            "steady_s",
+            "steady_iters",
+            "trained",
+        ):  # timings of this process
             r.pop(k, None)
     return recs
 
@@ -50,14 +63,18 @@ def assert_identical(a: Path, b: Path) -> None:
     different = [k for k in ta if not np.array_equal(ta[k], tb[k])]
     assert not different, f"tensors differ after resume: {different}"
     assert {k for k in ta if k.startswith("params/")} == {
-        "params/ip1/weight", "params/ip1/bias", "params/ip2/weight", "params/ip2/bias"}
+        "params/ip1/weight",
+        "params/ip1/bias",
+        "params/ip2/weight",
+        "params/ip2/bias",
+    }
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """The uninterrupted run (seed 7 from the spec's random_seed)."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    r = netc("train", MLP, "--out", out)
+    r = netc("train", MLP, "--out", out, "--max-iter", ITERS)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -77,20 +94,25 @@ def wait_for(predicate, proc, timeout=120.0, what="condition"):
 
 def start(*args, env=None):
     cmd = [str(NETC), *map(str, args)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, **(env or {})))
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def test_sigkill_mid_run_then_resume_is_bit_identical(tmp_path, reference):
     out = tmp_path / "run"
-    proc = start("train", MLP, "--out", out)
+    proc = start("train", MLP, "--out", out, "--max-iter", ITERS)
     wait_for(lambda: list_checkpoints(out), proc, what="the first checkpoint")
     proc.kill()  # SIGKILL
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     killed_at = load_checkpoint(latest_checkpoint(out))[1]["iteration"]
-    assert 100 <= killed_at < 1500
-    r = netc("train", MLP, "--resume", out)
+    assert 100 <= killed_at < ITERS
+    r = netc("train", MLP, "--resume", out)  # the run's max_iter (ITERS) is kept
     assert r.returncode == 0, r.stderr
     assert f"at iteration {killed_at}" in r.stdout
     assert_identical(out, reference)
@@ -118,8 +140,22 @@ main()
 
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, reference):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-c", KILL_WHILE_WRITING, "train", str(MLP), "--out",
-                        str(out)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILL_WHILE_WRITING,
+            "train",
+            str(MLP),
+            "--out",
+            str(out),
+            "--max-iter",
+            str(ITERS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert any(p.name.startswith(".mlp_iter_300.safetensors.tmp-") for p in out.iterdir())
     assert not (out / "mlp_iter_300.json").exists()
@@ -147,8 +183,12 @@ def test_resume_refuses_a_changed_architecture(tmp_path, reference):
     assert r.returncode == 1
     assert "solver type: SGD in the checkpoint, Adam in the spec" in r.stderr
     extra = tmp_path / "extra.yaml"
-    extra.write_text(MLP.read_text().replace(
-        "  - {name: relu1,", "  - {name: sig, type: Sigmoid, bottom: ip1, top: ip1}\n  - {name: relu1,"))
+    extra.write_text(
+        MLP.read_text().replace(
+            "  - {name: relu1,",
+            "  - {name: sig, type: Sigmoid, bottom: ip1, top: ip1}\n  - {name: relu1,",
+        )
+    )
     r = netc("train", extra, "--resume", reference)
     assert r.returncode == 1
     assert "layer 'sig' (Sigmoid) is new in the spec" in r.stderr
@@ -156,16 +196,16 @@ def test_resume_refuses_a_changed_architecture(tmp_path, reference):
 
 
 def test_resume_last_extends_a_finished_run(tmp_path):
-    r = netc("train", MLP, "--max-iter", 200, cwd=tmp_path)
+    r = netc("train", MLP, "--max-iter", 20, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("mlp-")
     r = netc("train", MLP, "--resume", "last", cwd=tmp_path)
-    assert r.returncode == 0 and "Nothing to do" in r.stdout  # its max_iter (200) is kept
-    r = netc("train", MLP, "--resume", "last", "--max-iter", 300, cwd=tmp_path)
+    assert r.returncode == 0 and "Nothing to do" in r.stdout  # its max_iter (20) is kept
+    r = netc("train", MLP, "--resume", "last", "--max-iter", 30, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "at iteration 200" in r.stdout
-    assert load_checkpoint(latest_checkpoint(runs[0]))[1]["iteration"] == 300
+    assert "at iteration 20" in r.stdout
+    assert load_checkpoint(latest_checkpoint(runs[0]))[1]["iteration"] == 30
     r = netc("train", MLP, "--resume", "last", "--weights", "x.json", cwd=tmp_path)
     assert r.returncode == 1 and "exclude each other" in r.stderr
     r = netc("train", MLP, "--resume", tmp_path / "nowhere", cwd=tmp_path)
@@ -188,16 +228,19 @@ def test_nonfinite_loss_stops_cleanly_without_a_snapshot(tmp_path):
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
     """A learning rate that diverges after a few good steps: every checkpoint left is finite."""
     solver = tmp_path / "late.yaml"
-    solver.write_text("base_lr: 1.0\nlr_policy: exp\ngamma: 20.0\nmax_iter: 100\nsnapshot: 1\n"
-                      "display: 1\n")
+    solver.write_text(
+        "base_lr: 1.0\nlr_policy: exp\ngamma: 20.0\nmax_iter: 100\nsnapshot: 1\ndisplay: 1\n"
+    )
     out = tmp_path / "run"
     r = netc("train", MLP, "--solver", solver, "--out", out)
     assert r.returncode == 3, (r.stdout, r.stderr)
     stop = [e for e in events(out) if e["event"] == "stop"][0]
     # Either the loss or (SoftmaxWithLoss caps each term at −log FLT_MIN) a parameter goes
     # non-finite first; both messages name the iteration.
-    assert (f"at iteration {stop['iter']}" in r.stderr
-            or f"not finite after iteration {stop['iter']}" in r.stderr), r.stderr
+    assert (
+        f"at iteration {stop['iter']}" in r.stderr
+        or f"not finite after iteration {stop['iter']}" in r.stderr
+    ), r.stderr
     cks = list_checkpoints(out)
     assert cks, "the first steps were fine and should have been snapshotted"
     assert "the last good checkpoint is" in r.stderr
@@ -212,8 +255,11 @@ def test_signal_finishes_the_step_snapshots_and_exits(tmp_path, sig, code):
     out = tmp_path / "run"
     proc = start("train", MLP, "--out", out, "--max-iter", 10_000_000)
     metrics = out / "metrics.jsonl"
-    wait_for(lambda: metrics.exists() and '"train"' in metrics.read_text(), proc,
-             what="the first display")
+    wait_for(
+        lambda: metrics.exists() and '"train"' in metrics.read_text(),
+        proc,
+        what="the first display",
+    )
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == code, (stdout, stderr)

@@ -130,7 +130,7 @@ def test_stepping_a_carried_state_net_equals_the_whole_sequence(tmp_path, kind):
     path = tmp_path / "lm.yaml"
     path.write_text(LM.format(kind=kind))
     model = netc.load(str(path), phase="TRAIN")
-    params, state = model.init(1)
+    params, state = jit_fast(model.net.init)(jax.random.PRNGKey(1))  # one program, not eager
     tokens = np.random.default_rng(0).integers(0, 5, (6, 3)).astype(np.int32)
     cont = np.ones((6, 3), np.float32)
     cont[0] = 0
@@ -141,7 +141,7 @@ def test_stepping_a_carried_state_net_equals_the_whole_sequence(tmp_path, kind):
                         scores="logits", cont="cont")
     assert dec.time_axis == 0
     step = dec.step_fn()
-    st = dec.net.init(jax.random.PRNGKey(0))[1]  # the generation net's own (zero) carried state
+    st = jit_fast(dec.net.init)(jax.random.PRNGKey(0))[1]  # the generation net's own (zero) state
     got = []
     for t in range(6):
         scores, _, st = step(params, st, dec.inputs(tokens[t], t == 0, None))
@@ -157,10 +157,12 @@ def test_seq2seq_decoder_feeds_back_exposed_state_and_runs_the_encoder_once(tmp_
     from pathlib import Path
 
     spec.write_text((Path(seq_tasks.__file__).parent / "seq2seq_reverse.yaml").read_text())
+    import jax
+
     import netc
 
     model = netc.load(str(spec), phase="TEST", batch=None)
-    params, state = model.init(3)
+    params, state = jit_fast(model.net.init)(jax.random.PRNGKey(3))
     z = np.load(tmp_path / "data" / "reverse_test.npz")
     arrays = {k: z[k] for k in z.files}
     # teacher-forced scores of the whole target at once ...
@@ -211,7 +213,7 @@ def test_scheduled_sampling_mix(tmp_path, decode):
     from netc.runtime.scheduled import make_mixer
 
     model = _ss_model(tmp_path, f"schedule: linear, k: 1, c: 0.5, decode: {decode}")
-    params, state = model.init(0)
+    params, state = jit_fast(model.net.init)(jax.random.PRNGKey(0))
     ss = model.context.solver.scheduled_sampling
     mix = make_mixer(model.net, ss)
     rng = np.random.default_rng(1)

@@ -321,7 +321,7 @@ def test_weight_dropout_masks_the_recurrent_weights_in_train_only(check_spec):
                                        param=dict(param, weight_dropout=q), bottoms=("x",)))
     plain, _ = planned(check_spec, seq_net("LSTM", x=(6, 3), feat=8, param=param, bottoms=("x",)))
     net, ref = lower(p), lower(plain)
-    params, state = net.init(jax.random.PRNGKey(0))
+    params, state = jit_fast(net.init)(jax.random.PRNGKey(0))
     x = jax.random.normal(jax.random.PRNGKey(1), (6, 3, 8))
     inputs = {"x": x, "cont": jnp.ones((6, 3))}
 

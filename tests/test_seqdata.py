@@ -580,7 +580,7 @@ def test_evaluate_threads_the_carried_state_between_test_batches(tmp_path):
     ctx = load_context(str(spec))
     plan = ctx.plan("TEST")
     net = lower(plan)
-    params, state = net.init(jax.random.PRNGKey(0))
+    params, state = jit_fast(net.init)(jax.random.PRNGKey(0))  # one program, not eager
     feeds = data_feeds(plan, ctx.spec.spec_dir)
     got = evaluate(make_eval_fn(net), params, state, feeds, 3)
 

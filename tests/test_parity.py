@@ -160,7 +160,8 @@ def compare_many(cases, rng, *, rtol=RTOL, train=None, phase="TRAIN"):
     a program per net; the cases share nothing, so each output and gradient is the case's own).
 
     cases: (name, layer_spec, shapes, reference) tuples, or with a 5th item, a dict of compare's
-    per-case keywords `tops`, `zero_grad`, `label_inputs` (by the case's own blob names),
+    per-case keywords `tops`, `zero_grad`, `label_inputs`, `inputs` (given values that, unlike
+    label inputs, are differentiated; by the case's own blob names),
     `before` / `after` (layers before / after the layer under test, part of the reference) and
     the planned shapes to check (see _check_case). Returns the net and each case's outputs
     ({top: array} per case)."""
@@ -174,7 +175,8 @@ def compare_many(cases, rng, *, rtol=RTOL, train=None, phase="TRAIN"):
     inputs = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
     tops = []
     for i, (_, layer_spec, _, _, kw) in enumerate(cases):
-        inputs.update({f"{k}_{i}": v for k, v in kw.get("label_inputs", {}).items()})
+        given = {**kw.get("inputs", {}), **kw.get("label_inputs", {})}
+        inputs.update({f"{k}_{i}": v for k, v in given.items()})
         tops += [f"{t}_{i}" for t in kw.get("tops") or layer_spec["top"]]
     params = random_params(net, rng)
     cots = [rng.standard_normal(net.plan.blobs[t]).astype(np.float32) for t in tops]

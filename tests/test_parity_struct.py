@@ -25,10 +25,10 @@ from conftest import SCRATCH, jit_fast
 from test_parity import (  # noqa: E402
     build,
     close,
+    compare_many,
     inputs_layer,
     random_params,
     run_netc,
-    run_torch,
 )
 
 import netc.compiler.layers.slicing  # noqa: E402, F401 - registers Slice, Tile, Reduction, ArgMax, Silence
@@ -37,22 +37,23 @@ from netc.compiler.lower import LoweringError  # noqa: E402
 FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
-def check(name, layers, inputs, ref, tops, rng, *, labels=(), zero_grad=(), rtol=1e-5):
-    """Input(inputs) + layers; compare `tops` and d(Σ top·cot)/d(inputs) with ref(tx) (torch).
-    `labels`: inputs without a reference gradient, whose netc gradient must be 0 (as zero_grad)."""
-    net = build([inputs_layer({k: v.shape for k, v in inputs.items()}), *layers])
-    cots = [np.asarray(rng.standard_normal(net.plan.blobs[t]), np.float32) for t in tops]
-    outs, _, gx = run_netc(net, random_params(net, rng), inputs, tops, cots)
-    routs, _, rgx = run_torch(lambda p, x: ref(x), {}, inputs, cots,
-                              no_grad=tuple(labels) + tuple(zero_grad))
-    for t, o, r in zip(tops, outs, routs):
-        close(o, r, f"{name}: forward {t}", rtol)
-    for k in inputs:
-        if k in labels or k in zero_grad:
-            assert not np.any(gx[k]), f"{name}: gradient reaches {k}, which must get none"
-        else:
-            close(gx[k], rgx[k], f"{name}: d/d input {k}", rtol)
-    return net, outs
+def _struct_case(name, layers, inputs, ref, tops, _rng=None, *, labels=(), zero_grad=(), **kw):
+    """A compare_many case from check()'s arguments: Input(inputs) + layers; `tops` and
+    d(Σ top·cot)/d(inputs) against ref(tx) (torch). `labels`: inputs without a reference
+    gradient, whose netc gradient must be 0 (as zero_grad); kw: compare_many's blob_shapes."""
+    return (name, layers[-1], {k: v.shape for k, v in inputs.items()}, lambda p, x: ref(x),
+            {"before": layers[:-1], "tops": tops, "zero_grad": zero_grad,
+             "inputs": {k: v for k, v in inputs.items() if k not in labels},
+             "label_inputs": {k: inputs[k] for k in labels}, **kw})
+
+
+def check_all(make, seeds):
+    """make(seed, check) for each seed; its check(name, layers, inputs, ref, tops, rng, ...)
+    calls are collected and run in ONE net and compiled program (test_parity.compare_many)."""
+    cases = []
+    for seed in seeds:
+        make(seed, lambda *args, **kw: cases.append(_struct_case(*args, **kw)))
+    return compare_many(cases, np.random.default_rng(0))
 
 
 def layer(kind, bottom, top, **fields):
@@ -67,8 +68,11 @@ def rand_shape(rng, lo_rank=2, hi_rank=4, hi=4):
 # Slice / Tile / Reduction
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_slice(seed):
+def test_slice():
+    check_all(_slice, range(6))
+
+
+def _slice(seed, check):
     rng = np.random.default_rng(40_000 + seed)
     shape = list(rand_shape(rng, 2, 4, 3))
     axis = int(rng.integers(0, len(shape)))
@@ -90,13 +94,16 @@ def test_slice(seed):
         param["axis"] = written
     names = [f"t{i}" for i in range(tops)]
     x = {"x": rng.standard_normal(shape).astype(np.float32)}
-    net, _ = check(f"Slice {param} on {shape}", [layer("Slice", ["x"], names, slice_param=param)],
-                   x, lambda t: list(torch.split(t["x"], sizes, dim=axis)), names, rng)
-    assert [net.plan.blobs[n][axis] for n in names] == sizes
+    want = {n: tuple(shape[:axis] + [size] + shape[axis + 1:]) for n, size in zip(names, sizes)}
+    check(f"Slice {param} on {shape}", [layer("Slice", ["x"], names, slice_param=param)],
+          x, lambda t: list(torch.split(t["x"], sizes, dim=axis)), names, rng, blob_shapes=want)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_tile(seed):
+def test_tile():
+    check_all(_tile, range(4))
+
+
+def _tile(seed, check):
     rng = np.random.default_rng(41_000 + seed)
     shape = rand_shape(rng, 1, 4, 3)
     axis = int(rng.integers(0, len(shape)))
@@ -110,8 +117,11 @@ def test_tile(seed):
           x, lambda t: [t["x"].repeat(*reps)], ["y"], rng)
 
 
-@pytest.mark.parametrize("op", ["SUM", "ASUM", "SUMSQ", "MEAN"])
-def test_reduction(op):
+def test_reduction():
+    check_all(_reduction, ["SUM", "ASUM", "SUMSQ", "MEAN"])
+
+
+def _reduction(op, check):
     rng = np.random.default_rng(42_000 + len(op))
     for case in range(2):  # two random configurations per operation, in one net
         shape = rand_shape(rng, 1, 4, 4)
@@ -128,9 +138,9 @@ def test_reduction(op):
             return [red * coeff]
 
         x = {"x": rng.standard_normal(shape).astype(np.float32)}
-        net, _ = check(f"Reduction {param} on {shape}",
-                       [layer("Reduction", ["x"], ["y"], reduction_param=param)], x, ref, ["y"], rng)
-        assert net.plan.blobs["y"] == shape[:axis]
+        check(f"Reduction {param} on {shape}",
+              [layer("Reduction", ["x"], ["y"], reduction_param=param)], x, ref, ["y"], rng,
+              blob_shapes={"y": shape[:axis]})
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,8 +260,11 @@ def labels_for(rng, n, classes, *, ignore=None):
     return lab.astype(np.float32)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_sigmoid_cross_entropy_loss(seed):
+def test_sigmoid_cross_entropy_loss():
+    check_all(_sigmoid_cross_entropy, range(6))
+
+
+def _sigmoid_cross_entropy(seed, check):
     rng = np.random.default_rng(45_000 + seed)
     shape = rand_shape(rng, 2, 4, 4)
     n = shape[0]
@@ -285,8 +298,11 @@ def test_sigmoid_cross_entropy_loss(seed):
           labels=("t",))
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_hinge_loss(seed):
+def test_hinge_loss():
+    check_all(_hinge, range(4))
+
+
+def _hinge(seed, check):
     rng = np.random.default_rng(46_000 + seed)
     shape = rand_shape(rng, 2, 4, 4)
     n, classes = shape[0], math.prod(shape[1:])
@@ -328,8 +344,11 @@ def probabilities(rng, shape):
     return rng.uniform(0.02, 1.0, size=shape).astype(np.float32)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_multinomial_logistic_loss(seed):
+def test_multinomial_logistic_loss():
+    check_all(_multinomial_logistic, range(3))
+
+
+def _multinomial_logistic(seed, check):
     rng = np.random.default_rng(47_000 + seed)
     shape = rand_shape(rng, 2, 4, 4)
     n, classes = shape[0], math.prod(shape[1:])
@@ -353,9 +372,12 @@ def infogain_ref(h, lab, axis, shape):
     return ref
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_infogain_loss(seed):
+def test_infogain_loss():
     """H from a third input, from an .npz source, or the identity; classes on axis 1 or 2."""
+    check_all(_infogain, range(4))
+
+
+def _infogain(seed, check):
     rng = np.random.default_rng(48_000 + seed)
     shape = rand_shape(rng, 2, 4, 4) if seed != 3 else (2, 3, 4)
     axis = 2 if seed == 3 else 1

@@ -1,6 +1,7 @@
 """`netc train` end to end: LeNet's accuracy on the built-in digits (float32, and bfloat16 against
-the same float32 run), the run directory, errors, fine-tuning with --weights. The command runs in-process (click's runner: the same options, output
-and exit status); test_run_directory_and_metrics runs the console script as a user does."""
+the same float32 run), the run directory, errors, fine-tuning with --weights. The command runs
+in-process (click's runner: the same options, output and exit status);
+test_run_directory_and_metrics runs the console script as a user does."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Training sanity for BatchNorm + Scale, Dropout and a residual block:
-models/small_resnet_digits.yaml trained by `netc train` (the command, in-process) on the built-in digits, and BatchNorm's
-running statistics carried through the trainer's step into the checkpoint."""
+models/small_resnet_digits.yaml trained by `netc train` (the command, in-process) on the built-in
+digits, and BatchNorm's running statistics carried through the trainer's step into the
+checkpoint."""
 
 from __future__ import annotations
 

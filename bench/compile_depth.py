@@ -1,14 +1,18 @@
 """Compile time of the train step against depth: runs of identical blocks scanned or unrolled.
 
-netc lowers each run of ≥ 2 structurally identical blocks (compiler/blocks.py: ResNet's identity
-blocks) as one `jax.lax.scan` over the blocks, so the train step's program, and XLA's compile
-time, should stay about the same as blocks are added, while the unrolled program
-(NETC_SCAN_BLOCKS=0) grows with them. Measured through netc's own train step (the one
-`netc train` runs, via the public API): `step.lower(...)` (tracing) and `.compile()` (XLA), for
+`lower(plan, scan_blocks=True)` (or NETC_SCAN_BLOCKS=1) lowers each run of >= 2 structurally
+identical blocks (compiler/blocks.py: ResNet's identity blocks) as one `jax.lax.scan` over the
+blocks, so the blocks' code appears once in the program instead of once per block. This script
+measures whether that buys compile time, through netc's own train step (the one `netc train`
+runs, via the public API): `step.lower(...)` (tracing) and `.compile()` (XLA: wall and this
+process's CPU seconds, the latter less disturbed by other load), for
 
 - a generated ResNet-like net (`resnet_spec`: a stem, one projection block, N identical basic
   blocks with BatchNorm + Scale + Dropout, 8 channels, 8×8 input, batch 2) at N = 2, 4, 8, 16;
 - models/resnet50_caffe.yaml (4 runs, 12 of its 16 blocks) at batch 8 with a SoftmaxWithLoss.
+
+What it showed on the 2-core CPU VM (2026-11-30, load average ~20): no compile-time gain; on
+ResNet-50 the scanned step compiled ~1.8x slower (see README, "Runs of identical blocks").
 
 Run: python bench/compile_depth.py [--depths 2,4,8,16] [--no-resnet50]
 Prints one row per net and mode. Not a test: the numbers vary by machine and load.
@@ -176,17 +180,19 @@ def measure(path: str, scan: bool) -> dict:
         inputs[b] = (
             rng.integers(0, 10, shape) if b == "label" else rng.standard_normal(shape)
         ).astype(np.float32)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     lowered = step.lower(params, state, opt_state, inputs, np.int32(0))
     lower_s = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu_lower = time.perf_counter(), time.process_time() - cpu
     lowered.compile()
     compile_s = time.perf_counter() - start
+    compile_cpu = time.process_time() - cpu - cpu_lower
     runs = model.net.runs
     jax.clear_caches()
     return {
         "lower_s": lower_s,
         "compile_s": compile_s,
+        "compile_cpu": compile_cpu,
         "hlo_chars": len(lowered.as_text()),
         "runs": len(runs),
         "blocks": sum(r.count for r in runs),
@@ -206,7 +212,7 @@ def main() -> None:
         nets.append(("resnet50_caffe batch 8", write(resnet50_spec(8), folder)))
     print(
         f"{'net':<24} {'mode':<9} {'runs':>4} {'blocks':>6} {'lower s':>8} {'compile s':>9} "
-        f"{'HLO chars':>10}"
+        f"{'compile CPU s':>13} {'HLO chars':>10}"
     )
     for label, path in nets:
         for scan in (True, False):
@@ -214,7 +220,7 @@ def main() -> None:
             print(
                 f"{label:<24} {'scan' if scan else 'unrolled':<9} {r['runs']:>4} "
                 f"{r['blocks']:>6} {r['lower_s']:>8.2f} {r['compile_s']:>9.2f} "
-                f"{r['hlo_chars']:>10,}",
+                f"{r['compile_cpu']:>13.2f} {r['hlo_chars']:>10,}",
                 flush=True,
             )
 

@@ -142,7 +142,7 @@ def test_program_size_does_not_grow_with_depth():
 def test_a_different_block_splits_the_run():
     """Block b2's first conv has 4 outputs instead of 8: two runs, b0–b1 and b3–b4."""
     plan = planned(resnet_spec(5, odd=2), "TEST")
-    net = lower(plan)
+    net = lower(plan, scan_blocks=True)
     runs = net.runs
     assert [(r.count, r.input, r.output) for r in runs] == [(2, "p", "b1"), (2, "b2", "b4")]
     assert not any(name.startswith("b2_") and name != "b2_relu" for r in runs for name in r.names)
@@ -155,7 +155,8 @@ def test_a_different_block_splits_the_run():
 
 def test_what_is_asked_for_decides(deep, monkeypatch):
     """Every blob asked for (outputs None) or a blob inside the run: unrolled; the train step
-    asks only for the net's sinks and scans; NETC_SCAN_BLOCKS=0 turns scanning off."""
+    asks only for the net's sinks and scans. Scanning is off by default; NETC_SCAN_BLOCKS=1
+    turns it on."""
     plan, net, _ = deep
     params, state, x = arrays(net)
 
@@ -166,7 +167,7 @@ def test_what_is_asked_for_decides(deep, monkeypatch):
 
     assert has_scan(forward(["fc"])) and has_scan(forward(["b2", "fc"]))
     assert not has_scan(forward(None)) and not has_scan(forward(["b1", "fc"]))
-    monkeypatch.setenv("NETC_SCAN_BLOCKS", "0")
+    monkeypatch.delenv("NETC_SCAN_BLOCKS", raising=False)
     assert lower(plan).runs == []
-    monkeypatch.delenv("NETC_SCAN_BLOCKS")
-    assert lower(plan).scan_blocks
+    monkeypatch.setenv("NETC_SCAN_BLOCKS", "1")
+    assert lower(plan).scan_blocks and len(lower(plan).runs) == 1

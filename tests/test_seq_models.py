@@ -132,9 +132,14 @@ def _train_and_decode(tmp_path, spec_name: str, arrays: dict, iterations: int, b
     from netc.models import seq_tasks
 
     spec = tmp_path / spec_name
-    spec.write_text((ROOT / "models" / spec_name).read_text())
+    # the shipped spec; the test overrides only the solver: fewer iterations, and no TEST pass
+    # at iteration 0 (the decoding below is the measure)
+    text = (ROOT / "models" / spec_name).read_text()
+    assert text.count("  test_interval: 500\n") == 1
+    spec.write_text(text.replace("  test_interval: 500\n",
+                                 "  test_interval: 500\n  test_initialization: false\n"))
     assert netc.train(str(spec), max_iter=iterations, out=str(tmp_path / "run"),
-                      progress=False) == 0
+                      progress=False, tensorboard=False) == 0
     out = seq_tasks.decode(str(spec), str(tmp_path / "run"), arrays, beams=beams)
     assert out.shape == arrays["dec_in"].shape and np.isin(out, np.arange(-1, 20)).all()
     return seq_tasks.exact_match(out, arrays["dec_out"])
@@ -142,7 +147,8 @@ def _train_and_decode(tmp_path, spec_name: str, arrays: dict, iterations: int, b
 
 def test_seq2seq_reverse_learns_to_reverse(tmp_path):
     """models/seq2seq_reverse.yaml on strings of 3-5 digits: 150 iterations give most test
-    strings exactly reversed by greedy decoding (measured 93%; the full run: 99.9%)."""
+    strings exactly reversed by greedy decoding (measured 93% with random_seed 1, 92.5% with 2;
+    100 iterations are too few: 41%, or 79.5% with warmup_iter 30; the full run: 99.9%)."""
     import numpy as np
 
     from netc.models import seq_tasks
@@ -155,8 +161,9 @@ def test_seq2seq_reverse_learns_to_reverse(tmp_path):
 
 
 def test_caption_digits_learns_the_words(tmp_path):
-    """models/caption_digits.yaml: 200 iterations caption most test digits exactly (measured
-    95.7% on the first 300; the full run: 97.2% on all 1,000)."""
+    """models/caption_digits.yaml: 150 iterations caption most test digits exactly (measured
+    on the first 300: 95.3% with the spec's random_seed 1, 95.7% with 2; 200 iterations: 95.7%;
+    120 iterations: 93.0-94.7% over seeds 1-3; the full run: 97.2% on all 1,000)."""
     import numpy as np
 
     from netc.models import seq_tasks
@@ -164,7 +171,7 @@ def test_caption_digits_learns_the_words(tmp_path):
     seq_tasks.write("captions", tmp_path / "data")
     z = np.load(tmp_path / "data" / "captions_test.npz")
     test = {k: z[k][:300] for k in z.files}
-    assert _train_and_decode(tmp_path, "caption_digits.yaml", test, 200) >= 0.9
+    assert _train_and_decode(tmp_path, "caption_digits.yaml", test, 150) >= 0.9
 
 
 def test_sequence_model_figures(tmp_path):

@@ -78,6 +78,23 @@ def _sum(name: str, a: str, b: str) -> list[dict]:
     ]
 
 
+def _basic_block(b: str, prev: str, c: int, width: int, dropout: float) -> list[dict]:
+    """conv(width)-BN-Scale-ReLU-Dropout-conv(c)-BN-Scale, Eltwise SUM with `prev`, ReLU."""
+    layers = _conv(f"{b}_a", prev, width) + [_relu(f"{b}_a_relu", f"{b}_a")]
+    if dropout:
+        drop = {"dropout_ratio": dropout}
+        layers.append(
+            {
+                "name": f"{b}_drop",
+                "type": "Dropout",
+                "bottom": f"{b}_a",
+                "top": f"{b}_a",
+                "dropout_param": drop,
+            }
+        )
+    return layers + _conv(f"{b}_b", f"{b}_a", c) + _sum(b, prev, f"{b}_b")
+
+
 def resnet_spec(
     n: int, c: int = 8, hw: int = 8, batch: int = 2, odd: int | None = None, dropout: float = 0.3
 ) -> dict:
@@ -98,22 +115,8 @@ def resnet_spec(
     layers += _conv("p_short", "stem", c, k=1) + _sum("p", "p_b", "p_short")
     prev = "p"
     for k in range(n):
-        b = f"b{k}"
-        layers += _conv(f"{b}_a", prev, c // 2 if k == odd else c) + [
-            _relu(f"{b}_a_relu", f"{b}_a")
-        ]
-        if dropout:
-            layers.append(
-                {
-                    "name": f"{b}_drop",
-                    "type": "Dropout",
-                    "bottom": f"{b}_a",
-                    "top": f"{b}_a",
-                    "dropout_param": {"dropout_ratio": dropout},
-                }
-            )
-        layers += _conv(f"{b}_b", f"{b}_a", c) + _sum(b, prev, f"{b}_b")
-        prev = b
+        layers += _basic_block(f"b{k}", prev, c, c // 2 if k == odd else c, dropout)
+        prev = f"b{k}"
     layers += [
         {
             "name": "pool",

@@ -10,7 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import MLP, MODELS, ROOT
+from conftest import MLP, MODELS, ROOT, jit_fast
+from test_zoo import numpy_params
 
 import netc
 
@@ -56,14 +57,19 @@ def test_load_errors_are_netc_errors(tmp_path):
 
 
 def test_apply_runs_only_the_layers_the_outputs_need():
-    import jax
-
+    """In the TRAIN phase (its Data layer gives a label) `outputs=["ip2"]` needs the data alone
+    and computes ip2 as the whole forward does. Both forwards jitted with FAST_XLA (LeNet's eager
+    forward cost 5 s of per-op compiles): a forward that ran the loss would fail to trace without
+    the label all the same. Weights from NumPy (init's fillers run in the README example)."""
     model = netc.load(str(MODELS / "lenet.yaml"), phase="TRAIN", batch=2)
-    params, state = model.init(jax.random.PRNGKey(1))
+    params, state = numpy_params(model.net, np.random.default_rng(1))  # no filler compiled
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
-    blobs, _ = model.apply(params, state, {"data": x}, outputs=["ip2"])  # no label needed
-    assert list(blobs) == ["ip2"] and blobs["ip2"].shape == (2, 10)
-    everything, _ = model.apply(params, state, {"data": x, "label": np.zeros(2, np.int32)})
+    some = jit_fast(lambda p, s, i: model.apply(p, s, i, outputs=["ip2"])[0])
+    blobs = some(params, state, {"data": x})
+    assert list(blobs) == ["ip2"] and blobs["ip2"].shape == (2, 10)  # no label needed
+    every = jit_fast(lambda p, s, i: model.apply(p, s, i)[0])
+    everything = every(params, state, {"data": x, "label": np.zeros(2, np.int32)})
+    assert "loss" in everything
     np.testing.assert_array_equal(np.asarray(everything["ip2"]), np.asarray(blobs["ip2"]))
     with pytest.raises(netc.NetcError, match="label"):
         model.apply(params, state, {"data": x}, outputs=["loss"])

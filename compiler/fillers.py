@@ -83,6 +83,18 @@ def _orthogonal_fn():
     return jax.jit(draw, static_argnums=(1, 2, 3))
 
 
+@functools.cache
+def _uniform_fn():
+    """U(lo, hi) drawn flat and reshaped in one compiled program per shape (lo, hi traced: all
+    xavier blobs of a shape share it; eagerly, the reshape was an XLA compile of its own)."""
+    import jax
+
+    def draw(key, lo, hi, shape, dtype):
+        return jax.random.uniform(key, (math.prod(shape),), dtype, lo, hi).reshape(shape)
+
+    return jax.jit(draw, static_argnums=(3, 4))
+
+
 def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):
     """The blob's initial value. Random fillers draw the blob's elements as one flat vector and
     reshape it: JAX's random bits depend only on an element's row-major index, so the values are
@@ -96,10 +108,10 @@ def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):
     f = f or FillerParameter()
     t = f.type
     flat = (math.prod(shape),)
-    if t == "constant":
-        return jnp.full(shape, f.value, dtype)
+    if t == "constant":  # NumPy then one transfer: no XLA program to compile per shape
+        return jax.device_put(np.full(shape, f.value, jnp.dtype(dtype)))
     if t == "uniform":
-        return jax.random.uniform(key, flat, dtype, f.min, f.max).reshape(shape)
+        return _uniform_fn()(key, f.min, f.max, tuple(shape), jnp.dtype(dtype))
     if t == "gaussian":
         w = f.mean + f.std * jax.random.normal(key, flat, dtype)
         if f.sparse >= 0:  # keep each weight with probability sparse / num_outputs
@@ -109,14 +121,14 @@ def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):
         return w.reshape(shape)
     if t == "xavier":
         s = math.sqrt(3.0 / _norm(f, shape))
-        return jax.random.uniform(key, flat, dtype, -s, s).reshape(shape)
-    if t == "msra":
+        return _uniform_fn()(key, -s, s, tuple(shape), jnp.dtype(dtype))
+    if t == "msra":  # eager: fusing the multiply into the draw's program moves some bits by an ulp
         return (math.sqrt(2.0 / _norm(f, shape)) * jax.random.normal(key, flat, dtype)).reshape(shape)
     if t == "positive_unitball":
         w2 = jax.random.uniform(key, flat, dtype).reshape(shape[0], -1)
         return (w2 / w2.sum(axis=1, keepdims=True)).reshape(shape)
     if t == "bilinear":
-        return jnp.asarray(bilinear_kernel(shape), dtype)
+        return jax.device_put(bilinear_kernel(shape).astype(jnp.dtype(dtype)))
     if t == "orthogonal":
         return orthogonal(key, shape, f.gain, dtype)
     raise ValueError(f"unknown filler {t}")  # unreachable: the spec validated the name

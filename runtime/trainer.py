@@ -490,7 +490,7 @@ class Solver:
         self.params, self.state = self.net.init(jax.random.fold_in(self.root_key, _INIT_TAG))
         self.optimizer = with_max_norm(make_optimizer(s.sp, *self.net.multipliers()),
                                        self.net.max_norms())
-        self.opt_state = self.optimizer.init(self.params)
+        self.opt_state = self._fresh_opt_state()
         self.losses = collections.deque(maxlen=int(s.sp.average_loss))
         if s.config.weights:
             self._load_weights(s.config.weights)
@@ -553,7 +553,14 @@ class Solver:
             self.out.write(line + "\n")
         if not report.loaded:
             raise RunError(f"{weights}: no blob matched the net by layer name and shape")
-        self.opt_state = self.optimizer.init(self.params)
+        self.opt_state = self._fresh_opt_state()
+
+    def _fresh_opt_state(self):
+        """The optimizer's initial state, built by one compiled program (eagerly, each zeros
+        of a distinct blob shape was an XLA compile of its own: LeNet 8 of them)."""
+        import jax
+
+        return jax.jit(self.optimizer.init)(self.params)
 
     def _share_test_params(self) -> None:
         """The TEST net reads the TRAIN net's blobs of the same (layer, role); its own layers

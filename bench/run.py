@@ -280,7 +280,9 @@ def markdown(report: dict) -> str:
              "process's peak RSS over three steps, less its RSS after importing the framework.",
              ""]
     for w in report["workloads"].values():
-        lines += [f"## {w['title']}, batch {w['batch']}", "",
+        when = f" (measured {w['measured']})" if w.get("measured", report["date"]) != report["date"] \
+            else ""
+        lines += [f"## {w['title']}, batch {w['batch']}{when}", "",
                   f"| contender | {w['unit']} | netc ÷ | GFLOP/s | of fp32 peak | first call s "
                   "| memory MiB |", "|---|---:|---:|---:|---:|---:|---:|"]
         for name, r in w["contenders"].items():
@@ -308,6 +310,8 @@ def main() -> None:
     ap.add_argument("--memory-only", action="store_true",
                     help="measure only the memory column again, into --out's RESULTS.json")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the workloads already in --out's RESULTS.json that this run skips")
     args = ap.parse_args()
     contenders = args.contenders.split(",")
     if args.memory_only:
@@ -317,6 +321,11 @@ def main() -> None:
               "workloads": {}}
     all_w = workloads(args.quick)
     out = args.out or ROOT / "bench" / "results" / ("quick" if args.quick else "cpu")
+    if args.merge and (out / "RESULTS.json").exists():
+        old = json.loads((out / "RESULTS.json").read_text())
+        for row in old["workloads"].values():
+            row.setdefault("measured", old["date"])
+        report["workloads"] = old["workloads"]
     for name in args.workloads.split(","):
         w = all_w[name]
         print(f"== {w.title}", flush=True)
@@ -325,6 +334,7 @@ def main() -> None:
             n: peak_memory(w, n, args.quick) for n in run["results"]}
         report["workloads"][name] = summarise(w, run, report["matmul_peak_gflop_s"],
                                               macs_per_sample(w.spec), memory)
+        report["workloads"][name]["measured"] = report["date"]
         write(report, out)  # after each workload: a long run stopped early keeps what it measured
     report["first_step"] = first_step(1 if args.quick else 2)
     report["check_resnet50_s"] = check_time(3 if args.quick else 10)

@@ -338,18 +338,20 @@ def compile_options(macs: int) -> dict:
 
 
 def numpy_params(net, rng):
-    """(params, state) of init's structure, filled from NumPy: weights N(0, 1/fan_in), vectors
-    (biases, γ, BN state) ones. netc's fillers cost more compile time than the step itself (one
-    XLA program per blob shape); these checks only need values of the right shapes: init's
-    structure comes from eval_shape (nothing compiled). NumPy arrays all through (jnp.ones would
-    compile a broadcast per distinct shape): the compiled step takes them as they are."""
+    """(params, state) of init's structure, filled from NumPy: weights uniform with mean 0 and
+    variance 1/fan_in, vectors (biases, γ, BN state) ones. netc's fillers cost more compile time
+    than the step itself (one XLA program per blob shape); these checks only need values of the
+    right shapes: init's structure comes from eval_shape (nothing compiled). NumPy arrays all
+    through (jnp.ones would compile a broadcast per distinct shape): the compiled step takes them
+    as they are."""
     import jax
     import numpy as np
 
     def fill(s):
-        if len(s.shape) >= 2:  # drawn in float32 and scaled in place (FCN-8s: 134 M weights)
-            w = rng.standard_normal(s.shape, dtype=np.float32)
-            w *= np.float32(1 / math.sqrt(math.prod(s.shape[1:])))
+        if len(s.shape) >= 2:  # drawn in float32, centred and scaled in place (FCN-8s: 134 M
+            w = rng.random(s.shape, dtype=np.float32)  # weights; uniform: 0.6 s of CPU less per
+            w -= np.float32(0.5)  # 100 M than standard_normal)
+            w *= np.float32(math.sqrt(12 / math.prod(s.shape[1:])))
             return w
         return np.ones(s.shape, np.float32)
 

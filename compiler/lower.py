@@ -57,9 +57,11 @@ class Net:
         return self.plan.state.phase == "TRAIN"
 
     # --- parameters ----------------------------------------------------------------------------
-    def init(self, rng) -> tuple[dict, dict]:
+    def init(self, rng, given=None) -> tuple[dict, dict]:
         """Parameters and state drawn from each blob's filler; each blob's key is derived from
-        its (layer, role) name, so adding a layer does not change the others' initial values."""
+        its (layer, role) name, so adding a layer does not change the others' initial values.
+        `given` ({(layer, role): value}) supplies blobs that are then not drawn at all (loaded
+        weights: their fillers would cost an XLA compile each for nothing)."""
         import zlib
 
         import jax
@@ -69,8 +71,11 @@ class Net:
         params: dict = {}
         state: dict = {}
         for (layer, role), decl in self.plan.params.items():
-            key = jax.random.fold_in(rng, zlib.crc32(f"{layer}/{role}".encode()) & 0x7FFFFFFF)
-            value = fill(key, decl.filler or decl.default_filler, decl.shape)
+            if given is not None and (layer, role) in given:
+                value = given[layer, role]
+            else:
+                key = jax.random.fold_in(rng, zlib.crc32(f"{layer}/{role}".encode()) & 0x7FFFFFFF)
+                value = fill(key, decl.filler or decl.default_filler, decl.shape)
             (params if decl.learned else state).setdefault(layer, {})[role] = value
         return params, state
 

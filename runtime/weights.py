@@ -168,9 +168,15 @@ def init_with_weights(net, weights: str, err=None, rng=None) -> tuple[dict, dict
     report goes to `err`. Raises RunError when nothing matches."""
     import jax
 
-    params, state = net.init(rng if rng is not None else jax.random.PRNGKey(0))
+    rng = rng if rng is not None else jax.random.PRNGKey(0)
     wparams, wstate = read_weights(weights, err)
-    params, state, report = apply_weights(params, state, wparams, wstate)
+    # matched against the blobs' shapes first (nothing drawn), so that only the blobs the
+    # weights do not supply run their fillers
+    shapes = jax.eval_shape(net.init, rng)
+    params, state, report = apply_weights(*shapes, wparams, wstate)
+    given = {(layer, role): v for tree in (params, state) for layer, roles in tree.items()
+             for role, v in roles.items() if not isinstance(v, jax.ShapeDtypeStruct)}
+    params, state = net.init(rng, given)
     if err is not None:
         for line in report.lines():
             err.write(line + "\n")

@@ -11,6 +11,10 @@ Measured on 2 shared CPU cores under heavy load (load average 6-10): LeNet cold 
 to the first step done (of which the iteration-0 test 9.1 / 9.5 s, Net.init 2.7 s, the train
 step's compile most of the rest); warm 4.0-4.5 s (test 0.7-0.9 s, Net.init 0.4 s; importing JAX,
 tracing and lowering ~2 s remain). At load average 10.5: cold 47.7 s, warm 9.0 / 7.7 s.
+
+2026-11-30, load average ~1-2: 16.85 s cold / 4.54 s warm before that day's changes (gathered
+im2col patches in the test pass, the train step compiled in a thread during the iteration-0
+test, fewer filler and optimizer-init programs); 8.47 s cold / 2.75 s warm after (--repeats 2).
 """
 
 from __future__ import annotations

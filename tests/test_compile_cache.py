@@ -15,11 +15,16 @@ def _entries(path):
 def test_train_writes_reuses_and_opts_out(tmp_path):
     """The first and the opted-out runs in this process (netc's commands configure the cache
     themselves); the second run is a new process, as a user's next command is."""
+    import jax
+
     from netc.runtime import compile_cache
 
     cache = tmp_path / "cache"
     env = {"NETC_CACHE_DIR": str(cache), "NETC_NO_COMPILE_CACHE": ""}
     try:
+        # programs an earlier test compiled in this process would be taken from memory and
+        # never written: the first run must compile everything, as a new process does
+        jax.clear_caches()
         r = netc("train", MLP, "--max-iter", 2, "--out", tmp_path / "run1", env=env)
         assert r.returncode == 0, r.stderr
         first = _entries(cache)

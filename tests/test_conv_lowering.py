@@ -67,3 +67,36 @@ def test_patch_matrices_and_im2col_match_lax_conv():
         for grads in got:
             for a, b in zip(grads, want):
                 np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_matches_grouped_lax_conv():
+    """Groups == input channels (channel multiplier 1 and 2): the shifted multiply-adds give
+    lax.conv's grouped values and gradients."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(2)
+    cases = []
+    for k, (size, g) in enumerate(_geometries(8, seed=4)):
+        c, mult = int(rng.integers(2, 5)), 1 + k % 2
+        x = rng.standard_normal((2, c) + size).astype(np.float32)
+        wt = rng.standard_normal((c * mult, 1) + g.window.kernel).astype(np.float32)
+        cases.append((g, x, wt))
+
+    def one(g, x, wt):
+        def grads(fn):
+            return jax.grad(lambda a, b: jnp.sum(fn(a, b) * jnp.cos(fn(a, b))), (0, 1))(x, wt)
+
+        def ref(a, b):
+            return C._lax_conv(a, b, g, group=x.shape[1])
+
+        dwc = functools.partial(C._depthwise_conv, g=g)
+        return dwc(x, wt), ref(x, wt), grads(dwc), grads(ref)
+
+    geos = [g for g, _, _ in cases]
+    results = jit_fast(lambda args: [one(g, x, w) for g, (x, w) in zip(geos, args)])(
+        [(x, w) for _, x, w in cases])
+    for y, want, grads, want_grads in results:
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)
+        for a, b in zip(grads, want_grads):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

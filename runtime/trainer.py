@@ -749,8 +749,8 @@ class Solver:
     def _compile_step_aside(self) -> None:
         """Before the first test of this process: compile the train step for the batch it will
         take, in a thread, while the test compiles and runs in this one (XLA compiles release
-        the GIL; jax.jit reuses the executable). A cold LeNet run starts stepping ~2 s sooner
-        on 2 cores. Any failure is left to the real call, which compiles again and reports it."""
+        the GIL; jax.jit reuses the executable), so the two compiles overlap on a multi-core
+        machine. Any failure is left to the real call, which compiles again and reports it."""
         import threading
 
         if self._aside is not None or self._next_batch is not None:

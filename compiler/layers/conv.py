@@ -32,23 +32,27 @@ class ConvGeometry:
     depthwise: bool = False  # groups == input channels: kh·kw shifted multiply-adds
 
 
-def _shifted_slices(x, g: ConvGeometry) -> list:
+def _shifted_slices(x, g: ConvGeometry, channels_last: bool = True) -> list:
     """N×C×H×W → the kh·kw shifted (strided, dilated) slices of the padded input, each
-    N×Ho×Wo×C (channels last), in (i, j) order."""
+    N×Ho×Wo×C (channels last) or N×C×Ho×Wo, in (i, j) order."""
     import jax.numpy as jnp
 
     w = g.window
-    xt = jnp.pad(x, ((0, 0), (0, 0)) + g.pads).transpose(0, 2, 3, 1)
+    xp = jnp.pad(x, ((0, 0), (0, 0)) + g.pads)
+    if channels_last:
+        xp = xp.transpose(0, 2, 3, 1)
     (kh, kw), (sh, sw), (dh, dw) = w.kernel, w.stride, w.dilation
     ho, wo = g.out
-    return [xt[:, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]
-            for i in range(kh) for j in range(kw)]
+    rows = [slice(i * dh, i * dh + (ho - 1) * sh + 1, sh) for i in range(kh)]
+    cols = [slice(j * dw, j * dw + (wo - 1) * sw + 1, sw) for j in range(kw)]
+    return [xp[:, r, c] if channels_last else xp[:, :, r, c] for r in rows for c in cols]
 
 
 def _patch_rows(x, g: ConvGeometry):
     """N×C×H×W → the (N·Ho·Wo, kh·kw·C) patch matrix (Caffe's im2col, transposed), by one
-    gather of the padded, channels-last input: XLA compiles it 3–4× faster than stacking the
-    kh·kw shifted slices and runs it as fast or faster (bench/conv_lowering.py --im2col)."""
+    gather of the padded, channels-last input. On LeNet's convolutions XLA compiles the forward
+    2–5× faster than stacking the kh·kw shifted slices; it runs in 0.9× (conv1), 1.4× (conv2,
+    batch 64) and 1.0× (conv2, batch 100) their time (bench/conv_variants.py im2col)."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -83,8 +87,8 @@ def _im2col_conv(x, wt, g: ConvGeometry):
     """N×C×H×W convolution as one matmul: (N·Ho·Wo, kh·kw·C) @ (kh·kw·C, O). A forward that is
     not differentiated (testing, predict, export) gathers the patches (LeNet's TEST net compiles
     in ~1/4 of the time); under differentiation the patches are stacked slices, whose autodiff
-    gives the train step its fastest backward (LeNet's step ~10% faster than through the
-    gather's). Both build the same matrix: the same values."""
+    is the faster backward (forward+backward 5.8 vs 9.2 ms on LeNet's conv1, 11.2 vs 15.8 on
+    conv2; bench/conv_variants.py im2col). Both build the same matrix: the same values."""
     import jax
 
     def stacked(x_, wt_):
@@ -105,22 +109,19 @@ def _depthwise_conv(x, wt, g: ConvGeometry):
     """A 2-D convolution whose groups are its input channels (MobileNet's depthwise layers;
     channel multiplier k = O / C): y = Σ over kernel offsets of the shifted, strided slice of
     the padded input times that offset's per-channel weight. XLA CPU's grouped convolution is
-    5–9× slower forward + backward on MobileNet v2's shapes (batch 64: 96 channels at 24×24
-    1,087 → 123 ms; bench/conv_lowering.py --depthwise)."""
+    4–6× slower forward + backward on MobileNet v2's shapes (batch 64, 3×3: 96 channels at
+    24×24 674 → 148 ms, 144 at stride 2 568 → 91 ms, 384 at 6×6 178 → 41 ms;
+    bench/conv_variants.py depthwise)."""
     import jax.numpy as jnp
 
     k = wt.shape[0] // x.shape[1]
     if k > 1:  # output channel o reads input channel o // k
         x = jnp.repeat(x, k, axis=1)
-    xp = jnp.pad(x, ((0, 0), (0, 0)) + g.pads)
-    (kh, kw), (sh, sw), (dh, dw) = g.window.kernel, g.window.stride, g.window.dilation
-    ho, wo = g.out
+    kw = g.window.kernel[1]
     y = None
-    for i in range(kh):
-        for j in range(kw):
-            tap = xp[:, :, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]
-            term = tap * wt[:, 0, i, j][None, :, None, None]
-            y = term if y is None else y + term
+    for t, tap in enumerate(_shifted_slices(x, g, channels_last=False)):  # (i, j) order
+        term = tap * wt[:, 0, t // kw, t % kw][None, :, None, None]
+        y = term if y is None else y + term
     return y
 
 

@@ -18,7 +18,13 @@ import math
 
 import numpy as np
 
+from netc.compiler import threefry
 from netc.spec.messages import FillerParameter
+
+# Uniform and xavier blobs up to this many elements are drawn in NumPy (compiler/threefry.py, the
+# same bits as JAX): no XLA program to compile, trace or look up. NumPy draws ~10 M values/s on one
+# core, so a bigger blob is drawn by XLA, whose compile then costs less than NumPy's time.
+HOST_DRAW_MAX = 2**20
 
 
 def fans(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -83,6 +89,40 @@ def _orthogonal_fn():
     return jax.jit(draw, static_argnums=(1, 2, 3))
 
 
+def host_key(rng) -> np.ndarray | None:
+    """`rng` as a NumPy uint32[2] threefry key when NumPy can draw from it with JAX's bits (a
+    concrete raw key, JAX's default PRNG configured), else None (a traced or typed key)."""
+    import jax
+
+    if isinstance(rng, jax.core.Tracer) or not threefry.available():
+        return None
+    if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        return None
+    key = np.asarray(rng)
+    return key if key.shape == (2,) and key.dtype == np.uint32 else None
+
+
+def fold_in(rng, data: int):
+    """jax.random.fold_in(rng, data), computed in NumPy when `rng` is a host key (host_key)."""
+    import jax
+
+    host = host_key(rng)
+    return threefry.fold_in(host, data) if host is not None else jax.random.fold_in(rng, data)
+
+
+def _uniform(key, lo: float, hi: float, shape: tuple[int, ...], dtype):
+    """U(lo, hi) of `shape`: in NumPy for a float32 blob of at most HOST_DRAW_MAX elements from a
+    host key, else by XLA."""
+    import jax
+    import jax.numpy as jnp
+
+    host = host_key(key)
+    n = math.prod(shape)
+    if host is not None and jnp.dtype(dtype) == jnp.float32 and n <= HOST_DRAW_MAX:
+        return jax.device_put(threefry.uniform(host, n, lo, hi).reshape(shape))
+    return _uniform_fn()(jnp.asarray(key), lo, hi, tuple(shape), jnp.dtype(dtype))
+
+
 @functools.cache
 def _uniform_fn():
     """U(lo, hi) drawn flat and reshaped in one compiled program per shape (lo, hi traced: all
@@ -100,7 +140,9 @@ def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):
     reshape it: JAX's random bits depend only on an element's row-major index, so the values are
     bit for bit those of a draw in `shape`, but XLA CPU compiles a flat draw several times faster
     than an N-d one (a 4-d conv weight's normal draw 8 s vs 0.7 s), and blobs of the same count
-    share one compiled program (Net.init draws each blob eagerly)."""
+    share one compiled program (Net.init draws each blob eagerly). Uniform and xavier blobs of
+    float32 are drawn in NumPy when `key` is concrete (see _uniform), with the same bits.
+    `key`: a raw threefry key, a JAX or a NumPy uint32[2] array."""
     import jax
     import jax.numpy as jnp
 
@@ -111,7 +153,11 @@ def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):
     if t == "constant":  # NumPy then one transfer: no XLA program to compile per shape
         return jax.device_put(np.full(shape, f.value, jnp.dtype(dtype)))
     if t == "uniform":
-        return _uniform_fn()(key, f.min, f.max, tuple(shape), jnp.dtype(dtype))
+        return _uniform(key, f.min, f.max, tuple(shape), dtype)
+    if t == "xavier":
+        s = math.sqrt(3.0 / _norm(f, shape))
+        return _uniform(key, -s, s, tuple(shape), dtype)
+    key = jnp.asarray(key)  # the remaining fillers draw with JAX
     if t == "gaussian":
         w = f.mean + f.std * jax.random.normal(key, flat, dtype)
         if f.sparse >= 0:  # keep each weight with probability sparse / num_outputs
@@ -119,9 +165,6 @@ def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):
             keep = jax.random.bernoulli(k2, min(1.0, f.sparse / shape[0]), flat)
             w = jnp.where(keep, w, 0)
         return w.reshape(shape)
-    if t == "xavier":
-        s = math.sqrt(3.0 / _norm(f, shape))
-        return _uniform_fn()(key, -s, s, tuple(shape), jnp.dtype(dtype))
     if t == "msra":  # eager: fusing the multiply into the draw's program moves some bits by an ulp
         return (math.sqrt(2.0 / _norm(f, shape)) * jax.random.normal(key, flat, dtype)).reshape(shape)
     if t == "positive_unitball":

@@ -64,17 +64,17 @@ class Net:
         weights: their fillers would cost an XLA compile each for nothing)."""
         import zlib
 
-        import jax
+        from netc.compiler.fillers import fill, fold_in, host_key
 
-        from netc.compiler.fillers import fill
-
+        host = host_key(rng)  # keys derived in NumPy (no XLA program) when rng is concrete
+        rng = host if host is not None else rng
         params: dict = {}
         state: dict = {}
         for (layer, role), decl in self.plan.params.items():
             if given is not None and (layer, role) in given:
                 value = given[layer, role]
             else:
-                key = jax.random.fold_in(rng, zlib.crc32(f"{layer}/{role}".encode()) & 0x7FFFFFFF)
+                key = fold_in(rng, zlib.crc32(f"{layer}/{role}".encode()) & 0x7FFFFFFF)
                 value = fill(key, decl.filler or decl.default_filler, decl.shape)
             (params if decl.learned else state).setdefault(layer, {})[role] = value
         return params, state

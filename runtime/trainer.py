@@ -384,6 +384,17 @@ class Timer:
 # --- the Solver ---------------------------------------------------------------------------------
 
 
+def _root_key(seed: int):
+    """jax.random.PRNGKey(seed), as NumPy data when NumPy derives JAX's keys (no XLA program)."""
+    from netc.compiler import threefry
+
+    if threefry.available():
+        return threefry.key(seed)
+    import jax
+
+    return jax.random.PRNGKey(seed)
+
+
 def _backend() -> tuple[str, int]:
     import jax
 
@@ -478,6 +489,7 @@ class Solver:
 
         import jax
 
+        from netc.compiler.fillers import fold_in
         from netc.compiler.lower import lower
         from netc.runtime.solver import make_optimizer, with_max_norm
 
@@ -486,8 +498,8 @@ class Solver:
         self.net = lower(self.train_plan)
         self.iter_size = int(s.sp.iter_size)
         self._build_mesh()
-        self.root_key = jax.random.PRNGKey(s.seed % (2**32))
-        self.params, self.state = self.net.init(jax.random.fold_in(self.root_key, _INIT_TAG))
+        self.root_key = _root_key(s.seed % (2**32))
+        self.params, self.state = self.net.init(fold_in(self.root_key, _INIT_TAG))
         self.optimizer = with_max_norm(make_optimizer(s.sp, *self.net.multipliers()),
                                        self.net.max_norms())
         self.opt_state = self._fresh_opt_state()
@@ -509,7 +521,7 @@ class Solver:
         else:
             mix = None
         self._step_fn = make_train_step(self.net, self.optimizer, self.iter_size,
-                                        jax.random.fold_in(self.root_key, _STEP_TAG), mix,
+                                        jax.device_put(fold_in(self.root_key, _STEP_TAG)), mix,
                                         self.dp.replicated if self.dp is not None else None,
                                         precision=s.sp.precision)
         self._skipped = _skipped_steps(self.opt_state)
@@ -565,12 +577,11 @@ class Solver:
     def _share_test_params(self) -> None:
         """The TEST net reads the TRAIN net's blobs of the same (layer, role); its own layers
         keep their fillers' values. A shared blob must have the same shape in both."""
-        import jax
-
+        from netc.compiler.fillers import fold_in
         from netc.compiler.layer import fmt_shape
         from netc.runtime.feeds import make_eval_fn
 
-        tparams, tstate = self.test_net.init(jax.random.fold_in(self.root_key, _INIT_TAG))
+        tparams, tstate = self.test_net.init(fold_in(self.root_key, _INIT_TAG), self._shared_blobs())
         self._test_own = (tparams, tstate)
         self._test_shared = {}
         for tree, src, what in ((tparams, self.params, "params"), (tstate, self.state, "state")):
@@ -589,6 +600,18 @@ class Solver:
                             f"by layer name{hint}")
             self._test_shared[what] = {layer: (layer in src) for layer in tree}
         self._eval_fn = make_eval_fn(self.test_net, precision=self.settings.sp.precision)
+
+    def _shared_blobs(self) -> dict:
+        """{(layer, role): the TRAIN net's value} for the TEST net's blobs it takes from the TRAIN
+        net (same layer, same shape; not a carried state): Net.init need not draw them. A blob
+        of another shape is drawn, and _share_test_params reports it."""
+        given = {}
+        for (layer, role), decl in self.test_net.plan.params.items():
+            src = self.params if decl.learned else self.state
+            value = src.get(layer, {}).get(role)
+            if value is not None and not is_carry_role(role) and value.shape == decl.shape:
+                given[layer, role] = value
+        return given
 
     def _prepare_run_dir(self) -> None:
         from netc.runtime import checkpoint as ckpt

@@ -1,0 +1,82 @@
+"""compiler/threefry.py draws JAX's random bits in NumPy: keys, fold_in and uniform draws must be
+JAX's bit for bit, and Net.init from them must give the trees JAX's own draws give, without
+compiling an XLA program."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from netc.compiler import fillers, threefry
+from netc.compiler.lower import lower
+from netc.runtime.context import load_context
+
+SEEDS = (0, 1, 1234, 2**31 - 1, 2**31, 2**32 - 1)
+
+
+def test_keys_and_fold_in_are_jaxs():
+    for seed in SEEDS:
+        assert np.array_equal(threefry.key(seed), np.asarray(jax.random.PRNGKey(seed)))
+        for data in (0, 1, 0x1417, 2**31 - 1, 2**32 - 1):
+            want = np.asarray(jax.random.fold_in(jax.random.PRNGKey(seed), data))
+            assert np.array_equal(threefry.fold_in(threefry.key(seed), data), want), (seed, data)
+
+
+@pytest.mark.parametrize(
+    "n,lo,hi",
+    [
+        (1, 0.0, 1.0),
+        (2, -0.3, 0.3),
+        (25, -0.34641016, 0.34641016),
+        (1001, -2.5e-3, 7.0),
+        (4099, 1.0e4, 1.0e4 + 0.01),
+    ],
+)
+def test_uniform_is_jaxs_bit_for_bit(n, lo, hi):
+    key = threefry.fold_in(threefry.key(n), 7)
+    want = np.asarray(jax.random.uniform(jnp.asarray(key), (n,), jnp.float32, lo, hi))
+    got = threefry.uniform(key, n, lo, hi)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_fused_multiply_add_rounds_once():
+    # x·y + z = 1 + 2^-23 + 2^-24 - 2^-70: just below the float32 midpoint above 1 + 2^-23, so
+    # it rounds down; the float64 sum lands on the midpoint and would round (to even) up
+    x = np.array([np.float32(2.0**-12 * (1 + 2.0**-23))], np.float32)
+    y, z = np.float32(2.0**-12 * (1 - 2.0**-23)), np.float32(1 + 2.0**-23)
+    assert threefry._fma32(x, y, z)[0] == z
+    assert np.float32(np.float64(x[0]) * np.float64(y) + np.float64(z)) != z  # the trap
+
+
+def test_net_init_from_numpy_equals_jax_and_compiles_nothing(monkeypatch):
+    net = lower(load_context(str(ROOT / "models" / "lenet.yaml"), None).plan("TRAIN"))
+    rng = jax.random.fold_in(jax.random.PRNGKey(3), 0x1417)
+    compiled = []
+
+    class Log(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Finished XLA compilation"):
+                compiled.append(record.getMessage())
+
+    handler, logger = Log(logging.DEBUG), logging.getLogger("jax")
+    logger.addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        host = net.init(threefry.fold_in(threefry.key(3), 0x1417))
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(handler)
+    assert compiled == []
+    monkeypatch.setattr(threefry, "available", lambda: False)  # every draw by JAX
+    assert fillers.host_key(rng) is None
+    drawn = net.init(rng)
+    assert jax.tree.structure(host) == jax.tree.structure(drawn)
+    for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(drawn)):
+        assert a.dtype == b.dtype and isinstance(a, jax.Array)
+        np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))

@@ -35,16 +35,17 @@ CHILD = r'''
 import os, sys, time
 T0 = float(os.environ["FS_T0"])
 def mark(what):
-    print(f"FS {what} {time.time() - T0:.3f}", file=sys.stderr, flush=True)
+    print(f"FS {what} {time.time() - T0:.3f} {time.process_time():.3f}", file=sys.stderr,
+          flush=True)
 mark("python_up")
 import netc.cli
 from netc.runtime import trainer
 from netc.compiler import lower as L
 mark("imports")
 _init = L.Net.init
-def init(self, rng):
+def init(self, rng, *given):
     import jax
-    t = time.time(); r = jax.block_until_ready(_init(self, rng))
+    t = time.time(); r = jax.block_until_ready(_init(self, rng, *given))
     mark(f"init_{self.plan.state.phase}_took={time.time() - t:.3f}")
     return r
 L.Net.init = init
@@ -65,15 +66,29 @@ except SystemExit as e:
 '''
 
 
-def one(spec: str, cache: Path, out: Path) -> dict[str, float]:
-    env = dict(os.environ, NETC_CACHE_DIR=str(cache), FS_T0=repr(time.time()))
+def child_env() -> dict[str, str]:
+    """The runs' environment: netc's bytecode cached, as it is after `pip install`, even where
+    PYTHONDONTWRITEBYTECODE is set (compiling netc's sources at every start adds ~0.3 s that a
+    user does not pay). The .pyc files go to netc's __pycache__ folders, compiled once here."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.pop("NETC_NO_COMPILE_CACHE", None)
+    import netc
+
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-x", r"[/\\](tests|bench)[/\\]",
+                    str(Path(netc.__file__).parent)], env=env, check=True, capture_output=True)
+    return env
+
+
+def one(spec: str, cache: Path, out: Path, env: dict[str, str]) -> dict[str, tuple[float, float]]:
+    """One run: {milestone: (seconds since start, process CPU seconds)}."""
+    env = dict(env, NETC_CACHE_DIR=str(cache), FS_T0=repr(time.time()))
     r = subprocess.run([sys.executable, "-c", CHILD, "train", spec, "--max-iter", "1", "--out",
                         str(out), "--no-progress"], env=env, capture_output=True, text=True,
                        cwd=ROOT)
     marks = {}
-    for m in re.finditer(r"^FS (\S+) ([\d.]+)$", r.stderr, re.M):
-        marks[m.group(1)] = float(m.group(2))
+    for m in re.finditer(r"^FS (\S+) ([\d.]+) ([\d.]+)$", r.stderr, re.M):
+        marks[m.group(1)] = (float(m.group(2)), float(m.group(3)))
     if "first_step_done" not in marks:
         sys.exit(f"the run failed:\n{r.stderr[-2000:]}")
     return marks
@@ -84,16 +99,23 @@ def main() -> None:
     ap.add_argument("spec", nargs="?", default="models/lenet.yaml")
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
-    cold, warm = [], []
+    runs: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
     with tempfile.TemporaryDirectory() as tmp:
+        env = child_env()
         for i in range(a.repeats):
             cache = Path(tmp) / f"cache{i}"
             for k, kind in enumerate(("cold", "warm", "warm")):
-                marks = one(a.spec, cache, Path(tmp) / f"run{i}-{k}")
-                (cold if kind == "cold" else warm).append(marks["first_step_done"])
-                print(f"{kind}: " + ", ".join(f"{n} {v:.2f}" for n, v in marks.items()))
-    print(f"time to first step, median: cold {statistics.median(cold):.2f} s, warm "
-          f"{statistics.median(warm):.2f} s (the machine's load inflates both)")
+                load = os.getloadavg()[0]
+                marks = one(a.spec, cache, Path(tmp) / f"run{i}-{k}", env)
+                runs[kind].append(marks["first_step_done"])
+                print(f"{kind} (load {load:.2f}): " + ", ".join(
+                    f"{n} {w:.2f}" for n, (w, _) in marks.items())
+                      + f"; CPU s at the first step {marks['first_step_done'][1]:.2f}")
+    med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+           for k, v in runs.items()}
+    print(f"time to first step, median: cold {med['cold'][0]:.2f} s ({med['cold'][1]:.2f} CPU s), "
+          f"warm {med['warm'][0]:.2f} s ({med['warm'][1]:.2f} CPU s); load average now "
+          f"{os.getloadavg()[0]:.2f} (the machine's load inflates the seconds)")
 
 
 if __name__ == "__main__":

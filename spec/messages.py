@@ -38,7 +38,8 @@ class Message(BaseModel):
     """Base of every message: unknown fields are errors, numbers are never parsed from strings,
     NaN/inf are refused, instances are immutable and hashable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False,
+                              defer_build=True)
 
     def set_fields(self) -> set[str]:
         """Fields the spec wrote explicitly (protobuf's `has_*`)."""

@@ -568,11 +568,11 @@ class Solver:
         self.opt_state = self._fresh_opt_state()
 
     def _fresh_opt_state(self):
-        """The optimizer's initial state, built by one compiled program (eagerly, each zeros
-        of a distinct blob shape was an XLA compile of its own: LeNet 8 of them)."""
+        """The optimizer's initial state: Caffe's solvers make it in NumPy (runtime/solver.py),
+        no XLA program; its leaves on the device, as the step's donated argument."""
         import jax
 
-        return jax.jit(self.optimizer.init)(self.params)
+        return jax.device_put(self.optimizer.init(self.params))
 
     def _share_test_params(self) -> None:
         """The TEST net reads the TRAIN net's blobs of the same (layer, role); its own layers

@@ -773,22 +773,30 @@ class Solver:
         """Before the first test of this process: compile the train step for the batch it will
         take, in a thread, while the test compiles and runs in this one (XLA compiles release
         the GIL; jax.jit reuses the executable), so the two compiles overlap on a multi-core
-        machine. Any failure is left to the real call, which compiles again and reports it."""
+        machine. The test waits until the step is traced and lowered (Python, holding the GIL):
+        the step's compile, the longest, starts first instead of after both traces interleaved.
+        Any failure is left to the real call, which compiles again and reports it."""
         import threading
 
         if self._aside is not None or self._next_batch is not None:
             return
         self._next_batch = self._fetch()
         args = (self.params, self.state, self.opt_state, self._next_batch[0], self.iter)
+        lowered = threading.Event()
 
         def compile_() -> None:
             try:
-                self._step_fn.lower(*args).compile()
+                program = self._step_fn.lower(*args)
+                lowered.set()
+                program.compile()
             except Exception:  # noqa: BLE001 - the real call reports it
                 pass
+            finally:
+                lowered.set()
 
         self._aside = threading.Thread(target=compile_, name="netc-compile-step", daemon=True)
         self._aside.start()
+        lowered.wait()
 
     def _one_iteration(self) -> None:
         from netc.runtime.solver import learning_rate

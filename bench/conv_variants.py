@@ -5,6 +5,10 @@ functions (not copies):
                                               # stacked shifted slices (compile s, forward ms)
     python bench/conv_variants.py depthwise   # MobileNet v2's depthwise 3x3 convs: XLA's grouped
                                               # lax.conv vs netc's shifted multiply-adds
+    python bench/conv_variants.py onednn      # the pure-XLA lowering netc picks by shape vs
+                                              # oneDNN's primitives (compiler/kernels/onednn.py)
+                                              # on the layers of LeNet, CIFAR ResNet-18 (batch
+                                              # 128) and MobileNet v2 at 96x96 (batch 64)
 
 Each row: XLA compile seconds and the best of 3 timed calls (ms), forward and forward+backward
 (gradients of Σ y² w.r.t. input and weight). Not a test.
@@ -42,9 +46,10 @@ def geometry(h: int, k: int, s: int, p: int) -> C.ConvGeometry:
     return C.ConvGeometry(1, w, ((p, p), (p, p)), (o, o))
 
 
-def row(name: str, f, x, wt) -> None:
+def row(name: str, f, x, wt, wrt=(0, 1)) -> None:
+    """`wrt`: what the backward differentiates (a net's first layer needs no input gradient)."""
     def grads(a, b):
-        return jax.grad(lambda a_, b_: jnp.sum(f(a_, b_) ** 2), (0, 1))(a, b)
+        return jax.grad(lambda a_, b_: jnp.sum(f(a_, b_) ** 2), wrt)(a, b)
 
     fc, fr = timed(f, x, wt)
     gc, gr = timed(grads, x, wt)
@@ -76,5 +81,51 @@ def depthwise() -> None:
         row("netc depthwise", lambda a, b, g_=g: C._depthwise_conv(a, b, g_), x, wt)
 
 
+# (name, batch, in channels, size, out channels, kernel, stride, pad, groups)
+NET_LAYERS = [
+    ("LeNet conv1", 64, 1, 28, 20, 5, 1, 0, 1), ("LeNet conv2", 64, 20, 12, 50, 5, 1, 0, 1),
+    ("R18 conv1", 128, 3, 32, 64, 3, 1, 1, 1), ("R18 64@32", 128, 64, 32, 64, 3, 1, 1, 1),
+    ("R18 64->128 s2", 128, 64, 32, 128, 3, 2, 1, 1), ("R18 128@16", 128, 128, 16, 128, 3, 1, 1, 1),
+    ("R18 proj 1x1 s2", 128, 64, 32, 128, 1, 2, 0, 1), ("R18 256@8", 128, 256, 8, 256, 3, 1, 1, 1),
+    ("R18 512@4", 128, 512, 4, 512, 3, 1, 1, 1), ("MBv2 conv1 s2", 64, 3, 96, 32, 3, 2, 1, 1),
+    ("MBv2 dw 96@24", 64, 96, 24, 96, 3, 1, 1, 96), ("MBv2 dw 144@24 s2", 64, 144, 24, 144, 3, 2, 1, 144),
+    ("MBv2 pw 16->96@48", 64, 16, 48, 96, 1, 1, 0, 1), ("MBv2 pw 384->64@6", 64, 384, 6, 64, 1, 1, 0, 1),
+    ("AlexNet conv2 g2", 32, 96, 27, 256, 5, 1, 2, 2), ("AlexNet conv4 g2", 32, 384, 13, 384, 3, 1, 1, 2),
+]
+
+
+def xla_choice(c: int, k: int, g: C.ConvGeometry, groups: int):
+    """The pure-XLA lowering compiler/layers/conv.py picks for this shape (its rules, restated)."""
+    size = c * k * k * g.out[0] * g.out[1]
+    if groups > 1:
+        return ("depthwise", lambda a, b: C._depthwise_conv(a, b, g)) if groups == c else \
+            ("grouped lax.conv", lambda a, b: C._lax_conv(a, b, g, groups))
+    if size <= C.IM2COL_MAX_ELEMENTS:
+        return "im2col", lambda a, b: C._im2col_conv(a, b, g)
+    if size <= C.GRAD_MATMUL_MAX_ELEMENTS:
+        return "lax.conv, dW matmuls", C._conv_matmul_grad(g)
+    return "lax.conv", lambda a, b: C._lax_conv(a, b, g)
+
+
+def onednn(only: str = "") -> None:
+    """Every layer of NET_LAYERS whose name contains `only`."""
+    from netc.compiler.kernels import onednn as K
+
+    print(K.status().detail)
+    rng = np.random.default_rng(0)
+    for name, n, c, h, o, k, s, p, groups in NET_LAYERS:
+        if only not in name:
+            continue
+        g = geometry(h, k, s, p)
+        x = rng.standard_normal((n, c, h, h), dtype=np.float32)
+        wt = rng.standard_normal((o, c // groups, k, k), dtype=np.float32)
+        label, f = xla_choice(c, k, g, groups)
+        print(f"{name}: N {n}, C {c}, {h}x{h}, O {o}, {k}x{k} stride {s}, groups {groups}")
+        wrt = (1,) if c <= 3 else (0, 1)  # a first layer: no input gradient
+        row(f"XLA ({label})", f, x, wt, wrt)
+        row("oneDNN", C._onednn_conv(g, groups), x, wt, wrt)
+
+
 if __name__ == "__main__":
-    {"im2col": im2col, "depthwise": depthwise}[sys.argv[1] if len(sys.argv) > 1 else "im2col"]()
+    what = sys.argv[1] if len(sys.argv) > 1 else "im2col"
+    {"im2col": im2col, "depthwise": depthwise, "onednn": onednn}[what](*sys.argv[2:])

@@ -60,9 +60,11 @@ def report(title: str, results: dict, unit: str = "samples/s") -> None:
                 print(f"  netc / {n}: {results['netc']['median'] / r['median']:.2f}×")
 
 
-def netc_train_run(spec, batch: int | None = None, precision: str = "float32"):
+def netc_train_run(spec, batch: int | None = None, precision: str = "float32",
+                   kernels: bool | None = None):
     """`run(x, y)`: one step of netc's own train step (what `netc train` runs, through the public
-    API) on {"data": x, "label": y}, for SPEC (a path, or YAML text written to a temporary file)."""
+    API) on {"data": x, "label": y}, for SPEC (a path, or YAML text written to a temporary file).
+    `kernels` False: without the native kernels (compiler/kernels/; netc's pure-XLA lowering)."""
     import tempfile
     from pathlib import Path
 
@@ -76,6 +78,8 @@ def netc_train_run(spec, batch: int | None = None, precision: str = "float32"):
             fh.write(spec)
         spec = fh.name
     model = netc.load(str(Path(spec)), phase="TRAIN", batch=batch)
+    if kernels is not None:
+        model.net.kernels = kernels
     params, state = model.init(jax.random.key(0))
     opt_state, step = model.train_step(precision=precision)
     carry = [params, state, opt_state, 0]

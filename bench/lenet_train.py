@@ -20,9 +20,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from harness import compare, netc_train_run, report, torch_threads  # noqa: E402
 
 
-def netc_step(batch: int, precision: str = "float32"):
-    """netc's own train step (the one `netc train` runs), through the public API."""
-    return netc_train_run(ROOT / "models" / "lenet.yaml", batch, precision)
+def netc_step(batch: int, precision: str = "float32", kernels: bool | None = None):
+    """netc's own train step (the one `netc train` runs), through the public API; `kernels`
+    False: without the oneDNN kernels (netc-xla)."""
+    return netc_train_run(ROOT / "models" / "lenet.yaml", batch, precision, kernels)
 
 
 def jax_step(batch: int):
@@ -109,7 +110,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, args.batch).astype(np.int32)
-    makers = {"netc": netc_step, "netc-bf16": lambda b: netc_step(b, "bfloat16"),
+    makers = {"netc": netc_step, "netc-xla": lambda b: netc_step(b, kernels=False),
+              "netc-bf16": lambda b: netc_step(b, "bfloat16"),
               "netc-fp16": lambda b: netc_step(b, "float16"), "jax": jax_step, "torch": torch_step}
     chosen = {n: (lambda m=makers[n]: m(args.batch)) for n in args.only.split(",")
               if not (n == "torch" and torch is None)}

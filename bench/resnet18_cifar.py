@@ -8,7 +8,8 @@ per train step). `--lowering` sets the convolution lowering's shape bounds for a
 (compiler/layers/conv.py: IM2COL_MAX_ELEMENTS, GRAD_MATMUL_MAX_ELEMENTS; "default" keeps them).
 
 Run: python bench/resnet18_cifar.py [--batch 128] [--steps 3] [--repeats 3] [--only netc,torch,torch-cl]
-(also netc-bf16 / netc-fp16: netc's step in mixed precision, the solver's `precision`)
+(also netc-bf16 / netc-fp16: netc's step in mixed precision, the solver's `precision`; netc-xla:
+netc without its oneDNN kernels, compiler/kernels/onednn.py)
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def set_lowering(which: str) -> None:
         setattr(conv, name, int(value))
 
 
-def netc_step(batch: int, precision: str = "float32"):
-    return netc_train_run(cifar_spec(batch), batch, precision)
+def netc_step(batch: int, precision: str = "float32", kernels: bool | None = None):
+    return netc_train_run(cifar_spec(batch), batch, precision, kernels)
 
 
 
@@ -97,7 +98,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.random((args.batch, 3, 32, 32), dtype=np.float32)
     y = rng.integers(0, 10, args.batch).astype(np.int32)
-    makers = {"netc": netc_step, "netc-bf16": lambda b: netc_step(b, "bfloat16"),
+    makers = {"netc": netc_step, "netc-xla": lambda b: netc_step(b, kernels=False),
+              "netc-bf16": lambda b: netc_step(b, "bfloat16"),
               "netc-fp16": lambda b: netc_step(b, "float16"), "torch": torch_step(False),
               "torch-cl": torch_step(True)}
     chosen = {n: (lambda m=makers[n]: m(args.batch)) for n in args.only.split(",")

@@ -1,5 +1,6 @@
-"""netc's benchmark, one command: every workload's train step side by side — netc's compiled spec,
-the best hand-written JAX program of the same network (bench/hand_jax.py, char_lstm.py,
+"""netc's benchmark, one command: every workload's train step side by side — netc's compiled spec
+(and netc-xla: the same without its oneDNN kernels, compiler/kernels/onednn.py), the best
+hand-written JAX program of the same network (bench/hand_jax.py, char_lstm.py,
 lenet_train.py), PyTorch eager NCHW and channels_last, and torch.compile — on the same work in one
 process, alternating repeats (bench/harness.py), plus:
 
@@ -100,6 +101,7 @@ def cnn_makers(w: Workload, jax_fns, torch_model) -> dict:
 
     init, apply = jax_fns
     makers = {"netc": netc_maker(w.spec, w.batch),
+              "netc-xla": lambda: netc_train_run(w.spec, w.batch, kernels=False),
               "jax": lambda: hand_jax.train_step(lambda: getattr(hand_jax, init)(w.classes),
                                                  getattr(hand_jax, apply))}
     makers.update({name: torch_maker(mode) for name, mode in TORCH_MODES.items()})
@@ -113,6 +115,7 @@ def workloads(quick: bool) -> dict[str, Workload]:
     lenet = Workload("lenet", "Caffe LeNet", q(64, 16), (1, 28, 28), 10,
                      (ROOT / "models" / "lenet.yaml").read_text(), q(50, 3), q(5, 2))
     lenet.makers = {"netc": lambda: lenet_train.netc_step(lenet.batch),
+                    "netc-xla": lambda: lenet_train.netc_step(lenet.batch, kernels=False),
                     "jax": lambda: lenet_train.jax_step(lenet.batch),
                     "torch": lambda: lenet_train.torch_step(lenet.batch)}
     rb = q(128, 8)
@@ -305,7 +308,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny batches and steps (a smoke run)")
     ap.add_argument("--workloads", default="lenet,resnet18_cifar,mobilenet_v2_96,char_lstm")
-    ap.add_argument("--contenders", default="netc,jax,torch,torch-cl,torch-compile")
+    ap.add_argument("--contenders", default="netc,netc-xla,jax,torch,torch-cl,torch-compile")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true",
                     help="measure only the memory column again, into --out's RESULTS.json")

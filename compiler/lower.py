@@ -45,12 +45,16 @@ class Context:
     state: dict  # this layer's state (e.g. BatchNorm statistics); read-only
     new_state: dict  # the layer writes its updated state here
     layer: PlannedLayer
+    kernels: bool = False  # native kernels may be called (Net.kernels)
 
 
 @dataclass
 class Net:
     plan: Plan
     scan_blocks: bool = False  # runs of identical blocks as lax.scan (see apply)
+    # layers may call native kernels (compiler/kernels/): only in programs this process runs on
+    # one device; off for exported artifacts (they must run anywhere) and sharded steps
+    kernels: bool = False
 
     @property
     def train(self) -> bool:
@@ -156,7 +160,7 @@ class Net:
         layer_rng = self._layer_rng(pl, rng)
         if train and pl.name in self._weight_noise:
             p = self._noisy(pl, p, layer_rng)
-        lstate = _call(pl, p, blobs, state.get(pl.name, {}), layer_rng, train)
+        lstate = _call(pl, p, blobs, state.get(pl.name, {}), layer_rng, train, self.kernels)
         if lstate:
             new_state[pl.name] = lstate
 
@@ -206,7 +210,8 @@ class Net:
             p, st, pos = xs
             local = {run.input: carry}
             ys = [_call(pl, p[j], local, st[j],
-                        None if rng is None else jax.random.fold_in(rng, pos[j]), train)
+                        None if rng is None else jax.random.fold_in(rng, pos[j]), train,
+                        self.kernels)
                   for j, pl in enumerate(run.blocks[0])]
             out = local[run.body_output]
             if out.dtype != carry.dtype:
@@ -311,9 +316,10 @@ def _feed(pl: PlannedLayer, inputs: dict, blobs: dict, outputs) -> None:
             raise LoweringError(f"input blob '{t}' (from layer '{pl.name}') was not given")
 
 
-def _call(pl: PlannedLayer, p: dict, blobs: dict, lstate: dict, layer_rng, train: bool) -> dict:
+def _call(pl: PlannedLayer, p: dict, blobs: dict, lstate: dict, layer_rng, train: bool,
+          kernels: bool = False) -> dict:
     """Apply one layer to its bottoms in `blobs` and write its tops there; its new state."""
-    ctx = Context(train, layer_rng, lstate, {}, pl)
+    ctx = Context(train, layer_rng, lstate, {}, pl, kernels)
     tops = pl.unit.apply(p, _bottoms(pl, blobs), ctx)
     for t, v in zip(pl.tops, tops):
         blobs[t] = v
@@ -363,13 +369,17 @@ def _prune(layers: list[PlannedLayer], given: set[str], outputs) -> list[Planned
     return out[::-1]
 
 
-def lower(plan: Plan, scan_blocks: bool | None = None) -> Net:
-    """The Net of `plan`. `scan_blocks` (default: off unless the environment sets
-    NETC_SCAN_BLOCKS=1): runs of identical blocks run as one lax.scan where they can."""
+def lower(plan: Plan, scan_blocks: bool | None = None, kernels: bool | None = None) -> Net:
+    """The Net of `plan`, to run in this process. `scan_blocks` (default: off unless the
+    environment sets NETC_SCAN_BLOCKS=1): runs of identical blocks run as one lax.scan where they
+    can. `kernels` (default: on unless NETC_ONEDNN=0): layers may call native kernels where
+    they are built (compiler/kernels/onednn.py); a Net made as Net(plan) never does."""
     import os
+
+    from netc.compiler.kernels.onednn import enabled_by_env
 
     if not plan.ok:
         raise LoweringError("the plan has errors; run `netc check` for details")
     if scan_blocks is None:
         scan_blocks = os.environ.get(SCAN_ENV, "0").strip() == "1"
-    return Net(plan, scan_blocks)
+    return Net(plan, scan_blocks, enabled_by_env() if kernels is None else kernels)

@@ -510,7 +510,7 @@ class Solver:
             self.restore(s.checkpoint)  # places what it loads
         else:
             self._place()
-        self.test_net = lower(self.test_plan) if self.test_iter else None
+        self.test_net = lower(self.test_plan, kernels=self.net.kernels) if self.test_iter else None
         if self.test_net is not None:
             self._share_test_params()
         ss = s.sp.scheduled_sampling
@@ -549,6 +549,7 @@ class Solver:
                                      len(jax.local_devices()) * jax.process_count(),
                                      jax.process_count())
         self.dp = dist.DataParallel(devices)
+        self.net.kernels = False  # XLA cannot partition a native kernel's custom call
 
     def _place(self) -> None:
         """params, state and optimizer state replicated on the mesh (a no-op on one device)."""

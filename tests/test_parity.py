@@ -282,10 +282,17 @@ def _convolution_case(seed):
             {"param_shapes": {("conv", "weight"): want}})
 
 
-def test_convolution():
+@pytest.mark.parametrize("onednn", ["1", "0"], ids=["onednn", "xla"])
+def test_convolution(onednn, monkeypatch):
     """Random geometries (every rank, groups, stride, pad, dilation, both 2-D spellings), all in
-    one program."""
-    compare_many([_convolution_case(seed) for seed in SEEDS], np.random.default_rng(1))
+    one program; with the oneDNN kernels where the lowering picks them, and with XLA alone."""
+    from netc.compiler.kernels.onednn import ENV, available
+
+    monkeypatch.setenv(ENV, onednn)
+    net, _ = compare_many([_convolution_case(seed) for seed in SEEDS], np.random.default_rng(1))
+    by_onednn = [pl.name for pl in net.plan.layers if pl.resolved and pl.resolved.kernel]
+    assert net.kernels == (onednn == "1") and len(by_onednn) >= 10
+    assert available() or onednn == "0"
 
 
 def _deconvolution_case(seed):

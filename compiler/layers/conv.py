@@ -30,6 +30,9 @@ class ConvGeometry:
     im2col: bool = False  # lowered as im2col + one matmul; else lax.conv_general_dilated
     grad_matmul: bool = False  # the weight gradient as one matmul per kernel offset (custom VJP)
     depthwise: bool = False  # groups == input channels: kh·kw shifted multiply-adds
+    # the oneDNN kernels it uses in float32 when the Net may (compiler/kernels/onednn.py):
+    # "" none, "onednn" forward and backward, "onednn-backward" the backward only
+    kernel: str = ""
 
 
 def _shifted_slices(x, g: ConvGeometry, channels_last: bool = True) -> list:
@@ -167,6 +170,47 @@ def _conv_matmul_grad(g: ConvGeometry):
     return conv
 
 
+def _onednn_conv(g: ConvGeometry, group: int = 1, forward=None):
+    """The convolution (N×C×spatial, float32) as oneDNN primitives called from the XLA program
+    (compiler/kernels/onednn.py): the forward (or `forward`, a pure-XLA one), and a custom VJP
+    whose input and weight gradients are oneDNN's backward-data and backward-weights primitives.
+    XLA drops the input gradient's call where nothing uses it (a net's first convolution)."""
+    import jax
+
+    from netc.compiler.kernels.onednn import conv_call
+
+    geo = {"strides": g.window.stride, "dilation": g.window.dilation, "pads": g.pads,
+           "groups": group}
+
+    def onednn_forward(x, wt):
+        y = jax.ShapeDtypeStruct(x.shape[:1] + wt.shape[:1] + g.out, x.dtype)
+        return conv_call("forward", y, x, wt, **geo)
+
+    forward = forward or onednn_forward
+
+    @jax.custom_vjp
+    def conv(x, wt):
+        return forward(x, wt)
+
+    def fwd(x, wt):
+        return forward(x, wt), (x, wt)
+
+    def bwd(res, dy):
+        x, wt = res
+        dx = conv_call("backward_data", jax.ShapeDtypeStruct(x.shape, x.dtype), dy, wt, **geo)
+        dw = conv_call("backward_weights", jax.ShapeDtypeStruct(wt.shape, wt.dtype), x, dy, **geo)
+        return dx, dw
+
+    conv.defvjp(fwd, bwd)
+    return conv
+
+
+def _kernels_available() -> bool:
+    from netc.compiler.kernels.onednn import available
+
+    return available()
+
+
 class _ConvBase(Layer):
     param_field = "convolution_param"
     Param = ConvolutionParameter
@@ -294,7 +338,8 @@ convolution_param:
         im2col = self._use_im2col(x[axis], w, out)
         depthwise = n == 2 and self.p.group > 1 and self.p.group == x[axis]
         return ConvGeometry(axis, w, pads, out, im2col,
-                            not im2col and self._use_grad_matmul(x[axis], w, out), depthwise)
+                            not im2col and self._use_grad_matmul(x[axis], w, out), depthwise,
+                            self._use_kernel(w, depthwise))
 
     def infer(self, bottoms):
         x = bottoms[0]
@@ -321,16 +366,23 @@ convolution_param:
         x = bottoms[0]
         x2, lead = self._flat(x, g.axis)
         wt = params["weight"].astype(x.dtype)
-        if g.depthwise:
-            y = _depthwise_conv(x2, wt, g)
-        elif g.grad_matmul:
-            y = _conv_matmul_grad(g)(x2, wt)
-        elif g.im2col:
-            y = _im2col_conv(x2, wt, g)
+        if g.kernel and ctx.kernels and x.dtype == "float32" and _kernels_available():
+            fwd = None if g.kernel == "onednn" else lambda a, b: self._xla_conv(a, b, g)
+            y = _onednn_conv(g, self.p.group, fwd)(x2, wt)
         else:
-            y = _lax_conv(x2, wt, g, self.p.group)
+            y = self._xla_conv(x2, wt, g)
         y = self._bias(y, params, 1)
         return [y.reshape(lead + y.shape[1:]) if g.axis != 1 else y]
+
+    def _xla_conv(self, x, wt, g: ConvGeometry):
+        """The pure-XLA lowering resolve() chose for this shape."""
+        if g.depthwise:
+            return _depthwise_conv(x, wt, g)
+        if g.grad_matmul:
+            return _conv_matmul_grad(g)(x, wt)
+        if g.im2col:
+            return _im2col_conv(x, wt, g)
+        return _lax_conv(x, wt, g, self.p.group)
 
     def macs(self, bottoms, tops):
         x, y = bottoms[0], tops[0]
@@ -339,6 +391,14 @@ convolution_param:
         return count(y, 1) * per_out
 
     def describe_lowering(self, resolved) -> str:
+        xla = self._describe_xla(resolved)
+        if resolved is None or not resolved.kernel:
+            return xla
+        if resolved.kernel == "onednn":
+            return f"oneDNN forward+backward (float32; else {xla})"
+        return f"{xla}, oneDNN backward (float32)"
+
+    def _describe_xla(self, resolved) -> str:
         if resolved is not None and resolved.depthwise:
             return "depthwise: shifted multiply-adds"
         grad = ", dW as matmuls" if resolved is not None and resolved.grad_matmul else ""
@@ -356,6 +416,17 @@ convolution_param:
         if len(out) != 2 or self.p.group != 1:
             return False
         return channels * math.prod(w.kernel) * math.prod(out) <= IM2COL_MAX_ELEMENTS
+
+    def _use_kernel(self, w: Window, depthwise: bool) -> str:
+        """Where oneDNN's primitives beat the pure-XLA lowering, by shape (bench/conv_variants.py
+        onednn: LeNet, CIFAR ResNet-18 at batch 128, MobileNet v2 at 96×96 and AlexNet's
+        layers): 2-D convolutions with a spatial kernel, forward and backward (ResNet-18's 3×3
+        layers 1.3-3x faster, AlexNet's 2-group layers 7-8x); depthwise ones only for the
+        backward (4x faster; their shifted multiply-add forward is faster than oneDNN's). 1×1
+        convolutions stay plain matmuls (oneDNN's reorders make them slower)."""
+        if len(w.kernel) != 2 or math.prod(w.kernel) == 1:
+            return ""
+        return "onednn-backward" if depthwise else "onednn"
 
     def _use_grad_matmul(self, channels: int, w: Window, out: tuple[int, ...]) -> bool:
         """The weight gradient as matmuls over shifted input slices instead of XLA's weight-

@@ -126,8 +126,8 @@ def _layer_params(pl, params: dict, state: dict) -> tuple[dict, dict]:
     return learned, other
 
 
-def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, iterations: int
-                ) -> LayerTiming:
+def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, iterations: int,
+                kernels: bool = False) -> LayerTiming:
     """Time one layer on its bottoms in `blobs`, then write its tops there (the net's walk)."""
     import jax
     import jax.numpy as jnp
@@ -141,7 +141,7 @@ def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, it
     lstate = state.get(pl.name, {})
 
     def forward(learned, bottoms, other, lstate, key):
-        ctx = Context(train, key, lstate, {}, pl)
+        ctx = Context(train, key, lstate, {}, pl, kernels)
         tops = unit.apply({**learned, **other}, list(bottoms), ctx)
         return list(tops), ctx.new_state
 
@@ -256,7 +256,8 @@ def _time_layers(result: Timing, plan, net, arrays, train: bool, key, progress) 
             progress.write(f"\rtiming layer {k + 1}/{len(todo)}: {pl.name}\x1b[K")
             progress.flush()
         lk = jax.random.fold_in(key, net._rng_index[pl.name])
-        result.layers.append(_time_layer(pl, blobs, params, state, train, lk, result.iterations))
+        result.layers.append(_time_layer(pl, blobs, params, state, train, lk, result.iterations,
+                                         net.kernels))
     scanned = net.scanned_layers()  # the whole programs run these in one lax.scan (Net.apply)
     for t in result.layers:
         if t.name in scanned:

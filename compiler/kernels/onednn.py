@@ -1,0 +1,182 @@
+"""oneDNN's convolutions (forward, backward-data, backward-weights; float32, N-D, grouped) as XLA
+FFI custom calls in netc's compiled programs.
+
+Why: XLA CPU's own convolution runs CIFAR ResNet-18's 3×3 layers several times slower than the
+oneDNN primitives PyTorch calls (bench/conv_variants.py onednn). The kernels are used only where
+they are measured to win (compiler/layers/conv.py decides per layer shape), only for float32, only
+in a Net lowered for this process (`lower()`: not in exported artifacts, which must run anywhere,
+and not across several devices, where XLA cannot partition a custom call); everywhere else the
+convolution stays pure XLA, which is also the fallback when the kernels cannot be built.
+
+Where oneDNN comes from: the `onednn` extra (`pip install 'netc[onednn]'`: Intel's
+onednn-cpu-gomp and onednn-devel-cpu-gomp wheels, oneDNN 3.2 with GNU OpenMP), or any oneDNN 3.x
+under $NETC_ONEDNN_ROOT (include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so). The C++ beside this
+module (onednn_conv.cc, ~250 lines) is compiled once with the system's C++ compiler ($CXX, else
+c++ or g++; ~8 s) into $NETC_KERNEL_DIR (default ~/.cache/netc/kernels, private like the compile
+cache: what is in it is code), under a hash of the source, the compiler, jaxlib's version and
+the oneDNN library, and loaded with ctypes. NETC_ONEDNN=0 turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV = "NETC_ONEDNN"
+SOURCE = Path(__file__).with_name("onednn_conv.cc")
+LIBRARY = "libnetc_onednn.so"
+# the FFI targets netc registers, by the C++ handler symbol each one names
+TARGETS = {"netc_onednn_conv_forward": "NetcConvForward",
+           "netc_onednn_conv_backward_data": "NetcConvBackwardData",
+           "netc_onednn_conv_backward_weights": "NetcConvBackwardWeights"}
+
+__all__ = ["Status", "available", "conv_call", "enabled_by_env", "kernel_dir", "status"]
+
+
+@dataclass(frozen=True)
+class Status:
+    ok: bool
+    detail: str  # the library loaded, or why the kernels are not in use
+
+
+class BuildError(Exception):
+    pass
+
+
+def enabled_by_env() -> bool:
+    return os.environ.get(ENV, "").strip().lower() not in ("0", "false", "no", "off")
+
+
+def kernel_dir() -> Path:
+    own = os.environ.get("NETC_KERNEL_DIR")
+    if own:
+        return Path(own).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg and os.path.isabs(os.path.expanduser(xdg)) \
+        else Path.home() / ".cache"
+    return base / "netc" / "kernels"
+
+
+def find_onednn() -> tuple[Path, Path] | None:
+    """(include dir, libdnnl.so) of the first oneDNN found: $NETC_ONEDNN_ROOT, then this Python's
+    prefix (where the wheels of the `onednn` extra put it), then /usr/local and /usr."""
+    roots = [os.environ.get("NETC_ONEDNN_ROOT"), sys.prefix, sys.base_prefix, "/usr/local", "/usr"]
+    for root in dict.fromkeys(r for r in roots if r):
+        inc = Path(root) / "include"
+        if not (inc / "oneapi" / "dnnl" / "dnnl.hpp").is_file():
+            continue
+        for libdir in ("lib", "lib64", "lib/x86_64-linux-gnu"):
+            lib = Path(root) / libdir / "libdnnl.so"
+            if lib.is_file():
+                return inc, lib
+    return None
+
+
+def _compiler() -> str | None:
+    for c in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if c and shutil.which(c):
+            return shutil.which(c)
+    return None
+
+
+def _build(out: Path, cxx: str, jax_include: str, inc: Path, lib: Path) -> None:
+    """Compile the kernels into `out`, atomically (a half-written library is never loaded)."""
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = [cxx, "-O2", "-std=c++17", "-fPIC", "-shared", "-w", f"-I{jax_include}", f"-I{inc}",
+           str(SOURCE), "-o", tmp, str(lib), f"-Wl,-rpath,{lib.parent}"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0:
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            first = [ln for ln in lines if "error" in ln][:2] or lines[-4:]
+            raise BuildError(f"{Path(cxx).name} failed: " + " | ".join(first))
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _library_path(cxx: str, jax_include: str, inc: Path, lib: Path) -> Path:
+    import jaxlib
+
+    h = hashlib.sha256(SOURCE.read_bytes())
+    st = lib.stat()
+    for part in (cxx, jax_include, jaxlib.__version__, str(inc), str(lib.resolve()),
+                 str(st.st_size), str(int(st.st_mtime))):
+        h.update(part.encode() + b"\0")
+    return kernel_dir() / h.hexdigest()[:20] / LIBRARY
+
+
+_lock = threading.Lock()
+_status: Status | None = None
+_handles: list = []  # the loaded library, kept alive for the process
+
+
+def _load() -> Status:
+    import ctypes
+
+    import jax
+
+    if not enabled_by_env():
+        return Status(False, f"turned off by {ENV}=0")
+    found = find_onednn()
+    if found is None:
+        return Status(False, "oneDNN not found (pip install 'netc[onednn]', or set "
+                             "NETC_ONEDNN_ROOT)")
+    cxx = _compiler()
+    if cxx is None:
+        return Status(False, "no C++ compiler (c++, g++ or $CXX) to build the kernels")
+    inc, lib = found
+    path = _library_path(cxx, jax.ffi.include_dir(), inc, lib)
+    try:
+        if not path.is_file():
+            print(f"netc: building the oneDNN convolution kernels once into {path.parent} ...",
+                  file=sys.stderr, flush=True)
+            _build(path, cxx, jax.ffi.include_dir(), inc, lib)
+        handle = ctypes.CDLL(str(path))
+        for target, symbol in TARGETS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(handle, symbol)),
+                                        platform="cpu")
+    except (BuildError, OSError, subprocess.SubprocessError, AttributeError) as e:
+        return Status(False, f"the oneDNN kernels could not be built or loaded: {e}")
+    _handles.append(handle)
+    return Status(True, f"oneDNN kernels {path} (oneDNN {lib})")
+
+
+def status() -> Status:
+    """Whether the kernels are in use in this process (built and loaded on the first call)."""
+    global _status
+    with _lock:
+        if _status is None:
+            _status = _load()
+        return _status
+
+
+def available() -> bool:
+    return status().ok
+
+
+def conv_call(which: str, result, a, b, *, strides, dilation, pads, groups: int):
+    """One oneDNN convolution primitive on (a, b) → an array like `result`: `which` is
+    "forward" (x, w → y), "backward_data" (dy, w → dx) or "backward_weights" (x, dy → dw).
+    Activations are N×C×spatial, weights O×(C/groups)×k; pads are (before, after) per axis."""
+    import jax
+    import numpy as np
+
+    st = status()  # builds and registers the kernels on first use
+    if not st.ok:
+        raise RuntimeError(st.detail)
+    call = jax.ffi.ffi_call(f"netc_onednn_conv_{which}", result, vmap_method="sequential")
+    i64 = np.int64
+    return call(a, b, strides=np.asarray(strides, i64), dilation=np.asarray(dilation, i64),
+                pad_lo=np.asarray([p[0] for p in pads], i64),
+                pad_hi=np.asarray([p[1] for p in pads], i64), groups=i64(groups))

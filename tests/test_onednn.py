@@ -1,0 +1,166 @@
+"""oneDNN's convolution kernels in netc's XLA programs (compiler/kernels/onednn.py): they build and
+load here (the test extra installs oneDNN; CI has a C++ compiler), give lax.conv's values and
+gradients on random legal geometries (kernel, stride, dilation, asymmetric pads, groups,
+depthwise with multipliers 1 and 2), a whole net's loss and gradients are the same with the
+kernels as without, and they stay out of what must run anywhere: exported programs, float64,
+NETC_ONEDNN=0, a build that fails."""
+
+from __future__ import annotations
+
+import functools
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import jit_fast
+
+from netc.compiler.kernels import onednn
+from netc.compiler.layers import conv as C
+from netc.compiler.layers.geometry import Window
+from netc.compiler.lower import Net, lower
+from netc.compiler.report import check_file
+
+
+def test_the_kernels_build_and_load():
+    st = onednn.status()
+    assert st.ok, st.detail
+
+
+def _geometries(n: int, seed: int = 0):
+    """(input size, channels, outputs, groups, geometry), random and legal."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        k = tuple(int(v) for v in rng.integers(1, 5, 2))
+        s = tuple(int(v) for v in rng.integers(1, 4, 2))
+        d = tuple(int(v) for v in rng.integers(1, 3, 2))
+        pads = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (2, 2)))
+        size = tuple(int(v) for v in rng.integers(5, 12, 2))
+        ext = [(kk - 1) * dd + 1 for kk, dd in zip(k, d)]
+        if any(sz + lo + hi < e for sz, (lo, hi), e in zip(size, pads, ext)):
+            continue
+        groups = int(rng.choice([1, 1, 2, 3]))
+        cin, cout = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4))
+        if len(out) % 4 == 3:  # depthwise, channel multiplier 1 or 2
+            groups = cin = int(rng.integers(2, 6))
+            cout = cin * int(rng.integers(1, 3))
+        o = tuple((sz + lo + hi - e) // st + 1 for sz, (lo, hi), e, st in zip(size, pads, ext, s))
+        w = Window(kernel=k, stride=s, pad=(0, 0), dilation=d)
+        out.append((size, cin, cout, groups, C.ConvGeometry(1, w, pads, o)))
+    return out
+
+
+def _value_and_grads(fn, x, wt):
+    return jax.value_and_grad(lambda a, b: jnp.sum(fn(a, b) * jnp.cos(fn(a, b))), (0, 1))(x, wt)
+
+
+def test_kernels_match_lax_conv_on_random_geometries():
+    rng = np.random.default_rng(3)
+    cases = []
+    for size, cin, cout, groups, g in _geometries(8):
+        x = rng.standard_normal((2, cin) + size).astype(np.float32)
+        wt = rng.standard_normal((cout, cin // groups) + g.window.kernel).astype(np.float32)
+        cases.append((g, groups, x, wt))
+
+    def run(args):
+        out = []
+        for (g, groups, _, _), (x, wt) in zip(cases, args):
+            ref = functools.partial(C._lax_conv, g=g, group=groups)
+            out.append((_value_and_grads(ref, x, wt),
+                        _value_and_grads(C._onednn_conv(g, groups), x, wt),
+                        _value_and_grads(C._onednn_conv(g, groups, ref), x, wt),
+                        ref(x, wt), C._onednn_conv(g, groups)(x, wt)))
+        return out
+
+    results = jit_fast(run)([(x, w) for _, _, x, w in cases])
+    for (g, groups, _, _), (ref, full, bwd_only, y_ref, y) in zip(cases, results):
+        np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4, err_msg=f"{g} groups {groups}")
+        for got in (full, bwd_only):
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3,
+                                           err_msg=f"{g} groups {groups}")
+
+
+NET = textwrap.dedent("""\
+    name: kernels
+    layers:
+    - {name: data, type: Input, top: [data, label], input_param: {shape: [{dim: [4, 3, 12, 12]}, {dim: [4]}]}}
+    - {name: c1, type: Convolution, bottom: data, top: c1,
+       convolution_param: {num_output: 8, kernel_size: 3, pad: 1, weight_filler: {type: xavier}}}
+    - {name: bn1, type: BatchNorm, bottom: c1, top: c1}
+    - {name: r1, type: ReLU, bottom: c1, top: c1}
+    - {name: c2, type: Convolution, bottom: c1, top: c2,
+       convolution_param: {num_output: 8, kernel_size: 3, stride: 2, group: 2, weight_filler: {type: xavier}}}
+    - {name: dw, type: Convolution, bottom: c2, top: dw,
+       convolution_param: {num_output: 16, kernel_size: 3, pad: 1, group: 8, weight_filler: {type: xavier}}}
+    - {name: pw, type: Convolution, bottom: dw, top: pw,
+       convolution_param: {num_output: 6, kernel_size: 1, weight_filler: {type: xavier}}}
+    - {name: fc, type: InnerProduct, bottom: pw, top: fc,
+       inner_product_param: {num_output: 5, weight_filler: {type: xavier}}}
+    - {name: loss, type: SoftmaxWithLoss, bottom: [fc, label], top: loss}
+    """)
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    path = tmp_path_factory.mktemp("onednn") / "kernels_net.yaml"
+    path.write_text(NET)
+    _, p = check_file(str(path), shown="TRAIN")
+    assert p.ok, [d.format() for d in p.diagnostics.errors]
+    return p
+
+
+def _step(net, dtype=jnp.float32):
+    params, state = net.init(jax.random.PRNGKey(0))
+    params, state = jax.tree.map(lambda v: v.astype(dtype), (params, state))
+    r = np.random.default_rng(0)
+    x = {"data": jnp.asarray(r.standard_normal((4, 3, 12, 12)), dtype),
+         "label": jnp.asarray([0, 1, 2, 4], dtype)}
+
+    def objective(p):
+        return net.loss(p, state, x, rng=jax.random.PRNGKey(1), train=True)[0]
+
+    fn = jax.jit(jax.value_and_grad(objective))
+    return fn, params
+
+
+def test_a_net_computes_the_same_with_and_without_kernels(plan):
+    lowering = {pl.name: pl.resolved.kernel for pl in plan.layers if pl.type == "Convolution"}
+    assert lowering == {"c1": "onednn", "c2": "onednn", "dw": "onednn-backward", "pw": ""}
+    results = {}
+    for kernels in (True, False):
+        fn, params = _step(lower(plan, kernels=kernels))
+        text = fn.lower(params).as_text()
+        assert text.count("netc_onednn_conv_forward") == (2 if kernels else 0)
+        assert text.count("netc_onednn_conv_backward_weights") == (3 if kernels else 0)
+        results[kernels] = fn(params)
+    for a, b in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False])):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_kernels_stay_out_of_portable_programs(plan, monkeypatch):
+    # Net(plan) (what export builds), float64, and NETC_ONEDNN=0 lower with XLA alone
+    assert not Net(plan).kernels
+    fn, params = _step(Net(plan))
+    assert "netc_onednn" not in fn.lower(params).as_text()
+    with jax.enable_x64(True):
+        fn, params = _step(lower(plan, kernels=True), jnp.float64)
+        assert "netc_onednn" not in fn.lower(params).as_text()
+    monkeypatch.setenv(onednn.ENV, "0")
+    assert not lower(plan).kernels
+    assert not onednn._load().ok and "NETC_ONEDNN=0" in onednn._load().detail
+
+
+def test_a_failed_build_falls_back_with_the_reason(tmp_path, monkeypatch):
+    bad = tmp_path / "onednn"
+    (bad / "include" / "oneapi" / "dnnl").mkdir(parents=True)
+    (bad / "include" / "oneapi" / "dnnl" / "dnnl.hpp").write_text("#error not a real oneDNN\n")
+    (bad / "lib").mkdir()
+    (bad / "lib" / "libdnnl.so").write_bytes(b"")
+    monkeypatch.setenv("NETC_ONEDNN_ROOT", str(bad))
+    monkeypatch.setenv("NETC_KERNEL_DIR", str(tmp_path / "kernels"))
+    st = onednn._load()
+    assert not st.ok and "could not be built" in st.detail and "not a real oneDNN" in st.detail
+    assert not list((tmp_path / "kernels").rglob("*.so"))  # nothing half-built left to load

@@ -58,11 +58,18 @@ def bilinear_kernel(shape: tuple[int, ...]) -> np.ndarray:
 
 def orthogonal(key, shape: tuple[int, ...], gain: float = 1.0, dtype=None):
     """gain × a (semi-)orthogonal matrix per square row block (see the module's docstring)."""
+    import jax
     import jax.numpy as jnp
 
     if len(shape) < 2:
         raise ValueError(f"the orthogonal filler needs a blob of at least 2 axes, got {shape}")
-    return _orthogonal_fn()(key, tuple(shape), float(gain), jnp.dtype(dtype or jnp.float32))
+    # waited for: jaxlib's CPU QR fans its batch out into XLA's intra-op thread pool and blocks
+    # until it is done, so two QR programs running at once (JAX dispatches asynchronously; Net.init
+    # draws blob after blob) can hold every thread of a 2-core machine's pool while waiting for
+    # each other — a deadlock seen in the test suite (both pool threads parked in
+    # ParallelBatchMap under lapack_sgeqrf_ffi)
+    return jax.block_until_ready(
+        _orthogonal_fn()(key, tuple(shape), float(gain), jnp.dtype(dtype or jnp.float32)))
 
 
 @functools.cache

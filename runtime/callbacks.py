@@ -207,6 +207,8 @@ class Progress(Callback):
         procs = d.get("processes", 1)
         backend = (f"{d['backend']} ({d['devices']} device{'s' if d['devices'] != 1 else ''}"
                    f"{f' in {procs} processes' if procs > 1 else ''})")
+        if d.get("kernels"):
+            backend += f", {d['kernels']}"
         batch = f"batch {d['batch']}"
         if "batch_per_device" in d:  # data parallel: the spec's batch is the global batch
             batch += f" global = {d['batch_per_device']} per device"

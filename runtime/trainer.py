@@ -1012,7 +1012,19 @@ class Solver:
         self.emit("start", self.iter, resumed=s.resumed, checkpoint=str(s.checkpoint),
                   label=f"{s.config.spec}: {s.context.spec.name or s.spec_slug}",
                   solver_type=s.sp.type, batch=self.batch_size, seed=s.seed,
-                  backend=backend, devices=devices, run_dir=str(s.run_dir), **extra)
+                  backend=backend, devices=devices, run_dir=str(s.run_dir),
+                  kernels=self._kernels_note(), **extra)
+
+    def _kernels_note(self) -> str | None:
+        """What the start line says of the native kernels (compiler/kernels/): in use, or why
+        not, when a layer of the net would use them in this run; None otherwise."""
+        if not self.net.kernels or self.settings.sp.precision != "float32" or not any(
+                getattr(pl.resolved, "kernel", "") for pl in self.train_plan.layers):
+            return None
+        from netc.compiler.kernels.onednn import status
+
+        st = status()
+        return "oneDNN convolutions" if st.ok else f"convolutions in pure XLA ({st.detail})"
 
     def _finish(self, trained: int) -> None:
         from netc.runtime import checkpoint as ckpt

@@ -27,7 +27,14 @@ if not _JAX_CACHE or not os.path.isdir(_JAX_CACHE):
 # netc's commands put their own persistent cache in force (runtime/compile_cache.py, by default in
 # the user's ~/.cache/netc/jax): NETC_CACHE_DIR points them at this session's folder instead, so
 # that the suite never writes into the real user cache (in-process and in subprocesses alike).
+# ... and its native kernels (compiler/kernels/onednn.py: built once per session, ~8 s, into this
+# folder instead of ~/.cache/netc/kernels; the xdist workers share it as they share the cache)
+_KERNEL_DIR = _JAX_CACHE.rstrip("/") + "-kernels"
+if not os.path.isdir(_KERNEL_DIR):
+    os.makedirs(_KERNEL_DIR, mode=0o700, exist_ok=True)
+    atexit.register(shutil.rmtree, _KERNEL_DIR, ignore_errors=True)
 os.environ.update({
+    "NETC_KERNEL_DIR": _KERNEL_DIR,
     "NETC_CACHE_DIR": _JAX_CACHE,
     "JAX_COMPILATION_CACHE_DIR": _JAX_CACHE,
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

@@ -164,3 +164,11 @@ def test_a_failed_build_falls_back_with_the_reason(tmp_path, monkeypatch):
     st = onednn._load()
     assert not st.ok and "could not be built" in st.detail and "not a real oneDNN" in st.detail
     assert not list((tmp_path / "kernels").rglob("*.so"))  # nothing half-built left to load
+
+
+def test_netc_train_says_the_kernels_run(tmp_path):
+    from conftest import MODELS, netc
+
+    r = netc("train", MODELS / "lenet.yaml", "--max-iter", 0, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "cpu (1 device), oneDNN convolutions, run directory" in r.stdout

@@ -42,6 +42,7 @@ with T.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -533,7 +534,7 @@ class _Recurrent(Layer):
         gxs, whs = [], []
         for d, sfx in enumerate(sfxs):
             src = inp[::-1] if d else inp  # a reverse direction sees time reversed
-            gx = src @ params[wx + sfx].astype(dt).T + params[b + sfx].astype(dt)
+            gx = _projection()(src, params[wx + sfx].astype(dt), params[b + sfx].astype(dt))
             if static is not None:
                 gx = gx + (static @ params[ws + sfx].astype(dt).T)[None]
             gxs.append(gx)
@@ -964,10 +965,46 @@ def _recurrent_grads(dzrs, h, bh, batched: bool):
     if batched:  # D × (T·N) × …: one deep matmul per direction
         d = h.shape[1]
         h = jnp.swapaxes(h, 0, 1).reshape(d, -1, h.shape[-1])
-        dwh = jnp.einsum("dkg,dkh->dgh", jnp.swapaxes(dzrs, 0, 1).reshape(d, -1, dzrs.shape[-1]), h)
+        dwh = _weight_grad(h, jnp.swapaxes(dzrs, 0, 1).reshape(d, -1, dzrs.shape[-1]))
     else:
-        dwh = dzrs.reshape(-1, dzrs.shape[-1]).T @ h.reshape(-1, h.shape[-1])
+        dwh = _weight_grad(h.reshape(-1, h.shape[-1]), dzrs.reshape(-1, dzrs.shape[-1]))
     dbh = None
     if bh is not None:
         dbh = jnp.sum(dzrs, axis=(0, 2) if batched else (0, 1)).reshape(bh.shape)
     return dwh, dbh
+
+
+def _weight_grad(x, dz):
+    """dzᵀ·x ([D×]G×I) for x [D×]K×I and dz [D×]K×G, K = T·N deep, as (xᵀ·dz)ᵀ with xᵀ laid out
+    first. Written dzᵀ·x, both operands contract their major axis: XLA either runs it through
+    Eigen (2-3x slower here than its YNNPACK matmuls) or transposes dz, the larger operand
+    (T·N×4H against T·N×H or T·N×I). The barriers keep XLA from folding the transposes back into
+    the dot; the last transpose fuses into the optimizer's update."""
+    import jax
+    import jax.numpy as jnp
+
+    xt = jax.lax.optimization_barrier(jnp.swapaxes(x, -1, -2))
+    return jnp.swapaxes(jax.lax.optimization_barrier(xt @ dz), -1, -2)
+
+
+@functools.cache
+def _projection():
+    """project(x, w, b) = x·wᵀ + b (T×N×I, G×I, G → T×N×G), the input projection of every step,
+    with its weight gradient through _weight_grad (JAX's own transposes the T·N×G dz for it)."""
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_vjp
+    def project(x, w, b):
+        return x @ w.T + b
+
+    def fwd(x, w, b):
+        return project(x, w, b), (x, w)
+
+    def bwd(res, dz):
+        x, w = res
+        dz2 = dz.reshape(-1, dz.shape[-1])
+        return dz @ w, _weight_grad(x.reshape(-1, x.shape[-1]), dz2), jnp.sum(dz2, axis=0)
+
+    project.defvjp(fwd, bwd)
+    return project

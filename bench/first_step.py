@@ -15,6 +15,17 @@ tracing and lowering ~2 s remain). At load average 10.5: cold 47.7 s, warm 9.0 /
 2026-11-30, load average ~1-2: 16.85 s cold / 4.54 s warm before that day's changes (gathered
 im2col patches in the test pass, the train step compiled in a thread during the iteration-0
 test, fewer filler and optimizer-init programs); 8.47 s cold / 2.75 s warm after (--repeats 2).
+
+2026-11-30 late, load average 4.5-5.3 (other jobs on both cores: wall seconds swing 2x, so CPU
+seconds of the netc process are the measure), alternating runs of three checkouts: b6e9a45
+(before), fa04132 (+ weights, keys and optimizer state made in NumPy, lazy pydantic models, the
+step lowered before the test's trace) and a7fc6d2.. (+ oneDNN convolutions):
+    cold, 3 runs each: first step 15.6 / 11.0 / 4.9 s wall, 11.6 / 9.5 / 4.4 CPU s (medians)
+    warm, 6 runs each: 3.9 / 3.6 / 3.2 s wall, 2.79 / 2.31 / 2.05 CPU s (medians)
+Before the first step a cold run now compiles two programs (the TEST forward, the train step:
+~1.3 s and ~3 s of compile with oneDNN); warm, of ~2 CPU s: importing JAX ~0.7, optax ~0.15,
+netc with pydantic and NumPy ~0.35, tracing + lowering the step ~0.25 and the TEST net ~0.4,
+running the 10 test batches ~0.2.
 """
 
 from __future__ import annotations

@@ -107,8 +107,50 @@ def xla_choice(c: int, k: int, g: C.ConvGeometry, groups: int):
     return "lax.conv", lambda a, b: C._lax_conv(a, b, g)
 
 
+# transposed convolutions (name, batch, in channels, size, out channels, kernel, stride, pad)
+DECONV_LAYERS = [
+    ("FCN-32s upscore (bilinear)", 4, 21, 16, 21, 64, 32, 0),
+    ("FCN-8s upscore2", 8, 21, 16, 21, 4, 2, 0),
+    ("U-Net up 2x2 512->256@28", 8, 512, 28, 256, 2, 2, 0),
+    ("U-Net up 2x2 128->64@56", 8, 128, 56, 64, 2, 2, 0),
+]
+
+
+# 1-D and 3-D convolutions (name, batch, in channels, size, out channels, kernel, dilation, pads)
+ND_LAYERS = [
+    ("1-D WaveNet dilated causal", 16, 32, (1024,), 32, (2,), (4,), ((4, 0),)),
+    ("1-D TDNN", 32, 64, (200,), 64, (5,), (1,), ((2, 2),)),
+    ("3-D 16@16^3", 4, 16, (16, 16, 16), 16, (3, 3, 3), (1, 1, 1), ((1, 1),) * 3),
+]
+
+
+def nd_geometry(size, kernel, dilation, pads) -> C.ConvGeometry:
+    w = Window(kernel=kernel, stride=(1,) * len(kernel), pad=(0,) * len(kernel), dilation=dilation)
+    out = tuple(z + lo + hi - (k - 1) * d - 1 + 1
+                for z, (lo, hi), k, d in zip(size, pads, kernel, dilation))
+    return C.ConvGeometry(1, w, pads, out)
+
+
+def deconv_layer(n: int, c: int, h: int, o: int, k: int, s: int, p: int, kernels: bool):
+    """f(x, w): netc's own Deconvolution layer (planned and lowered from a spec) on x."""
+    import tempfile
+
+    from netc.compiler.lower import lower
+    from netc.compiler.report import check_file
+
+    spec = (f"layers:\n- {{name: in, type: Input, top: x, input_param: {{shape: {{dim: [{n}, {c}, "
+            f"{h}, {h}]}}}}}}\n- {{name: up, type: Deconvolution, bottom: x, top: y, "
+            f"convolution_param: {{num_output: {o}, kernel_size: {k}, stride: {s}, pad: {p}, "
+            f"bias_term: false}}}}\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as fh:
+        fh.write(spec)
+    _, plan = check_file(fh.name, shown="TRAIN")
+    net = lower(plan, kernels=kernels)
+    return lambda x, w: net.apply({"up": {"weight": w}}, {}, {"x": x}, outputs=["y"])[0]["y"]
+
+
 def onednn(only: str = "") -> None:
-    """Every layer of NET_LAYERS whose name contains `only`."""
+    """Every layer of NET_LAYERS, ND_LAYERS and DECONV_LAYERS whose name contains `only`."""
     from netc.compiler.kernels import onednn as K
 
     print(K.status().detail)
@@ -124,6 +166,23 @@ def onednn(only: str = "") -> None:
         wrt = (1,) if c <= 3 else (0, 1)  # a first layer: no input gradient
         row(f"XLA ({label})", f, x, wt, wrt)
         row("oneDNN", C._onednn_conv(g, groups), x, wt, wrt)
+    for name, n, c, size, o, k, d, pads in ND_LAYERS:
+        if only not in name:
+            continue
+        g = nd_geometry(size, k, d, pads)
+        x = rng.standard_normal((n, c, *size), dtype=np.float32)
+        wt = rng.standard_normal((o, c, *k), dtype=np.float32)
+        print(f"{name}: N {n}, C {c}, {size}, O {o}, kernel {k}, dilation {d}")
+        row("XLA (lax.conv)", lambda a, b, g_=g: C._lax_conv(a, b, g_), x, wt)
+        row("oneDNN", C._onednn_conv(g), x, wt)
+    for name, n, c, h, o, k, s, p in DECONV_LAYERS:
+        if only not in name:
+            continue
+        x = rng.standard_normal((n, c, h, h), dtype=np.float32)
+        wt = rng.standard_normal((c, o, k, k), dtype=np.float32)
+        print(f"{name}: Deconvolution N {n}, C {c}, {h}x{h}, O {o}, {k}x{k} stride {s}, pad {p}")
+        row("XLA (lhs-dilated lax.conv)", deconv_layer(n, c, h, o, k, s, p, False), x, wt)
+        row("oneDNN", deconv_layer(n, c, h, o, k, s, p, True), x, wt)
 
 
 if __name__ == "__main__":

@@ -311,8 +311,15 @@ def _deconvolution_case(seed):
             {"param_shapes": {("deconv", "weight"): want}})
 
 
-def test_deconvolution():
-    compare_many([_deconvolution_case(seed) for seed in SEEDS], np.random.default_rng(2))
+@pytest.mark.parametrize("onednn", ["1", "0"], ids=["onednn", "xla"])
+def test_deconvolution(onednn, monkeypatch):
+    from netc.compiler.kernels.onednn import ENV, available
+
+    monkeypatch.setenv(ENV, onednn)
+    net, _ = compare_many([_deconvolution_case(seed) for seed in SEEDS], np.random.default_rng(2))
+    by_onednn = [pl.name for pl in net.plan.layers if pl.resolved and pl.resolved.kernel]
+    assert net.kernels == (onednn == "1") and len(by_onednn) >= 4
+    assert available() or onednn == "0"
 
 
 def test_convolution_propagate_down_false_still_learns():

@@ -205,6 +205,42 @@ def _onednn_conv(g: ConvGeometry, group: int = 1, forward=None):
     return conv
 
 
+def _onednn_deconv(g: ConvGeometry, group: int = 1):
+    """The transposed convolution (N×C_in×spatial, float32) as oneDNN primitives: it is the
+    backward-data pass of the convolution from its output (O channels) back to its input, whose
+    weight (C_in, O/g, k...) is Caffe's Deconvolution weight as it stands; so its forward is that
+    convolution's backward-data primitive, its input gradient the convolution's forward and its
+    weight gradient the convolution's backward-weights with the roles of input and output
+    swapped. The geometry is the convolution's own: stride, dilation and Caffe's pad."""
+    import jax
+
+    from netc.compiler.kernels.onednn import conv_call
+
+    w = g.window
+    geo = {"strides": w.stride, "dilation": w.dilation, "pads": tuple((q, q) for q in w.pad),
+           "groups": group}
+
+    def forward(x, wt):
+        y = jax.ShapeDtypeStruct(x.shape[:1] + (wt.shape[1] * group,) + g.out, x.dtype)
+        return conv_call("backward_data", y, x, wt, **geo)
+
+    @jax.custom_vjp
+    def deconv(x, wt):
+        return forward(x, wt)
+
+    def fwd(x, wt):
+        return forward(x, wt), (x, wt)
+
+    def bwd(res, dy):
+        x, wt = res
+        dx = conv_call("forward", jax.ShapeDtypeStruct(x.shape, x.dtype), dy, wt, **geo)
+        dw = conv_call("backward_weights", jax.ShapeDtypeStruct(wt.shape, wt.dtype), dy, x, **geo)
+        return dx, dw
+
+    deconv.defvjp(fwd, bwd)
+    return deconv
+
+
 def _kernels_available() -> bool:
     from netc.compiler.kernels.onednn import available
 
@@ -419,12 +455,14 @@ convolution_param:
 
     def _use_kernel(self, w: Window, depthwise: bool) -> str:
         """Where oneDNN's primitives beat the pure-XLA lowering, by shape (bench/conv_variants.py
-        onednn: LeNet, CIFAR ResNet-18 at batch 128, MobileNet v2 at 96×96 and AlexNet's
-        layers): 2-D convolutions with a spatial kernel, forward and backward (ResNet-18's 3×3
-        layers 1.3-3x faster, AlexNet's 2-group layers 7-8x); depthwise ones only for the
-        backward (4x faster; their shifted multiply-add forward is faster than oneDNN's). 1×1
-        convolutions stay plain matmuls (oneDNN's reorders make them slower)."""
-        if len(w.kernel) != 2 or math.prod(w.kernel) == 1:
+        onednn: LeNet, CIFAR ResNet-18 at batch 128, MobileNet v2 at 96×96, AlexNet's layers, a
+        3-D and two 1-D convolutions): 2-D and 3-D convolutions with a spatial kernel, forward
+        and backward (ResNet-18's 3×3 layers 1.3-3x faster, AlexNet's 2-group layers 7-8x, a
+        3×3×3 one 5x); depthwise ones only for the backward (4x faster; their shifted multiply-add
+        forward is faster than oneDNN's). 1×1 convolutions stay plain matmuls (oneDNN's reorders
+        make them slower), 1-D ones lax.conv (oneDNN's backward of a dilated causal one was 7x
+        slower, a TDNN one as fast)."""
+        if len(w.kernel) not in (2, 3) or math.prod(w.kernel) == 1:
             return ""
         return "onednn-backward" if depthwise else "onednn"
 
@@ -446,7 +484,10 @@ class Deconvolution(_ConvBase):
 
     def describe_lowering(self, resolved) -> str:
         n = len(resolved.out) if resolved is not None else "?"
-        return f"lax.conv {n}-D transposed (input dilated by the stride)"
+        xla = f"lax.conv {n}-D transposed (input dilated by the stride)"
+        if resolved is not None and resolved.kernel:
+            return f"oneDNN backward-data as forward (float32; else {xla})"
+        return xla
     summary = "Transposed convolution: out = stride·(in−1) + dilation·(k−1) + 1 − 2·pad."
     example = """\
 name: upscore
@@ -485,7 +526,8 @@ convolution_param:
                     ("convolution_param", "pad"))
             out.append(o)
         pads = tuple((e - 1 - q, e - 1 - q) for e, q in zip(w.extent, w.pad, strict=True))
-        return ConvGeometry(axis, w, pads, tuple(out))
+        # oneDNN: the transpose of a convolution is its backward-data primitive (below)
+        return ConvGeometry(axis, w, pads, tuple(out), kernel="onednn" if n == 2 else "")
 
     def infer(self, bottoms):
         x = bottoms[0]
@@ -506,6 +548,9 @@ convolution_param:
         x2, lead = self._flat(x, geo.axis)
         g = self.p.group
         wt = params["weight"].astype(x.dtype)  # (C_in, O/g, k...)
+        if geo.kernel and ctx.kernels and x.dtype == "float32" and _kernels_available():
+            y = self._bias(_onednn_deconv(geo, g)(x2, wt), params, 1)
+            return [y.reshape(lead + y.shape[1:]) if geo.axis != 1 else y]
         cin, og = wt.shape[0], wt.shape[1]
         wt = wt.reshape((g, cin // g, og) + wt.shape[2:])
         wt = jnp.swapaxes(wt, 1, 2).reshape((g * og, cin // g) + wt.shape[3:])

@@ -1,6 +1,7 @@
 """The hand-written JAX programs netc is measured against: what a skilled user writes instead of a
-spec. NHWC activations and HWIO kernels (XLA CPU's preferred convolution layout), lax.conv with
-feature_group_count for depthwise convolutions, BatchNorm in training mode with running statistics
+spec. NHWC activations and HWIO kernels (XLA CPU's preferred convolution layout), lax.conv, and
+depthwise convolutions as k·k shifted, strided slices times per-channel weights (XLA CPU's grouped
+convolution is several times slower: bench/conv_variants.py depthwise), BatchNorm in training mode with running statistics
 updated as the spec's nets do, optax SGD with momentum 0.9 and weight decay 5e-4, one jitted step
 with donated buffers.
 
@@ -48,6 +49,23 @@ def conv(x, w, stride: int = 1, groups: int = 1):
     pad = ((k - 1) // 2, (k - 1) // 2)
     return lax.conv_general_dilated(x, w, (stride, stride), (pad, pad), dimension_numbers=DN,
                                     feature_group_count=groups)
+
+
+def depthwise(x, w, stride: int = 1):
+    """groups == channels (multiplier 1), NHWC: Σ over the k·k taps of a shifted, strided slice
+    of the padded input times that tap's per-channel weights."""
+    k = w.shape[0]
+    pad = (k - 1) // 2
+    xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    n, h, wd, c = x.shape
+    ho, wo = (h + 2 * pad - k) // stride + 1, (wd + 2 * pad - k) // stride + 1
+    y = None
+    for i in range(k):
+        for j in range(k):
+            tap = lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * stride + 1,
+                                               j + (wo - 1) * stride + 1, c), (1, stride, stride, 1))
+            y = tap * w[i, j, 0] if y is None else y + tap * w[i, j, 0]
+    return y
 
 
 def bn(x, p, s, new_stats: dict, name: str):
@@ -142,7 +160,8 @@ def mobilenet_v2_apply(p, s, x, key):
     ns: dict = {}
 
     def cbr(x, name, stride=1, groups=1, act=True):
-        y = bn(conv(x, p[name], stride, groups), p[name + "n"], s[name + "n"], ns, name + "n")
+        y = depthwise(x, p[name], stride) if groups > 1 else conv(x, p[name], stride)
+        y = bn(y, p[name + "n"], s[name + "n"], ns, name + "n")
         return jnp.clip(y, 0, 6) if act else y
 
     x = jnp.clip(bn(conv(x, p["stem"], 2), p["stem_bn"], s["stem_bn"], ns, "stem_bn"), 0, 6)

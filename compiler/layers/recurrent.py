@@ -490,7 +490,7 @@ class _Recurrent(Layer):
         T, N = inp.shape[0], inp.shape[1]
         D = g.D
         sfxs = [(f"_l{layer}" if layer else "") + ("_reverse" if d else "") for d in range(D)]
-        gxs, whs = self._projections(params, sfxs, inp, static, dt, weight_rng)
+        gxs, bxs, whs = self._projections(params, sfxs, inp, static, dt, weight_rng)
         biases = [self._recurrent_bias(params, sfx, dt) for sfx in sfxs]
         ctl = _direction_control(cont, mask, D, N, dt)
         cuts = None
@@ -500,13 +500,13 @@ class _Recurrent(Layer):
 
         batched = D == 2
         if not batched:
-            gx_all, wh_all, bh = gxs[0], whs[0], biases[0]
+            gx_all, bx, wh_all, bh = gxs[0], bxs[0], whs[0], biases[0]
             ctl_all = None if ctl is None else ctl[0][..., None]
             carry0 = tuple(s[0] for s in h0)
         else:
             gx_all = jnp.stack(gxs, axis=1)  # T×D×N×G
             wh_all = jnp.stack(whs)  # D×G×H
-            bh = None if biases[0] is None else jnp.stack(biases)[:, None]  # D×1×G
+            bx, bh = _stack_bias(bxs), _stack_bias(biases)
             ctl_all = None if ctl is None else jnp.stack(ctl, axis=1)[..., None]
             carry0 = tuple(h0)
         masked = mask is not None
@@ -515,36 +515,40 @@ class _Recurrent(Layer):
         if self._single_matmul:
             run = _recurrence(self._cell, masked, sequence, batched, self.unroll,
                               self._additive)
-            final, ys = run(gx_all, wh_all, bh, carry0, ctl_all,
+            final, ys = run(gx_all, bx, wh_all, bh, carry0, ctl_all,
                             None if cuts is None else cuts.astype(dt))
         else:
-            final, ys = self._plain_scan(gx_all, wh_all, carry0, ctl_all, cuts, masked,
+            final, ys = self._plain_scan(gx_all, bx, wh_all, carry0, ctl_all, cuts, masked,
                                          sequence, batched)
         if D == 1:
             final = tuple(f[None] for f in final)
         return self._outputs(params, sfxs, ys, final, mask, sequence, dt), list(final)
 
     def _projections(self, params, sfxs, inp, static, dt, weight_rng):
-        """Each direction's input projections gx (T×N×G, in its processing order) and recurrent
-        weights W_h (G×H, Caffe's layout; weight_dropout applied when `weight_rng`)."""
+        """Each direction's input projections gx (T×N×G, in its processing order), the input
+        bias b the step adds to gx_t (None when gx holds it already: with x_static, added first
+        as before) and recurrent weights W_h (G×H, Caffe's layout; weight_dropout applied when
+        `weight_rng`). Adding b inside the step, not as a pass over the whole T×N×G, saves that
+        pass and a T×N×G buffer (the same sums in the same order)."""
         import jax
         import jax.numpy as jnp
 
         wx, b, ws, wh = self.roles
-        gxs, whs = [], []
+        gxs, bxs, whs = [], [], []
         for d, sfx in enumerate(sfxs):
             src = inp[::-1] if d else inp  # a reverse direction sees time reversed
-            gx = _projection()(src, params[wx + sfx].astype(dt), params[b + sfx].astype(dt))
+            gx, bx = _projection()(src, params[wx + sfx].astype(dt)), params[b + sfx].astype(dt)
             if static is not None:
-                gx = gx + (static @ params[ws + sfx].astype(dt).T)[None]
+                gx, bx = gx + bx + (static @ params[ws + sfx].astype(dt).T)[None], None
             gxs.append(gx)
+            bxs.append(bx)
             w = params[wh + sfx].astype(dt)  # G × H, Caffe's layout
             if weight_rng is not None:
                 q = self.p.weight_dropout
                 keep = jax.random.bernoulli(jax.random.fold_in(weight_rng, d), 1 - q, w.shape)
                 w = jnp.where(keep, w / (1 - q), 0).astype(dt)
             whs.append(w)
-        return gxs, whs
+        return gxs, bxs, whs
 
     def _outputs(self, params, sfxs, ys, final, mask, sequence: bool, dt) -> list:
         """Each direction's output: its T×N×H sequence in time order, or (LAST) its N×H final
@@ -579,7 +583,7 @@ class _Recurrent(Layer):
     def _recurrent_bias(self, params, sfx: str, dt):
         return None
 
-    def _plain_scan(self, gx, wh, carry0, ctl, cuts, masked, sequence, batched):
+    def _plain_scan(self, gx, bx, wh, carry0, ctl, cuts, masked, sequence, batched):
         """The recurrence differentiated by JAX itself (GRU reset-before: a second matmul of
         r⊙h inside the step)."""
         import jax
@@ -590,6 +594,8 @@ class _Recurrent(Layer):
 
         def body(carry, xs):
             gx_t, ctl_t, cut_t = xs
+            if bx is not None:
+                gx_t = gx_t + bx
             if cut_t is not None:
                 carry = tuple(jnp.where(cut_t, jax.lax.stop_gradient(c), c) for c in carry)
             if ctl_t is not None and not masked:
@@ -785,13 +791,13 @@ def _recurrence(cell, masked: bool, sequence: bool, batched: bool, unroll: int, 
     forward = _scan_forward(enter, elem, mm, additive, unroll)
 
     @jax.custom_vjp
-    def run(gx, wh, bh, carry0, ctl, cuts):
-        return forward(gx, wh, bh, carry0, ctl, False)  # cuts only change the gradient
+    def run(gx, bx, wh, bh, carry0, ctl, cuts):
+        return forward(gx, bx, wh, bh, carry0, ctl, False)  # cuts only change the gradient
 
-    def run_fwd(gx, wh, bh, carry0, ctl, cuts):
-        final, (ys, ceffs, zrs) = forward(gx, wh, bh, carry0, ctl, True)
+    def run_fwd(gx, bx, wh, bh, carry0, ctl, cuts):
+        final, (ys, ceffs, zrs) = forward(gx, bx, wh, bh, carry0, ctl, True)
         # an additive cell's backward reads z only (gx's buffer now holds it)
-        return (final, ys), (None if additive else gx, wh, bh, ctl, cuts, ceffs, zrs)
+        return (final, ys), (None if additive else gx, bx, wh, bh, ctl, cuts, ceffs, zrs)
 
     run.defvjp(run_fwd, _scan_backward(elem, mm_t, masked, batched, unroll, additive))
     return run
@@ -833,7 +839,7 @@ def _step(cell, masked: bool, sequence: bool):
 
 
 def _scan_forward(enter, elem, mm, additive: bool, unroll: int):
-    """forward(gx, wh, bh, carry0, ctl, keep) → (final state, outputs, and with `keep` the
+    """forward(gx, bx, wh, bh, carry0, ctl, keep) → (final state, outputs, and with `keep` the
     states read and the pre-activations saved for the backward)."""
     import jax
     import jax.numpy as jnp
@@ -844,12 +850,13 @@ def _scan_forward(enter, elem, mm, additive: bool, unroll: int):
 
     in_place = _forward_in_place(enter, elem, recur, unroll)
 
-    def forward(gx, wh, bh, carry0, ctl, keep):
+    def forward(gx, bx, wh, bh, carry0, ctl, keep):
         if keep and additive:
-            return in_place(gx, wh, bh, carry0, ctl)
+            return in_place(gx, bx, wh, bh, carry0, ctl)
 
         def body(carry, xs):
             gx_t, ctl_t = xs
+            gx_t = gx_t if bx is None else gx_t + bx
             ceff = enter(carry, ctl_t)
             zr = recur(ceff, wh, bh)
             if additive:  # the cell reads the pre-activation z = gx + zr only
@@ -870,12 +877,13 @@ def _forward_in_place(enter, elem, recur, unroll: int):
     import jax
     import jax.numpy as jnp
 
-    def forward(gx, wh, bh, carry0, ctl):
+    def forward(gx, bx, wh, bh, carry0, ctl):
         def body(state, xs):
             carry, buf = state
             t, ctl_t = xs
             ceff = enter(carry, ctl_t)
-            z = jax.lax.dynamic_index_in_dim(buf, t, keepdims=False) + recur(ceff, wh, bh)
+            gx_t = jax.lax.dynamic_index_in_dim(buf, t, keepdims=False)
+            z = (gx_t if bx is None else gx_t + bx) + recur(ceff, wh, bh)
             buf = jax.lax.dynamic_update_index_in_dim(buf, z, t, 0)
             # read back from the written buffer: nothing reads gx_t after the write, so XLA
             # updates in place instead of copying the whole buffer every step
@@ -900,7 +908,7 @@ def _scan_backward(elem, mm_t, masked: bool, batched: bool, unroll: int, additiv
     step = _step_vjp(elem, mm_t, masked, additive)
 
     def run_bwd(res, cotangents):
-        gx, wh, bh, ctl, cuts, ceffs, zrs = res
+        gx, bx, wh, bh, ctl, cuts, ceffs, zrs = res
         dfinal, dys = cotangents
         if additive:
             def body(state, xs):
@@ -917,16 +925,19 @@ def _scan_backward(elem, mm_t, masked: bool, batched: bool, unroll: int, additiv
             dgx = dzrs
         else:
             def body(dcarry, xs):
-                dceff, dgx, dzr = step(wh, dcarry, *xs)
+                dy_t, gx_t, *rest = xs
+                gx_t = gx_t if bx is None else gx_t + bx
+                dceff, dgx, dzr = step(wh, dcarry, dy_t, gx_t, *rest)
                 return dceff, (dgx, dzr)
 
             dcarry0, (dgx, dzrs) = jax.lax.scan(body, tuple(dfinal),
                                                 (dys, gx, ctl, cuts, ceffs, zrs), reverse=True,
                                                 unroll=unroll)
-        dwh, dbh = _recurrent_grads(dzrs, ceffs[0], bh, batched)
+        dwh = _recurrent_grad(dzrs, ceffs[0], batched)
+        dbx, dbh = _bias_grad(dgx, bx, batched), _bias_grad(dzrs, bh, batched)
         zeros = None if ctl is None else jnp.zeros_like(ctl)
         dcuts = None if cuts is None else jnp.zeros_like(cuts)
-        return dgx, dwh, dbh, dcarry0, zeros, dcuts
+        return dgx, dbx, dwh, dbh, dcarry0, zeros, dcuts
 
     return run_bwd
 
@@ -957,21 +968,32 @@ def _step_vjp(elem, mm_t, masked: bool, additive: bool):
     return step
 
 
-def _recurrent_grads(dzrs, h, bh, batched: bool):
-    """(dW_h, db_h or None): the saved states h (T×[D×]N×H) against the saved dz, one
-    (T·N)-deep matmul (per direction)."""
+def _recurrent_grad(dzrs, h, batched: bool):
+    """dW_h: the saved states h (T×[D×]N×H) against the saved dz, one (T·N)-deep matmul (per
+    direction)."""
     import jax.numpy as jnp
 
     if batched:  # D × (T·N) × …: one deep matmul per direction
         d = h.shape[1]
         h = jnp.swapaxes(h, 0, 1).reshape(d, -1, h.shape[-1])
-        dwh = _weight_grad(h, jnp.swapaxes(dzrs, 0, 1).reshape(d, -1, dzrs.shape[-1]))
-    else:
-        dwh = _weight_grad(h.reshape(-1, h.shape[-1]), dzrs.reshape(-1, dzrs.shape[-1]))
-    dbh = None
-    if bh is not None:
-        dbh = jnp.sum(dzrs, axis=(0, 2) if batched else (0, 1)).reshape(bh.shape)
-    return dwh, dbh
+        return _weight_grad(h, jnp.swapaxes(dzrs, 0, 1).reshape(d, -1, dzrs.shape[-1]))
+    return _weight_grad(h.reshape(-1, h.shape[-1]), dzrs.reshape(-1, dzrs.shape[-1]))
+
+
+def _bias_grad(dz, b, batched: bool):
+    """The gradient of a bias ([D×1×]G, or None) added to every step's T×[D×]N×G term."""
+    import jax.numpy as jnp
+
+    if b is None:
+        return None
+    return jnp.sum(dz, axis=(0, 2) if batched else (0, 1)).reshape(b.shape)
+
+
+def _stack_bias(biases: list):
+    """Both directions' biases as D×1×G (None when they have none)."""
+    import jax.numpy as jnp
+
+    return None if biases[0] is None else jnp.stack(biases)[:, None]
 
 
 def _weight_grad(x, dz):
@@ -989,22 +1011,20 @@ def _weight_grad(x, dz):
 
 @functools.cache
 def _projection():
-    """project(x, w, b) = x·wᵀ + b (T×N×I, G×I, G → T×N×G), the input projection of every step,
-    with its weight gradient through _weight_grad (JAX's own transposes the T·N×G dz for it)."""
+    """project(x, w) = x·wᵀ (T×N×I, G×I → T×N×G), the input projection of every step, with its
+    weight gradient through _weight_grad (JAX's own transposes the T·N×G dz for it)."""
     import jax
-    import jax.numpy as jnp
 
     @jax.custom_vjp
-    def project(x, w, b):
-        return x @ w.T + b
+    def project(x, w):
+        return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], -1)
 
-    def fwd(x, w, b):
-        return project(x, w, b), (x, w)
+    def fwd(x, w):
+        return project(x, w), (x, w)
 
     def bwd(res, dz):
         x, w = res
-        dz2 = dz.reshape(-1, dz.shape[-1])
-        return dz @ w, _weight_grad(x.reshape(-1, x.shape[-1]), dz2), jnp.sum(dz2, axis=0)
+        return dz @ w, _weight_grad(x.reshape(-1, x.shape[-1]), dz.reshape(-1, dz.shape[-1]))
 
     project.defvjp(fwd, bwd)
     return project

@@ -14,7 +14,7 @@ import os
 import stat
 from typing import BinaryIO
 
-__all__ = ["FileRefused", "open_regular", "read_regular", "file_kind"]
+__all__ = ["FileRefused", "open_regular", "read_regular", "file_kind", "user_cache_dir"]
 
 
 class FileRefused(Exception):
@@ -71,3 +71,14 @@ def read_regular(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise FileRefused(f"is more than the {max_bytes:,} bytes allowed")
     return data
+
+
+def user_cache_dir():
+    """netc's folder in the user's cache: $XDG_CACHE_HOME/netc when that is an absolute path,
+    else ~/.cache/netc (not created here)."""
+    from pathlib import Path
+
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(os.path.expanduser(xdg)):
+        return Path(xdg).expanduser() / "netc"
+    return Path.home() / ".cache" / "netc"

@@ -48,10 +48,9 @@ def cache_dir() -> Path:
     jax_own = os.environ.get("JAX_COMPILATION_CACHE_DIR")
     if jax_own:
         return Path(jax_own).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg and os.path.isabs(os.path.expanduser(xdg)) \
-        else Path.home() / ".cache"
-    return base / "netc" / "jax"
+    from netc.files import user_cache_dir
+
+    return user_cache_dir() / "jax"
 
 
 def _usable(path: Path) -> str | None:

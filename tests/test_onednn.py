@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import jit_fast
+from test_conv_lowering import _geometries as conv_geometries
 
 from netc.compiler.kernels import onednn
 from netc.compiler.layers import conv as C
-from netc.compiler.layers.geometry import Window
 from netc.compiler.lower import Net, lower
 from netc.compiler.report import check_file
 
@@ -29,26 +29,17 @@ def test_the_kernels_build_and_load():
 
 
 def _geometries(n: int, seed: int = 0):
-    """(input size, channels, outputs, groups, geometry), random and legal."""
-    rng = np.random.default_rng(seed)
+    """(input size, channels, outputs, groups, geometry): test_conv_lowering's random legal
+    geometries, with groups (every 4th depthwise, channel multiplier 1 or 2)."""
+    rng = np.random.default_rng(seed + 100)
     out = []
-    while len(out) < n:
-        k = tuple(int(v) for v in rng.integers(1, 5, 2))
-        s = tuple(int(v) for v in rng.integers(1, 4, 2))
-        d = tuple(int(v) for v in rng.integers(1, 3, 2))
-        pads = tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (2, 2)))
-        size = tuple(int(v) for v in rng.integers(5, 12, 2))
-        ext = [(kk - 1) * dd + 1 for kk, dd in zip(k, d)]
-        if any(sz + lo + hi < e for sz, (lo, hi), e in zip(size, pads, ext)):
-            continue
+    for i, (size, g) in enumerate(conv_geometries(n, seed)):
         groups = int(rng.choice([1, 1, 2, 3]))
         cin, cout = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4))
-        if len(out) % 4 == 3:  # depthwise, channel multiplier 1 or 2
+        if i % 4 == 3:
             groups = cin = int(rng.integers(2, 6))
             cout = cin * int(rng.integers(1, 3))
-        o = tuple((sz + lo + hi - e) // st + 1 for sz, (lo, hi), e, st in zip(size, pads, ext, s))
-        w = Window(kernel=k, stride=s, pad=(0, 0), dilation=d)
-        out.append((size, cin, cout, groups, C.ConvGeometry(1, w, pads, o)))
+        out.append((size, cin, cout, groups, g))
     return out
 
 

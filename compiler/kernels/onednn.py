@@ -58,10 +58,9 @@ def kernel_dir() -> Path:
     own = os.environ.get("NETC_KERNEL_DIR")
     if own:
         return Path(own).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg and os.path.isabs(os.path.expanduser(xdg)) \
-        else Path.home() / ".cache"
-    return base / "netc" / "kernels"
+    from netc.files import user_cache_dir
+
+    return user_cache_dir() / "kernels"
 
 
 def find_onednn() -> tuple[Path, Path] | None:

@@ -147,15 +147,7 @@ def _conv_matmul_grad(g: ConvGeometry):
     import jax
     import jax.numpy as jnp
 
-    @jax.custom_vjp
-    def conv(x, wt):
-        return _lax_conv(x, wt, g)
-
-    def fwd(x, wt):
-        return _lax_conv(x, wt, g), (x, wt)
-
-    def bwd(res, dy):
-        x, wt = res
+    def bwd(x, wt, dy):
         _, vjp_x = jax.vjp(lambda x_: _lax_conv(x_, wt, g), x)
         (dx,) = vjp_x(dy)
         o, c = wt.shape[0], wt.shape[1]
@@ -166,8 +158,25 @@ def _conv_matmul_grad(g: ConvGeometry):
         dw = jnp.stack([s.reshape(-1, c).T @ rows for s in _shifted_slices(x, g)])
         return dx, dw.reshape(kh, kw, c, o).transpose(3, 2, 0, 1).astype(wt.dtype)
 
-    conv.defvjp(fwd, bwd)
-    return conv
+    return _with_vjp(lambda x, wt: _lax_conv(x, wt, g), bwd)
+
+
+def _with_vjp(forward, backward):
+    """forward(x, wt), differentiated by backward(x, wt, dy) → (dx, dW) (a jax.custom_vjp)."""
+    import jax
+
+    @jax.custom_vjp
+    def f(x, wt):
+        return forward(x, wt)
+
+    f.defvjp(lambda x, wt: (forward(x, wt), (x, wt)), lambda res, dy: backward(*res, dy))
+    return f
+
+
+def _like(a):
+    import jax
+
+    return jax.ShapeDtypeStruct(a.shape, a.dtype)
 
 
 def _onednn_conv(g: ConvGeometry, group: int = 1, forward=None):
@@ -186,23 +195,11 @@ def _onednn_conv(g: ConvGeometry, group: int = 1, forward=None):
         y = jax.ShapeDtypeStruct(x.shape[:1] + wt.shape[:1] + g.out, x.dtype)
         return conv_call("forward", y, x, wt, **geo)
 
-    forward = forward or onednn_forward
+    def backward(x, wt, dy):
+        return (conv_call("backward_data", _like(x), dy, wt, **geo),
+                conv_call("backward_weights", _like(wt), x, dy, **geo))
 
-    @jax.custom_vjp
-    def conv(x, wt):
-        return forward(x, wt)
-
-    def fwd(x, wt):
-        return forward(x, wt), (x, wt)
-
-    def bwd(res, dy):
-        x, wt = res
-        dx = conv_call("backward_data", jax.ShapeDtypeStruct(x.shape, x.dtype), dy, wt, **geo)
-        dw = conv_call("backward_weights", jax.ShapeDtypeStruct(wt.shape, wt.dtype), x, dy, **geo)
-        return dx, dw
-
-    conv.defvjp(fwd, bwd)
-    return conv
+    return _with_vjp(forward or onednn_forward, backward)
 
 
 def _onednn_deconv(g: ConvGeometry, group: int = 1):
@@ -224,21 +221,11 @@ def _onednn_deconv(g: ConvGeometry, group: int = 1):
         y = jax.ShapeDtypeStruct(x.shape[:1] + (wt.shape[1] * group,) + g.out, x.dtype)
         return conv_call("backward_data", y, x, wt, **geo)
 
-    @jax.custom_vjp
-    def deconv(x, wt):
-        return forward(x, wt)
+    def backward(x, wt, dy):
+        return (conv_call("forward", _like(x), dy, wt, **geo),
+                conv_call("backward_weights", _like(wt), dy, x, **geo))
 
-    def fwd(x, wt):
-        return forward(x, wt), (x, wt)
-
-    def bwd(res, dy):
-        x, wt = res
-        dx = conv_call("forward", jax.ShapeDtypeStruct(x.shape, x.dtype), dy, wt, **geo)
-        dw = conv_call("backward_weights", jax.ShapeDtypeStruct(wt.shape, wt.dtype), dy, x, **geo)
-        return dx, dw
-
-    deconv.defvjp(fwd, bwd)
-    return deconv
+    return _with_vjp(forward, backward)
 
 
 def _kernels_available() -> bool:

@@ -139,6 +139,8 @@ def test_kernels_stay_out_of_portable_programs(plan, monkeypatch):
     with jax.enable_x64(True):
         fn, params = _step(lower(plan, kernels=True), jnp.float64)
         assert "netc_onednn" not in fn.lower(params).as_text()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # CPU kernels only
+    assert not onednn._load().ok and "computes on gpu" in onednn._load().detail
     monkeypatch.setenv(onednn.ENV, "0")
     assert not lower(plan).kernels
     assert not onednn._load().ok and "NETC_ONEDNN=0" in onednn._load().detail

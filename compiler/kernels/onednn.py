@@ -127,6 +127,8 @@ def _load() -> Status:
 
     if not enabled_by_env():
         return Status(False, f"turned off by {ENV}=0")
+    if jax.default_backend() != "cpu":  # the custom calls are registered for the CPU only
+        return Status(False, f"CPU kernels; this process computes on {jax.default_backend()}")
     found = find_onednn()
     if found is None:
         return Status(False, "oneDNN not found (pip install 'netc[onednn]', or set "

@@ -642,16 +642,45 @@ recurrent_param:
 """
 
     def _cell(self, carry, gx, zr):
-        import jax
-        import jax.numpy as jnp
+        return _lstm_cell()(carry[1], gx + zr)
 
-        h, c = carry
-        z = gx + zr
-        H = h.shape[-1]
-        sig = jax.nn.sigmoid(z[..., :3 * H])  # Caffe's order puts the three sigmoid gates first
+
+@functools.cache
+def _lstm_cell():
+    """cell(c, z) → (h, c'), the LSTM's elementwise step from the pre-activation z (gates i, f,
+    o, g: Caffe's order puts the three sigmoid gates first), with its VJP written out: the gate
+    gradients joined by one concatenation. JAX's own VJP of the gate slices sums four zero-padded
+    blocks, a fusion XLA's CPU emitter runs 1.8x slower (100 backward steps at batch 32, H 256:
+    166 → 93 µs a step, bench/char_lstm.py's shape)."""
+    import jax
+    import jax.numpy as jnp
+
+    def gates(c, z):
+        H = c.shape[-1]
+        sig, g = jax.nn.sigmoid(z[..., :3 * H]), jnp.tanh(z[..., 3 * H:])
+        c2 = sig[..., H:2 * H] * c + sig[..., :H] * g
+        tc = jnp.tanh(c2)
+        return sig[..., 2 * H:] * tc, c2, (c, sig, g, tc)
+
+    @jax.custom_vjp
+    def cell(c, z):
+        return gates(c, z)[:2]
+
+    def fwd(c, z):
+        h, c2, res = gates(c, z)
+        return (h, c2), res
+
+    def bwd(res, cotangents):
+        c, sig, g, tc = res
+        dh, dc = cotangents
+        H = c.shape[-1]
         i, f, o = sig[..., :H], sig[..., H:2 * H], sig[..., 2 * H:]
-        c2 = f * c + i * jnp.tanh(z[..., 3 * H:])
-        return o * jnp.tanh(c2), c2
+        dc = dc + dh * o * (1 - tc * tc)
+        dsig = jnp.concatenate([dc * g, dc * c, dh * tc], axis=-1) * sig * (1 - sig)
+        return dc * f, jnp.concatenate([dsig, dc * i * (1 - g * g)], axis=-1)
+
+    cell.defvjp(fwd, bwd)
+    return cell
 
 
 @register

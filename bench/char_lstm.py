@@ -1,10 +1,17 @@
 """Char-LSTM training step, side by side: netc (a spec: Embed 65→128, LSTM 256, InnerProduct 65
-over axis 2, SoftmaxWithLoss) vs a hand-written JAX program (lax.scan, input projection hoisted out
-of the scan, one fused gate matmul per step) vs PyTorch eager nn.LSTM, on the same work: batch 32
-of 100-step sequences (time-major), Adam at 2e-3. REFERENCE §4's anchors on this kind of machine:
-PyTorch 543 sequences/s, JAX lax.scan 319.
+over axis 2, SoftmaxWithLoss) vs the best hand-written JAX program we have (jax_step: the tricks
+of netc's lowering written out by hand) vs the plain hand-written JAX scan differentiated by JAX
+(jax-scan) vs PyTorch eager nn.LSTM, on the same work: batch 32 of 100-step sequences
+(time-major), Adam at 2e-3. REFERENCE §4's anchors on this kind of machine: PyTorch 543
+sequences/s, JAX lax.scan 319.
+
+Measured here (2 CPUs shared with other jobs, load average 2.1 → 3.9 during the run, 20 steps × 5
+repeats): netc 217.8, jax 215.9, jax-scan 116.4 sequences/s; PyTorch's OpenMP threads collapse
+under that load (7.6-60 sequences/s), so its ratio means nothing there: compare with PyTorch on a
+quiet machine only.
 
 Run: python bench/char_lstm.py [--batch 32] [--steps 20] [--repeats 3] [--hidden 256]
+       [--only netc,jax,jax-scan,torch]
 Prints sequences/s (medians of alternating repeats) and ratios. Not a test.
 """
 
@@ -63,9 +70,12 @@ def netc_step(t: int, n: int, h: int):
     return netc_train_run(spec_text(t, n, h))
 
 
-def jax_step(t: int, n: int, h: int):
-    """The best hand-written JAX char-LSTM we have: input projection for all steps as one matmul
-    outside the scan, one (N×H)·(H×4H) matmul per step."""
+def jax_step(t: int, n: int, h: int, lstm=None, project=None):
+    """The best hand-written JAX char-LSTM we have, with the tricks netc's lowering uses written
+    out (hand_lstm, hand_projection): the input projection for all steps as one matmul outside
+    the scan, its bias added inside the step; one (N×H)·(H×4H) matmul per step; a custom VJP whose
+    backward scan carries the state's gradient alone and writes dz over the saved z in place;
+    W_h's and W_x's gradients as one T·N-deep matmul each."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -73,26 +83,16 @@ def jax_step(t: int, n: int, h: int):
     k = jax.random.split(jax.random.key(0), 4)
     params = {
         "emb": 0.1 * jax.random.normal(k[0], (V, E)),
-        "wx": jax.random.uniform(k[1], (E, 4 * h), minval=-0.05, maxval=0.05),
-        "wh": jax.random.uniform(k[2], (h, 4 * h), minval=-0.05, maxval=0.05),
+        "wx": jax.random.uniform(k[1], (4 * h, E), minval=-0.05, maxval=0.05),
+        "wh": jax.random.uniform(k[2], (4 * h, h), minval=-0.05, maxval=0.05),
         "b": jnp.zeros(4 * h),
         "wo": jax.random.uniform(k[3], (h, V), minval=-0.05, maxval=0.05),
         "bo": jnp.zeros(V),
     }
+    lstm, project = lstm or hand_lstm(), project or hand_projection()
 
     def loss_fn(p, x, y):
-        xs = p["emb"][x] @ p["wx"] + p["b"]  # T×N×4H, outside the scan
-
-        def cell(carry, gx):
-            hh, c = carry
-            g = gx + hh @ p["wh"]
-            i, f, o, u = jnp.split(g, 4, axis=-1)
-            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(u)
-            hh = jax.nn.sigmoid(o) * jnp.tanh(c)
-            return (hh, c), hh
-
-        z = jnp.zeros((x.shape[1], h))
-        _, hs = jax.lax.scan(cell, (z, z), xs)
+        hs = lstm(project(p["emb"][x], p["wx"]), p["b"], p["wh"])
         logits = hs @ p["wo"] + p["bo"]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
@@ -112,6 +112,126 @@ def jax_step(t: int, n: int, h: int):
         return carry[0]
 
     return run
+
+
+def jax_scan_step(t: int, n: int, h: int):
+    """The plain hand-written JAX char-LSTM (what bench/ had before jax_step): the same network,
+    the input projection outside the scan, one fused gate matmul per step, differentiated by
+    JAX itself."""
+    import jax
+    import jax.numpy as jnp
+
+    def lstm(gx, b, wh):
+        gx = gx + b
+
+        def cell(carry, gx_t):
+            hh, c = carry
+            g = gx_t + hh @ wh.T
+            i, f, o, u = jnp.split(g, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(u)
+            hh = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (hh, c), hh
+
+        z = jnp.zeros((gx.shape[1], wh.shape[1]), gx.dtype)
+        return jax.lax.scan(cell, (z, z), gx)[1]
+
+    return jax_step(t, n, h, lstm=lstm, project=lambda x, w: x @ w.T)
+
+
+def weight_grad(x, dz):
+    """dzᵀ·x for x K×I, dz K×G (K = T·N) as (xᵀ·dz)ᵀ with the smaller xᵀ laid out first: XLA's
+    YNNPACK matmul takes it; dzᵀ·x as written runs through Eigen or transposes the larger dz."""
+    import jax
+
+    xt = jax.lax.optimization_barrier(x.T)
+    return jax.lax.optimization_barrier(xt @ dz).T
+
+
+def hand_projection():
+    """project(x, w) = x·wᵀ (T×N×E, 4H×E → T×N×4H) with its weight gradient via weight_grad."""
+    import jax
+
+    @jax.custom_vjp
+    def project(x, w):
+        return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], -1)
+
+    def fwd(x, w):
+        return project(x, w), (x, w)
+
+    def bwd(res, dz):
+        x, w = res
+        return dz @ w, weight_grad(x.reshape(-1, x.shape[-1]), dz.reshape(-1, dz.shape[-1]))
+
+    project.defvjp(fwd, bwd)
+    return project
+
+
+def _cell(c, z):
+    """The LSTM's elementwise step from z (gates i, f, o, g): (h, c', what its VJP reads)."""
+    import jax
+    import jax.numpy as jnp
+
+    H = c.shape[-1]
+    sig, g = jax.nn.sigmoid(z[:, :3 * H]), jnp.tanh(z[:, 3 * H:])
+    c2 = sig[:, H:2 * H] * c + sig[:, :H] * g
+    tc = jnp.tanh(c2)
+    return sig[:, 2 * H:] * tc, c2, (sig, g, tc)
+
+
+def _cell_vjp(c, sig, g, tc, dh, dc):
+    """(dc_prev, dz): the gate gradients joined by one concatenation."""
+    import jax.numpy as jnp
+
+    H = c.shape[-1]
+    dc = dc + dh * sig[:, 2 * H:] * (1 - tc * tc)
+    dsig = jnp.concatenate([dc * g, dc * c, dh * tc], axis=-1) * sig * (1 - sig)
+    return dc * sig[:, H:2 * H], jnp.concatenate([dsig, dc * sig[:, :H] * (1 - g * g)], axis=-1)
+
+
+def hand_lstm():
+    """lstm(gx, b, wh) → T×N×H: the recurrence over gx (T×N×4H), zero initial state."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    def forward(gx, b, wh):  # (final carry, (h_{t-1}, c_{t-1}, h_t) stacked), z over gx
+        zero = jnp.zeros((gx.shape[1], wh.shape[1]), gx.dtype)
+
+        def body(state, t):
+            hh, c, buf = state
+            buf = lax.dynamic_update_index_in_dim(
+                buf, (lax.dynamic_index_in_dim(buf, t, keepdims=False) + b) + hh @ wh.T, t, 0)
+            h2, c2, _ = _cell(c, lax.dynamic_index_in_dim(buf, t, keepdims=False))
+            return (h2, c2, buf), (hh, c, h2)
+
+        return lax.scan(body, (zero, zero, gx), jnp.arange(gx.shape[0]))
+
+    @jax.custom_vjp
+    def lstm(gx, b, wh):
+        return forward(gx, b, wh)[1][2]
+
+    def fwd(gx, b, wh):
+        (_, _, zs), (hs, cs, ys) = forward(gx, b, wh)
+        return ys, (zs, hs, cs, wh)
+
+    def bwd(res, dys):
+        zs, hs, cs, wh = res
+
+        def body(state, xs):
+            dh, dc, buf = state
+            t, dy, c = xs
+            _, _, (sig, g, tc) = _cell(c, lax.dynamic_index_in_dim(buf, t, keepdims=False))
+            dc, dz = _cell_vjp(c, sig, g, tc, dh + dy, dc)
+            return (dz @ wh, dc, lax.dynamic_update_index_in_dim(buf, dz, t, 0)), None
+
+        zero = jnp.zeros_like(hs[0])
+        (_, _, dzs), _ = lax.scan(body, (zero, zero, zs), (jnp.arange(zs.shape[0]), dys, cs),
+                                  reverse=True)
+        dz2 = dzs.reshape(-1, dzs.shape[-1])
+        return dzs, dz2.sum(0), weight_grad(hs.reshape(-1, hs.shape[-1]), dz2)
+
+    lstm.defvjp(fwd, bwd)
+    return lstm
 
 
 def torch_step(t: int, n: int, h: int):
@@ -152,13 +272,13 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", default="netc,jax,torch")
+    ap.add_argument("--only", default="netc,jax,jax-scan,torch")
     args = ap.parse_args()
     torch = torch_threads()
     rng = np.random.default_rng(0)
     x = rng.integers(0, V, (args.seq, args.batch)).astype(np.int32)
     y = rng.integers(0, V, (args.seq, args.batch)).astype(np.int32)
-    makers = {"netc": netc_step, "jax": jax_step, "torch": torch_step}
+    makers = {"netc": netc_step, "jax": jax_step, "jax-scan": jax_scan_step, "torch": torch_step}
     chosen = {n: (lambda m=makers[n]: m(args.seq, args.batch, args.hidden))
               for n in args.only.split(",") if not (n == "torch" and torch is None)}
     results = compare(chosen, (x, y), args.batch, args.steps, args.repeats)

@@ -5,10 +5,12 @@ of netc's lowering written out by hand) vs the plain hand-written JAX scan diffe
 (time-major), Adam at 2e-3. REFERENCE §4's anchors on this kind of machine: PyTorch 543
 sequences/s, JAX lax.scan 319.
 
-Measured here (2 CPUs shared with other jobs, load average 2.1 → 3.9 during the run, 20 steps × 5
-repeats): netc 217.8, jax 215.9, jax-scan 116.4 sequences/s; PyTorch's OpenMP threads collapse
-under that load (7.6-60 sequences/s), so its ratio means nothing there: compare with PyTorch on a
-quiet machine only.
+Measured here (2 CPUs shared with other jobs; medians of 20 steps × 5 repeats): in the quietest
+window (load average 2.4 → 2.2) netc 388.9, jax 405.6, jax-scan 215.6, PyTorch 339.3 sequences/s;
+under load 2.1 → 3.9 netc 217.8, jax 215.9, jax-scan 116.4, while PyTorch's OpenMP threads
+collapse (7.6-60 sequences/s), so a PyTorch ratio means something on a quiet machine only. netc
+before this session's LSTM lowering work (commit 2df71ab), the run right before the current one:
+netc / jax-scan 1.16 and 0.94 (current: 1.74 and 1.77).
 
 Run: python bench/char_lstm.py [--batch 32] [--steps 20] [--repeats 3] [--hidden 256]
        [--only netc,jax,jax-scan,torch]

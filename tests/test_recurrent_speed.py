@@ -32,8 +32,8 @@ solver: {{type: Adam, base_lr: 0.002, lr_policy: fixed}}
 def _reference_cell(c, z):
     """The LSTM step as JAX differentiates it (gates i, f, o, g)."""
     H = c.shape[-1]
-    i, f, o = (jax.nn.sigmoid(z[:, k * H:(k + 1) * H]) for k in range(3))
-    c2 = f * c + i * jnp.tanh(z[:, 3 * H:])
+    i, f, o = (jax.nn.sigmoid(z[:, k * H : (k + 1) * H]) for k in range(3))
+    c2 = f * c + i * jnp.tanh(z[:, 3 * H :])
     return o * jnp.tanh(c2), c2
 
 
@@ -58,8 +58,9 @@ def test_char_lstm_train_step_keeps_its_buffers_in_place(tmp_path):
     params, state = jax.eval_shape(lambda: model.init(0))
     opt_state, step = model.train_step()
     inputs = {"data": np.zeros((t, n), np.int32), "label": np.zeros((t, n), np.int32)}
-    compiled = step.lower(params, state, jax.eval_shape(lambda: opt_state), inputs,
-                          np.int32(0)).compile()
+    compiled = step.lower(
+        params, state, jax.eval_shape(lambda: opt_state), inputs, np.int32(0)
+    ).compile()
     gates = t * n * 4 * h * 4  # bytes of one T×N×4H float32 buffer
     temp = compiled.memory_analysis().temp_size_in_bytes
     assert temp < 4 * gates, f"temp {temp / gates:.2f} T×N×4H buffers"

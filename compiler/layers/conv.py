@@ -31,7 +31,7 @@ class ConvGeometry:
     grad_matmul: bool = False  # the weight gradient as one matmul per kernel offset (custom VJP)
     depthwise: bool = False  # groups == input channels: kh·kw shifted multiply-adds
     # the oneDNN kernels it uses in float32 when the Net may (compiler/kernels/onednn.py):
-    # "" none, "onednn" forward and backward, "onednn-backward" the backward only
+    # "" none, "onednn" forward and backward
     kernel: str = ""
 
 
@@ -179,10 +179,9 @@ def _like(a):
     return jax.ShapeDtypeStruct(a.shape, a.dtype)
 
 
-def _onednn_conv(g: ConvGeometry, group: int = 1, forward=None):
+def _onednn_conv(g: ConvGeometry, group: int = 1):
     """The convolution (N×C×spatial, float32) as oneDNN primitives called from the XLA program
-    (compiler/kernels/onednn.py): the forward (or `forward`, a pure-XLA one), and a custom VJP
-    whose input and weight gradients are oneDNN's backward-data and backward-weights primitives.
+    (compiler/kernels/onednn.py): the forward, and a custom VJP whose input and weight gradients are oneDNN's backward-data and backward-weights primitives.
     XLA drops the input gradient's call where nothing uses it (a net's first convolution)."""
     import jax
 
@@ -199,7 +198,7 @@ def _onednn_conv(g: ConvGeometry, group: int = 1, forward=None):
         return (conv_call("backward_data", _like(x), dy, wt, **geo),
                 conv_call("backward_weights", _like(wt), x, dy, **geo))
 
-    return _with_vjp(forward or onednn_forward, backward)
+    return _with_vjp(onednn_forward, backward)
 
 
 def _onednn_deconv(g: ConvGeometry, group: int = 1):
@@ -362,7 +361,7 @@ convolution_param:
         depthwise = n == 2 and self.p.group > 1 and self.p.group == x[axis]
         return ConvGeometry(axis, w, pads, out, im2col,
                             not im2col and self._use_grad_matmul(x[axis], w, out), depthwise,
-                            self._use_kernel(w, depthwise))
+                            self._use_kernel(w))
 
     def infer(self, bottoms):
         x = bottoms[0]
@@ -390,8 +389,7 @@ convolution_param:
         x2, lead = self._flat(x, g.axis)
         wt = params["weight"].astype(x.dtype)
         if g.kernel and ctx.kernels and x.dtype == "float32" and _kernels_available():
-            fwd = None if g.kernel == "onednn" else lambda a, b: self._xla_conv(a, b, g)
-            y = _onednn_conv(g, self.p.group, fwd)(x2, wt)
+            y = _onednn_conv(g, self.p.group)(x2, wt)
         else:
             y = self._xla_conv(x2, wt, g)
         y = self._bias(y, params, 1)
@@ -417,9 +415,7 @@ convolution_param:
         xla = self._describe_xla(resolved)
         if resolved is None or not resolved.kernel:
             return xla
-        if resolved.kernel == "onednn":
-            return f"oneDNN forward+backward (float32; else {xla})"
-        return f"{xla}, oneDNN backward (float32)"
+        return f"oneDNN forward+backward (float32; else {xla})"
 
     def _describe_xla(self, resolved) -> str:
         if resolved is not None and resolved.depthwise:
@@ -440,18 +436,16 @@ convolution_param:
             return False
         return channels * math.prod(w.kernel) * math.prod(out) <= IM2COL_MAX_ELEMENTS
 
-    def _use_kernel(self, w: Window, depthwise: bool) -> str:
-        """Where oneDNN's primitives beat the pure-XLA lowering, by shape (bench/conv_variants.py
-        onednn: LeNet, CIFAR ResNet-18 at batch 128, MobileNet v2 at 96×96, AlexNet's layers, a
-        3-D and two 1-D convolutions): 2-D and 3-D convolutions with a spatial kernel, forward
-        and backward (ResNet-18's 3×3 layers 1.3-3x faster, AlexNet's 2-group layers 7-8x, a
-        3×3×3 one 5x); depthwise ones only for the backward (4x faster; their shifted multiply-add
-        forward is faster than oneDNN's). 1×1 convolutions stay plain matmuls (oneDNN's reorders
-        make them slower), 1-D ones lax.conv (oneDNN's backward of a dilated causal one was 7x
-        slower, a TDNN one as fast)."""
-        if len(w.kernel) not in (2, 3) or math.prod(w.kernel) == 1:
-            return ""
-        return "onednn-backward" if depthwise else "onednn"
+    def _use_kernel(self, w: Window) -> str:
+        """Where oneDNN's primitives beat the pure-XLA lowering: every 2-D and 3-D convolution,
+        forward and backward; 1-D ones stay lax.conv. Measured per layer (bench/conv_variants.py
+        onednn, forward+backward): ResNet-18's 3×3 layers 1.3-3x faster, AlexNet's 2-group layers
+        7-8x, depthwise 4x, a 3×3×3 one 5x; a 1-D dilated causal (WaveNet) one 7x SLOWER, a TDNN
+        one as fast. 1×1 layers measured alone favour XLA's matmul (reorders), but in whole nets
+        (bench/onednn_choices.py) oneDNN 1×1 made MobileNet v2's step 1.3x faster and ResNet-18's
+        no slower; a depthwise forward by XLA's shifted multiply-adds (faster alone) gained
+        MobileNet nothing measurable and compiled 1.7x slower."""
+        return "onednn" if len(w.kernel) in (2, 3) else ""
 
     def _use_grad_matmul(self, channels: int, w: Window, out: tuple[int, ...]) -> bool:
         """The weight gradient as matmuls over shifted input slices instead of XLA's weight-

@@ -61,6 +61,8 @@ def test_table_has_every_layer_and_the_totals(tiny):
         shares += float(cells[4].rstrip("%"))
     assert abs(shares - 100) < 0.6  # rounded to 0.1% each
     assert "im2col+matmul" in " ".join(rows["conv1"][5:])  # a 12×12 conv: the small-conv path
+    # ... when the oneDNN kernels do not run; here they do (tests/test_onednn.py builds them)
+    assert " ".join(rows["conv1"][5:]).startswith("oneDNN forward+backward (float32; else")
     assert "MAX: tiled reshape" in " ".join(rows["pool1"][5:])
     assert "sum of layers: forward" in r.stdout
     assert "whole net forward" in r.stdout

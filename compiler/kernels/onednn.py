@@ -1,8 +1,9 @@
 """oneDNN's convolutions (forward, backward-data, backward-weights; float32, N-D, grouped) as XLA
 FFI custom calls in netc's compiled programs.
 
-Why: XLA CPU's own convolution runs CIFAR ResNet-18's 3×3 layers several times slower than the
-oneDNN primitives PyTorch calls (bench/conv_variants.py onednn). The kernels are used only where
+Why: XLA CPU's convolutions, and netc's pure-XLA lowerings of them, run slower than the oneDNN
+primitives PyTorch calls: forward+backward 1.3-3x on CIFAR ResNet-18's 3×3 layers, 7-8x on
+AlexNet's grouped ones, up to 38x on a transposed one (bench/conv_variants.py onednn). The kernels are used only where
 they are measured to win (compiler/layers/conv.py decides per layer shape), only for float32, only
 in a Net lowered for this process (`lower()`: not in exported artifacts, which must run anywhere,
 and not across several devices, where XLA cannot partition a custom call); everywhere else the
@@ -11,7 +12,7 @@ convolution stays pure XLA, which is also the fallback when the kernels cannot b
 Where oneDNN comes from: the `onednn` extra (`pip install 'netc[onednn]'`: Intel's
 onednn-cpu-gomp and onednn-devel-cpu-gomp wheels, oneDNN 3.2 with GNU OpenMP), or any oneDNN 3.x
 under $NETC_ONEDNN_ROOT (include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so). The C++ beside this
-module (onednn_conv.cc, ~250 lines) is compiled once with the system's C++ compiler ($CXX, else
+module (onednn_conv.cc, ~230 lines) is compiled once with the system's C++ compiler ($CXX, else
 c++ or g++; ~8 s) into $NETC_KERNEL_DIR (default ~/.cache/netc/kernels, private like the compile
 cache: what is in it is code), under a hash of the source, the compiler, jaxlib's version and
 the oneDNN library, and loaded with ctypes. NETC_ONEDNN=0 turns the kernels off.

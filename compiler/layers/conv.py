@@ -227,7 +227,11 @@ def _onednn_deconv(g: ConvGeometry, group: int = 1):
     return _with_vjp(forward, backward)
 
 
-def _kernels_available() -> bool:
+def _by_onednn(g: ConvGeometry, ctx, x) -> bool:
+    """Whether this (de)convolution runs through oneDNN here: the plan picked it for the shape,
+    the Net may call native kernels, the input is float32 and the kernels are built."""
+    if not (g.kernel and ctx.kernels and x.dtype == "float32"):
+        return False
     from netc.compiler.kernels.onednn import available
 
     return available()
@@ -388,7 +392,7 @@ convolution_param:
         x = bottoms[0]
         x2, lead = self._flat(x, g.axis)
         wt = params["weight"].astype(x.dtype)
-        if g.kernel and ctx.kernels and x.dtype == "float32" and _kernels_available():
+        if _by_onednn(g, ctx, x):
             y = _onednn_conv(g, self.p.group)(x2, wt)
         else:
             y = self._xla_conv(x2, wt, g)
@@ -529,7 +533,7 @@ convolution_param:
         x2, lead = self._flat(x, geo.axis)
         g = self.p.group
         wt = params["weight"].astype(x.dtype)  # (C_in, O/g, k...)
-        if geo.kernel and ctx.kernels and x.dtype == "float32" and _kernels_available():
+        if _by_onednn(geo, ctx, x):
             y = self._bias(_onednn_deconv(geo, g)(x2, wt), params, 1)
             return [y.reshape(lead + y.shape[1:]) if geo.axis != 1 else y]
         cin, og = wt.shape[0], wt.shape[1]

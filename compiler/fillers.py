@@ -109,6 +109,15 @@ def host_key(rng) -> np.ndarray | None:
     return key if key.shape == (2,) and key.dtype == np.uint32 else None
 
 
+def prng_key(seed: int):
+    """jax.random.PRNGKey(seed), as NumPy data when NumPy derives JAX's keys (no XLA program)."""
+    if threefry.available():
+        return threefry.key(seed)
+    import jax
+
+    return jax.random.PRNGKey(seed)
+
+
 def fold_in(rng, data: int):
     """jax.random.fold_in(rng, data), computed in NumPy when `rng` is a host key (host_key)."""
     import jax

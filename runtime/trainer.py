@@ -384,17 +384,6 @@ class Timer:
 # --- the Solver ---------------------------------------------------------------------------------
 
 
-def _root_key(seed: int):
-    """jax.random.PRNGKey(seed), as NumPy data when NumPy derives JAX's keys (no XLA program)."""
-    from netc.compiler import threefry
-
-    if threefry.available():
-        return threefry.key(seed)
-    import jax
-
-    return jax.random.PRNGKey(seed)
-
-
 def _backend() -> tuple[str, int]:
     import jax
 
@@ -489,7 +478,7 @@ class Solver:
 
         import jax
 
-        from netc.compiler.fillers import fold_in
+        from netc.compiler.fillers import fold_in, prng_key
         from netc.compiler.lower import lower
         from netc.runtime.solver import make_optimizer, with_max_norm
 
@@ -498,7 +487,7 @@ class Solver:
         self.net = lower(self.train_plan)
         self.iter_size = int(s.sp.iter_size)
         self._build_mesh()
-        self.root_key = _root_key(s.seed % (2**32))
+        self.root_key = prng_key(s.seed % (2**32))
         self.params, self.state = self.net.init(fold_in(self.root_key, _INIT_TAG))
         self.optimizer = with_max_norm(make_optimizer(s.sp, *self.net.multipliers()),
                                        self.net.max_norms())

@@ -8,11 +8,9 @@ import sys
 
 import click
 
+from netc.__main__ import COMPILING
+
 PHASES = click.Choice(["TRAIN", "TEST"], case_sensitive=False)
-
-
-# The commands that compile JAX programs: the persistent compilation cache is put in force for them
-COMPILING = {"train", "test", "predict", "export", "sample", "time", "inspect"}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

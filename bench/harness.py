@@ -1,6 +1,11 @@
 """The side-by-side timing loop the bench/ scripts share: build each contender's step, warm it up
 (timing the first call, compilation included), then time alternating repeats so that drift hits
-every contender alike, and report medians and ratios against netc."""
+every contender alike, and report medians and ratios against netc.
+
+Every contender runs under the C allocator setting `netc train` runs under (runtime/allocator.py:
+glibc keeps freed memory instead of unmapping it, so large buffers are not faulted in again each
+step; PyTorch gains from it too): importing this module re-executes the script once with it set,
+before anything is timed. NETC_MALLOC=0 measures with the system's default instead."""
 
 from __future__ import annotations
 
@@ -8,6 +13,10 @@ import os
 import statistics
 import sys
 import time
+
+from netc.runtime.allocator import reexec
+
+reexec()
 
 
 def block(out):

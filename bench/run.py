@@ -252,7 +252,8 @@ def machine() -> dict:
             "load_average": os.getloadavg(), "python": platform.python_version(),
             "jax": jax.__version__, "backend": jax.default_backend(),
             "torch": torch.__version__ if torch else None,
-            "torch_threads": torch.get_num_threads() if torch else None}
+            "torch_threads": torch.get_num_threads() if torch else None,
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
 
 
 def summarise(w: Workload, run: dict, peak: dict, macs: int, memory: dict) -> dict:
@@ -278,7 +279,8 @@ def markdown(report: dict) -> str:
              f"{m['load_average'][0]:.1f}; Python {m['python']}, jax {m['jax']} "
              f"({m['backend']}), torch {m['torch']} ({m['torch_threads']} threads). Matmul peak "
              f"measured in this run (XLA, 4096³): float32 {peak['float32']:.0f} GFLOP/s, "
-             f"bfloat16 {peak['bfloat16']:.0f} GFLOP/s.", "",
+             f"bfloat16 {peak['bfloat16']:.0f} GFLOP/s. Every contender ran under "
+             f"GLIBC_TUNABLES={m.get('glibc_tunables') or '(unset)'} (runtime/allocator.py).", "",
              "Medians of alternating repeats; `netc ÷` is netc's rate over the contender's; "
              "FLOP/s counts a train step as 6 × the plan's MACs per sample; memory is a fresh "
              "process's peak RSS over three steps, less its RSS after importing the framework.",

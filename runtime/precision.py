@@ -31,7 +31,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
+
+from netc.runtime.solver import GradientTransformation
 
 __all__ = [
     "Policy",
@@ -120,7 +121,7 @@ def _scale_init() -> dict[str, Any]:
     }
 
 
-def with_loss_scale(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+def with_loss_scale(optimizer: GradientTransformation) -> GradientTransformation:
     """`optimizer` whose state also holds the loss scale (``state["loss_scale"]``: scale, good
     steps in a row, skipped steps so far); its update passes the scale through unchanged (the
     train step updates it, see :func:`skip_if_nonfinite`)."""
@@ -133,7 +134,7 @@ def with_loss_scale(optimizer: optax.GradientTransformation) -> optax.GradientTr
         updates, new = optimizer.update(grads, inner, params)
         return updates, {**new, KEY: state[KEY]}
 
-    return optax.GradientTransformation(init, update)
+    return GradientTransformation(init, update)
 
 
 def loss_scale(opt_state: Any) -> Any:

@@ -72,12 +72,12 @@ def netc_step(t: int, n: int, h: int):
     return netc_train_run(spec_text(t, n, h))
 
 
-def jax_step(t: int, n: int, h: int, lstm=None, project=None):
+def jax_step(t: int, n: int, h: int, lstm=None, gates=None):
     """The best hand-written JAX char-LSTM we have, with the tricks netc's lowering uses written
-    out (hand_lstm, hand_projection): the input projection for all steps as one matmul outside
-    the scan, its bias added inside the step; one (N×H)·(H×4H) matmul per step; a custom VJP whose
-    backward scan carries the state's gradient alone and writes dz over the saved z in place;
-    W_h's and W_x's gradients as one T·N-deep matmul each."""
+    out (hand_lstm, table_gates): the input projection of the embedding's 65 rows once
+    (emb·W_xᵀ) and each step's rows looked up from it, the bias added inside the step; one
+    (N×H)·(H×4H) matmul per step; a custom VJP whose backward scan carries the state's gradient
+    alone and writes dz over the saved z in place; W_h's gradient as one T·N-deep matmul."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -91,10 +91,10 @@ def jax_step(t: int, n: int, h: int, lstm=None, project=None):
         "wo": jax.random.uniform(k[3], (h, V), minval=-0.05, maxval=0.05),
         "bo": jnp.zeros(V),
     }
-    lstm, project = lstm or hand_lstm(), project or hand_projection()
+    lstm, gates = lstm or hand_lstm(), gates or table_gates
 
     def loss_fn(p, x, y):
-        hs = lstm(project(p["emb"][x], p["wx"]), p["b"], p["wh"])
+        hs = lstm(gates(p["emb"], p["wx"], x), p["b"], p["wh"])
         logits = hs @ p["wo"] + p["bo"]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
@@ -137,7 +137,7 @@ def jax_scan_step(t: int, n: int, h: int):
         z = jnp.zeros((gx.shape[1], wh.shape[1]), gx.dtype)
         return jax.lax.scan(cell, (z, z), gx)[1]
 
-    return jax_step(t, n, h, lstm=lstm, project=lambda x, w: x @ w.T)
+    return jax_step(t, n, h, lstm=lstm, gates=lambda emb, wx, x: emb[x] @ wx.T)
 
 
 def weight_grad(x, dz):
@@ -149,23 +149,13 @@ def weight_grad(x, dz):
     return jax.lax.optimization_barrier(xt @ dz).T
 
 
-def hand_projection():
-    """project(x, w) = x·wᵀ (T×N×E, 4H×E → T×N×4H) with its weight gradient via weight_grad."""
-    import jax
+def table_gates(emb, wx, x):
+    """Every step's input projection emb[x]·W_xᵀ (T×N×4H) as rows of the projected embedding
+    table emb·W_xᵀ (65×4H): no T·N-row matmul forward, nor for W_x's and the embedding's
+    gradients (JAX's VJP of the lookup sums dz per id, then two 65-row matmuls)."""
+    import jax.numpy as jnp
 
-    @jax.custom_vjp
-    def project(x, w):
-        return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], -1)
-
-    def fwd(x, w):
-        return project(x, w), (x, w)
-
-    def bwd(res, dz):
-        x, w = res
-        return dz @ w, weight_grad(x.reshape(-1, x.shape[-1]), dz.reshape(-1, dz.shape[-1]))
-
-    project.defvjp(fwd, bwd)
-    return project
+    return jnp.take(emb @ wx.T, x, axis=0)
 
 
 def _cell(c, z):

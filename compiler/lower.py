@@ -46,6 +46,18 @@ class Context:
     new_state: dict  # the layer writes its updated state here
     layer: PlannedLayer
     kernels: bool = False  # native kernels may be called (Net.kernels)
+    # {blob: (PlannedLayer, params, bottoms)} of the layer of this walk that last wrote the blob
+    sources: dict | None = None
+
+    def source(self, i: int):
+        """(PlannedLayer, params, bottoms) of the layer that made this layer's bottom `i` in
+        this walk, so that a layer may fuse with its producer (an LSTM projects an Embed's
+        table instead of its every row: compiler/layers/recurrent.py); None when the bottom
+        was given, made outside this walk, or its gradient is stopped (propagate_down)."""
+        pd = self.layer.unit.spec.propagate_down
+        if self.sources is None or (pd and not pd[i]):
+            return None
+        return self.sources.get(self.layer.bottoms[i])
 
 
 @dataclass
@@ -130,6 +142,7 @@ class Net:
         blobs: dict = {b: inputs[b] for b in given}
         new_state: dict = {}
         runs = self._scanned(layers, outputs)
+        sources: dict = {}
         done: set[str] = set()
         for pl in layers:
             if pl.name in done:
@@ -140,7 +153,7 @@ class Net:
                                                 rng, train):
                 done |= runs[pl.name].names
             else:
-                self._step(pl, params, state, blobs, new_state, rng, train)
+                self._step(pl, params, state, blobs, new_state, rng, train, sources)
         merged = {**state, **new_state}
         if outputs is not None:
             missing = [b for b in outputs if b not in blobs]
@@ -154,13 +167,16 @@ class Net:
 
         return jax.random.fold_in(rng, self._rng_index[pl.name]) if rng is not None else None
 
-    def _step(self, pl: PlannedLayer, params, state, blobs: dict, new_state: dict, rng, train):
-        """One layer: its tops into `blobs`, its updated state (if any) into `new_state`."""
+    def _step(self, pl: PlannedLayer, params, state, blobs: dict, new_state: dict, rng, train,
+              sources: dict | None = None):
+        """One layer: its tops into `blobs`, its updated state (if any) into `new_state`, what
+        made them into `sources` (Context.source)."""
         p = _layer_params(pl, params, state)
         layer_rng = self._layer_rng(pl, rng)
         if train and pl.name in self._weight_noise:
             p = self._noisy(pl, p, layer_rng)
-        lstate = _call(pl, p, blobs, state.get(pl.name, {}), layer_rng, train, self.kernels)
+        lstate = _call(pl, p, blobs, state.get(pl.name, {}), layer_rng, train, self.kernels,
+                       sources)
         if lstate:
             new_state[pl.name] = lstate
 
@@ -317,12 +333,16 @@ def _feed(pl: PlannedLayer, inputs: dict, blobs: dict, outputs) -> None:
 
 
 def _call(pl: PlannedLayer, p: dict, blobs: dict, lstate: dict, layer_rng, train: bool,
-          kernels: bool = False) -> dict:
-    """Apply one layer to its bottoms in `blobs` and write its tops there; its new state."""
-    ctx = Context(train, layer_rng, lstate, {}, pl, kernels)
-    tops = pl.unit.apply(p, _bottoms(pl, blobs), ctx)
+          kernels: bool = False, sources: dict | None = None) -> dict:
+    """Apply one layer to its bottoms in `blobs` and write its tops there (and what made them
+    into `sources`); its new state."""
+    ctx = Context(train, layer_rng, lstate, {}, pl, kernels, sources)
+    bottoms = _bottoms(pl, blobs)
+    tops = pl.unit.apply(p, bottoms, ctx)
     for t, v in zip(pl.tops, tops):
         blobs[t] = v
+        if sources is not None:
+            sources[t] = (pl, p, bottoms)
     return ctx.new_state
 
 

@@ -64,3 +64,70 @@ def test_char_lstm_train_step_keeps_its_buffers_in_place(tmp_path):
     gates = t * n * 4 * h * 4  # bytes of one T×N×4H float32 buffer
     temp = compiled.memory_analysis().temp_size_in_bytes
     assert temp < 4 * gates, f"temp {temp / gates:.2f} T×N×4H buffers"
+
+
+LOOKUP_SPEC = """\
+name: embed_lstm
+layers:
+- {name: data, type: Input, top: [data, label], input_param: {shape: [{dim: [3, 6]}, {dim: [3]}]}}
+- {name: embed, type: Embed, bottom: data, top: emb,
+   embed_param: {input_dim: 11, num_output: 5, weight_filler: {type: gaussian, std: 0.5},
+                 bias_filler: {type: gaussian, std: 0.5}}}
+- {name: lstm, type: LSTM, bottom: emb, top: h,%s
+   recurrent_param: {num_output: 8, sequence_input: NONE, batch_first: true, bidirectional: true,
+                     output: LAST, weight_filler: {type: gaussian, std: 0.5}}}
+- {name: out, type: InnerProduct, bottom: h, top: logits, inner_product_param: {num_output: 4}}
+- {name: loss, type: SoftmaxWithLoss, bottom: [logits, label], top: loss}
+"""
+
+
+def _loss_and_grads(model, params, state, inputs, run=True):
+    def loss(p):
+        return model.net.loss(p, state, inputs, train=True, outputs=model.net.sinks())[0]
+
+    jaxpr = jax.make_jaxpr(loss)(params).jaxpr
+    return (jax.jit(jax.value_and_grad(loss))(params) if run else None), jaxpr
+
+
+def _projects_every_row(jaxpr, rows: int) -> bool:
+    """Whether a dot_general (in the jaxpr or one nested in it) multiplies a rows×… operand
+    (the T·N rows of every step)."""
+    for e in jaxpr.eqns:
+        if e.primitive.name == "dot_general" and e.invars[0].aval.shape[0] == rows:
+            return True
+        for v in e.params.values():
+            inner = getattr(v, "jaxpr", v)
+            if hasattr(inner, "eqns") and _projects_every_row(inner, rows):
+                return True
+    return False
+
+
+def test_lstm_projects_its_embeddings_table(tmp_path, monkeypatch):
+    """An LSTM reading an Embed's rows projects the Embed's table instead of every step's row
+    (both directions, batch_first): the same loss and gradients as projecting every row; not
+    where propagate_down stops the gradient into the Embed."""
+    from netc.compiler.layers import recurrent
+
+    inputs = {
+        "data": np.random.default_rng(0).integers(0, 11, (3, 6)).astype(np.int32),
+        "label": np.array([0, 3, 1], np.int32),
+    }
+    for stop in (False, True):
+        path = tmp_path / f"net{stop}.yaml"
+        path.write_text(LOOKUP_SPEC % (" propagate_down: [false]," if stop else ""))
+        model = netc.load(str(path), phase="TRAIN")
+        params, state = model.init(0)
+        got, jaxpr = _loss_and_grads(model, params, state, inputs, run=not stop)
+        assert _projects_every_row(jaxpr, 18) == stop
+        if stop:
+            continue
+        loss, grads = got
+        with monkeypatch.context() as m:
+            m.setattr(recurrent._Recurrent, "_input_lookup", lambda self, ctx: None)
+            (want_loss, want), jaxpr = _loss_and_grads(model, params, state, inputs)
+        assert _projects_every_row(jaxpr, 18)
+        np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+        for (where, got), ref in zip(
+            jax.tree_util.tree_leaves_with_path(grads), jax.tree_util.tree_leaves(want)
+        ):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6, err_msg=str(where))

@@ -120,24 +120,34 @@ embed_param:
         return f"{self.p.input_dim} ids → {self.p.num_output}"
 
     def apply(self, params, bottoms, ctx):
+        table, idx = self.lookup(params, bottoms)
+        return [rows(table, idx)]
+
+    def lookup(self, params, bottoms):
+        """(table, idx): the top is rows(table, idx), table the weight (+ bias: one add per
+        element, as adding it after the lookup) and idx the ids with every one out of range
+        (a float id that is not a whole number in range, NaN included) made input_dim."""
         import jax.numpy as jnp
 
         ids = bottoms[0]
         w = params["weight"]
         if not jnp.issubdtype(w.dtype, jnp.floating):
             w = w.astype(jnp.float32)
+        if "bias" in params:
+            w = w + params["bias"].astype(w.dtype)
         k = self.p.input_dim
         if jnp.issubdtype(ids.dtype, jnp.floating):
-            # a float id that is not a whole number in range (NaN included) is out of range
             ok = (ids == jnp.floor(ids)) & (ids >= 0) & (ids < k)
-            idx = jnp.where(ok, ids, k).astype(jnp.int32)
-        else:
-            idx = jnp.where((ids >= 0) & (ids < k), ids, k).astype(jnp.int32)
-        # mode="fill": index k (out of range) gives NaN, never a wrapped or clamped row
-        y = jnp.take(w, idx, axis=0, mode="fill", fill_value=jnp.nan)
-        if "bias" in params:
-            y = y + params["bias"].astype(y.dtype)
-        return [y]
+            return w, jnp.where(ok, ids, k).astype(jnp.int32)
+        return w, jnp.where((ids >= 0) & (ids < k), ids, k).astype(jnp.int32)
+
+
+def rows(table, idx):
+    """table[idx] along axis 0; index len(table) (out of range) gives a row of NaN, never a
+    wrapped or clamped row."""
+    import jax.numpy as jnp
+
+    return jnp.take(table, idx, axis=0, mode="fill", fill_value=jnp.nan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -413,6 +423,7 @@ class _Recurrent(Layer):
         static = None
         if g.static is not None:
             static = bottoms[g.static].reshape(N, -1).astype(dt)
+        lookup = self._input_lookup(ctx)
 
         inp = x
         finals: list[list] = [[] for _ in range(self.n_states)]
@@ -436,7 +447,8 @@ class _Recurrent(Layer):
             outs, states = self._layer(params, layer, g, inp, h0, cont, mask,
                                        static if layer == 0 else None, dt,
                                        sequence=not (last and p.output == "LAST"),
-                                       weight_rng=weight_rng)
+                                       weight_rng=weight_rng,
+                                       lookup=lookup if layer == 0 else None)
             for j, st in enumerate(states):
                 finals[j].append(st)
             y = outs[0] if len(outs) == 1 else (
@@ -449,6 +461,20 @@ class _Recurrent(Layer):
             for name, st in zip(["carry_h", "carry_c"], hT):
                 ctx.new_state[name] = jax.lax.stop_gradient(st).astype(params[name].dtype)
         return [y] + (hT if p.expose_hidden else [])
+
+    def _input_lookup(self, ctx):
+        """(table, ids T×N) when x is, in this walk, an Embed's rows of T×N ids (N×T with
+        batch_first): the first layer then projects the table's input_dim rows once and looks
+        its rows up, instead of projecting every step's row (bench/char_lstm.py: a 65-row table
+        against 3,200 rows, and no T·N-deep matmuls for W_x's and the Embed's gradients);
+        None otherwise."""
+        src = ctx.source(0)
+        if src is None or not isinstance(src[0].unit, Embed):
+            return None
+        table, idx = src[0].unit.lookup(src[1], src[2])
+        if idx.ndim != 2:
+            return None
+        return table, (idx.T if self.p.batch_first else idx)
 
     def _step_control(self, g: Recurrence, bottoms, T: int, N: int, dt):
         """(cont, mask): the per-step control, time-major T×N, no gradient; None where absent."""
@@ -487,17 +513,18 @@ class _Recurrent(Layer):
         return [zeros] * self.n_states
 
     def _layer(self, params, layer, g: Recurrence, inp, h0, cont, mask, static, dt, *, sequence,
-               weight_rng=None):
+               weight_rng=None, lookup=None):
         """One stacked layer, both directions in one scan. Returns (per-direction outputs —
         T×N×H sequences, or N×H at the last valid step —, final states D×N×H). `weight_rng`:
-        draw the weight_dropout mask of each direction's W_h from it."""
+        draw the weight_dropout mask of each direction's W_h from it; `lookup`: inp is
+        rows(table, ids) (_input_lookup)."""
         import jax.numpy as jnp
 
         p = self.p
         T, N = inp.shape[0], inp.shape[1]
         D = g.D
         sfxs = [(f"_l{layer}" if layer else "") + ("_reverse" if d else "") for d in range(D)]
-        gxs, bxs, whs = self._projections(params, sfxs, inp, static, dt, weight_rng)
+        gxs, bxs, whs = self._projections(params, sfxs, inp, static, dt, weight_rng, lookup)
         biases = [self._recurrent_bias(params, sfx, dt) for sfx in sfxs]
         ctl = _direction_control(cont, mask, D, N, dt)
         cuts = None
@@ -531,20 +558,26 @@ class _Recurrent(Layer):
             final = tuple(f[None] for f in final)
         return self._outputs(params, sfxs, ys, final, mask, sequence, dt), list(final)
 
-    def _projections(self, params, sfxs, inp, static, dt, weight_rng):
+    def _projections(self, params, sfxs, inp, static, dt, weight_rng, lookup=None):
         """Each direction's input projections gx (T×N×G, in its processing order), the input
         bias b the step adds to gx_t (None when gx holds it already: with x_static, added first
         as before) and recurrent weights W_h (G×H, Caffe's layout; weight_dropout applied when
         `weight_rng`). Adding b inside the step, not as a pass over the whole T×N×G, saves that
-        pass and a T×N×G buffer (the same sums in the same order)."""
+        pass and a T×N×G buffer (the same sums in the same order). With `lookup` (table, ids),
+        gx is the rows of the projected table."""
         import jax
         import jax.numpy as jnp
 
         wx, b, ws, wh = self.roles
         gxs, bxs, whs = [], [], []
         for d, sfx in enumerate(sfxs):
-            src = inp[::-1] if d else inp  # a reverse direction sees time reversed
-            gx, bx = _projection()(src, params[wx + sfx].astype(dt)), params[b + sfx].astype(dt)
+            w = params[wx + sfx].astype(dt)
+            if lookup is None:
+                gx = _projection()(inp[::-1] if d else inp, w)  # reverse: time reversed
+            else:
+                table, ids = lookup
+                gx = rows(table.astype(dt) @ w.T, ids[::-1] if d else ids)
+            bx = params[b + sfx].astype(dt)
             if static is not None:
                 gx, bx = gx + bx + (static @ params[ws + sfx].astype(dt).T)[None], None
             gxs.append(gx)

@@ -71,7 +71,7 @@ name: embed_lstm
 layers:
 - {name: data, type: Input, top: [data, label], input_param: {shape: [{dim: [3, 6]}, {dim: [3]}]}}
 - {name: embed, type: Embed, bottom: data, top: emb,
-   embed_param: {input_dim: 11, num_output: 5, weight_filler: {type: gaussian, std: 0.5},
+   embed_param: {input_dim: %d, num_output: 5, weight_filler: {type: gaussian, std: 0.5},
                  bias_filler: {type: gaussian, std: 0.5}}}
 - {name: lstm, type: LSTM, bottom: emb, top: h,%s
    recurrent_param: {num_output: 8, sequence_input: NONE, batch_first: true, bidirectional: true,
@@ -105,21 +105,23 @@ def _projects_every_row(jaxpr, rows: int) -> bool:
 def test_lstm_projects_its_embeddings_table(tmp_path, monkeypatch):
     """An LSTM reading an Embed's rows projects the Embed's table instead of every step's row
     (both directions, batch_first): the same loss and gradients as projecting every row; not
-    where propagate_down stops the gradient into the Embed."""
+    where propagate_down stops the gradient into the Embed, nor from a table with more rows
+    (40) than the batch has steps (18)."""
     from netc.compiler.layers import recurrent
 
     inputs = {
         "data": np.random.default_rng(0).integers(0, 11, (3, 6)).astype(np.int32),
         "label": np.array([0, 3, 1], np.int32),
     }
-    for stop in (False, True):
-        path = tmp_path / f"net{stop}.yaml"
-        path.write_text(LOOKUP_SPEC % (" propagate_down: [false]," if stop else ""))
+    for stop, vocab in ((False, 11), (True, 11), (False, 40)):
+        path = tmp_path / f"net{stop}{vocab}.yaml"
+        path.write_text(LOOKUP_SPEC % (vocab, " propagate_down: [false]," if stop else ""))
+        every_row = stop or vocab > 18
         model = netc.load(str(path), phase="TRAIN")
         params, state = model.init(0)
-        got, jaxpr = _loss_and_grads(model, params, state, inputs, run=not stop)
-        assert _projects_every_row(jaxpr, 18) == stop
-        if stop:
+        got, jaxpr = _loss_and_grads(model, params, state, inputs, run=not every_row)
+        assert _projects_every_row(jaxpr, 18) == every_row
+        if every_row:
             continue
         loss, grads = got
         with monkeypatch.context() as m:

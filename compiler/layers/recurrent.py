@@ -467,12 +467,13 @@ class _Recurrent(Layer):
         batch_first): the first layer then projects the table's input_dim rows once and looks
         its rows up, instead of projecting every step's row (bench/char_lstm.py: a 65-row table
         against 3,200 rows, and no T·N-deep matmuls for W_x's and the Embed's gradients);
-        None otherwise."""
+        None otherwise, and when the table has as many rows as there are steps (a large
+        vocabulary: projecting the rows looked up is then the smaller product)."""
         src = ctx.source(0)
         if src is None or not isinstance(src[0].unit, Embed):
             return None
         table, idx = src[0].unit.lookup(src[1], src[2])
-        if idx.ndim != 2:
+        if idx.ndim != 2 or table.shape[0] >= idx.size:
             return None
         return table, (idx.T if self.p.batch_first else idx)
 

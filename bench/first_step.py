@@ -36,6 +36,27 @@ Before the first step a cold run now compiles two programs (the TEST forward, th
 ~1.3 s and ~3 s of compile with oneDNN); warm, of ~2 CPU s: importing JAX ~0.7, optax ~0.15,
 netc with pydantic and NumPy ~0.35, tracing + lowering the step ~0.25 and the TEST net ~0.4,
 running the 10 test batches ~0.2.
+
+2026-12-01 ~02:00-02:15, load average 6-8 throughout (no quiet window; CPU seconds inflate too,
+so compare only runs alternated in the same window):
+    99f1f1c (re-exec under the allocator setting) vs f9cffd2.. (+ no optax on the train path),
+    alternating, 4 rounds: warm 2.06 -> 1.97 CPU s (4.22 -> 4.00 s wall, n=8); cold 4.51 / 4.90
+    CPU s (n=4: noise, cold is the two XLA compiles). The same code with `import optax` added
+    before the run: +0.13 CPU s (8 alternating warm pairs).
+    The re-exec (NETC_MALLOC=0 vs default, 8 alternating warm pairs): the second interpreter is
+    up 0.05 s wall / 0.06 CPU s after the first; the first step 2.57 -> 2.65 s wall, 1.71 ->
+    1.81 CPU s.
+Warm, where the ~1.7 CPU s go (each piece timed alone, same load): interpreter(s) 0.04 + 0.06,
+import jax 0.55-0.65 (of which ~0.05 its scan of every installed distribution's METADATA for a
+ROCm plugin), numpy/pydantic/yaml/click and netc's modules ~0.36, spec + plans 0.08, tracing the
+train step 0.14 and lowering it 0.10, tracing + lowering the TEST net 0.09, the two cache loads
+0.05, the 10 test batches 0.14 (compute, one thread), Net.init 0.03, oneDNN load 0.025,
+tensorboardX 0.03, the first step 0.07. Tried and dropped: importing JAX in a thread while
+click and the spec load run (+0.4 CPU s, no wall gain: both are Python under one GIL); letting
+the TEST net trace while the step traces (the step's compile then starts later; no gain
+measurable at this load). The traces hold 15 nested jitted jnp helpers (where x9,
+take_along_axis x6 from pooling and the losses, log_softmax x2) that JAX traces, linearizes and
+lowers as separate functions; lax primitives there would trim the 0.3 s of tracing + lowering.
 """
 
 from __future__ import annotations

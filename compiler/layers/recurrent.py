@@ -41,8 +41,10 @@ whole T×N×G), and each step does one matmul h·W_hᵀ for all gates (two for G
 compile time does not grow with T. The single-matmul cells have a hand-written VJP (_recurrence):
 the forward writes each step's pre-activations over the input projection and the backward writes
 their gradients over them, in place; W_h's and W_x's gradients are one T·N-deep matmul each
-(_weight_grad); the LSTM cell's own VJP is written out (_lstm_cell). What each of these saved on
-bench/char_lstm.py's train step is in the git log of this file.
+(_weight_grad); the LSTM cell's own VJP is written out (_lstm_cell). A first layer reading an
+Embed's rows of T×N ids (Context.source) projects the Embed's table once and looks every step's
+input projection up in it (_input_lookup), when the table has fewer rows than there are steps.
+What each of these saved on bench/char_lstm.py's train step is in the git log of this file.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ layers:
   - name: input
     type: Input
     top: [data, label]
-    input_param: {shape: [{dim: [-1, 1, 12, 12]}, {dim: [-1]}]}
+    input_param: {shape: [{dim: [-1, 2, 12, 12]}, {dim: [-1]}]}
   - name: conv1
     type: Convolution
     bottom: data

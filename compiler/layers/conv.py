@@ -365,7 +365,7 @@ convolution_param:
         depthwise = n == 2 and self.p.group > 1 and self.p.group == x[axis]
         return ConvGeometry(axis, w, pads, out, im2col,
                             not im2col and self._use_grad_matmul(x[axis], w, out), depthwise,
-                            self._use_kernel(w))
+                            self._use_kernel(w, x[axis], im2col))
 
     def infer(self, bottoms):
         x = bottoms[0]
@@ -440,7 +440,7 @@ convolution_param:
             return False
         return channels * math.prod(w.kernel) * math.prod(out) <= IM2COL_MAX_ELEMENTS
 
-    def _use_kernel(self, w: Window) -> str:
+    def _use_kernel(self, w: Window, channels: int, im2col: bool) -> str:
         """Where oneDNN's primitives beat the pure-XLA lowering: every 2-D and 3-D convolution,
         forward and backward; 1-D ones stay lax.conv. Measured per layer (bench/conv_variants.py
         onednn, forward+backward): ResNet-18's 3×3 layers 1.3-3x faster, AlexNet's 2-group layers
@@ -448,7 +448,13 @@ convolution_param:
         one as fast. 1×1 layers measured alone favour XLA's matmul (reorders), but in whole nets
         (bench/onednn_choices.py) oneDNN 1×1 made MobileNet v2's step 1.3x faster and ResNet-18's
         no slower; a depthwise forward by XLA's shifted multiply-adds (faster alone) gained
-        MobileNet nothing measurable and compiled 1.7x slower."""
+        MobileNet nothing measurable and compiled 1.7x slower.
+        A single-channel input (a grayscale image) with a small patch matrix stays im2col +
+        matmul: no input gradient is needed and oneDNN's per-call cost dominates; LeNet's conv1
+        forward+backward 6.0 vs 7.8 ms CPU, its train step +7% samples per CPU-second
+        (alternating windows in one process, load ~6)."""
+        if channels == 1 and im2col:
+            return ""
         return "onednn" if len(w.kernel) in (2, 3) else ""
 
     def _use_grad_matmul(self, channels: int, w: Window, out: tuple[int, ...]) -> bool:

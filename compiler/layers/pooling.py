@@ -155,18 +155,47 @@ def _stochastic(x, g: PoolGeometry, ctx) -> list:
     return [jnp.take_along_axis(win, pick, 2)[:, :, 0]]
 
 
+def _first_max_mask(win, y, axes: tuple[int, ...], kernel: tuple[int, ...]):
+    """True at each window's FIRST maximum in Caffe's row-major scan order (Caffe's `>` keeps
+    the first of tied maxima): the smallest window offset whose value equals the max `y`."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    offset = 0
+    for k, a in zip(kernel, axes):
+        offset = offset * k + lax.broadcasted_iota(jnp.int32, win.shape, a)
+    ties = jnp.where(win == jnp.expand_dims(y, axes), offset, math.prod(kernel))
+    return offset == jnp.min(ties, axis=axes, keepdims=True)
+
+
 def _max_tiled(x, g: PoolGeometry):
-    """MAX over windows that tile the input exactly (LeNet's 2×2/2): reshape into windows and
-    gather each window's first maximum. The gradient goes to that element, as in Caffe, and the
-    backward pass avoids select-and-scatter (bench: LeNet step about +10% on CPU)."""
+    """MAX over windows that tile the input exactly (LeNet's 2×2/2): a reshape splits each
+    spatial axis into (out, kernel) and a max reduces the kernel axes. The gradient goes to each
+    window's first maximum only, as in Caffe: the forward saves that one-hot mask (in x's
+    layout) and the backward is one select of the upsampled cotangent. Measured on LeNet's
+    train step (batch 64, alternating windows in one process, CPU time per sample), against
+    gathering each window's argmax (whose backward XLA runs as a serial scatter): +10% with
+    conv2 in oneDNN, +27% with conv1 in XLA as well (Convolution._use_kernel)."""
+    import jax
     import jax.numpy as jnp
 
-    n, out, kernel = len(g.out), g.out, g.window.kernel
-    split = x.shape[:2] + tuple(d for o, k in zip(out, kernel) for d in (o, k))
-    order = (0, 1) + tuple(2 + 2 * i for i in range(n)) + tuple(3 + 2 * i for i in range(n))
-    win = x.reshape(split).transpose(order).reshape(x.shape[:2] + tuple(out) + (-1,))
-    first = jnp.argmax(win, axis=-1)[..., None]
-    return [jnp.take_along_axis(win, first, axis=-1)[..., 0]]
+    n, kernel = len(g.out), g.window.kernel
+    split = x.shape[:2] + tuple(d for o, k in zip(g.out, kernel) for d in (o, k))
+    axes = tuple(3 + 2 * i for i in range(n))
+
+    def fwd(x_):
+        win = x_.reshape(split)
+        y = jnp.max(win, axis=axes)
+        return y, _first_max_mask(win, y, axes, kernel).reshape(x_.shape)
+
+    def bwd(mask, dy):
+        for i, k in enumerate(kernel):
+            dy = jnp.repeat(dy, k, axis=2 + i)
+        return (jnp.where(mask, dy, jnp.zeros((), dy.dtype)),)
+
+    pool_max = jax.custom_vjp(lambda x_: fwd(x_)[0])
+    pool_max.defvjp(fwd, bwd)
+    return [pool_max(x)]
 
 
 def pool(x, method: str, g: PoolGeometry, ctx, *, mask: bool = False) -> list:
@@ -333,7 +362,7 @@ pooling_param:
         if method == "STOCHASTIC":
             return "STOCHASTIC: windows + categorical draw"
         if method == "MAX" and len(self.spec.top) == 1 and resolved is not None and resolved.tiles:
-            return "MAX: tiled reshape + argmax gather"
+            return "MAX: tiled reshape + first-max mask"
         if method == "MAX" and len(self.spec.top) == 2:
             return "MAX: reduce_window + argmax mask"
         return f"{method}: reduce_window"

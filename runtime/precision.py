@@ -31,8 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-
-from netc.runtime.solver import GradientTransformation
+import optax
 
 __all__ = [
     "Policy",
@@ -121,7 +120,7 @@ def _scale_init() -> dict[str, Any]:
     }
 
 
-def with_loss_scale(optimizer: GradientTransformation) -> GradientTransformation:
+def with_loss_scale(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
     """`optimizer` whose state also holds the loss scale (``state["loss_scale"]``: scale, good
     steps in a row, skipped steps so far); its update passes the scale through unchanged (the
     train step updates it, see :func:`skip_if_nonfinite`)."""
@@ -134,7 +133,7 @@ def with_loss_scale(optimizer: GradientTransformation) -> GradientTransformation
         updates, new = optimizer.update(grads, inner, params)
         return updates, {**new, KEY: state[KEY]}
 
-    return GradientTransformation(init, update)
+    return optax.GradientTransformation(init, update)
 
 
 def loss_scale(opt_state: Any) -> Any:

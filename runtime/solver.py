@@ -1,5 +1,4 @@
-"""Caffe's solvers (SGDSolver::ApplyUpdate and its subclasses) as an optax-style
-``GradientTransformation``.
+"""Caffe's solvers (SGDSolver::ApplyUpdate and its subclasses) as an optax GradientTransformation.
 
 netc implements Caffe's update rule itself instead of using ``optax.sgd``: Caffe keeps the
 *learning rate inside* the momentum buffer (``history = momentum * history + lr * grad``), so a
@@ -37,6 +36,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from netc.spec.solver import (
     SOLVER_TYPES,
@@ -45,24 +45,6 @@ from netc.spec.solver import (
     register_solver_type,
     unregister_solver_type,
 )
-
-
-class GradientTransformation(NamedTuple):
-    """optax's ``GradientTransformation``: the same two fields, so optax's combinators
-    (``optax.chain``, ...) take netc's optimizers. netc defines it instead of importing optax,
-    whose import costs ~0.1 CPU s at every start of `netc train` for two names."""
-
-    init: Callable[[Any], Any]
-    update: Callable[..., tuple[Any, Any]]
-
-
-def apply_updates(params: Any, updates: Any) -> Any:
-    """``optax.apply_updates``: ``params + updates`` leaf by leaf, in each parameter's dtype (the
-    same operations, so the same bits)."""
-    return jax.tree.map(
-        lambda p, u: None if p is None else jnp.asarray(p + u).astype(jnp.asarray(p).dtype),
-        params, updates, is_leaf=lambda x: x is None)
-
 
 # --- the update rules ------------------------------------------------------------------------------
 
@@ -359,14 +341,14 @@ class _CaffeSolver:
 
 def make_optimizer(
     sp: SolverParameter, lr_mult: Any, decay_mult: Any
-) -> GradientTransformation:
+) -> optax.GradientTransformation:
     """Caffe's solver ``sp.type`` (any rule in :data:`SOLVERS`: SGD, Nesterov, AdaGrad, RMSProp,
     AdaDelta, Adam, netc's AdamW, ...) with its schedule, clipping, iter_size normalisation and
     regularisation.
 
     ``lr_mult`` and ``decay_mult`` are pytrees of Python floats shaped like the params (nested
     dicts ``{layer: {role: ...}}``). ``update(grads, state, params)`` needs ``params`` and returns
-    updates to *add* to them (:func:`apply_updates`). A leaf whose ``lr_mult`` is 0 gets an
+    updates to *add* to them (``optax.apply_updates``). A leaf whose ``lr_mult`` is 0 gets an
     update of ``-0.0`` (so it stays bit-identical), keeps its history untouched and is left out of
     the clipping norm (Caffe computes no gradient for it, so its diff is 0).
 
@@ -374,7 +356,7 @@ def make_optimizer(
     runtime/precision.py), which the train step reads and advances.
     """
     solver = _CaffeSolver(sp, lr_mult, decay_mult)
-    optimizer = GradientTransformation(solver.init, solver.update)
+    optimizer = optax.GradientTransformation(solver.init, solver.update)
     if sp.precision == "float16":
         from netc.runtime.precision import with_loss_scale
 
@@ -385,8 +367,8 @@ def make_optimizer(
 # --- constraints -------------------------------------------------------------------------------------
 
 
-def with_max_norm(optimizer: GradientTransformation,
-                  max_norms: dict) -> GradientTransformation:
+def with_max_norm(optimizer: optax.GradientTransformation,
+                  max_norms: dict) -> optax.GradientTransformation:
     """``optimizer`` followed by max-norm constraints (ParamSpec.max_norm; Srivastava et al.
     2014): ``max_norms`` is ``{layer: {role: c}}`` (``Net.max_norms``). After each update, every
     slice along axis 0 of a constrained parameter -- one output unit's incoming weights: a row of
@@ -413,4 +395,4 @@ def with_max_norm(optimizer: GradientTransformation,
                    for layer, roles in updates.items()}
         return updates, state
 
-    return GradientTransformation(optimizer.init, update)
+    return optax.GradientTransformation(optimizer.init, update)

@@ -313,9 +313,9 @@ def make_train_step(net, optimizer, iter_size: int, step_key, mix=None, replicat
     the loss by the optimizer state's `loss_scale` (make_optimizer adds it) and skips a step
     whose gradients are not finite."""
     import jax
+    import optax
 
     from netc.runtime import precision as mp
-    from netc.runtime.solver import apply_updates
 
     policy = mp.policy(precision, net.plan)
     grads_of = _make_grads(net, policy, iter_size, mix)
@@ -330,7 +330,7 @@ def make_train_step(net, optimizer, iter_size: int, step_key, mix=None, replicat
         if scale is not None:
             grads, finite = mp.unscale(grads, scale)
         updates, new_opt = optimizer.update(grads, opt_state, params)
-        new_params = apply_updates(params, updates)
+        new_params = optax.apply_updates(params, updates)
         if scale is None:
             return new_params, new_state, new_opt, loss
         return (*mp.skip_if_nonfinite(finite, (params, state, opt_state),

@@ -1,12 +1,11 @@
 """Time to first step: the train step is compiled in a thread while the iteration-0 test
 compiles and runs (Solver._compile_step_aside): the run compiles it once, and training is
-unchanged by it; nothing on the train path imports optax (~0.1 s at every start)."""
+unchanged by it."""
 
 from __future__ import annotations
 
 import io
 import logging
-import sys
 
 import jax
 import numpy as np
@@ -87,18 +86,3 @@ def test_loaded_weights_skip_their_fillers(tmp_path, monkeypatch):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert jax.tree.structure(got) == jax.tree.structure(want)
-
-
-def test_train_path_imports_no_optax(tmp_path, monkeypatch):
-    """netc's optimizers are optax-shaped (runtime/solver.GradientTransformation) without
-    optax: a run trains with `import optax` failing, and no train-path module holds optax."""
-    import netc.runtime.precision as precision
-    import netc.runtime.solver as solver
-    import netc.runtime.trainer as trainer
-
-    for module in (trainer, solver, precision):
-        assert not [n for n, v in vars(module).items() if getattr(v, "__name__", "") == "optax"]
-    monkeypatch.setitem(sys.modules, "optax", None)  # `import optax` raises ImportError
-    cfg = netc.TrainConfig(str(MLP), max_iter=1, out=str(tmp_path / "r"), progress=False,
-                           tensorboard=False)
-    assert netc.Solver(cfg, out=io.StringIO(), err=io.StringIO()).solve() == 0

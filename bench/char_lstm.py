@@ -5,12 +5,14 @@ of netc's lowering written out by hand) vs the plain hand-written JAX scan diffe
 (time-major), Adam at 2e-3. REFERENCE §4's anchors on this kind of machine: PyTorch 543
 sequences/s, JAX lax.scan 319.
 
-Measured here (2 CPUs shared with other jobs; medians of 20 steps × 5 repeats): in the quietest
-window (load average 2.4 → 2.2) netc 388.9, jax 405.6, jax-scan 215.6, PyTorch 339.3 sequences/s;
-under load 2.1 → 3.9 netc 217.8, jax 215.9, jax-scan 116.4, while PyTorch's OpenMP threads
-collapse (7.6-60 sequences/s), so a PyTorch ratio means something on a quiet machine only. netc
-before this session's LSTM lowering work (commit 2df71ab), the run right before the current one:
-netc / jax-scan 1.16 and 0.94 (current: 1.74 and 1.77).
+Measured here (2 CPUs shared with other jobs; medians of 20 steps × 5 repeats), after netc and
+jax took the input projection from the embedding table (2026-12-01, load average 4.6-6.4, two
+runs): netc 197.0 / 185.6, jax 188.2 / 212.3, jax-scan 124.0 / 123.9 sequences/s, PyTorch 14.6 /
+17.9 (its OpenMP threads collapse under load, so no PyTorch ratio from these). One thread each
+(XLA_FLAGS=--xla_cpu_multi_thread_eigen=false, its thread count not checked; torch 1 thread;
+10 steps × 5 repeats, load 5.0 → 2.9): netc 296.1, jax 251.3, PyTorch 173.8 (netc 1.70× per
+core). Before the table lookup, the last quiet run (bench/results/cpu/RESULTS.md, load 0.6):
+netc 421.3, jax 424.6, PyTorch 492.1.
 
 Run: python bench/char_lstm.py [--batch 32] [--steps 20] [--repeats 3] [--hidden 256]
        [--only netc,jax,jax-scan,torch]

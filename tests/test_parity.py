@@ -291,7 +291,8 @@ def test_convolution(onednn, monkeypatch):
     monkeypatch.setenv(ENV, onednn)
     net, _ = compare_many([_convolution_case(seed) for seed in SEEDS], np.random.default_rng(1))
     by_onednn = [pl.name for pl in net.plan.layers if pl.resolved and pl.resolved.kernel]
-    assert net.kernels == (onednn == "1") and len(by_onednn) >= 10
+    # 8 of the 16: one-channel inputs with a small patch matrix stay im2col (_use_kernel)
+    assert net.kernels == (onednn == "1") and len(by_onednn) >= 8
     assert available() or onednn == "0"
 
 

@@ -470,12 +470,13 @@ class _Recurrent(Layer):
         its rows up, instead of projecting every step's row (bench/char_lstm.py: a 65-row table
         against 3,200 rows, and no T·N-deep matmuls for W_x's and the Embed's gradients);
         None otherwise, and when the table has as many rows as there are steps (a large
-        vocabulary: projecting the rows looked up is then the smaller product)."""
+        vocabulary: projecting the rows looked up is then the smaller product) or when the
+        number of steps is symbolic (an export for any batch size)."""
         src = ctx.source(0)
         if src is None or not isinstance(src[0].unit, Embed):
             return None
         table, idx = src[0].unit.lookup(src[1], src[2])
-        if idx.ndim != 2 or table.shape[0] >= idx.size:
+        if idx.ndim != 2 or not isinstance(idx.size, int) or table.shape[0] >= idx.size:
             return None
         return table, (idx.T if self.p.batch_first else idx)
 

@@ -3,10 +3,11 @@
 Why: XLA's CPU runtime allocates each program's buffers afresh on every execution. glibc's
 malloc serves a block over its mmap threshold (at most 32 MiB) with a new mmap and unmaps it on
 free, so every step of a real-size net faults its large buffers in again, page by page, and the
-kernel zeroes each page: CIFAR ResNet-18's train step at batch 128 took 303,600 minor page faults
-and 0.75 s of system CPU time per step here, and its 33 MiB activations' elementwise layers ran
-3-5x slower than on warm memory (`netc time`). With the setting below the faults are gone after
-the first step (0 per step, 0.00 s system time) and the step took 3.44 s instead of 3.7-3.8 s.
+kernel zeroes each page: CIFAR ResNet-18's train step at batch 128 took 227,400 minor page faults
+and 0.63-0.68 s of system CPU time per step here (bench/allocator_faults.py), and its 33 MiB
+activations' elementwise layers ran 3-5x slower than on warm memory (`netc time`). With the
+setting below, 2 of 3 steps took 0 faults (one still 227,400) and the steps 3.37-3.60 s instead
+of 3.81-4.34 s (same script, one run).
 PyTorch's step gains as well (bench/resnet18_cifar.py, same setting: torch channels_last 38.3 →
 41.1 samples/s), so benchmarks run every contender under it (bench/harness.py).
 

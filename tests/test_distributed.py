@@ -194,19 +194,25 @@ def test_two_processes_on_loopback(spec, one_device, tmp_path):
     port = _free_port()
     exe = Path(sys.executable).with_name("netc")
     env = dict(os.environ, **forced(2), NETC_DISTRIBUTED_TIMEOUT="120")
-    procs = [subprocess.Popen(
-        [str(exe), "train", str(spec), "--out", str(out), "--coordinator", f"127.0.0.1:{port}",
-         "--num-processes", "2", "--process-id", str(i)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for i in (0, 1)]
-    results = []
+    # each process's output goes to files: a pipe read only after the other process finished
+    # could fill, stall its writer, and with it the collectives both wait on
+    logs = [(tmp_path / f"p{i}.out", tmp_path / f"p{i}.err") for i in (0, 1)]
+    procs = []
+    for i, (so, se) in enumerate(logs):
+        with open(so, "w") as o, open(se, "w") as e:
+            procs.append(subprocess.Popen(
+                [str(exe), "train", str(spec), "--out", str(out), "--coordinator",
+                 f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                stdin=subprocess.DEVNULL, stdout=o, stderr=e, env=env))
     try:
         for p in procs:
-            so, se = p.communicate(timeout=300)
-            results.append((p.returncode, so, se))
+            p.wait(timeout=300)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
+    results = [(p.returncode, so.read_text(), se.read_text()) for p, (so, se) in zip(procs, logs)]
     for i, (rc, _so, se) in enumerate(results):
         assert rc == 0, f"process {i}: {se}"
     assert "cpu (4 devices in 2 processes), batch 64 global = 16 per device" in results[0][1]

@@ -4,11 +4,13 @@ Chromium over the DevTools protocol); the layout's speed on the zoo's big nets."
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,50 +51,89 @@ FLAGS = [
 
 
 class Browser:
-    """One Chromium process and one page, driven by CDP commands (`call`)."""
+    """One Chromium process and one page, driven by CDP commands (`call`).
+
+    Every wait has a deadline: a browser that does not come up, or stops answering, fails the test
+    with its own log instead of hanging the suite. Chromium runs in its own session (process group)
+    and the whole group is killed at the end, so no renderer or zygote outlives the test. Its
+    stderr goes to a file (a pipe nobody drained could fill and stall it). The launch is tried up
+    to LAUNCHES times: what is under test is netc's page, not Chromium's start-up."""
+
+    LAUNCHES = 3
+    START_S = 30.0  # for DevToolsActivePort to appear
+    REPLY_S = 60.0  # for the answer to one command, or one awaited event
 
     def __init__(self):
+        failures = []
+        for _ in range(self.LAUNCHES):
+            try:
+                self._launch()
+                return
+            except Exception as e:  # noqa: BLE001 - reported with every attempt's log below
+                failures.append(f"{type(e).__name__}: {e}\n--- chromium's stderr ---\n"
+                                f"{self._log_tail()}")
+                self.close()
+        raise RuntimeError(f"chromium did not start in {self.LAUNCHES} tries:\n"
+                           + "\n".join(failures))
+
+    def _launch(self) -> None:
         import websocket  # the test extra's websocket-client
 
+        self.ws = None
         self.profile = tempfile.mkdtemp(prefix="netc_chromium_")
-        self.proc = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.log = Path(self.profile + ".log")
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen(
+                [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                start_new_session=True,
+            )
         port = self._port()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
             page = next(t for t in json.load(r) if t["type"] == "page")
-        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=30)
+        self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=self.REPLY_S)
         self.next_id = 0
         self.call("Page.enable")
         self.call("Runtime.enable")
 
     def _port(self) -> int:
-        deadline = time.monotonic() + 30
+        """The DevTools port, from the DevToolsActivePort file Chromium writes in its profile."""
+        marker = Path(self.profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + self.START_S
         while time.monotonic() < deadline:
-            line = self.proc.stderr.readline()
-            m = re.search(r"DevTools listening on ws://[^:]+:(\d+)/", line)
-            if m:
-                return int(m.group(1))
-            if not line and self.proc.poll() is not None:
-                break
-        raise RuntimeError("chromium did not start its DevTools endpoint")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chromium exited with status {self.proc.returncode}")
+            try:
+                first = marker.read_text().splitlines()[0]
+                return int(first)
+            except (OSError, IndexError, ValueError):
+                time.sleep(0.05)  # not there yet, or half written
+        raise RuntimeError(f"no DevTools endpoint after {self.START_S:.0f} s")
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-3000:]
+        except (AttributeError, OSError):
+            return "(none)"
+
+    def _messages(self, what: str):
+        """The page's messages until `what` is found (the caller returns), within REPLY_S."""
+        deadline = time.monotonic() + self.REPLY_S
+        while time.monotonic() < deadline:
+            yield json.loads(self.ws.recv())  # each recv is bounded by the socket's timeout
+        raise TimeoutError(f"chromium: no {what} within {self.REPLY_S:.0f} s")
 
     def call(self, method: str, **params):
         self.next_id += 1
         self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            msg = json.loads(self.ws.recv())
+        for msg in self._messages(f"answer to {method}"):
             if msg.get("id") == self.next_id:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg["result"]
 
     def wait_event(self, method: str):
-        while True:
-            msg = json.loads(self.ws.recv())
+        for msg in self._messages(f"event {method}"):
             if msg.get("method") == method:
                 return msg["params"]
 
@@ -115,12 +156,19 @@ class Browser:
         return base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
 
     def close(self) -> None:
+        """Closes the socket and kills Chromium's whole process group; removes its files."""
         try:
-            self.ws.close()
+            if getattr(self, "ws", None) is not None:
+                self.ws.close()
         finally:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+            proc = getattr(self, "proc", None)
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
             shutil.rmtree(self.profile, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                self.log.unlink()
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,15 @@ The functions are pure and jit-friendly: the trainer compiles the whole step as 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from netc.compiler.blocks import Run, find_runs
 from netc.compiler.layer import LoweringError, wide
 from netc.compiler.plan import Plan, PlannedLayer
 
-__all__ = ["Context", "LoweringError", "Net", "lower", "param_spec"]
+__all__ = ["Context", "LoweringError", "Made", "Net", "Sources", "lower", "param_spec",
+           "stops_gradient"]
 
 _WEIGHT_NOISE_TAG = 0x3A7E  # folded into a layer's key: its weight noise apart from its dropout
 SCAN_ENV = "NETC_SCAN_BLOCKS"  # "1": lower() scans runs of identical blocks (default: unrolled)
@@ -36,6 +37,45 @@ def param_spec(pl: PlannedLayer, role: str):
     return given[j] if j < len(given) else None
 
 
+@dataclass(frozen=True)
+class Made:
+    """What made a value in one walk of the net: the layer, the parameters it used, its
+    bottoms."""
+
+    layer: PlannedLayer
+    params: dict
+    bottoms: list
+    notes: dict  # what the layer left for layers that fuse with it (Context.notes)
+
+
+class Sources:
+    """The producers of one walk's values, so that a layer may fuse with what made its input
+    (an LSTM projects an Embed's table; an activation folds a BatchNorm + Scale into one pass):
+    by blob name (the last writer) and by the value itself (in-place chains rewrite the name)."""
+
+    def __init__(self):
+        self._by_blob: dict[str, Made] = {}
+        self._by_value: dict[int, tuple[Any, Made]] = {}
+
+    def record(self, blob: str, value, made: Made) -> None:
+        self._by_blob[blob] = made
+        self._by_value[id(value)] = (value, made)  # the value is held: its id stays its own
+
+    def of_blob(self, blob: str) -> Made | None:
+        return self._by_blob.get(blob)
+
+    def of_value(self, value) -> Made | None:
+        """The layer that made `value` in this walk (None for inputs and values made outside)."""
+        got = self._by_value.get(id(value))
+        return got[1] if got is not None and got[0] is value else None
+
+
+def stops_gradient(layer: PlannedLayer, i: int) -> bool:
+    """Whether the layer's propagate_down stops the gradient of its bottom `i`."""
+    pd = layer.unit.spec.propagate_down
+    return bool(pd) and not pd[i]
+
+
 @dataclass
 class Context:
     """What a layer's apply sees besides its parameters and bottoms."""
@@ -46,18 +86,18 @@ class Context:
     new_state: dict  # the layer writes its updated state here
     layer: PlannedLayer
     kernels: bool = False  # native kernels may be called (Net.kernels)
-    # {blob: (PlannedLayer, params, bottoms)} of the layer of this walk that last wrote the blob
-    sources: dict | None = None
+    sources: Sources | None = None  # the producers of this walk's values
+    # values the layer computed on the way that a layer fusing with it may reuse (BatchNorm: its
+    # batch statistics), kept with what made its tops (Made.notes)
+    notes: dict = field(default_factory=dict)
 
-    def source(self, i: int):
-        """(PlannedLayer, params, bottoms) of the layer that made this layer's bottom `i` in
-        this walk, so that a layer may fuse with its producer (an LSTM projects an Embed's
-        table instead of its every row: compiler/layers/recurrent.py); None when the bottom
-        was given, made outside this walk, or its gradient is stopped (propagate_down)."""
-        pd = self.layer.unit.spec.propagate_down
-        if self.sources is None or (pd and not pd[i]):
+    def source(self, i: int) -> Made | None:
+        """What made this layer's bottom `i` in this walk, so that a layer may fuse with its
+        producer; None when the bottom was given, made outside this walk, or its gradient is
+        stopped (propagate_down)."""
+        if self.sources is None or stops_gradient(self.layer, i):
             return None
-        return self.sources.get(self.layer.bottoms[i])
+        return self.sources.of_blob(self.layer.bottoms[i])
 
 
 @dataclass
@@ -142,7 +182,7 @@ class Net:
         blobs: dict = {b: inputs[b] for b in given}
         new_state: dict = {}
         runs = self._scanned(layers, outputs)
-        sources: dict = {}
+        sources = Sources()
         done: set[str] = set()
         for pl in layers:
             if pl.name in done:
@@ -168,7 +208,7 @@ class Net:
         return jax.random.fold_in(rng, self._rng_index[pl.name]) if rng is not None else None
 
     def _step(self, pl: PlannedLayer, params, state, blobs: dict, new_state: dict, rng, train,
-              sources: dict | None = None):
+              sources: Sources | None = None):
         """One layer: its tops into `blobs`, its updated state (if any) into `new_state`, what
         made them into `sources` (Context.source)."""
         p = _layer_params(pl, params, state)
@@ -333,16 +373,17 @@ def _feed(pl: PlannedLayer, inputs: dict, blobs: dict, outputs) -> None:
 
 
 def _call(pl: PlannedLayer, p: dict, blobs: dict, lstate: dict, layer_rng, train: bool,
-          kernels: bool = False, sources: dict | None = None) -> dict:
+          kernels: bool = False, sources: Sources | None = None) -> dict:
     """Apply one layer to its bottoms in `blobs` and write its tops there (and what made them
     into `sources`); its new state."""
     ctx = Context(train, layer_rng, lstate, {}, pl, kernels, sources)
     bottoms = _bottoms(pl, blobs)
     tops = pl.unit.apply(p, bottoms, ctx)
+    made = Made(pl, p, bottoms, ctx.notes)
     for t, v in zip(pl.tops, tops):
         blobs[t] = v
         if sources is not None:
-            sources[t] = (pl, p, bottoms)
+            sources.record(t, v, made)
     return ctx.new_state
 
 

@@ -135,7 +135,9 @@ def test_program_size_does_not_grow_with_depth():
             counts[n, scan] = n_eqns(jax.make_jaxpr(grad_fn(net, x, True))(params, state).jaxpr)
     unrolled_growth = counts[8, False] - counts[2, False]
     scan_growth = counts[8, True] - counts[2, True]
-    assert unrolled_growth > 1000, counts  # ~ 6 × a block's forward and backward
+    # ~ 6 × a block's forward and backward (~160 equations each since BatchNorm + Scale + ReLU
+    # fold into one function, compiler/layers/norm.py batch_norm_affine)
+    assert unrolled_growth > 600, counts
     assert scan_growth < 0.1 * unrolled_growth, counts  # only stacking and unstacking
 
 

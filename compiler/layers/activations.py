@@ -14,6 +14,7 @@ from netc.compiler.layer import (
     register,
     same_shape,
 )
+from netc.compiler.lower import stops_gradient
 from netc.spec.errors import SpecError
 from netc.spec.messages import (
     ClipParameter,
@@ -34,6 +35,19 @@ from netc.spec.messages import (
 )
 
 
+def _after_batch_norm(ctx, z, lo, hi):
+    """The activation clamp(z, lo, hi) of z = Scale(BatchNorm(x)) made in this walk, computed with
+    the two as one (compiler/layers/norm.py batch_norm_affine: in TRAIN, the backward passes over
+    the tensor twice instead of once per layer); None when the input is not such a chain."""
+    from netc.compiler.layers.norm import batch_norm_affine, bn_scale_input, folded_kernel
+
+    if ctx.sources is None or stops_gradient(ctx.layer, 0):
+        return None
+    scale = ctx.sources.of_value(z)
+    chain = None if scale is None else bn_scale_input(ctx, scale)
+    return None if chain is None else batch_norm_affine(*chain, lo, hi, kernel=folded_kernel(ctx))
+
+
 class Pointwise(Layer):
     geometry = "pointwise"
     infer = staticmethod(same_shape)
@@ -51,6 +65,8 @@ class ReLU(Pointwise):
 
         x = bottoms[0]
         slope = self.p.negative_slope
+        if not slope and (folded := _after_batch_norm(ctx, x, 0.0, None)) is not None:
+            return [folded]
         return [jnp.where(x > 0, x, x * slope) if slope else jnp.where(x > 0, x, 0)]
     example = """\
 name: relu1
@@ -367,6 +383,8 @@ class ReLU6(Pointwise):
         import jax.numpy as jnp
 
         x = bottoms[0]
+        if (folded := _after_batch_norm(ctx, x, 0.0, 6.0)) is not None:
+            return [folded]
         return [jnp.where(x > 0, jnp.where(x < 6, x, jnp.asarray(6, x.dtype)), jnp.asarray(0, x.dtype))]
 
 

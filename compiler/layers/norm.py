@@ -7,6 +7,7 @@ with BatchNorm + Scale) count the weight layers (convolutions, inner products) o
 from __future__ import annotations
 
 from netc.compiler.layer import Layer, ParamDecl, canonical_axis, count, fmt_shape, register, wide
+from netc.compiler.lower import Made, stops_gradient
 from netc.spec.errors import SpecError
 from netc.spec.messages import (
     BatchNormParameter,
@@ -82,6 +83,7 @@ batch_norm_param: {moving_average_fraction: 0.999, eps: 1e-5}
             centred = x - mean.reshape(bshape)
         else:
             y, mean, var = _batch_statistics_norm(axes, bshape, self.p.eps)(x)
+            ctx.notes["batch_stats"] = (x, mean, var)  # for batch_norm_affine
             m = x.size // c
             correction = m / (m - 1) if m > 1 else 1.0
             maf = self.p.moving_average_fraction
@@ -133,6 +135,107 @@ def _batch_statistics_norm(axes: tuple, bshape: tuple, eps: float):
 
     f.defvjp(fwd, bwd)
     return f
+
+
+def bn_scale_input(ctx, scale: Made):
+    """(x, mean, var, eps, gamma, beta) when `scale`, a Scale of this walk, scales per channel
+    (axis 1, a learned weight of C values, bias optional) a BatchNorm of this walk that normalised
+    x by the batch's statistics (mean, var), with gradients flowing through both, in float32 or
+    float64; else None. Such a chain, and an activation after it, are computed as one
+    (batch_norm_affine)."""
+    if ctx.sources is None or not isinstance(scale.layer.unit, Scale) or len(scale.bottoms) != 1 \
+            or "weight" not in scale.params or stops_gradient(scale.layer, 0):
+        return None
+    y = scale.bottoms[0]
+    gamma, beta = scale.params["weight"], scale.params.get("bias")
+    if y.ndim < 2 or canonical_axis(scale.layer.unit.p.axis, y.ndim) != 1 \
+            or gamma.shape != (y.shape[1],) or (beta is not None and beta.shape != gamma.shape):
+        return None
+    bn = ctx.sources.of_value(y)
+    if bn is None or not isinstance(bn.layer.unit, BatchNorm) or stops_gradient(bn.layer, 0) \
+            or "batch_stats" not in bn.notes:
+        return None
+    x, mean, var = bn.notes["batch_stats"]
+    if x.dtype != y.dtype or x.dtype.name not in ("float32", "float64"):
+        return None
+    beta = None if beta is None else beta.astype(x.dtype)
+    return x, mean, var, bn.layer.unit.p.eps, gamma.astype(x.dtype), beta
+
+
+def batch_norm_affine(x, mean, var, eps: float, gamma, beta, lo=None, hi=None, *,
+                      kernel: bool = False):
+    """BatchNorm on the batch's statistics (mean, var: BatchNorm's own, computed from x), then
+    Scale (gamma, beta per channel, axis 1), then clamp to [lo, hi] (ReLU: lo 0; ReLU6: 0 and 6;
+    None: no bound), as one function with its own VJP. The forward is the three layers' values
+    in one elementwise pass; the backward is theirs combined: with g = dy where lo < z < hi
+    (Caffe's ReLU passes where z > 0), x̂ the normalised input and M the values per channel,
+
+        dbeta = Σ g,   dgamma = Σ g·x̂,   dx = gamma/σ · (g − dbeta/M − x̂·dgamma/M)
+
+    (batch_norm_layer.cpp's backward applied to dx̂ = gamma·g, the statistics' dependence on x
+    included), keeping only x and per-channel numbers, where the layers apart make and keep the
+    normalised, the scaled and the clamped tensors. `kernel`: the backward is the native kernel
+    (compiler/kernels/batch_norm.cc; float32), two passes per channel; else the formula in XLA,
+    whose reductions (YNNPACK) read the masked g and x̂ written out first."""
+    import jax
+    import jax.numpy as jnp
+
+    axes = (0,) + tuple(range(2, x.ndim))
+    bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    m = x.size // x.shape[1]
+    has_bias = beta is not None
+    beta = beta if has_bias else jnp.zeros_like(gamma)
+    kernel = kernel and x.dtype == jnp.float32
+    mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)  # BatchNorm's, from x
+
+    def clamp_mask(z):
+        lo_ok = None if lo is None else z > lo
+        hi_ok = None if hi is None else z < hi
+        if lo_ok is None or hi_ok is None:
+            return lo_ok if hi_ok is None else hi_ok
+        return lo_ok & hi_ok
+
+    def fwd(x, gamma, beta):
+        inv = 1 / jnp.sqrt(var.reshape(bshape) + eps)
+        z = (x - mean.reshape(bshape)) * inv * gamma.reshape(bshape) + beta.reshape(bshape)
+        if lo is not None or hi is not None:
+            z = jnp.clip(z, lo, hi)
+        return z, (x, inv, gamma, beta)
+
+    @jax.custom_vjp
+    def f(x, gamma, beta):
+        return fwd(x, gamma, beta)[0]
+
+    def bwd(res, dy):
+        x, inv, gamma, beta = res
+        if kernel:
+            from netc.compiler.kernels.onednn import batch_norm_backward_call
+
+            dx, dgamma, dbeta = batch_norm_backward_call(
+                dy, x, mean, inv, gamma, beta, -jnp.inf if lo is None else lo,
+                jnp.inf if hi is None else hi)
+        else:
+            xhat = (x - mean.reshape(bshape)) * inv
+            mask = clamp_mask(xhat * gamma.reshape(bshape) + beta.reshape(bshape))
+            g = dy if mask is None else jnp.where(mask, dy, 0)
+            dbeta = jnp.sum(g, axis=axes)
+            dgamma = jnp.sum(g * xhat, axis=axes)
+            k = gamma.reshape(bshape) * inv
+            dx = k * (g - (dbeta / m).reshape(bshape) - xhat * (dgamma / m).reshape(bshape))
+        return dx, dgamma, (dbeta if has_bias else jnp.zeros_like(dbeta))
+
+    f.defvjp(fwd, bwd)
+    return f(x, gamma, beta)
+
+
+def folded_kernel(ctx) -> bool:
+    """Whether batch_norm_affine may call the native kernel in this walk (Net.kernels, and the
+    kernel library built and loaded)."""
+    if not ctx.kernels:
+        return False
+    from netc.compiler.kernels import onednn
+
+    return onednn.available()
 
 
 def _operand_shape(unit: Layer, x, field: str) -> tuple[int, tuple]:
@@ -205,6 +308,9 @@ scale_param: {bias_term: true}
 
     def apply(self, params, bottoms, ctx):
         x = bottoms[0]
+        chain = bn_scale_input(ctx, Made(ctx.layer, params, bottoms, {}))
+        if chain is not None:  # BatchNorm + this Scale as one (an activation may fold them again)
+            return [batch_norm_affine(*chain, kernel=folded_kernel(ctx))]
         if len(bottoms) == 2:
             s = bottoms[1]
             axis = _check_operand(self, x.shape, s.shape, "scale_param", "scale input")

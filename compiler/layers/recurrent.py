@@ -473,9 +473,9 @@ class _Recurrent(Layer):
         vocabulary: projecting the rows looked up is then the smaller product) or when the
         number of steps is symbolic (an export for any batch size)."""
         src = ctx.source(0)
-        if src is None or not isinstance(src[0].unit, Embed):
+        if src is None or not isinstance(src.layer.unit, Embed):
             return None
-        table, idx = src[0].unit.lookup(src[1], src[2])
+        table, idx = src.layer.unit.lookup(src.params, src.bottoms)
         if idx.ndim != 2 or not isinstance(idx.size, int) or table.shape[0] >= idx.size:
             return None
         return table, (idx.T if self.p.batch_first else idx)

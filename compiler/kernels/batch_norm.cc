@@ -1,0 +1,102 @@
+// netc's BatchNorm + Scale (+ clamp) backward kernel, called from XLA programs through the XLA
+// FFI (jax.ffi), float32. Built with onednn_conv.cc into one library by
+// compiler/kernels/onednn.py; used by compiler/layers/norm.py batch_norm_affine.
+//
+// The chain y = clamp(gamma·(x − mean)·inv + beta, lo, hi) per channel (axis 1 of N×C×spatial),
+// with mean and inv = 1/sqrt(var + eps) the batch's statistics (lo, hi: ±inf for no bound),
+// has the gradient
+//
+//   g = dy where lo < z < hi,  dbeta = Σ g,  dgamma = Σ g·x̂,
+//   dx = gamma·inv · (g − dbeta/M − x̂·dgamma/M)            (x̂ = (x − mean)·inv, M = N·spatial)
+//
+// XLA computes the two sums with YNNPACK reductions, which take materialised operands: the
+// masked g and x̂ are written out and read back. Here each channel is two passes over its
+// values (the sums: each row's in SIMD lanes, rows added in double; then dx), x̂ and the mask recomputed from x on the fly. Channels
+// are spread over OpenMP threads (GNU OpenMP, as oneDNN's).
+#include <cstdint>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// dy where the clamp passed, else +0: a bit mask, not a branch or a product (a branch keeps the
+// loop from vectorising — random masks ran it 10x slower — and 0·inf would be NaN)
+inline float Masked(float dy, bool pass) {
+  return __builtin_bit_cast(float, __builtin_bit_cast(uint32_t, dy) & (0u - uint32_t(pass)));
+}
+
+ffi::Error BatchNormBackward(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> x,
+                             ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> inv,
+                             ffi::Buffer<ffi::F32> gamma, ffi::Buffer<ffi::F32> beta,
+                             ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dgamma,
+                             ffi::ResultBuffer<ffi::F32> dbeta, float lo, float hi) {
+  const auto d = x.dimensions();
+  if (d.size() < 2) return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
+  const int64_t n_ = d[0], c_ = d[1];
+  int64_t s_ = 1;
+  for (size_t i = 2; i < d.size(); ++i) s_ *= d[i];
+  const float* X = x.typed_data();
+  const float* DY = dy.typed_data();
+  float* DX = dx->typed_data();
+  const float *MU = mean.typed_data(), *IV = inv.typed_data();
+  const float *GA = gamma.typed_data(), *BE = beta.typed_data();
+  float *DG = dgamma->typed_data(), *DB = dbeta->typed_data();
+  const double m = static_cast<double>(n_) * static_cast<double>(s_);
+  const bool threads = n_ * c_ * s_ >= (1 << 15);  // small tensors: no team to wake
+
+#pragma omp parallel for schedule(static) if (threads)
+  for (int64_t c = 0; c < c_; ++c) {
+    const float mu = MU[c], iv = IV[c], ga = GA[c], be = BE[c];
+    double sum_g = 0.0, sum_gx = 0.0;
+    for (int64_t n = 0; n < n_; ++n) {
+      const float* xp = X + (n * c_ + c) * s_;
+      const float* dp = DY + (n * c_ + c) * s_;
+      float row_g = 0.0f, row_gx = 0.0f;  // one row's sums in SIMD lanes, then into double
+#pragma omp simd reduction(+ : row_g, row_gx)
+      for (int64_t s = 0; s < s_; ++s) {
+        const float xh = (xp[s] - mu) * iv;
+        const float z = xh * ga + be;
+        const float g = Masked(dp[s], (z > lo) & (z < hi));
+        row_g += g;
+        row_gx += g * xh;
+      }
+      sum_g += row_g;
+      sum_gx += row_gx;
+    }
+    DB[c] = static_cast<float>(sum_g);
+    DG[c] = static_cast<float>(sum_gx);
+    const float k = ga * iv;
+    const float a = static_cast<float>(sum_g / m), b = static_cast<float>(sum_gx / m);
+    for (int64_t n = 0; n < n_; ++n) {
+      const float* xp = X + (n * c_ + c) * s_;
+      const float* dp = DY + (n * c_ + c) * s_;
+      float* op = DX + (n * c_ + c) * s_;
+#pragma omp simd
+      for (int64_t s = 0; s < s_; ++s) {
+        const float xh = (xp[s] - mu) * iv;
+        const float z = xh * ga + be;
+        const float g = Masked(dp[s], (z > lo) & (z < hi));
+        op[s] = k * (g - a - xh * b);
+      }
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormBackward, BatchNormBackward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // mean (C)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // inv = 1/sqrt(var + eps) (C)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // gamma (C)
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // beta (C)
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dx
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dgamma
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dbeta
+                                  .Attr<float>("lo")
+                                  .Attr<float>("hi"));

@@ -1,0 +1,224 @@
+"""BatchNorm + Scale (+ ReLU / ReLU6) folded into one function with its own VJP
+(compiler/layers/norm.py batch_norm_affine; its backward in XLA, or the native kernel
+compiler/kernels/batch_norm.cc): values and gradients against PyTorch in float64 on random
+chains, with the kernel and without; and where the fold must not happen."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import jit_fast
+from test_parity import build, close, inputs_layer, run_torch
+
+import netc.compiler.layers.norm as norm
+
+ACTIVATIONS = {None: lambda z: z, "ReLU": F.relu, "ReLU6": lambda z: F.hardtanh(z, 0.0, 6.0)}
+
+
+def run_netc(net, params, inputs, tops, cots, *, train=True):
+    """Outputs and d(Σ top·cot)/d(params, inputs) of the lowered net in TRAIN, jitted, float32,
+    BatchNorm's running sums starting at zero (test_parity.run_netc, with state)."""
+    import jax
+    import jax.numpy as jnp
+
+    state = {pl.name: {role: jnp.zeros(d.shape, jnp.float32) for role, d in pl.params.items()}
+             for pl in net.plan.layers if pl.unit.type == "BatchNorm"}
+
+    def objective(p, x, c):
+        blobs, _ = net.apply(p, state, x, train=train)
+        outs = [blobs[t] for t in tops]
+        return sum(jnp.sum(o * ci) for o, ci in zip(outs, c)), outs
+
+    p = jax.tree_util.tree_map(jnp.asarray, params)
+    x = {k: jnp.asarray(v) for k, v in inputs.items()}
+    with jax.default_matmul_precision("highest"):
+        fn = jit_fast(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True))
+        (_, outs), (gp, gx) = fn(p, x, [jnp.asarray(c) for c in cots])
+    return ([np.asarray(o) for o in outs], jax.tree_util.tree_map(np.asarray, gp),
+            {k: np.asarray(v) for k, v in gx.items()})
+
+
+def _chain(i: int, activation, bias: bool, in_place: bool, eps: float) -> list[dict]:
+    x, mid = f"x_{i}", (f"x_{i}" if in_place else f"bn_{i}")
+    top = mid if in_place else f"y_{i}"
+    layers = [
+        {"name": f"bn_{i}", "type": "BatchNorm", "bottom": [x], "top": [mid],
+         "batch_norm_param": {"eps": eps}},
+        {"name": f"scale_{i}", "type": "Scale", "bottom": [mid],
+         "top": [mid if in_place or activation else top], "scale_param": {"bias_term": bias}},
+    ]
+    if activation:
+        layers.append({"name": f"act_{i}", "type": activation, "bottom": [mid], "top": [top]})
+    return layers, top
+
+
+def _cases(seed: int, n: int):
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(n):
+        ndim = int(rng.integers(2, 6))
+        shape = [int(rng.integers(1, 5)) for _ in range(ndim)]
+        shape[0] = int(rng.integers(3, 6))  # m ≥ 3 values per channel
+        cases.append({"shape": tuple(shape), "activation": list(ACTIVATIONS)[i % 3],
+                      "bias": bool(rng.random() < 0.7), "in_place": bool(rng.random() < 0.5),
+                      "eps": float(rng.choice([1e-5, 1e-3, 0.1]))})
+    return rng, cases
+
+
+def _run(cases, rng, monkeypatch, onednn: str):
+    from netc.compiler.kernels.onednn import ENV
+
+    monkeypatch.setenv(ENV, onednn)
+    layers, tops = [], []
+    for i, c in enumerate(cases):
+        chain, top = _chain(i, c["activation"], c["bias"], c["in_place"], c["eps"])
+        layers += chain
+        tops.append(top)
+    net = build([inputs_layer({f"x_{i}": c["shape"] for i, c in enumerate(cases)}), *layers])
+    params, inputs = {}, {}
+    for i, c in enumerate(cases):
+        ch = c["shape"][1]
+        # gamma up to ±6 and beta up to ±3: z = gamma·x̂ + beta crosses 0 and 6 (ReLU6's bounds)
+        params[f"scale_{i}"] = {"weight": rng.uniform(-6, 6, ch).astype(np.float32)}
+        if c["bias"]:
+            params[f"scale_{i}"]["bias"] = rng.uniform(-3, 3, ch).astype(np.float32)
+        inputs[f"x_{i}"] = (rng.standard_normal(c["shape"]) * 2 + 0.5).astype(np.float32)
+    cots = [rng.standard_normal(net.plan.blobs[t]).astype(np.float32) for t in tops]
+    calls = []
+    real = norm.batch_norm_affine
+
+    def counting(*args, **kw):
+        calls.append(kw.get("kernel"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(norm, "batch_norm_affine", counting)
+    outs, gp, gx = run_netc(net, params, inputs, tops, cots, train=True)
+    return net, params, inputs, cots, outs, gp, gx, calls
+
+
+@pytest.mark.parametrize("onednn", ["1", "0"], ids=["kernel", "xla"])
+def test_folded_chains_match_pytorch(onednn, monkeypatch):
+    from netc.compiler.kernels.onednn import available
+
+    rng, cases = _cases(11, 9)
+    net, params, inputs, cots, outs, gp, gx, calls = _run(cases, rng, monkeypatch, onednn)
+    # every Scale folds its BatchNorm, every activation folds both again
+    assert len(calls) == len(cases) + sum(c["activation"] is not None for c in cases)
+    assert all(k == (onednn == "1" and available()) for k in calls), calls
+    bounds: dict = {}
+    for i, c in enumerate(cases):
+        act = ACTIVATIONS[c["activation"]]
+        eps, bias = c["eps"], c["bias"]
+
+        def ref(p, t, act=act, eps=eps, bias=bias):
+            x = t["x"]
+            shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+            z = F.batch_norm(x, None, None, training=True, eps=eps) * p["weight"].reshape(shape)
+            return [act(z + p["bias"].reshape(shape) if bias else z)]
+
+        what = f"case {i} {c}"
+        (ry,), rgp, rgx = run_torch(ref, params[f"scale_{i}"], {"x": inputs[f"x_{i}"]}, [cots[i]])
+        y = outs[i]
+        close(y, ry, f"{what}: forward")
+        if c["activation"] == "ReLU6":
+            bounds.update({"6": np.any(ry >= 6), "0": np.any(ry <= 0)} if not bounds else
+                          {"6": bounds["6"] or np.any(ry >= 6), "0": bounds["0"] or np.any(ry <= 0)})
+        close(gx[f"x_{i}"], rgx["x"], f"{what}: d/dx")
+        for role in params[f"scale_{i}"]:
+            close(gp[f"scale_{i}"][role], rgp[role], f"{what}: d/d {role}")
+    assert bounds == {"6": True, "0": True}, "the ReLU6 cases reach both bounds"
+
+
+def test_kernel_and_xla_backward_agree(monkeypatch):
+    """The same chains through the kernel and through XLA's formula: equal to float rounding."""
+    from netc.compiler.kernels.onednn import available
+
+    if not available():
+        pytest.fail("the native kernels are not available (CI builds them: tests/test_onednn.py)")
+    got = {}
+    for onednn in ("1", "0"):
+        rng, cases = _cases(12, 6)
+        got[onednn] = _run(cases, rng, monkeypatch, onednn)[4:7]
+    (o1, p1, x1), (o0, p0, x0) = got["1"], got["0"]
+    for a, b in zip(o1, o0):
+        np.testing.assert_array_equal(a, b)  # the forward is the same XLA code either way
+    for k in x1:
+        close(x1[k], x0[k], f"d/d{k}", rtol=1e-5)
+    for layer in p1:
+        for role in p1[layer]:
+            close(p1[layer][role], p0[layer][role], f"d/d {layer}/{role}", rtol=1e-5)
+
+
+def _count_folds(monkeypatch, layers, shapes, train=True, phase="TRAIN"):
+    import jax
+    import jax.numpy as jnp
+
+    net = build([inputs_layer(shapes), *layers], phase=phase)
+    calls = []
+    real = norm.batch_norm_affine
+    monkeypatch.setattr(norm, "batch_norm_affine",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = {k: jnp.ones(s, jnp.float32) for k, s in shapes.items()}
+    params, state = net.init(jax.random.PRNGKey(0))
+    jax.eval_shape(lambda p, s: net.apply(p, s, x, train=train), params, state)
+    return len(calls)
+
+
+def test_the_fold_happens_only_where_it_is_exact(monkeypatch):
+    shapes = {"x": (4, 3, 5)}
+    bn = {"name": "bn", "type": "BatchNorm", "bottom": ["x"], "top": ["x"]}
+    scale = {"name": "sc", "type": "Scale", "bottom": ["x"], "top": ["x"],
+             "scale_param": {"bias_term": True}}
+    relu = {"name": "relu", "type": "ReLU", "bottom": ["x"], "top": ["x"]}
+    assert _count_folds(monkeypatch, [bn, scale, relu], shapes) == 2
+    # TEST (the stored statistics): BatchNorm is an affine map XLA fuses by itself
+    assert _count_folds(monkeypatch, [bn, scale, relu], shapes, train=False, phase="TEST") == 0
+    glob = {**bn, "batch_norm_param": {"use_global_stats": True}}
+    assert _count_folds(monkeypatch, [glob, scale, relu], shapes) == 0
+    # a gradient stopped between the layers, a leaky ReLU, Scale on another axis, or with a
+    # second input
+    stopped = {**scale, "propagate_down": [False]}
+    assert _count_folds(monkeypatch, [bn, stopped, relu], shapes) == 0
+    leaky = {**relu, "relu_param": {"negative_slope": 0.1}}
+    assert _count_folds(monkeypatch, [bn, scale, leaky], shapes) == 1  # Scale still folds
+    last_axis = {**scale, "scale_param": {"bias_term": True, "axis": 2}}
+    assert _count_folds(monkeypatch, [bn, last_axis, relu], shapes) == 0
+    two = {"name": "sc", "type": "Scale", "bottom": ["x", "s"], "top": ["x"]}
+    assert _count_folds(monkeypatch, [bn, two, relu], {**shapes, "s": (3,)}) == 0
+    # ReLU after a Scale whose input is not a BatchNorm's
+    assert _count_folds(monkeypatch, [scale, relu], shapes) == 0
+
+
+def test_a_second_reader_of_the_normalised_blob_keeps_its_gradient(monkeypatch):
+    """BatchNorm's output also feeds another layer: that path's gradient flows through
+    BatchNorm's own backward and adds to the folded chain's."""
+    shape = (5, 3, 4)
+    layers = [
+        {"name": "bn", "type": "BatchNorm", "bottom": ["x"], "top": ["n"]},
+        {"name": "sc", "type": "Scale", "bottom": ["n"], "top": ["s"],
+         "scale_param": {"bias_term": True}},
+        {"name": "relu", "type": "ReLU", "bottom": ["s"], "top": ["y"]},
+        {"name": "side", "type": "Power", "bottom": ["n"], "top": ["side"],
+         "power_param": {"power": 2.0}},
+    ]
+    net = build([inputs_layer({"x": shape}), *layers])
+    rng = np.random.default_rng(3)
+    params = {"sc": {"weight": rng.uniform(-2, 2, 3).astype(np.float32),
+                     "bias": rng.uniform(-1, 1, 3).astype(np.float32)}}
+    x = (rng.standard_normal(shape) * 3).astype(np.float32)
+    cots = [rng.standard_normal(shape).astype(np.float32) for _ in range(2)]
+    outs, gp, gx = run_netc(net, params, {"x": x}, ["y", "side"], cots, train=True)
+
+    def ref(p, t):
+        n = F.batch_norm(t["x"], None, None, training=True, eps=1e-5)
+        return [torch.relu(n * p["weight"].reshape(1, 3, 1) + p["bias"].reshape(1, 3, 1)),
+                n ** 2]
+
+    routs, rgp, rgx = run_torch(ref, params["sc"], {"x": x}, cots)
+    for o, r, what in zip(outs, routs, ("y", "side")):
+        close(o, r, f"forward {what}")
+    close(gx["x"], rgx["x"], "d/dx, both paths")
+    for role in ("weight", "bias"):
+        close(gp["sc"][role], rgp[role], f"d/d {role}")

@@ -132,7 +132,8 @@ def test_folded_chains_match_pytorch(onednn, monkeypatch):
 
 
 def test_kernel_and_xla_backward_agree(monkeypatch):
-    """The same chains through the kernel and through XLA's formula: equal to float rounding."""
+    """The same chains through the kernels (statistics, backward) and through XLA: equal to
+    float rounding."""
     from netc.compiler.kernels.onednn import available
 
     if not available():
@@ -142,8 +143,8 @@ def test_kernel_and_xla_backward_agree(monkeypatch):
         rng, cases = _cases(12, 6)
         got[onednn] = _run(cases, rng, monkeypatch, onednn)[4:7]
     (o1, p1, x1), (o0, p0, x0) = got["1"], got["0"]
-    for a, b in zip(o1, o0):
-        np.testing.assert_array_equal(a, b)  # the forward is the same XLA code either way
+    for a, b in zip(o1, o0):  # the statistics: one pass in double, or XLA's two reductions
+        close(a, b, "forward", rtol=1e-5)
     for k in x1:
         close(x1[k], x0[k], f"d/d{k}", rtol=1e-5)
     for layer in p1:
@@ -222,3 +223,23 @@ def test_a_second_reader_of_the_normalised_blob_keeps_its_gradient(monkeypatch):
     close(gx["x"], rgx["x"], "d/dx, both paths")
     for role in ("weight", "bias"):
         close(gp["sc"][role], rgp[role], f"d/d {role}")
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (5, 4, 33), (3, 2, 50, 41), (2, 3, 1, 2, 3)])
+def test_statistics_kernel_is_exact_with_a_large_mean(shape):
+    """The native statistics (one pass; rows combined by Chan et al.'s update) against float64
+    NumPy, on data whose mean is 10^4 times its spread: float32 rounding, no cancellation."""
+    import jax
+
+    from netc.compiler.kernels.onednn import available, batch_norm_stats_call
+
+    if not available():
+        pytest.fail("the native kernels are not available (CI builds them: tests/test_onednn.py)")
+    rng = np.random.default_rng(len(shape))
+    x = (1e4 + rng.standard_normal(shape) * np.arange(1, shape[1] + 1).reshape(
+        (1, -1) + (1,) * (len(shape) - 2))).astype(np.float32)
+    mean, var = jax.jit(batch_norm_stats_call)(x)
+    axes = (0,) + tuple(range(2, len(shape)))
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(mean), x64.mean(axis=axes), rtol=1e-7)
+    np.testing.assert_allclose(np.asarray(var), x64.var(axis=axes), rtol=1e-5)

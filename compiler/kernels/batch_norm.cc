@@ -1,5 +1,5 @@
-// netc's BatchNorm + Scale (+ clamp) backward kernel, called from XLA programs through the XLA
-// FFI (jax.ffi), float32. Built with onednn_conv.cc into one library by
+// netc's BatchNorm kernels, called from XLA programs through the XLA FFI (jax.ffi), float32: the
+// batch statistics (BatchNormStats), and the backward of BatchNorm + Scale (+ clamp). Built with onednn_conv.cc into one library by
 // compiler/kernels/onednn.py; used by compiler/layers/norm.py batch_norm_affine.
 //
 // The chain y = clamp(gamma·(x − mean)·inv + beta, lo, hi) per channel (axis 1 of N×C×spatial),
@@ -85,7 +85,55 @@ ffi::Error BatchNormBackward(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+// The batch's mean and biased variance per channel in one pass over x: each row (one sample's
+// channel, contiguous) is summed, then its squared deviations from its own mean while it is in
+// cache, both in double; rows are combined with Chan et al.'s pairwise update, so a large mean
+// costs no precision (as a Σx² − M·mean² formula would).
+ffi::Error BatchNormStats(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> mean,
+                          ffi::ResultBuffer<ffi::F32> var) {
+  const auto d = x.dimensions();
+  if (d.size() < 2) return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
+  const int64_t n_ = d[0], c_ = d[1];
+  int64_t s_ = 1;
+  for (size_t i = 2; i < d.size(); ++i) s_ *= d[i];
+  const float* X = x.typed_data();
+  float *MU = mean->typed_data(), *VA = var->typed_data();
+  const bool threads = n_ * c_ * s_ >= (1 << 15);
+
+#pragma omp parallel for schedule(static) if (threads)
+  for (int64_t c = 0; c < c_; ++c) {
+    double count = 0.0, mu = 0.0, m2 = 0.0;
+    for (int64_t n = 0; n < n_; ++n) {
+      const float* xp = X + (n * c_ + c) * s_;
+      double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t s = 0; s < s_; ++s) sum += xp[s];
+      const double row_mu = sum / static_cast<double>(s_);
+      double row_m2 = 0.0;
+#pragma omp simd reduction(+ : row_m2)
+      for (int64_t s = 0; s < s_; ++s) {
+        const double dev = xp[s] - row_mu;
+        row_m2 += dev * dev;
+      }
+      const double rows = static_cast<double>(s_), total = count + rows;
+      const double delta = row_mu - mu;
+      mu += delta * rows / total;
+      m2 += row_m2 + delta * delta * count * rows / total;
+      count = total;
+    }
+    MU[c] = static_cast<float>(mu);
+    VA[c] = static_cast<float>(m2 / count);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormStats, BatchNormStats,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // x
+                                  .Ret<ffi::Buffer<ffi::F32>>()   // mean (C)
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // biased variance (C)
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormBackward, BatchNormBackward,
                               ffi::Ffi::Bind()

@@ -39,10 +39,11 @@ LIBRARY = "libnetc_onednn.so"
 TARGETS = {"netc_onednn_conv_forward": "NetcConvForward",
            "netc_onednn_conv_backward_data": "NetcConvBackwardData",
            "netc_onednn_conv_backward_weights": "NetcConvBackwardWeights",
+           "netc_batch_norm_stats": "NetcBatchNormStats",
            "netc_batch_norm_backward": "NetcBatchNormBackward"}
 
-__all__ = ["Status", "available", "batch_norm_backward_call", "conv_call", "enabled_by_env",
-           "kernel_dir", "status"]
+__all__ = ["Status", "available", "batch_norm_backward_call", "batch_norm_stats_call", "conv_call",
+           "enabled_by_env", "kernel_dir", "status"]
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,18 @@ def conv_call(which: str, result, a, b, *, strides, dilation, pads, groups: int)
     return call(a, b, strides=np.asarray(strides, i64), dilation=np.asarray(dilation, i64),
                 pad_lo=np.asarray([p[0] for p in pads], i64),
                 pad_hi=np.asarray([p[1] for p in pads], i64), groups=i64(groups))
+
+
+def batch_norm_stats_call(x):
+    """(mean, biased variance) of x per channel (axis 1), each (C,), by batch_norm.cc: one pass
+    over x (float32)."""
+    import jax
+
+    st = status()
+    if not st.ok:
+        raise RuntimeError(st.detail)
+    c = jax.ShapeDtypeStruct((x.shape[1],), x.dtype)
+    return jax.ffi.ffi_call("netc_batch_norm_stats", (c, c), vmap_method="sequential")(x)
 
 
 def batch_norm_backward_call(dy, x, mean, inv, gamma, beta, lo: float, hi: float):

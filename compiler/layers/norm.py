@@ -82,7 +82,9 @@ batch_norm_param: {moving_average_fraction: 0.999, eps: 1e-5}
             var = (params["variance"] * inv).astype(x.dtype)
             centred = x - mean.reshape(bshape)
         else:
-            y, mean, var = _batch_statistics_norm(axes, bshape, self.p.eps)(x)
+            y, mean, var = _batch_statistics_norm(axes, bshape, self.p.eps,
+                                                  native(ctx) and x.dtype == jnp.float32
+                                                  and x.ndim >= 2)(x)
             ctx.notes["batch_stats"] = (x, mean, var)  # for batch_norm_affine
             m = x.size // c
             correction = m / (m - 1) if m > 1 else 1.0
@@ -97,7 +99,7 @@ batch_norm_param: {moving_average_fraction: 0.999, eps: 1e-5}
         return [y.astype(bottoms[0].dtype)]
 
 
-def _batch_statistics_norm(axes: tuple, bshape: tuple, eps: float):
+def _batch_statistics_norm(axes: tuple, bshape: tuple, eps: float, kernel: bool = False):
     """x ↦ (y, mean, var): y = (x − mean) / sqrt(var + eps) with the batch's statistics per
     channel (var biased, as Caffe's), differentiated by Caffe's own backward
     (batch_norm_layer.cpp): dx = (dy − mean(dy) − y · mean(dy · y)) / sqrt(var + eps). That is
@@ -107,14 +109,21 @@ def _batch_statistics_norm(axes: tuple, bshape: tuple, eps: float):
     setting, 8 alternating processes each: MobileNet v2 96 batch 64 98-101 samples/s against
     89-96 by autodiff (1.22 vs 1.29 CPU s per step); CIFAR ResNet-18 batch 128 39-41 either way.
     The statistics are outputs for the running sums only (their cotangents, zero under
-    stop_gradient, are not propagated)."""
+    stop_gradient, are not propagated). `kernel`: the statistics come from the native kernel
+    (compiler/kernels/batch_norm.cc, one pass over x; float32) instead of XLA's two reductions."""
     import jax
     import jax.numpy as jnp
 
     def forward(x):
-        mean = jnp.mean(x, axis=axes, keepdims=True)
-        centred = x - mean
-        var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
+        if kernel:  # one pass over x (compiler/kernels/batch_norm.cc)
+            from netc.compiler.kernels.onednn import batch_norm_stats_call
+
+            mean, var = (v.reshape(bshape) for v in batch_norm_stats_call(x))
+            centred = x - mean
+        else:  # XLA: two reductions, the second over x − mean written out
+            mean = jnp.mean(x, axis=axes, keepdims=True)
+            centred = x - mean
+            var = jnp.mean(jnp.square(centred), axis=axes, keepdims=True)
         sigma = jnp.sqrt(var + eps)
         return (centred / sigma, mean.reshape(bshape), var.reshape(bshape)), sigma
 
@@ -228,9 +237,9 @@ def batch_norm_affine(x, mean, var, eps: float, gamma, beta, lo=None, hi=None, *
     return f(x, gamma, beta)
 
 
-def folded_kernel(ctx) -> bool:
-    """Whether batch_norm_affine may call the native kernel in this walk (Net.kernels, and the
-    kernel library built and loaded)."""
+def native(ctx) -> bool:
+    """Whether BatchNorm and batch_norm_affine may call the native kernels in this walk
+    (Net.kernels, and the kernel library built and loaded; float32 only)."""
     if not ctx.kernels:
         return False
     from netc.compiler.kernels import onednn
@@ -310,7 +319,7 @@ scale_param: {bias_term: true}
         x = bottoms[0]
         chain = bn_scale_input(ctx, Made(ctx.layer, params, bottoms, {}))
         if chain is not None:  # BatchNorm + this Scale as one (an activation may fold them again)
-            return [batch_norm_affine(*chain, kernel=folded_kernel(ctx))]
+            return [batch_norm_affine(*chain, kernel=native(ctx))]
         if len(bottoms) == 2:
             s = bottoms[1]
             axis = _check_operand(self, x.shape, s.shape, "scale_param", "scale input")

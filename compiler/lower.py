@@ -56,6 +56,9 @@ class Sources:
     def __init__(self):
         self._by_blob: dict[str, Made] = {}
         self._by_value: dict[int, tuple[Any, Made]] = {}
+        # {layer: (the layers it computes with its own, how)} for the layers that fused with
+        # their producers in this walk (`netc time` names them)
+        self.fused: dict[str, tuple[tuple[str, ...], str]] = {}
 
     def record(self, blob: str, value, made: Made) -> None:
         self._by_blob[blob] = made
@@ -160,7 +163,7 @@ class Net:
 
     # --- forward -------------------------------------------------------------------------------
     def apply(self, params: dict, state: dict, inputs: dict, *, rng=None, train: bool | None = None,
-              outputs=None) -> tuple[dict, dict]:
+              outputs=None, sources: Sources | None = None) -> tuple[dict, dict]:
         """Run the net on `inputs` ({blob: array} for every data-layer top it needs). Returns
         ({blob: value}, updated state): every blob, or with `outputs` (blob names) only those,
         computed by only the layers they need (Plan.subgraph). This is the one graph walk that
@@ -182,7 +185,7 @@ class Net:
         blobs: dict = {b: inputs[b] for b in given}
         new_state: dict = {}
         runs = self._scanned(layers, outputs)
-        sources = Sources()
+        sources = Sources() if sources is None else sources  # given: to see what fused
         done: set[str] = set()
         for pl in layers:
             if pl.name in done:

@@ -106,3 +106,37 @@ def test_bad_spec_reports_like_check(write_spec):
     errors = [ln for ln in check.stderr.splitlines() if ": error: " in ln]
     assert errors and all(e in r.stderr for e in errors)
     assert errors[0].startswith(f"{bad}:") and "pool9" in errors[0]
+
+
+FOLDED = """
+name: folded
+layers:
+  - name: input
+    type: Input
+    top: [data, label]
+    input_param: {shape: [{dim: [4, 2, 6, 6]}, {dim: [4]}]}
+  - {name: conv1, type: Convolution, bottom: data, top: conv1,
+     convolution_param: {num_output: 3, kernel_size: 3, weight_filler: {type: xavier}}}
+  - {name: bn1, type: BatchNorm, bottom: conv1, top: conv1}
+  - {name: sc1, type: Scale, bottom: conv1, top: conv1, scale_param: {bias_term: true}}
+  - {name: relu1, type: ReLU6, bottom: conv1, top: conv1}
+  - {name: ip1, type: InnerProduct, bottom: conv1, top: ip1,
+     inner_product_param: {num_output: 5, weight_filler: {type: xavier}}}
+  - {name: loss, type: SoftmaxWithLoss, bottom: [ip1, label], top: loss}
+solver: {base_lr: 0.1, lr_policy: fixed}
+"""
+
+
+def test_layers_computed_as_one_are_marked(write_spec):
+    """TRAIN: BatchNorm + Scale + ReLU6 run as one function in the whole programs (the rows time
+    them apart); TEST: BatchNorm uses its stored statistics and nothing is folded."""
+    spec = write_spec(FOLDED, "folded.yaml")
+    r = netc("time", spec, "--iterations", 1, "--json")
+    assert r.returncode == 0, r.stderr
+    lowering = {t["name"]: t["lowering"] for t in json.loads(r.stdout)["layers"]}
+    mark = ("in the whole programs: bn1 + sc1 + relu1 as one (backward by the native kernel)")
+    assert all(mark in lowering[n] for n in ("bn1", "sc1", "relu1")), lowering
+    assert not any("whole programs" in lowering[n] for n in ("conv1", "ip1", "loss")), lowering
+    r = netc("time", spec, "--iterations", 1, "--json", "--phase", "TEST")
+    assert r.returncode == 0, r.stderr
+    assert not any("whole programs" in t["lowering"] for t in json.loads(r.stdout)["layers"])

@@ -168,6 +168,9 @@ def bn_scale_input(ctx, scale: Made):
     if x.dtype != y.dtype or x.dtype.name not in ("float32", "float64"):
         return None
     beta = None if beta is None else beta.astype(x.dtype)
+    how = "backward by the native kernel" if native(ctx) and x.dtype.name == "float32" else \
+        "backward in XLA"
+    ctx.sources.fused[ctx.layer.name] = ((bn.layer.name, scale.layer.name), how)
     return x, mean, var, bn.layer.unit.p.eps, gamma.astype(x.dtype), beta
 
 

@@ -11,6 +11,8 @@ step (forward + backward + solver update, the program `netc train` runs) are tim
 
 XLA fuses across layers in the whole programs, so the sum of the layers is not the whole net's
 cost: the whole step is what a training iteration costs. The layer rows show where time goes.
+Layers the lowering computes as one in the whole programs (BatchNorm + Scale + ReLU in TRAIN,
+compiler/layers/norm.py batch_norm_affine) are timed apart in the rows and marked so.
 """
 
 from __future__ import annotations
@@ -220,6 +222,7 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
     result = Timing(spec_path, phase, int(b) if isinstance(b, int) else 0, iterations,
                     jax.default_backend())
     _time_layers(result, plan, net, (params, state, inputs), train, key, progress)
+    _name_fused(result, net, (params, state, inputs), train, key)
     if progress is not None:
         progress.write("\rtiming the whole forward and train step\x1b[K")
         progress.flush()
@@ -267,6 +270,30 @@ def _time_layers(result: Timing, plan, net, arrays, train: bool, key, progress) 
     total = result.layers_forward_ms + result.layers_backward_ms
     for t in result.layers:
         t.share = ((t.forward_ms or 0.0) + (t.backward_ms or 0.0)) / total if total > 0 else 0.0
+
+
+def _name_fused(result: Timing, net, arrays, train: bool, key) -> None:
+    """Mark the layers the whole programs compute as one (a layer fused with its producers, as
+    BatchNorm + Scale + ReLU are in TRAIN): the rows time them apart."""
+    import jax
+
+    from netc.compiler.lower import Sources
+
+    params, state, inputs = arrays
+    sources = Sources()
+    jax.eval_shape(lambda p, s, x, k: net.apply(p, s, x, rng=k, train=train, sources=sources),
+                   params, state, inputs, key)
+    chains = {layer: (*members, layer) if layer not in members else members
+              for layer, (members, _) in sources.fused.items()}
+    widest = [c for c in chains.values()
+              if not any(set(c) < set(other) for other in chains.values())]
+    how = {layer: h for layer, (_, h) in sources.fused.items()}
+    by_name = {t.name: t for t in result.layers}
+    for chain in widest:
+        text = f" · in the whole programs: {' + '.join(chain)} as one ({how[chain[-1]]})"
+        for name in chain:
+            if name in by_name:
+                by_name[name].lowering += text
 
 
 def _time_train_step(result: Timing, ctx, net, arrays, key) -> None:

@@ -27,16 +27,24 @@ inline float Masked(float dy, bool pass) {
   return __builtin_bit_cast(float, __builtin_bit_cast(uint32_t, dy) & (0u - uint32_t(pass)));
 }
 
+// x as N × C × S (S: the spatial axes' product); false for fewer than 2 axes.
+template <typename D>
+bool Layout(const D& d, int64_t& n, int64_t& c, int64_t& s) {
+  if (d.size() < 2) return false;
+  n = d[0], c = d[1], s = 1;
+  for (size_t i = 2; i < d.size(); ++i) s *= d[i];
+  return true;
+}
+
 ffi::Error BatchNormBackward(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> x,
                              ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> inv,
                              ffi::Buffer<ffi::F32> gamma, ffi::Buffer<ffi::F32> beta,
                              ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dgamma,
                              ffi::ResultBuffer<ffi::F32> dbeta, float lo, float hi) {
-  const auto d = x.dimensions();
-  if (d.size() < 2) return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
-  const int64_t n_ = d[0], c_ = d[1];
-  int64_t s_ = 1;
-  for (size_t i = 2; i < d.size(); ++i) s_ *= d[i];
+  int64_t n_, c_, s_;
+  if (!Layout(x.dimensions(), n_, c_, s_)) {
+    return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
+  }
   const float* X = x.typed_data();
   const float* DY = dy.typed_data();
   float* DX = dx->typed_data();
@@ -91,11 +99,10 @@ ffi::Error BatchNormBackward(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> x,
 // costs no precision (as a Σx² − M·mean² formula would).
 ffi::Error BatchNormStats(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> mean,
                           ffi::ResultBuffer<ffi::F32> var) {
-  const auto d = x.dimensions();
-  if (d.size() < 2) return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
-  const int64_t n_ = d[0], c_ = d[1];
-  int64_t s_ = 1;
-  for (size_t i = 2; i < d.size(); ++i) s_ *= d[i];
+  int64_t n_, c_, s_;
+  if (!Layout(x.dimensions(), n_, c_, s_)) {
+    return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
+  }
   const float* X = x.typed_data();
   float *MU = mean->typed_data(), *VA = var->typed_data();
   const bool threads = n_ * c_ * s_ >= (1 << 15);

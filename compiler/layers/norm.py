@@ -192,20 +192,11 @@ def batch_norm_affine(x, mean, var, eps: float, gamma, beta, lo=None, hi=None, *
     import jax
     import jax.numpy as jnp
 
-    axes = (0,) + tuple(range(2, x.ndim))
     bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
-    m = x.size // x.shape[1]
     has_bias = beta is not None
     beta = beta if has_bias else jnp.zeros_like(gamma)
     kernel = kernel and x.dtype == jnp.float32
     mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)  # BatchNorm's, from x
-
-    def clamp_mask(z):
-        lo_ok = None if lo is None else z > lo
-        hi_ok = None if hi is None else z < hi
-        if lo_ok is None or hi_ok is None:
-            return lo_ok if hi_ok is None else hi_ok
-        return lo_ok & hi_ok
 
     def fwd(x, gamma, beta):
         inv = 1 / jnp.sqrt(var.reshape(bshape) + eps)
@@ -227,17 +218,32 @@ def batch_norm_affine(x, mean, var, eps: float, gamma, beta, lo=None, hi=None, *
                 dy, x, mean, inv, gamma, beta, -jnp.inf if lo is None else lo,
                 jnp.inf if hi is None else hi)
         else:
-            xhat = (x - mean.reshape(bshape)) * inv
-            mask = clamp_mask(xhat * gamma.reshape(bshape) + beta.reshape(bshape))
-            g = dy if mask is None else jnp.where(mask, dy, 0)
-            dbeta = jnp.sum(g, axis=axes)
-            dgamma = jnp.sum(g * xhat, axis=axes)
-            k = gamma.reshape(bshape) * inv
-            dx = k * (g - (dbeta / m).reshape(bshape) - xhat * (dgamma / m).reshape(bshape))
+            dx, dgamma, dbeta = _affine_backward(dy, x, mean.reshape(bshape), inv,
+                                                 gamma.reshape(bshape), beta.reshape(bshape),
+                                                 lo, hi)
         return dx, dgamma, (dbeta if has_bias else jnp.zeros_like(dbeta))
 
     f.defvjp(fwd, bwd)
     return f(x, gamma, beta)
+
+
+def _affine_backward(dy, x, mean, inv, gamma, beta, lo, hi):
+    """batch_norm_affine's backward in XLA (per-channel operands broadcast against x)."""
+    import jax.numpy as jnp
+
+    axes = (0,) + tuple(range(2, x.ndim))
+    m = x.size // x.shape[1]
+    xhat = (x - mean) * inv
+    z = xhat * gamma + beta
+    mask = None if lo is None else z > lo
+    if hi is not None:
+        mask = z < hi if mask is None else mask & (z < hi)
+    g = dy if mask is None else jnp.where(mask, dy, 0)
+    dbeta = jnp.sum(g, axis=axes)
+    dgamma = jnp.sum(g * xhat, axis=axes)
+    rows = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    dx = gamma * inv * (g - (dbeta / m).reshape(rows) - xhat * (dgamma / m).reshape(rows))
+    return dx, dgamma, dbeta
 
 
 def native(ctx) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netc.compiler.blocks import Run, find_runs
-from netc.compiler.layer import LoweringError, wide
+from netc.compiler.layer import LoweringError, Made, Sources, stops_gradient, wide
 from netc.compiler.plan import Plan, PlannedLayer
 
 __all__ = ["Context", "LoweringError", "Made", "Net", "Sources", "lower", "param_spec",
@@ -35,48 +35,6 @@ def param_spec(pl: PlannedLayer, role: str):
     j = list(pl.params).index(role)
     given = pl.unit.spec.param
     return given[j] if j < len(given) else None
-
-
-@dataclass(frozen=True)
-class Made:
-    """What made a value in one walk of the net: the layer, the parameters it used, its
-    bottoms."""
-
-    layer: PlannedLayer
-    params: dict
-    bottoms: list
-    notes: dict  # what the layer left for layers that fuse with it (Context.notes)
-
-
-class Sources:
-    """The producers of one walk's values, so that a layer may fuse with what made its input
-    (an LSTM projects an Embed's table; an activation folds a BatchNorm + Scale into one pass):
-    by blob name (the last writer) and by the value itself (in-place chains rewrite the name)."""
-
-    def __init__(self):
-        self._by_blob: dict[str, Made] = {}
-        self._by_value: dict[int, tuple[Any, Made]] = {}
-        # {layer: (the layers it computes with its own, how)} for the layers that fused with
-        # their producers in this walk (`netc time` names them)
-        self.fused: dict[str, tuple[tuple[str, ...], str]] = {}
-
-    def record(self, blob: str, value, made: Made) -> None:
-        self._by_blob[blob] = made
-        self._by_value[id(value)] = (value, made)  # the value is held: its id stays its own
-
-    def of_blob(self, blob: str) -> Made | None:
-        return self._by_blob.get(blob)
-
-    def of_value(self, value) -> Made | None:
-        """The layer that made `value` in this walk (None for inputs and values made outside)."""
-        got = self._by_value.get(id(value))
-        return got[1] if got is not None and got[0] is value else None
-
-
-def stops_gradient(layer: PlannedLayer, i: int) -> bool:
-    """Whether the layer's propagate_down stops the gradient of its bottom `i`."""
-    pd = layer.unit.spec.propagate_down
-    return bool(pd) and not pd[i]
 
 
 @dataclass

@@ -24,8 +24,10 @@ from conftest import netc
 
 from netc.runtime.checkpoint import flatten, latest_checkpoint, load_checkpoint
 
-# batch 64 (8 per device on 8), dropout (the step's randomness must not depend on the split),
-# momentum (optimizer state), a test pass (the TEST net reads the replicated parameters)
+# batch 64 (8 per device on 8), BatchNorm + Scale + ReLU (the batch's statistics are the global
+# batch's; in TRAIN the three are one function, compiler/layers/norm.py batch_norm_affine),
+# dropout (the step's randomness must not depend on the split), momentum (optimizer state), a
+# test pass (the TEST net reads the replicated parameters and BatchNorm's running sums)
 SPEC = """\
 name: dp
 layers:
@@ -43,6 +45,8 @@ layers:
     data_param: {source: "netc:digits/test", batch_size: 50}
   - {name: ip1, type: InnerProduct, bottom: data, top: ip1,
      inner_product_param: {num_output: 16, weight_filler: {type: xavier}}}
+  - {name: bn1, type: BatchNorm, bottom: ip1, top: ip1}
+  - {name: scale1, type: Scale, bottom: ip1, top: ip1, scale_param: {bias_term: true}}
   - {name: relu1, type: ReLU, bottom: ip1, top: ip1}
   - {name: drop1, type: Dropout, bottom: ip1, top: ip1, dropout_param: {dropout_ratio: 0.2}}
   - {name: ip2, type: InnerProduct, bottom: ip1, top: ip2,

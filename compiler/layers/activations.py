@@ -13,8 +13,8 @@ from netc.compiler.layer import (
     fmt_shape,
     register,
     same_shape,
+    stops_gradient,
 )
-from netc.compiler.lower import stops_gradient
 from netc.spec.errors import SpecError
 from netc.spec.messages import (
     ClipParameter,

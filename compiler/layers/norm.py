@@ -6,8 +6,17 @@ with BatchNorm + Scale) count the weight layers (convolutions, inner products) o
 
 from __future__ import annotations
 
-from netc.compiler.layer import Layer, ParamDecl, canonical_axis, count, fmt_shape, register, wide
-from netc.compiler.lower import Made, stops_gradient
+from netc.compiler.layer import (
+    Layer,
+    Made,
+    ParamDecl,
+    canonical_axis,
+    count,
+    fmt_shape,
+    register,
+    stops_gradient,
+    wide,
+)
 from netc.spec.errors import SpecError
 from netc.spec.messages import (
     BatchNormParameter,

@@ -186,7 +186,27 @@ def conv_call(which: str, result, a, b, *, strides, dilation, pads, groups: int)
     i64 = np.int64
     return call(a, b, strides=np.asarray(strides, i64), dilation=np.asarray(dilation, i64),
                 pad_lo=np.asarray([p[0] for p in pads], i64),
-                pad_hi=np.asarray([p[1] for p in pads], i64), groups=i64(groups))
+                pad_hi=np.asarray([p[1] for p in pads], i64), groups=i64(groups),
+                layout=i64(which == "forward" and _blocked_forward(b.shape, groups, strides)))
+
+
+def _blocked_forward(w_shape, groups: int, strides) -> bool:
+    """Whether the forward runs on channel-blocked activations (nChw8c, the layout of oneDNN's
+    AVX2 backward kernels) instead of its own choice (channels-last on AVX2). Reordering netc's
+    N×C×H×W to and from channels-last is a transpose, ~2.5× the cost of a blocked reorder
+    (ONEDNN_VERBOSE, MobileNet v2: 2.3 vs 0.9 ms per call). It pays where the convolution is
+    cheap next to its activations: stride-1 1×1 and depthwise layers (`python
+    bench/onednn_layout.py mobilenet 6`, MobileNet v2 96 b64: 87.9 vs 83.0 samples/s, 1.32 vs
+    1.49 CPU s/step). Every layer blocked ran CIFAR ResNet-18's 3×3 layers slower (25.9 vs 27.5
+    samples/s, 9.09 vs 8.73 CPU s), and its strided 1×1 projections gave no clear answer, so
+    they keep oneDNN's choice. NETC_ONEDNN_FORWARD_LAYOUT = "any" or "blocked" sets it for
+    every layer (read when a program is traced)."""
+    v = os.environ.get("NETC_ONEDNN_FORWARD_LAYOUT", "").strip().lower()
+    if v in ("any", "blocked"):
+        return v == "blocked"
+    pointwise = all(k == 1 for k in w_shape[2:]) and all(int(s) == 1 for s in strides)
+    depthwise = groups > 1 and w_shape[1] == 1
+    return pointwise or depthwise
 
 
 def batch_norm_stats_call(x):

@@ -31,6 +31,7 @@ enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 struct Geometry {
   Dims src, wei, dst, strides, dilates, pad_l, pad_r;
   int64_t groups = 1;
+  int64_t layout = 0;  // the forward's activations: 0 oneDNN's choice, 1 channel-blocked
 };
 
 dnnl::engine& Engine() {
@@ -46,6 +47,19 @@ memory::format_tag PlainTag(size_t rank) {
     case 4: return t::abcd;
     case 5: return t::abcde;
     case 6: return t::abcdef;
+  }
+  return t::undef;
+}
+
+// oneDNN's channel-blocked activation format (nCw8c, nChw8c, nCdhw8c): what its AVX2 backward
+// kernels use; reordering netc's N×C×spatial to it and back is cheaper than to the channels-last
+// layout oneDNN's forward picks by itself
+memory::format_tag BlockedTag(size_t rank) {
+  using t = memory::format_tag;
+  switch (rank) {
+    case 3: return t::aBc8b;
+    case 4: return t::aBcd8b;
+    case 5: return t::aBcde8b;
   }
   return t::undef;
 }
@@ -76,7 +90,8 @@ struct Cache {
 };
 
 std::string Key(Kind kind, const Geometry& g) {
-  std::string k = std::to_string(kind) + "|" + std::to_string(g.groups);
+  std::string k = std::to_string(kind) + "|" + std::to_string(g.groups) + "|" +
+                  std::to_string(g.layout);
   for (const Dims* d : {&g.src, &g.wei, &g.dst, &g.strides, &g.dilates, &g.pad_l, &g.pad_r}) {
     k += "|";
     for (auto v : *d) k += std::to_string(v) + ",";
@@ -96,10 +111,22 @@ std::shared_ptr<Prepared> Prepare(Kind kind, const Geometry& g) {
   const auto wei_md = Md(wdims, any);
   primitive_attr attr;
   attr.set_scratchpad_mode(scratchpad_mode::user);
-  auto fwd = convolution_forward::primitive_desc(
-      eng, kind == kForward ? prop_kind::forward_inference : prop_kind::forward_training,
-      algorithm::convolution_direct, src_md, wei_md, dst_md, g.strides, g.dilates, g.pad_l,
-      g.pad_r, attr);
+  const auto prop = kind == kForward ? prop_kind::forward_inference : prop_kind::forward_training;
+  auto make_fwd = [&](const memory::desc& s, const memory::desc& d) {
+    return convolution_forward::primitive_desc(eng, prop, algorithm::convolution_direct, s,
+                                               wei_md, d, g.strides, g.dilates, g.pad_l,
+                                               g.pad_r, attr);
+  };
+  auto fwd = make_fwd(src_md, dst_md);
+  const auto blocked = BlockedTag(g.src.size());
+  if (kind == kForward && g.layout == 1 && blocked != memory::format_tag::undef) {
+    try {  // kept only when a JIT kernel takes the blocked layout (not a reference one)
+      auto b = make_fwd(Md(g.src, blocked), Md(g.dst, blocked));
+      const std::string impl = b.impl_info_str();
+      if (impl.find("jit") != std::string::npos || impl.find("brg") != std::string::npos) fwd = b;
+    } catch (const dnnl::error&) {
+    }
+  }
   auto p = std::make_shared<Prepared>();
   if (kind == kForward) {
     p->user[0] = src_user, p->user[1] = wei_user, p->user[2] = dst_user;
@@ -185,9 +212,10 @@ Dims Shape(const B& b) {
 ffi::Error Call(Kind kind, Dims a, Dims b, Dims c, void* in0, void* in1, void* out,
                 ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                 ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
-                int64_t groups) {
+                int64_t groups, int64_t layout) {
   Geometry g;
   g.groups = groups;
+  g.layout = layout;
   if (kind == kForward) g.src = a, g.wei = b, g.dst = c;
   if (kind == kBackwardData) g.dst = a, g.wei = b, g.src = c;
   if (kind == kBackwardWeights) g.src = a, g.dst = b, g.wei = c;
@@ -205,8 +233,9 @@ ffi::Error Call(Kind kind, Dims a, Dims b, Dims c, void* in0, void* in1, void* o
 
 #define NETC_ATTRS                                      \
   ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation, \
-      ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, int64_t groups
-#define NETC_PASS strides, dilation, pad_lo, pad_hi, groups
+      ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi, int64_t groups, \
+      int64_t layout
+#define NETC_PASS strides, dilation, pad_lo, pad_hi, groups, layout
 
 template <Kind kind>
 ffi::Error Impl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
@@ -226,7 +255,8 @@ ffi::Error Impl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
       .Attr<ffi::Span<const int64_t>>("dilation")                              \
       .Attr<ffi::Span<const int64_t>>("pad_lo")                                \
       .Attr<ffi::Span<const int64_t>>("pad_hi")                                \
-      .Attr<int64_t>("groups")
+      .Attr<int64_t>("groups")                                                 \
+      .Attr<int64_t>("layout")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcConvForward, Impl<kForward>, NETC_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcConvBackwardData, Impl<kBackwardData>, NETC_BIND);

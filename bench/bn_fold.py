@@ -32,7 +32,7 @@ def _variant(name: str):
 
     real_chain, real_native = _variant.real
     norm.bn_scale_input = (lambda ctx, s: None) if name == "before" else real_chain
-    norm.native = (lambda ctx: False) if name != "after" else real_native
+    norm._native_for = (lambda ctx, x: False) if name != "after" else real_native
 
 
 def _alternate(runs: dict, args: tuple, samples: int, steps: int, repeats: int) -> dict:
@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--workloads", default="mobilenet_v2_96,resnet18_cifar,chain")
     ap.add_argument("--repeats", type=int, default=6)
     args = ap.parse_args()
-    _variant.real = (norm.bn_scale_input, norm.native)
+    _variant.real = (norm.bn_scale_input, norm._native_for)
     print(f"native kernels: {onednn.status().detail}")
     for workload in args.workloads.split(","):
         if workload == "chain":

@@ -300,8 +300,8 @@ class Sources:
     def __init__(self):
         self._by_blob: dict[str, Made] = {}
         self._by_value: dict[int, tuple[Any, Made]] = {}
-        # {layer: (the layers it computes with its own, how)} for the layers that fused with
-        # their producers in this walk (`netc time` names them)
+        # {layer: (the layers it computes as one, itself included; how)} for the layers that
+        # fused with their producers in this walk (`netc time` names them)
         self.fused: dict[str, tuple[tuple[str, ...], str]] = {}
 
     def record(self, blob: str, value, made: Made) -> None:

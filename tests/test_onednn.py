@@ -47,7 +47,12 @@ def _value_and_grads(fn, x, wt):
     return jax.value_and_grad(lambda a, b: jnp.sum(fn(a, b) * jnp.cos(fn(a, b))), (0, 1))(x, wt)
 
 
-def test_kernels_match_lax_conv_on_random_geometries():
+@pytest.mark.parametrize("layout", ["auto", "any", "blocked"])
+def test_kernels_match_lax_conv_on_random_geometries(layout, monkeypatch):
+    """Every forward layout (NETC_ONEDNN_FORWARD_LAYOUT; auto: blocked for stride-1 1×1 and
+    depthwise layers, onednn._blocked_forward) gives lax.conv's values and gradients."""
+    if layout != "auto":
+        monkeypatch.setenv("NETC_ONEDNN_FORWARD_LAYOUT", layout)
     rng = np.random.default_rng(3)
     cases = []
     for size, cin, cout, groups, g in _geometries(8):
@@ -69,6 +74,19 @@ def test_kernels_match_lax_conv_on_random_geometries():
         np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4, err_msg=f"{g} groups {groups}")
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3, err_msg=f"{g} groups {groups}")
+
+
+def test_the_forward_layout_rule(monkeypatch):
+    blocked = onednn._blocked_forward
+    assert blocked((8, 8, 1, 1), 1, [1, 1])  # pointwise
+    assert blocked((16, 1, 3, 3), 16, [2, 2])  # depthwise, even strided
+    assert not blocked((8, 8, 1, 1), 1, [2, 2])  # a strided 1×1 projection
+    assert not blocked((8, 8, 3, 3), 1, [1, 1])  # a dense 3×3
+    assert not blocked((8, 4, 3, 3), 2, [1, 1])  # grouped, not depthwise
+    monkeypatch.setenv("NETC_ONEDNN_FORWARD_LAYOUT", "blocked")
+    assert blocked((8, 8, 3, 3), 1, [1, 1])
+    monkeypatch.setenv("NETC_ONEDNN_FORWARD_LAYOUT", "any")
+    assert not blocked((8, 8, 1, 1), 1, [1, 1])
 
 
 NET = textwrap.dedent("""\

@@ -12,8 +12,8 @@ convolution stays pure XLA, which is also the fallback when the kernels cannot b
 Where oneDNN comes from: the `onednn` extra (`pip install 'netc[onednn]'`: Intel's
 onednn-cpu-gomp and onednn-devel-cpu-gomp wheels, oneDNN 3.2 with GNU OpenMP), or any oneDNN 3.x
 under $NETC_ONEDNN_ROOT (include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so). The C++ beside this
-module (onednn_conv.cc, ~230 lines) is compiled once with the system's C++ compiler ($CXX, else
-c++ or g++; ~8 s) into $NETC_KERNEL_DIR (default ~/.cache/netc/kernels, private like the compile
+module (onednn_conv.cc, and batch_norm.cc: BatchNorm's statistics and folded backward, OpenMP)
+is compiled once with the system's C++ compiler ($CXX, else c++ or g++; ~8 s) into $NETC_KERNEL_DIR (default ~/.cache/netc/kernels, private like the compile
 cache: what is in it is code), under a hash of the source, the compiler, jaxlib's version and
 the oneDNN library, and loaded with ctypes. NETC_ONEDNN=0 turns the kernels off.
 """
@@ -43,7 +43,7 @@ TARGETS = {"netc_onednn_conv_forward": "NetcConvForward",
            "netc_batch_norm_backward": "NetcBatchNormBackward"}
 
 __all__ = ["Status", "available", "batch_norm_backward_call", "batch_norm_stats_call", "conv_call",
-           "enabled_by_env", "kernel_dir", "status"]
+           "enabled_by_env", "kernel_dir", "status", "usable"]
 
 
 @dataclass(frozen=True)
@@ -172,6 +172,12 @@ def available() -> bool:
     return status().ok
 
 
+def usable(ctx, x) -> bool:
+    """Whether a layer may call the native kernels on x in this walk of the net: the Net allows
+    them (Context.kernels), x is float32, and the library is built and loaded."""
+    return bool(ctx.kernels) and x.dtype == "float32" and available()
+
+
 def conv_call(which: str, result, a, b, *, strides, dilation, pads, groups: int):
     """One oneDNN convolution primitive on (a, b) → an array like `result`: `which` is
     "forward" (x, w → y), "backward_data" (dy, w → dx) or "backward_weights" (x, dy → dw).
@@ -197,10 +203,11 @@ def _blocked_forward(w_shape, groups: int, strides) -> bool:
     (ONEDNN_VERBOSE, MobileNet v2: 2.3 vs 0.9 ms per call). It pays where the convolution is
     cheap next to its activations: stride-1 1×1 and depthwise layers (`python
     bench/onednn_layout.py mobilenet 6`, MobileNet v2 96 b64: 87.9 vs 83.0 samples/s, 1.32 vs
-    1.49 CPU s/step). Every layer blocked ran CIFAR ResNet-18's 3×3 layers slower (25.9 vs 27.5
-    samples/s, 9.09 vs 8.73 CPU s), and its strided 1×1 projections gave no clear answer, so
-    they keep oneDNN's choice. NETC_ONEDNN_FORWARD_LAYOUT = "any" or "blocked" sets it for
-    every layer (read when a program is traced)."""
+    1.49 CPU s/step). For CIFAR ResNet-18 (3×3 and strided 1×1 layers) two runs of every layer
+    blocked disagreed (25.9 vs 27.5 samples/s, then 33.6 vs 30.8; bench/results/cpu/
+    onednn_layout.txt), so those layers keep oneDNN's choice until a measurement settles it.
+    NETC_ONEDNN_FORWARD_LAYOUT = "any" or "blocked" sets it for every layer (read when a program
+    is traced)."""
     v = os.environ.get("NETC_ONEDNN_FORWARD_LAYOUT", "").strip().lower()
     if v in ("any", "blocked"):
         return v == "blocked"

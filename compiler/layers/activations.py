@@ -39,13 +39,13 @@ def _after_batch_norm(ctx, z, lo, hi):
     """The activation clamp(z, lo, hi) of z = Scale(BatchNorm(x)) made in this walk, computed with
     the two as one (compiler/layers/norm.py batch_norm_affine: in TRAIN, the backward passes over
     the tensor twice instead of once per layer); None when the input is not such a chain."""
-    from netc.compiler.layers.norm import batch_norm_affine, bn_scale_input, native
+    from netc.compiler.layers.norm import bn_scale_input
 
     if ctx.sources is None or stops_gradient(ctx.layer, 0):
         return None
     scale = ctx.sources.of_value(z)
     chain = None if scale is None else bn_scale_input(ctx, scale)
-    return None if chain is None else batch_norm_affine(*chain, lo, hi, kernel=native(ctx))
+    return None if chain is None else chain.apply(lo, hi)
 
 
 class Pointwise(Layer):

@@ -230,11 +230,9 @@ def _onednn_deconv(g: ConvGeometry, group: int = 1):
 def _by_onednn(g: ConvGeometry, ctx, x) -> bool:
     """Whether this (de)convolution runs through oneDNN here: the plan picked it for the shape,
     the Net may call native kernels, the input is float32 and the kernels are built."""
-    if not (g.kernel and ctx.kernels and x.dtype == "float32"):
-        return False
-    from netc.compiler.kernels.onednn import available
+    from netc.compiler.kernels.onednn import usable
 
-    return available()
+    return bool(g.kernel) and usable(ctx, x)
 
 
 class _ConvBase(Layer):

@@ -6,6 +6,9 @@ with BatchNorm + Scale) count the weight layers (convolutions, inner products) o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from netc.compiler.layer import (
     Layer,
     Made,
@@ -92,8 +95,7 @@ batch_norm_param: {moving_average_fraction: 0.999, eps: 1e-5}
             centred = x - mean.reshape(bshape)
         else:
             y, mean, var = _batch_statistics_norm(axes, bshape, self.p.eps,
-                                                  native(ctx) and x.dtype == jnp.float32
-                                                  and x.ndim >= 2)(x)
+                                                  _native_for(ctx, x))(x)
             ctx.notes["batch_stats"] = (x, mean, var)  # for batch_norm_affine
             m = x.size // c
             correction = m / (m - 1) if m > 1 else 1.0
@@ -155,12 +157,31 @@ def _batch_statistics_norm(axes: tuple, bshape: tuple, eps: float, kernel: bool 
     return f
 
 
-def bn_scale_input(ctx, scale: Made):
-    """(x, mean, var, eps, gamma, beta) when `scale`, a Scale of this walk, scales per channel
-    (axis 1, a learned weight of C values, bias optional) a BatchNorm of this walk that normalised
-    x by the batch's statistics (mean, var), with gradients flowing through both, in float32 or
-    float64; else None. Such a chain, and an activation after it, are computed as one
-    (batch_norm_affine)."""
+@dataclass(frozen=True)
+class FoldedChain:
+    """A BatchNorm (batch statistics mean, var of x) → Scale (gamma, beta) chain of one walk, to
+    be computed as one (batch_norm_affine); `kernel`: its backward by the native kernel."""
+
+    x: Any
+    mean: Any
+    var: Any
+    eps: float
+    gamma: Any
+    beta: Any
+    kernel: bool
+
+    def apply(self, lo=None, hi=None):
+        """The chain's output, clamped to [lo, hi] (an activation folded in), as one function."""
+        return batch_norm_affine(self.x, self.mean, self.var, self.eps, self.gamma, self.beta,
+                                 lo, hi, kernel=self.kernel)
+
+
+def bn_scale_input(ctx, scale: Made) -> FoldedChain | None:
+    """The chain when `scale`, a Scale of this walk, scales per channel (axis 1, a learned weight
+    of C values, bias optional) a BatchNorm of this walk that normalised x by the batch's
+    statistics, with gradients flowing through both, in float32 or float64; else None. The
+    layer asking (the Scale itself, or an activation after it) is recorded with the chain in
+    ctx.sources.fused (`netc time` marks them)."""
     if ctx.sources is None or not isinstance(scale.layer.unit, Scale) or len(scale.bottoms) != 1 \
             or "weight" not in scale.params or stops_gradient(scale.layer, 0):
         return None
@@ -176,11 +197,13 @@ def bn_scale_input(ctx, scale: Made):
     x, mean, var = bn.notes["batch_stats"]
     if x.dtype != y.dtype or x.dtype.name not in ("float32", "float64"):
         return None
-    beta = None if beta is None else beta.astype(x.dtype)
-    how = "backward by the native kernel" if native(ctx) and x.dtype.name == "float32" else \
-        "backward in XLA"
-    ctx.sources.fused[ctx.layer.name] = ((bn.layer.name, scale.layer.name), how)
-    return x, mean, var, bn.layer.unit.p.eps, gamma.astype(x.dtype), beta
+    chain = FoldedChain(x, mean, var, bn.layer.unit.p.eps, gamma.astype(x.dtype),
+                        None if beta is None else beta.astype(x.dtype), _native_for(ctx, x))
+    names = (bn.layer.name, scale.layer.name)
+    names += (ctx.layer.name,) if ctx.layer.name not in names else ()
+    ctx.sources.fused[ctx.layer.name] = (
+        names, "backward by the native kernel" if chain.kernel else "backward in XLA")
+    return chain
 
 
 def batch_norm_affine(x, mean, var, eps: float, gamma, beta, lo=None, hi=None, *,
@@ -204,7 +227,6 @@ def batch_norm_affine(x, mean, var, eps: float, gamma, beta, lo=None, hi=None, *
     bshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
     has_bias = beta is not None
     beta = beta if has_bias else jnp.zeros_like(gamma)
-    kernel = kernel and x.dtype == jnp.float32
     mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)  # BatchNorm's, from x
 
     def fwd(x, gamma, beta):
@@ -255,14 +277,13 @@ def _affine_backward(dy, x, mean, inv, gamma, beta, lo, hi):
     return dx, dgamma, dbeta
 
 
-def native(ctx) -> bool:
-    """Whether BatchNorm and batch_norm_affine may call the native kernels in this walk
-    (Net.kernels, and the kernel library built and loaded; float32 only)."""
-    if not ctx.kernels:
-        return False
-    from netc.compiler.kernels import onednn
+def _native_for(ctx, x) -> bool:
+    """Whether BatchNorm's statistics and batch_norm_affine's backward on x call the native
+    kernels (compiler/kernels/batch_norm.cc): float32 with a channel axis, in a walk whose Net
+    may call kernels (Net.kernels) with the kernel library built and loaded."""
+    from netc.compiler.kernels.onednn import usable
 
-    return onednn.available()
+    return x.ndim >= 2 and usable(ctx, x)
 
 
 def _operand_shape(unit: Layer, x, field: str) -> tuple[int, tuple]:
@@ -337,7 +358,7 @@ scale_param: {bias_term: true}
         x = bottoms[0]
         chain = bn_scale_input(ctx, Made(ctx.layer, params, bottoms, {}))
         if chain is not None:  # BatchNorm + this Scale as one (an activation may fold them again)
-            return [batch_norm_affine(*chain, kernel=native(ctx))]
+            return [chain.apply()]
         if len(bottoms) == 2:
             s = bottoms[1]
             axis = _check_operand(self, x.shape, s.shape, "scale_param", "scale input")

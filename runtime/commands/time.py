@@ -283,14 +283,12 @@ def _name_fused(result: Timing, net, arrays, train: bool, key) -> None:
     sources = Sources()
     jax.eval_shape(lambda p, s, x, k: net.apply(p, s, x, rng=k, train=train, sources=sources),
                    params, state, inputs, key)
-    chains = {layer: (*members, layer) if layer not in members else members
-              for layer, (members, _) in sources.fused.items()}
-    widest = [c for c in chains.values()
-              if not any(set(c) < set(other) for other in chains.values())]
-    how = {layer: h for layer, (_, h) in sources.fused.items()}
+    chains = list(sources.fused.values())  # (layers, how): a Scale's, then its activation's
     by_name = {t.name: t for t in result.layers}
-    for chain in widest:
-        text = f" · in the whole programs: {' + '.join(chain)} as one ({how[chain[-1]]})"
+    for chain, how in chains:
+        if any(set(chain) < set(other) for other, _ in chains):
+            continue  # folded again by a layer after it
+        text = f" · in the whole programs: {' + '.join(chain)} as one ({how})"
         for name in chain:
             if name in by_name:
                 by_name[name].lowering += text

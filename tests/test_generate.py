@@ -55,12 +55,15 @@ def _logp(table, start, seq):
 def test_beam_search_with_every_beam_is_exhaustive_search(seed):
     table = _chain(seed)
     v, length = table.shape[0], 4
-    best = max(itertools.product(range(v), repeat=length), key=lambda s: _logp(table, 0, s))
+    # Paths that use the same transitions in another order tie exactly (seed 4: 2,2,0,2 and
+    # 2,0,2,2), and which of them wins is float rounding; so the check is on the score: the beam's
+    # sequence must be one of the most likely ones and report that log-probability.
+    best = max(_logp(table, 0, s) for s in itertools.product(range(v), repeat=length))
     k = v ** (length - 1)  # enough beams to keep every prefix
     dec = ChainDecoder(table, k)
     out, score = beam_search(dec, None, {}, np.zeros((1, 1), np.int32), length, k)
-    assert tuple(out[0]) == best
-    assert score[0] == pytest.approx(_logp(table, 0, best))
+    assert _logp(table, 0, out[0]) == pytest.approx(best, abs=1e-9)
+    assert score[0] == pytest.approx(best)
 
 
 def test_beam_one_is_greedy_and_wider_beams_never_score_worse():

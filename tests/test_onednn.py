@@ -89,6 +89,77 @@ def test_the_forward_layout_rule(monkeypatch):
     assert not blocked((8, 8, 1, 1), 1, [1, 1])
 
 
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def test_bfloat16_kernels_match_float32_lax_conv():
+    """bfloat16 operands (the solver's `precision: bfloat16`): values and both gradients within
+    bfloat16's rounding of float32 lax.conv on the same (bfloat16-exact) inputs, on a CPU with
+    bfloat16 units. On one without, this checks why netc keeps bfloat16 in XLA there
+    (bf16_enabled false): oneDNN 3.2 has no bfloat16 convolution for it and refuses the call."""
+    rng = np.random.default_rng(5)
+    cases = []
+    for size, cin, cout, groups, g in _geometries(6, seed=1):
+        x = jnp.asarray(rng.standard_normal((2, cin) + size), jnp.bfloat16)
+        wt = jnp.asarray(rng.standard_normal((cout, cin // groups) + g.window.kernel), jnp.bfloat16)
+        cases.append((g, groups, x, wt))
+
+    def run(args):
+        out = []
+        for (g, groups, _, _), (x, wt) in zip(cases, args):
+            ref = functools.partial(C._lax_conv, g=g, group=groups)
+            f32 = (x.astype(jnp.float32), wt.astype(jnp.float32))
+            out.append((_value_and_grads(ref, *f32), _value_and_grads(C._onednn_conv(g, groups), x, wt)))
+        return out
+
+    fn = jax.jit(run)
+    args = [(x, w) for _, _, x, w in cases]
+    text = fn.lower(args).as_text()
+    assert text.count("netc_onednn_conv_backward_weights") == 2 * len(cases)  # fn is called twice
+    if not onednn._bf16_native:  # set when the kernels loaded (fn.lower built them)
+        with pytest.raises(Exception, match="could not create a primitive descriptor"):
+            jax.block_until_ready(fn(args))
+        return
+    for (g, groups, _, _), (ref, got) in zip(cases, fn(args)):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            assert a.dtype == jnp.bfloat16
+            # bfloat16 keeps 8 bits: 2^-8 = 3.9e-3 per rounding; the loss's cos amplifies it
+            assert _rel(a, b) < 2e-2, (g, groups, _rel(a, b))
+
+
+def test_which_dtypes_the_kernels_take(monkeypatch):
+    """float32 always; bfloat16 only for the convolutions (bfloat16=True), and only where the
+    CPU computes it natively unless NETC_ONEDNN_BF16=0; never float16."""
+    assert onednn.status().ok
+    ctx = type("Ctx", (), {"kernels": True})()
+    f32, bf16, f16 = (jnp.zeros(2, d) for d in (jnp.float32, jnp.bfloat16, jnp.float16))
+    assert onednn.usable(ctx, f32) and onednn.usable(ctx, f32, bfloat16=True)
+    assert not onednn.usable(ctx, f16, bfloat16=True)
+    for native in (False, True):
+        monkeypatch.setattr(onednn, "_bf16_native", native)
+        monkeypatch.delenv(onednn.BF16_ENV, raising=False)
+        assert onednn.bf16_enabled() is native
+        assert onednn.usable(ctx, bf16, bfloat16=True) is native
+        assert not onednn.usable(ctx, bf16)  # BatchNorm's kernels: float32 only
+        monkeypatch.setenv(onednn.BF16_ENV, "1")  # cannot force it onto a CPU without
+        assert onednn.usable(ctx, bf16, bfloat16=True) is native
+        monkeypatch.setenv(onednn.BF16_ENV, "0")
+        assert not onednn.usable(ctx, bf16, bfloat16=True)
+    ctx.kernels = False
+    assert not onednn.usable(ctx, f32)
+
+
+def test_the_ffi_refuses_mixed_dtypes():
+    size, cin, cout, groups, g = _geometries(1)[0]
+    x = jnp.zeros((1, cin) + size, jnp.float32)
+    wt = jnp.zeros((cout, cin // groups) + g.window.kernel, jnp.bfloat16)
+    with pytest.raises(Exception, match="float32 or bfloat16 operands, all alike"):
+        jax.block_until_ready(C._onednn_conv(g, groups)(x, wt))
+
+
 NET = textwrap.dedent("""\
     name: kernels
     layers:
@@ -144,6 +215,26 @@ def test_a_net_computes_the_same_with_and_without_kernels(plan):
         results[kernels] = fn(params)
     for a, b in zip(jax.tree.leaves(results[True]), jax.tree.leaves(results[False])):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+
+def test_a_bfloat16_net_uses_the_kernels_where_bfloat16_is_enabled(plan, monkeypatch):
+    """`precision: bfloat16` casts parameters and inputs to bfloat16: its convolutions go to
+    oneDNN where bf16_enabled (a CPU with bfloat16 units, NETC_ONEDNN_BF16 not 0) and stay XLA's
+    elsewhere; both programs agree to bfloat16's precision. (BatchNorm computes in float32 and
+    may take its float32 kernels either way.)"""
+    native = onednn.bf16_enabled()
+    results = {}
+    for env in ("1", "0"):
+        monkeypatch.setenv(onednn.BF16_ENV, env)
+        fn, params = _step(lower(plan, kernels=True), jnp.bfloat16)
+        text = fn.lower(params).as_text()
+        assert text.count("netc_onednn_conv_forward") == (4 if env == "1" and native else 0)
+        results[env] = fn(params)
+    loss1, loss0 = results["1"][0], results["0"][0]
+    assert abs(float(loss1) - float(loss0)) < 2e-2 * abs(float(loss0))
+    for a, b in zip(jax.tree.leaves(results["1"][1]), jax.tree.leaves(results["0"][1])):
+        assert _rel(a, b) < 5e-2
 
 
 def test_kernels_stay_out_of_portable_programs(plan, monkeypatch):

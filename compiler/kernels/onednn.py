@@ -1,11 +1,12 @@
-"""oneDNN's convolutions (forward, backward-data, backward-weights; float32, N-D, grouped) as XLA
-FFI custom calls in netc's compiled programs.
+"""oneDNN's convolutions (forward, backward-data, backward-weights; float32 or bfloat16, N-D,
+grouped) as XLA FFI custom calls in netc's compiled programs.
 
 Why: XLA CPU's convolutions, and netc's pure-XLA lowerings of them, run slower than the oneDNN
 primitives PyTorch calls: forward+backward 1.3-3x on CIFAR ResNet-18's 3×3 layers, 7-8x on
 AlexNet's grouped ones, up to 38x on a transposed one (bench/conv_variants.py onednn). The kernels are used only where
-they are measured to win (compiler/layers/conv.py decides per layer shape), only for float32, only
-in a Net lowered for this process (`lower()`: not in exported artifacts, which must run anywhere,
+they are measured to win (compiler/layers/conv.py decides per layer shape), only for float32
+(and bfloat16 where the CPU computes it natively: bf16_enabled), only in a Net lowered for this
+process (`lower()`: not in exported artifacts, which must run anywhere,
 and not across several devices, where XLA cannot partition a custom call); everywhere else the
 convolution stays pure XLA, which is also the fallback when the kernels cannot be built.
 
@@ -43,7 +44,7 @@ TARGETS = {"netc_onednn_conv_forward": "NetcConvForward",
            "netc_batch_norm_backward": "NetcBatchNormBackward"}
 
 __all__ = ["Status", "available", "batch_norm_backward_call", "batch_norm_stats_call", "conv_call",
-           "enabled_by_env", "kernel_dir", "status", "usable"]
+           "bf16_enabled", "enabled_by_env", "kernel_dir", "status", "usable"]
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ def _library_path(cxx: str, jax_include: str, inc: Path, lib: Path) -> Path:
 _lock = threading.Lock()
 _status: Status | None = None
 _handles: list = []  # the loaded library, kept alive for the process
+_bf16_native = False  # this CPU computes bfloat16 convolutions natively (set when loaded)
+BF16_ENV = "NETC_ONEDNN_BF16"
 
 
 def _load() -> Status:
@@ -156,6 +159,8 @@ def _load() -> Status:
     except (BuildError, OSError, subprocess.SubprocessError, AttributeError) as e:
         return Status(False, f"the oneDNN kernels could not be built or loaded: {e}")
     _handles.append(handle)
+    global _bf16_native
+    _bf16_native = bool(handle.NetcOnednnBf16Native())
     return Status(True, f"oneDNN kernels {path} (oneDNN {lib})")
 
 
@@ -172,10 +177,25 @@ def available() -> bool:
     return status().ok
 
 
-def usable(ctx, x) -> bool:
+def usable(ctx, x, bfloat16: bool = False) -> bool:
     """Whether a layer may call the native kernels on x in this walk of the net: the Net allows
-    them (Context.kernels), x is float32, and the library is built and loaded."""
-    return bool(ctx.kernels) and x.dtype == "float32" and available()
+    them (Context.kernels), the library is built and loaded, and x is float32 — or bfloat16,
+    for a kernel that takes it (`bfloat16`: the convolutions) where bf16_enabled()."""
+    if not ctx.kernels:
+        return False
+    if x.dtype == "float32":
+        return available()
+    return bfloat16 and x.dtype == "bfloat16" and available() and bf16_enabled()
+
+
+def bf16_enabled() -> bool:
+    """Whether bfloat16 convolutions (the solver's `precision: bfloat16`) run through oneDNN:
+    where this CPU computes bfloat16 natively (AVX-512 BF16, AMX, AVX2-VNNI-2; the library's
+    NetcOnednnBf16Native), as PyTorch's bfloat16 convolutions do. Elsewhere oneDNN 3.2 has no
+    bfloat16 convolution at all (it cannot create the primitive) and XLA's lowering stays.
+    NETC_ONEDNN_BF16=0 keeps bfloat16 in XLA everywhere; read when a program is traced."""
+    v = os.environ.get(BF16_ENV, "").strip().lower()
+    return v not in ("0", "false", "no", "off") and available() and _bf16_native
 
 
 def conv_call(which: str, result, a, b, *, strides, dilation, pads, groups: int):

@@ -1,5 +1,6 @@
 // netc's oneDNN convolution kernels, called from XLA programs through the XLA FFI (jax.ffi):
-// forward, backward-data and backward-weights of an N-D grouped convolution, float32.
+// forward, backward-data and backward-weights of an N-D grouped convolution, float32 or bfloat16
+// (all three operands of one call in the same type; oneDNN accumulates bfloat16 in float32).
 // Built on first use by compiler/kernels/onednn.py against the onednn-cpu-gomp wheel.
 //
 // Layouts: activations arrive in netc's layout, channels first (N, C, spatial...), weights as
@@ -32,6 +33,7 @@ struct Geometry {
   Dims src, wei, dst, strides, dilates, pad_l, pad_r;
   int64_t groups = 1;
   int64_t layout = 0;  // the forward's activations: 0 oneDNN's choice, 1 channel-blocked
+  memory::data_type type = memory::data_type::f32;  // of all three operands
 };
 
 dnnl::engine& Engine() {
@@ -64,8 +66,8 @@ memory::format_tag BlockedTag(size_t rank) {
   return t::undef;
 }
 
-memory::desc Md(const Dims& d, memory::format_tag tag) {
-  return memory::desc(d, memory::data_type::f32, tag);
+memory::desc Md(const Dims& d, memory::format_tag tag, memory::data_type type) {
+  return memory::desc(d, type, tag);
 }
 
 // The user's weights (O, C/g, k...) as oneDNN sees them: (g, O/g, C/g, k...) when grouped.
@@ -91,7 +93,7 @@ struct Cache {
 
 std::string Key(Kind kind, const Geometry& g) {
   std::string k = std::to_string(kind) + "|" + std::to_string(g.groups) + "|" +
-                  std::to_string(g.layout);
+                  std::to_string(g.layout) + "|" + std::to_string(static_cast<int>(g.type));
   for (const Dims* d : {&g.src, &g.wei, &g.dst, &g.strides, &g.dilates, &g.pad_l, &g.pad_r}) {
     k += "|";
     for (auto v : *d) k += std::to_string(v) + ",";
@@ -104,11 +106,12 @@ std::shared_ptr<Prepared> Prepare(Kind kind, const Geometry& g) {
   auto& eng = Engine();
   const auto act_tag = PlainTag(g.src.size());
   const auto any = memory::format_tag::any;
-  const auto src_user = Md(g.src, act_tag), dst_user = Md(g.dst, act_tag);
+  const auto t = g.type;
+  const auto src_user = Md(g.src, act_tag, t), dst_user = Md(g.dst, act_tag, t);
   const auto wdims = WeightDims(g);
-  const auto wei_user = Md(wdims, PlainTag(wdims.size()));
-  const auto src_md = Md(g.src, any), dst_md = Md(g.dst, any);
-  const auto wei_md = Md(wdims, any);
+  const auto wei_user = Md(wdims, PlainTag(wdims.size()), t);
+  const auto src_md = Md(g.src, any, t), dst_md = Md(g.dst, any, t);
+  const auto wei_md = Md(wdims, any, t);
   primitive_attr attr;
   attr.set_scratchpad_mode(scratchpad_mode::user);
   const auto prop = kind == kForward ? prop_kind::forward_inference : prop_kind::forward_training;
@@ -121,7 +124,7 @@ std::shared_ptr<Prepared> Prepare(Kind kind, const Geometry& g) {
   const auto blocked = BlockedTag(g.src.size());
   if (kind == kForward && g.layout == 1 && blocked != memory::format_tag::undef) {
     try {  // kept only when a JIT kernel takes the blocked layout (not a reference one)
-      auto b = make_fwd(Md(g.src, blocked), Md(g.dst, blocked));
+      auto b = make_fwd(Md(g.src, blocked, t), Md(g.dst, blocked, t));
       const std::string impl = b.impl_info_str();
       if (impl.find("jit") != std::string::npos || impl.find("brg") != std::string::npos) fwd = b;
     } catch (const dnnl::error&) {
@@ -212,8 +215,9 @@ Dims Shape(const B& b) {
 ffi::Error Call(Kind kind, Dims a, Dims b, Dims c, void* in0, void* in1, void* out,
                 ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                 ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
-                int64_t groups, int64_t layout) {
+                int64_t groups, int64_t layout, memory::data_type type) {
   Geometry g;
+  g.type = type;
   g.groups = groups;
   g.layout = layout;
   if (kind == kForward) g.src = a, g.wei = b, g.dst = c;
@@ -238,19 +242,34 @@ ffi::Error Call(Kind kind, Dims a, Dims b, Dims c, void* in0, void* in1, void* o
 #define NETC_PASS strides, dilation, pad_lo, pad_hi, groups, layout
 
 template <Kind kind>
-ffi::Error Impl(ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
-                ffi::ResultBuffer<ffi::F32> out, NETC_ATTRS) {
+ffi::Error Impl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out, NETC_ATTRS) {
+  const auto e = a.element_type();
+  if (b.element_type() != e || out->element_type() != e ||
+      (e != ffi::DataType::F32 && e != ffi::DataType::BF16)) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "netc's oneDNN convolution takes float32 or bfloat16 operands, all alike");
+  }
+  const auto type = e == ffi::DataType::F32 ? memory::data_type::f32 : memory::data_type::bf16;
   return Call(kind, Shape(a), Shape(b), Shape(*out), a.untyped_data(), b.untyped_data(),
-              out->untyped_data(), NETC_PASS);
+              out->untyped_data(), NETC_PASS, type);
 }
 
 }  // namespace
 
+// 1 when this CPU computes bfloat16 convolutions natively (AVX-512 BF16, AMX or AVX2-VNNI-2);
+// elsewhere oneDNN would emulate or fall back to reference kernels, and netc keeps XLA's
+// lowering for bfloat16 (compiler/kernels/onednn.py bf16_native).
+extern "C" int NetcOnednnBf16Native() {
+  const unsigned isa = static_cast<unsigned>(dnnl_get_effective_cpu_isa());
+  auto has = [isa](unsigned want) { return (isa & want) == want; };
+  return has(dnnl_cpu_isa_avx512_core_bf16) || has(dnnl_cpu_isa_avx2_vnni_2);
+}
+
 #define NETC_BIND                                                              \
   ffi::Ffi::Bind()                                                             \
-      .Arg<ffi::Buffer<ffi::F32>>()                                            \
-      .Arg<ffi::Buffer<ffi::F32>>()                                            \
-      .Ret<ffi::Buffer<ffi::F32>>()                                            \
+      .Arg<ffi::AnyBuffer>()                                                   \
+      .Arg<ffi::AnyBuffer>()                                                   \
+      .Ret<ffi::AnyBuffer>()                                                   \
       .Attr<ffi::Span<const int64_t>>("strides")                               \
       .Attr<ffi::Span<const int64_t>>("dilation")                              \
       .Attr<ffi::Span<const int64_t>>("pad_lo")                                \

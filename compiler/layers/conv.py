@@ -180,7 +180,7 @@ def _like(a):
 
 
 def _onednn_conv(g: ConvGeometry, group: int = 1):
-    """The convolution (N×C×spatial, float32) as oneDNN primitives called from the XLA program
+    """The convolution (N×C×spatial, float32 or bfloat16) as oneDNN primitives called from the XLA program
     (compiler/kernels/onednn.py): the forward, and a custom VJP whose input and weight gradients are oneDNN's backward-data and backward-weights primitives.
     XLA drops the input gradient's call where nothing uses it (a net's first convolution)."""
     import jax
@@ -202,7 +202,7 @@ def _onednn_conv(g: ConvGeometry, group: int = 1):
 
 
 def _onednn_deconv(g: ConvGeometry, group: int = 1):
-    """The transposed convolution (N×C_in×spatial, float32) as oneDNN primitives: it is the
+    """The transposed convolution (N×C_in×spatial, float32 or bfloat16) as oneDNN primitives: it is the
     backward-data pass of the convolution from its output (O channels) back to its input, whose
     weight (C_in, O/g, k...) is Caffe's Deconvolution weight as it stands; so its forward is that
     convolution's backward-data primitive, its input gradient the convolution's forward and its
@@ -229,10 +229,11 @@ def _onednn_deconv(g: ConvGeometry, group: int = 1):
 
 def _by_onednn(g: ConvGeometry, ctx, x) -> bool:
     """Whether this (de)convolution runs through oneDNN here: the plan picked it for the shape,
-    the Net may call native kernels, the input is float32 and the kernels are built."""
+    the Net may call native kernels, the input is float32 (or bfloat16 on a CPU that computes
+    it: onednn.bf16_enabled) and the kernels are built."""
     from netc.compiler.kernels.onednn import usable
 
-    return bool(g.kernel) and usable(ctx, x)
+    return bool(g.kernel) and usable(ctx, x, bfloat16=True)
 
 
 class _ConvBase(Layer):

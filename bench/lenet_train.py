@@ -3,7 +3,8 @@ solver) vs a hand-written JAX + optax program vs PyTorch eager, on the same work
 random 1×28×28 inputs, SGD with momentum 0.9, weight decay 5e-4 (Caffe's LeNet solver).
 
 Run: python bench/lenet_train.py [--batch 64] [--steps 200] [--repeats 5] [--only netc,jax,torch]
-(also netc-bf16 / netc-fp16: netc's step in mixed precision, the solver's `precision`)
+(also netc-bf16 / netc-fp16: netc's step in mixed precision, the solver's `precision`; torch-bf16:
+PyTorch under autocast bfloat16)
 Prints samples/s (median over alternating repeats) and ratios. Not a test: numbers vary by machine.
 """
 
@@ -101,7 +102,8 @@ def jax_step(batch: int):
     return run
 
 
-def torch_step(batch: int):
+def torch_step(batch: int, bf16: bool = False):
+    """PyTorch eager; `bf16`: forward and loss under torch.autocast (bfloat16)."""
     import torch
     from torch import nn
 
@@ -122,7 +124,8 @@ def torch_step(batch: int):
     def run(x, y):
         xt, yt = torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y)).long()
         opt.zero_grad(set_to_none=True)
-        loss = lossf(model(xt), yt)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = lossf(model(xt), yt)
         loss.backward()
         opt.step()
         return loss
@@ -148,11 +151,12 @@ def main() -> None:
         "netc-fp16": lambda b: netc_step(b, "float16"),
         "jax": jax_step,
         "torch": torch_step,
+        "torch-bf16": lambda b: torch_step(b, bf16=True),
     }
     chosen = {
         n: (lambda m=makers[n]: m(args.batch))
         for n in args.only.split(",")
-        if not (n == "torch" and torch is None)
+        if not (n.startswith("torch") and torch is None)
     }
     results = compare(chosen, (x, y), args.batch, args.steps, args.repeats)
     report(

@@ -8,7 +8,8 @@ per train step). `--lowering` sets the convolution lowering's shape bounds for a
 (compiler/layers/conv.py: IM2COL_MAX_ELEMENTS, GRAD_MATMUL_MAX_ELEMENTS; "default" keeps them).
 
 Run: python bench/resnet18_cifar.py [--batch 128] [--steps 3] [--repeats 3] [--only netc,torch,torch-cl]
-(also netc-bf16 / netc-fp16: netc's step in mixed precision, the solver's `precision`; netc-xla:
+(also netc-bf16 / netc-fp16: netc's step in mixed precision, the solver's `precision`; torch-cl-bf16:
+PyTorch channels_last under autocast bfloat16; netc-xla:
 netc without its oneDNN kernels, compiler/kernels/onednn.py)
 """
 
@@ -74,12 +75,12 @@ def netc_step(batch: int, precision: str = "float32", kernels: bool | None = Non
 
 
 
-def torch_step(channels_last: bool):
+def torch_step(channels_last: bool, bf16: bool = False):
     def make(batch: int):
         import torch_nets
 
         return torch_nets.train_step(torch_nets.resnet18_cifar,
-                                     "channels_last" if channels_last else "nchw")
+                                     "channels_last" if channels_last else "nchw", bf16)
 
     return make
 
@@ -101,7 +102,7 @@ def main() -> None:
     makers = {"netc": netc_step, "netc-xla": lambda b: netc_step(b, kernels=False),
               "netc-bf16": lambda b: netc_step(b, "bfloat16"),
               "netc-fp16": lambda b: netc_step(b, "float16"), "torch": torch_step(False),
-              "torch-cl": torch_step(True)}
+              "torch-cl": torch_step(True), "torch-cl-bf16": torch_step(True, bf16=True)}
     chosen = {n: (lambda m=makers[n]: m(args.batch)) for n in args.only.split(",")
               if not (n.startswith("torch") and torch is None)}
     results = compare(chosen, (x, y), args.batch, args.steps, args.repeats)

@@ -44,6 +44,9 @@ import resnet18_cifar  # noqa: E402
 from harness import compare, netc_train_run, torch_threads  # noqa: E402
 
 TORCH_MODES = {"torch": "nchw", "torch-cl": "channels_last", "torch-compile": "compile"}
+# mixed precision, each against the other's bfloat16 step: netc's `precision: bfloat16`, PyTorch's
+# autocast (channels_last for the CNNs, its fastest float32 mode)
+BF16 = ("netc-bf16", "torch-bf16", "torch-cl-bf16")
 
 
 @dataclass
@@ -91,12 +94,12 @@ def netc_maker(spec_text: str, batch: int):
 def cnn_makers(w: Workload, jax_fns, torch_model) -> dict:
     import hand_jax
 
-    def torch_maker(mode):
+    def torch_maker(mode, bf16=False):
         def make():
             import torch_nets
 
             return torch_nets.train_step(lambda: getattr(torch_nets, torch_model)(w.classes),
-                                         mode)
+                                         mode, bf16)
         return make
 
     init, apply = jax_fns
@@ -105,6 +108,8 @@ def cnn_makers(w: Workload, jax_fns, torch_model) -> dict:
               "jax": lambda: hand_jax.train_step(lambda: getattr(hand_jax, init)(w.classes),
                                                  getattr(hand_jax, apply))}
     makers.update({name: torch_maker(mode) for name, mode in TORCH_MODES.items()})
+    makers["netc-bf16"] = lambda: netc_train_run(w.spec, w.batch, "bfloat16")
+    makers["torch-cl-bf16"] = torch_maker("channels_last", bf16=True)
     return makers
 
 
@@ -117,7 +122,9 @@ def workloads(quick: bool) -> dict[str, Workload]:
     lenet.makers = {"netc": lambda: lenet_train.netc_step(lenet.batch),
                     "netc-xla": lambda: lenet_train.netc_step(lenet.batch, kernels=False),
                     "jax": lambda: lenet_train.jax_step(lenet.batch),
-                    "torch": lambda: lenet_train.torch_step(lenet.batch)}
+                    "torch": lambda: lenet_train.torch_step(lenet.batch),
+                    "netc-bf16": lambda: lenet_train.netc_step(lenet.batch, "bfloat16"),
+                    "torch-bf16": lambda: lenet_train.torch_step(lenet.batch, bf16=True)}
     rb = q(128, 8)
     resnet = Workload("resnet18_cifar", "CIFAR ResNet-18", rb, (3, 32, 32), 10,
                       resnet18_cifar.cifar_spec(rb), q(3, 1), q(3, 2))
@@ -259,9 +266,10 @@ def machine() -> dict:
 def summarise(w: Workload, run: dict, peak: dict, macs: int, memory: dict) -> dict:
     flop = 6 * macs  # forward 2 FLOP per MAC, backward twice the forward
     rows = {}
-    base = run["results"].get("netc", {}).get("median")
     for name, r in run["results"].items():
         gflops = r["median"] * flop / 1e9
+        # a bfloat16 contender is compared with netc's bfloat16 step, the others with float32's
+        base = run["results"].get("netc-bf16" if name in BF16 else "netc", {}).get("median")
         rows[name] = {"per_s": r["median"], "runs": r["runs"], "first_call_s": r["first_s"],
                       "netc_over": base / r["median"] if base else None,
                       "gflop_s": gflops, "of_fp32_peak": gflops / peak["float32"],
@@ -281,7 +289,8 @@ def markdown(report: dict) -> str:
              f"measured in this run (XLA, 4096³): float32 {peak['float32']:.0f} GFLOP/s, "
              f"bfloat16 {peak['bfloat16']:.0f} GFLOP/s. Every contender ran under "
              f"GLIBC_TUNABLES={m.get('glibc_tunables') or '(unset)'} (runtime/allocator.py).", "",
-             "Medians of alternating repeats; `netc ÷` is netc's rate over the contender's; "
+             "Medians of alternating repeats; `netc ÷` is netc's rate over the contender's "
+             "(netc-bf16's for the -bf16 rows: mixed precision, bfloat16 compute); "
              "FLOP/s counts a train step as 6 × the plan's MACs per sample; memory is a fresh "
              "process's peak RSS over three steps, less its RSS after importing the framework.",
              ""]
@@ -311,7 +320,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny batches and steps (a smoke run)")
     ap.add_argument("--workloads", default="lenet,resnet18_cifar,mobilenet_v2_96,char_lstm")
-    ap.add_argument("--contenders", default="netc,netc-xla,jax,torch,torch-cl,torch-compile")
+    ap.add_argument("--contenders", default="netc,netc-xla,jax,torch,torch-cl,torch-compile,"
+                                               + ",".join(BF16))
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-only", action="store_true",
                     help="measure only the memory column again, into --out's RESULTS.json")

@@ -68,9 +68,12 @@ def mobilenet_v2(classes: int = 1000) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def train_step(model_fn, mode: str):
+def train_step(model_fn, mode: str, bf16: bool = False):
     """A `run(x, y)` doing one SGD step (momentum 0.9, weight decay 5e-4) with the model from
-    `model_fn()`; mode: "nchw", "channels_last" or "compile" (torch.compile, NCHW)."""
+    `model_fn()`; mode: "nchw", "channels_last" or "compile" (torch.compile, NCHW). `bf16`:
+    the forward and loss under torch.autocast("cpu", torch.bfloat16) (PyTorch's mixed precision:
+    float32 weights and optimizer, bfloat16 convolutions and matmuls), as netc's
+    `precision: bfloat16`."""
     torch.manual_seed(0)
     model = model_fn()
     channels_last = mode == "channels_last"
@@ -81,7 +84,8 @@ def train_step(model_fn, mode: str):
 
     def step(xt, yt):
         opt.zero_grad(set_to_none=True)
-        loss = lossf(model(xt), yt)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = lossf(model(xt), yt)
         loss.backward()
         opt.step()
         return loss

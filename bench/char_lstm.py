@@ -70,8 +70,8 @@ def spec_text(t: int, n: int, h: int = 256, cont: bool = False) -> str:
                        seq="CONT" if cont else "NONE")
 
 
-def netc_step(t: int, n: int, h: int):
-    return netc_train_run(spec_text(t, n, h))
+def netc_step(t: int, n: int, h: int, precision: str = "float32"):
+    return netc_train_run(spec_text(t, n, h), precision=precision)
 
 
 def jax_step(t: int, n: int, h: int, lstm=None, gates=None):

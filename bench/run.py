@@ -138,6 +138,7 @@ def workloads(quick: bool) -> dict[str, Workload]:
                     char_lstm.spec_text(t, n), q(20, 2), q(3, 2), unit="sequences/s",
                     time_major=True)
     lstm.makers = {"netc": lambda: char_lstm.netc_step(t, n, 256),
+                   "netc-bf16": lambda: char_lstm.netc_step(t, n, 256, "bfloat16"),
                    "jax": lambda: char_lstm.jax_step(t, n, 256),
                    "torch": lambda: char_lstm.torch_step(t, n, 256)}
     return {w.name: w for w in (lenet, resnet, mobile, lstm)}

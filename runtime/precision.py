@@ -41,6 +41,7 @@ __all__ = [
     "skip_if_nonfinite",
     "INIT_SCALE",
     "GROWTH_INTERVAL",
+    "cpu_bfloat16_units",
 ]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -48,6 +49,27 @@ INIT_SCALE = 2.0**15
 GROWTH_INTERVAL = 2000  # good steps in a row before the scale doubles
 MIN_SCALE = 1.0
 KEY = "loss_scale"  # the optimizer state's entry for float16
+
+
+# the CPU flags (Linux /proc/cpuinfo) of bfloat16 arithmetic: AVX-512 BF16, AMX's bfloat16 tiles,
+# and AVX-NE-CONVERT (with AVX-VNNI-INT8, the AVX2-VNNI-2 of oneDNN's ISA list)
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "avx_ne_convert")
+
+
+def cpu_bfloat16_units(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU has bfloat16 arithmetic (one of BF16_FLAGS among its flags); None where
+    that cannot be read (not Linux). Without it XLA computes a bfloat16 net through float32
+    with a cast at every op, so `precision: bfloat16` runs slower than float32: on a 2-core AVX2
+    VM 0.23-0.58x (bench/results/cpu/bf16-2026-12-02)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.partition(":")[2].split())
+                    return any(f in flags for f in BF16_FLAGS)
+    except OSError:
+        return None
+    return None
 
 
 @dataclass(frozen=True)

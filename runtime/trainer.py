@@ -1006,14 +1006,34 @@ class Solver:
 
     def _kernels_note(self) -> str | None:
         """What the start line says of the native kernels (compiler/kernels/): in use, or why
-        not, when a layer of the net would use them in this run; None otherwise."""
-        if not self.net.kernels or self.settings.sp.precision != "float32" or not any(
+        not, when a layer of the net would use them in this run; None otherwise. A bfloat16 run
+        uses them where the CPU computes bfloat16 (onednn.bf16_enabled); float16 never."""
+        precision = self.settings.sp.precision
+        if not self.net.kernels or precision == "float16" or not any(
                 getattr(pl.resolved, "kernel", "") for pl in self.train_plan.layers):
             return None
-        from netc.compiler.kernels.onednn import status
+        from netc.compiler.kernels.onednn import BF16_ENV, bf16_enabled, bf16_native, status
 
         st = status()
-        return "oneDNN convolutions" if st.ok else f"convolutions in pure XLA ({st.detail})"
+        if not st.ok:
+            return f"convolutions in pure XLA ({st.detail})"
+        if precision != "bfloat16":
+            return "oneDNN convolutions"
+        if bf16_enabled():
+            return "oneDNN convolutions in bfloat16"
+        why = f"{BF16_ENV}=0" if bf16_native() else "this CPU has no bfloat16 units"
+        return f"bfloat16 convolutions in XLA ({why})"
+
+    def _bfloat16_warning(self) -> None:
+        """bfloat16 on a CPU without bfloat16 arithmetic runs slower than float32: say so."""
+        from netc.runtime.precision import cpu_bfloat16_units
+
+        if (self.settings.sp.precision == "bfloat16" and self._backend()[0] == "cpu"
+                and cpu_bfloat16_units() is False):
+            self._warn("precision bfloat16 on a CPU without bfloat16 arithmetic (no avx512_bf16 "
+                       "or amx_bf16 flag): XLA computes it through float32 with casts, slower "
+                       "than float32 (0.23-0.58x in netc's benchmark on such a CPU); use "
+                       "precision float32 here, bfloat16 on a GPU, TPU or a CPU that has it")
 
     def _finish(self, trained: int) -> None:
         from netc.runtime import checkpoint as ckpt
@@ -1072,6 +1092,7 @@ class Solver:
         self.timer, self._window, self._solve_start = Timer(), None, start
         try:
             self._start_event()
+            self._bfloat16_warning()
             self.step(self.settings.max_iter - self.iter)
             if self.stop_reason is not None and not self.stop_info.get("final"):
                 return self._stopped()

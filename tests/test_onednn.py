@@ -271,3 +271,39 @@ def test_netc_train_says_the_kernels_run(tmp_path):
     r = netc("train", MODELS / "lenet.yaml", "--max-iter", 0, "--out", tmp_path)
     assert r.returncode == 0, r.stderr
     assert "cpu (1 device), oneDNN convolutions, run directory" in r.stdout
+
+
+def test_a_bfloat16_run_says_where_its_convolutions_run(tmp_path):
+    """The start line names where a bfloat16 run's convolutions go, and a CPU without bfloat16
+    arithmetic gets a warning that bfloat16 is slower than float32 there."""
+    import io
+
+    from conftest import MODELS
+
+    from netc.runtime.precision import cpu_bfloat16_units
+    from netc.runtime.trainer import Solver, TrainConfig
+
+    out, err = io.StringIO(), io.StringIO()
+    cfg = TrainConfig(str(MODELS / "lenet.yaml"), out=str(tmp_path), max_iter=0,
+                      precision="bfloat16", progress=False)
+    assert Solver(cfg, out=out, err=err).solve() == 0
+    start = out.getvalue().splitlines()[0]
+    if onednn.bf16_native():
+        assert "cpu (1 device), oneDNN convolutions in bfloat16, run directory" in start
+    else:
+        assert "bfloat16 convolutions in XLA (this CPU has no bfloat16 units)" in start
+    slow = "warning: precision bfloat16 on a CPU without bfloat16 arithmetic"
+    assert (slow in err.getvalue()) is (cpu_bfloat16_units() is False), err.getvalue()
+
+
+def test_cpu_bfloat16_units_reads_the_flags(tmp_path):
+    from netc.runtime.precision import cpu_bfloat16_units
+
+    info = tmp_path / "cpuinfo"
+    for flags, want in (("fpu sse2 avx2 fma", False), ("avx2 avx512f avx512_bf16", True),
+                        ("avx2 amx_tile amx_bf16", True), ("avx2 avx_vnni avx_ne_convert", True)):
+        info.write_text(f"processor\t: 0\nvendor_id\t: X\nflags\t\t: {flags}\n\n")
+        assert cpu_bfloat16_units(str(info)) is want, flags
+    assert cpu_bfloat16_units(str(tmp_path / "absent")) is None
+    info.write_text("processor\t: 0\n")  # no flags line (another architecture)
+    assert cpu_bfloat16_units(str(info)) is None

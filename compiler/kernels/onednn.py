@@ -44,7 +44,7 @@ TARGETS = {"netc_onednn_conv_forward": "NetcConvForward",
            "netc_batch_norm_backward": "NetcBatchNormBackward"}
 
 __all__ = ["Status", "available", "batch_norm_backward_call", "batch_norm_stats_call", "conv_call",
-           "bf16_enabled", "enabled_by_env", "kernel_dir", "status", "usable"]
+           "bf16_enabled", "bf16_native", "enabled_by_env", "kernel_dir", "status", "usable"]
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,12 @@ def bf16_enabled() -> bool:
     bfloat16 convolution at all (it cannot create the primitive) and XLA's lowering stays.
     NETC_ONEDNN_BF16=0 keeps bfloat16 in XLA everywhere; read when a program is traced."""
     v = os.environ.get(BF16_ENV, "").strip().lower()
-    return v not in ("0", "false", "no", "off") and available() and _bf16_native
+    return v not in ("0", "false", "no", "off") and bf16_native()
+
+
+def bf16_native() -> bool:
+    """Whether oneDNN computes bfloat16 convolutions natively on this CPU (the kernels loaded)."""
+    return available() and _bf16_native
 
 
 def conv_call(which: str, result, a, b, *, strides, dilation, pads, groups: int):

@@ -677,8 +677,12 @@ def sample(spec, weights, prime, length, temperature, top_k, beam, length_penalt
 @click.option("--phase", type=PHASES, default="TRAIN", show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Fix the batch size (needed when the net's batch is symbolic).")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16", "float16"]),
+              default="float32", show_default=True,
+              help="The compute dtype, as `netc train --precision` runs it (float32 master "
+                   "weights).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
-def time_cmd(spec, iterations, phase, batch, as_json) -> None:
+def time_cmd(spec, iterations, phase, batch, precision, as_json) -> None:
     """Time each layer's forward and backward, and the whole jitted step (Caffe's `caffe time`).
 
     Per layer: forward and backward milliseconds (each its own jitted program on random inputs of
@@ -691,7 +695,7 @@ def time_cmd(spec, iterations, phase, batch, as_json) -> None:
 
     _run_command(lambda: command.run(spec, phase=phase.upper(), batch=batch,
                                      iterations=iterations, as_json=as_json, out=sys.stdout,
-                                     err=sys.stderr))
+                                     err=sys.stderr, precision=precision))
 
 
 @main.command()

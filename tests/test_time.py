@@ -72,9 +72,11 @@ def test_table_has_every_layer_and_the_totals(tiny):
 
 
 def test_json_keys_and_test_phase(tiny):
-    r = netc("time", tiny, "--iterations", 2, "--batch", 3, "--phase", "TEST", "--json")
+    r = netc("time", tiny, "--iterations", 2, "--batch", 3, "--phase", "TEST", "--json",
+             "--precision", "bfloat16")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
+    assert doc["precision"] == "bfloat16"
     for k in ("spec", "phase", "batch", "iterations", "backend", "layers", "layers_forward_ms",
               "layers_backward_ms", "net_forward_ms", "train_step_ms", "train_step_first_call_s"):
         assert k in doc, k
@@ -140,3 +142,31 @@ def test_layers_computed_as_one_are_marked(write_spec):
     r = netc("time", spec, "--iterations", 1, "--json", "--phase", "TEST")
     assert r.returncode == 0, r.stderr
     assert not any("whole programs" in t["lowering"] for t in json.loads(r.stdout)["layers"])
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_precision_times_the_net_in_that_dtype(tiny, precision):
+    """--precision: the rows and the whole programs in the compute dtype, the train step with
+    float32 master weights (float16: with its loss scale); the lowering column names what runs
+    in that dtype (oneDNN's convolutions take bfloat16 only where the CPU computes it)."""
+    from netc.compiler.kernels import onednn
+    from netc.runtime.commands.time import measure
+
+    t = measure(str(tiny), batch=3, iterations=1, precision=precision)
+    assert t.precision == precision
+    assert [(r.name, r.type) for r in t.layers] == LAYERS
+    assert all(r.forward_ms > 0 for r in t.layers)
+    assert t.net_forward_ms > 0 and t.train_step_ms > 0
+    conv1 = next(r for r in t.layers if r.name == "conv1").lowering
+    kernels = precision == "bfloat16" and onednn.bf16_enabled()
+    assert conv1.startswith("oneDNN") is kernels, conv1
+    if not kernels:
+        assert conv1 == "im2col+matmul"
+
+
+def test_precision_must_be_a_compute_dtype(tiny):
+    from netc.runtime.commands.time import measure
+    from netc.runtime.errors import RunError
+
+    with pytest.raises(RunError, match="--precision: 'float64' is not one of"):
+        measure(str(tiny), batch=3, iterations=1, precision="float64")

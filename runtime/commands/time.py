@@ -13,10 +13,17 @@ XLA fuses across layers in the whole programs, so the sum of the layers is not t
 cost: the whole step is what a training iteration costs. The layer rows show where time goes.
 Layers the lowering computes as one in the whole programs (BatchNorm + Scale + ReLU in TRAIN,
 compiler/layers/norm.py batch_norm_affine) are timed apart in the rows and marked so.
+
+`precision` (bfloat16, float16; the solver's option, `netc train --precision`) times everything
+in that compute dtype as `netc train` runs it: the parameters and float inputs cast for the layer
+rows and the forward, the train step with float32 master weights (runtime/precision.py). The
+lowering column names what runs in that dtype: where the native kernels do not take it (float16;
+bfloat16 on a CPU without bfloat16 units) it names the pure-XLA lowering.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -44,6 +51,7 @@ class Timing:
     batch: int
     iterations: int
     backend: str
+    precision: str = "float32"
     layers: list[LayerTiming] = field(default_factory=list)
     layers_forward_ms: float = 0.0
     layers_backward_ms: float = 0.0
@@ -128,8 +136,28 @@ def _layer_params(pl, params: dict, state: dict) -> tuple[dict, dict]:
     return learned, other
 
 
+def _lowering(pl, kernels_run: bool) -> str:
+    """The lowering column: the layer's own description, or its pure-XLA one where it would
+    take native kernels that do not run here (none built, NETC_ONEDNN=0, a dtype they refuse)."""
+    r = pl.resolved
+    if getattr(r, "kernel", "") and not kernels_run and dataclasses.is_dataclass(r):
+        r = dataclasses.replace(r, kernel="")
+    return pl.unit.describe_lowering(r)
+
+
+def _kernels_run(net, precision: str) -> bool:
+    """Whether the native kernels run in this timing's programs (compiler/kernels/onednn.py)."""
+    if not net.kernels:
+        return False
+    from netc.compiler.kernels import onednn
+
+    if precision == "bfloat16":
+        return onednn.bf16_enabled()
+    return precision == "float32" and onednn.available()
+
+
 def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, iterations: int,
-                kernels: bool = False) -> LayerTiming:
+                kernels: bool = False, lowering: str = "") -> LayerTiming:
     """Time one layer on its bottoms in `blobs`, then write its tops there (the net's walk)."""
     import jax
     import jax.numpy as jnp
@@ -137,7 +165,7 @@ def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, it
     from netc.compiler.lower import Context
 
     unit = pl.unit
-    lowering = unit.describe_lowering(pl.resolved)
+    lowering = lowering or unit.describe_lowering(pl.resolved)
     bottoms = [blobs[b] for b in pl.bottoms]
     learned, other = _layer_params(pl, params, state)
     lstate = state.get(pl.name, {})
@@ -189,27 +217,34 @@ def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, it
     return LayerTiming(pl.name, pl.type, lowering, fwd_ms, bwd_ms)
 
 
-def _optimizer(ctx, net):
+def _optimizer(ctx, net, precision: str = "float32"):
     from netc.runtime.solver import make_optimizer
     from netc.spec.solver import SolverParameter
 
     sp = (ctx.solver or SolverParameter(base_lr=0.01, lr_policy="fixed")).resolved()
+    sp = sp.model_copy(update={"precision": precision})  # float16 adds the loss scale's state
     return make_optimizer(sp, *net.multipliers()), ("the spec's solver" if ctx.solver is not None
                                                     else "no solver in the spec: plain SGD")
 
 
 def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
-            iterations: int = 10, seed: int = 0, progress: TextIO | None = None) -> Timing:
-    """Time `spec_path`'s `phase` net (see the module docstring). `progress`, if given, gets
-    one line per program as it is compiled and timed (a big net compiles two per layer)."""
+            iterations: int = 10, seed: int = 0, progress: TextIO | None = None,
+            precision: str = "float32") -> Timing:
+    """Time `spec_path`'s `phase` net (see the module docstring) in `precision`. `progress`, if
+    given, gets one line per program as it is compiled and timed (a big net compiles two per
+    layer)."""
     import jax
 
     from netc.compiler.lower import lower
+    from netc.runtime import precision as mp
     from netc.runtime.context import load_context
 
+    if precision not in mp.DTYPES:
+        raise RunError(f"--precision: '{precision}' is not one of {', '.join(mp.DTYPES)}")
     ctx = load_context(spec_path)
     plan = _timed_plan(ctx, spec_path, phase, batch)
     net = lower(plan)
+    policy = mp.policy(precision, plan)
     train = phase == "TRAIN"
     root = jax.random.PRNGKey(seed)
     params, state = net.init(jax.random.fold_in(root, 1))
@@ -220,13 +255,14 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
 
     b = plan.batch_size
     result = Timing(spec_path, phase, int(b) if isinstance(b, int) else 0, iterations,
-                    jax.default_backend())
-    _time_layers(result, plan, net, (params, state, inputs), train, key, progress)
-    _name_fused(result, net, (params, state, inputs), train, key)
+                    jax.default_backend(), precision)
+    cast = (policy.cast_params(params), state, policy.cast_inputs(inputs))  # as the step casts
+    _time_layers(result, plan, net, cast, train, key, progress)
+    _name_fused(result, net, cast, train, key)
     if progress is not None:
         progress.write("\rtiming the whole forward and train step\x1b[K")
         progress.flush()
-    result.net_forward_ms = _median_ms(lambda: apply(params, state, inputs, key)[0], iterations)
+    result.net_forward_ms = _median_ms(lambda: apply(*cast, key)[0], iterations)
     if phase != "TRAIN" or not plan.has_loss:
         result.train_step_note = (f"the {phase} net has no loss" if phase == "TRAIN" else
                                   f"the {phase} net is not trained") + ": no train step to time"
@@ -254,13 +290,14 @@ def _time_layers(result: Timing, plan, net, arrays, train: bool, key, progress) 
     params, state, inputs = arrays
     blobs = dict(inputs)  # each layer reads what the layers before it wrote, as Net.apply does
     todo = [pl for pl in plan.layers if not pl.unit.is_data]
+    kernels_run = _kernels_run(net, result.precision)
     for k, pl in enumerate(todo):
         if progress is not None:
             progress.write(f"\rtiming layer {k + 1}/{len(todo)}: {pl.name}\x1b[K")
             progress.flush()
         lk = jax.random.fold_in(key, net._rng_index[pl.name])
         result.layers.append(_time_layer(pl, blobs, params, state, train, lk, result.iterations,
-                                         net.kernels))
+                                         net.kernels, _lowering(pl, kernels_run)))
     scanned = net.scanned_layers()  # the whole programs run these in one lax.scan (Net.apply)
     for t in result.layers:
         if t.name in scanned:
@@ -301,8 +338,8 @@ def _time_train_step(result: Timing, ctx, net, arrays, key) -> None:
     from netc.runtime.trainer import make_train_step
 
     params, state, inputs = arrays
-    optimizer, which = _optimizer(ctx, net)
-    step = make_train_step(net, optimizer, 1, key)
+    optimizer, which = _optimizer(ctx, net, result.precision)
+    step = make_train_step(net, optimizer, 1, key, precision=result.precision)
     carry = [jax.tree_util.tree_map(lambda x: x.copy(), params),
              jax.tree_util.tree_map(lambda x: x.copy(), state), optimizer.init(params)]
     it = [0]
@@ -326,7 +363,7 @@ def _fmt(ms: float | None) -> str:
 
 
 def print_table(t: Timing, out: TextIO) -> None:
-    out.write(f"{t.spec}: {t.phase} phase, batch {t.batch}, {t.backend}; median of "
+    out.write(f"{t.spec}: {t.phase} phase, batch {t.batch}, {t.backend}, {t.precision}; median of "
               f"{t.iterations} iterations (ms)\n")
     rows = [("layer", "type", "forward", "backward", "share", "lowering")]
     for lt in t.layers:
@@ -355,12 +392,12 @@ def print_table(t: Timing, out: TextIO) -> None:
 
 
 def run(spec_path: str, *, phase: str, batch: int | None, iterations: int, as_json: bool,
-        out: TextIO, err: TextIO | None = None) -> int:
+        out: TextIO, err: TextIO | None = None, precision: str = "float32") -> int:
     """`progress` lines go to `err` when it is a terminal."""
     tty = err is not None and hasattr(err, "isatty") and err.isatty()
     try:
         t = measure(spec_path, phase=phase, batch=batch, iterations=iterations,
-                    progress=err if tty else None)
+                    progress=err if tty else None, precision=precision)
     finally:
         if tty:
             err.write("\r\x1b[K")

@@ -16,7 +16,8 @@ under $NETC_ONEDNN_ROOT (include/oneapi/dnnl/dnnl.hpp and lib/libdnnl.so). The C
 module (onednn_conv.cc, and batch_norm.cc: BatchNorm's statistics and folded backward, OpenMP)
 is compiled once with the system's C++ compiler ($CXX, else c++ or g++; ~8 s) into $NETC_KERNEL_DIR (default ~/.cache/netc/kernels, private like the compile
 cache: what is in it is code), under a hash of the source, the compiler, jaxlib's version and
-the oneDNN library, and loaded with ctypes. NETC_ONEDNN=0 turns the kernels off.
+the oneDNN library, and loaded with ctypes. NETC_ONEDNN=0 turns the kernels off;
+NETC_ONEDNN_BF16=0 keeps bfloat16 convolutions in XLA (bf16_enabled).
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def cpu_bfloat16_units(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     """Whether this CPU has bfloat16 arithmetic (one of BF16_FLAGS among its flags); None where
     that cannot be read (not Linux). Without it XLA computes a bfloat16 net through float32
     with a cast at every op, so `precision: bfloat16` runs slower than float32: on a 2-core AVX2
-    VM 0.23-0.58x (bench/results/cpu/bf16-2026-12-02)."""
+    VM 0.32-0.94x (bench/results/cpu/bf16-widened-2026-12-02)."""
     try:
         with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
             for line in fh:

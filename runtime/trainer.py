@@ -1007,12 +1007,13 @@ class Solver:
     def _kernels_note(self) -> str | None:
         """What the start line says of the native kernels (compiler/kernels/): in use, or why
         not, when a layer of the net would use them in this run; None otherwise. A bfloat16 run
-        uses them where the CPU computes bfloat16 (onednn.bf16_enabled); float16 never."""
+        uses them in bfloat16 where the CPU computes it (onednn.bf16_enabled), else widened to
+        float32 (compiler/layers/conv.py _by_onednn) unless NETC_ONEDNN_BF16=0; float16 never."""
         precision = self.settings.sp.precision
         if not self.net.kernels or precision == "float16" or not any(
                 getattr(pl.resolved, "kernel", "") for pl in self.train_plan.layers):
             return None
-        from netc.compiler.kernels.onednn import BF16_ENV, bf16_enabled, bf16_native, status
+        from netc.compiler.kernels.onednn import BF16_ENV, bf16_allowed, bf16_enabled, status
 
         st = status()
         if not st.ok:
@@ -1021,8 +1022,9 @@ class Solver:
             return "oneDNN convolutions"
         if bf16_enabled():
             return "oneDNN convolutions in bfloat16"
-        why = f"{BF16_ENV}=0" if bf16_native() else "this CPU has no bfloat16 units"
-        return f"bfloat16 convolutions in XLA ({why})"
+        if bf16_allowed():
+            return "oneDNN convolutions in float32 (this CPU has no bfloat16 units)"
+        return f"bfloat16 convolutions in XLA ({BF16_ENV}=0)"
 
     def _bfloat16_warning(self) -> None:
         """bfloat16 on a CPU without bfloat16 arithmetic runs slower than float32: say so."""
@@ -1031,8 +1033,8 @@ class Solver:
         if (self.settings.sp.precision == "bfloat16" and self._backend()[0] == "cpu"
                 and cpu_bfloat16_units() is False):
             self._warn("precision bfloat16 on a CPU without bfloat16 arithmetic (no avx512_bf16 "
-                       "or amx_bf16 flag): XLA computes it through float32 with casts, slower "
-                       "than float32 (0.23-0.58x in netc's benchmark on such a CPU); use "
+                       "or amx_bf16 flag): it computes through float32 with casts, slower "
+                       "than float32 (0.32-0.94x in netc's benchmark on such a CPU); use "
                        "precision float32 here, bfloat16 on a GPU, TPU or a CPU that has it")
 
     def _finish(self, trained: int) -> None:

@@ -5,7 +5,7 @@ Why: XLA CPU's convolutions, and netc's pure-XLA lowerings of them, run slower t
 primitives PyTorch calls: forward+backward 1.3-3x on CIFAR ResNet-18's 3×3 layers, 7-8x on
 AlexNet's grouped ones, up to 38x on a transposed one (bench/conv_variants.py onednn). The kernels are used only where
 they are measured to win (compiler/layers/conv.py decides per layer shape), only for float32
-(and bfloat16 where the CPU computes it natively: bf16_enabled), only in a Net lowered for this
+(and bfloat16: natively where the CPU computes it, bf16_enabled, else widened to float32), only in a Net lowered for this
 process (`lower()`: not in exported artifacts, which must run anywhere,
 and not across several devices, where XLA cannot partition a custom call); everywhere else the
 convolution stays pure XLA, which is also the fallback when the kernels cannot be built.
@@ -17,7 +17,7 @@ module (onednn_conv.cc, and batch_norm.cc: BatchNorm's statistics and folded bac
 is compiled once with the system's C++ compiler ($CXX, else c++ or g++; ~8 s) into $NETC_KERNEL_DIR (default ~/.cache/netc/kernels, private like the compile
 cache: what is in it is code), under a hash of the source, the compiler, jaxlib's version and
 the oneDNN library, and loaded with ctypes. NETC_ONEDNN=0 turns the kernels off;
-NETC_ONEDNN_BF16=0 keeps bfloat16 convolutions in XLA (bf16_enabled).
+NETC_ONEDNN_BF16=0 keeps bfloat16 convolutions in XLA (bf16_allowed).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ TARGETS = {"netc_onednn_conv_forward": "NetcConvForward",
            "netc_batch_norm_backward": "NetcBatchNormBackward"}
 
 __all__ = ["Status", "available", "batch_norm_backward_call", "batch_norm_stats_call", "conv_call",
-           "bf16_enabled", "bf16_native", "enabled_by_env", "kernel_dir", "status", "usable"]
+           "bf16_allowed", "bf16_enabled", "bf16_native", "enabled_by_env", "kernel_dir", "status", "usable"]
 
 
 @dataclass(frozen=True)
@@ -190,13 +190,18 @@ def usable(ctx, x, bfloat16: bool = False) -> bool:
 
 
 def bf16_enabled() -> bool:
-    """Whether bfloat16 convolutions (the solver's `precision: bfloat16`) run through oneDNN:
-    where this CPU computes bfloat16 natively (AVX-512 BF16, AMX, AVX2-VNNI-2; the library's
-    NetcOnednnBf16Native), as PyTorch's bfloat16 convolutions do. Elsewhere oneDNN 3.2 has no
-    bfloat16 convolution at all (it cannot create the primitive) and XLA's lowering stays.
-    NETC_ONEDNN_BF16=0 keeps bfloat16 in XLA everywhere; read when a program is traced."""
-    v = os.environ.get(BF16_ENV, "").strip().lower()
-    return v not in ("0", "false", "no", "off") and bf16_native()
+    """Whether bfloat16 convolutions (the solver's `precision: bfloat16`) run through oneDNN
+    in bfloat16: where this CPU computes bfloat16 natively (AVX-512 BF16, AMX, AVX2-VNNI-2; the
+    library's NetcOnednnBf16Native), as PyTorch's bfloat16 convolutions do. Elsewhere oneDNN 3.2
+    has no bfloat16 convolution at all (it cannot create the primitive): the convolutions widen
+    to float32 instead (compiler/layers/conv.py _by_onednn). NETC_ONEDNN_BF16=0 keeps bfloat16
+    convolutions in XLA everywhere; read when a program is traced."""
+    return bf16_allowed() and bf16_native()
+
+
+def bf16_allowed() -> bool:
+    """Whether bfloat16 convolutions may go to oneDNN at all: NETC_ONEDNN_BF16 is not 0."""
+    return os.environ.get(BF16_ENV, "").strip().lower() not in ("0", "false", "no", "off")
 
 
 def bf16_native() -> bool:

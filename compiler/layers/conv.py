@@ -227,13 +227,26 @@ def _onednn_deconv(g: ConvGeometry, group: int = 1):
     return _with_vjp(forward, backward)
 
 
-def _by_onednn(g: ConvGeometry, ctx, x) -> bool:
-    """Whether this (de)convolution runs through oneDNN here: the plan picked it for the shape,
-    the Net may call native kernels, the input is float32 (or bfloat16 on a CPU that computes
-    it: onednn.bf16_enabled) and the kernels are built."""
-    from netc.compiler.kernels.onednn import usable
+def _by_onednn(g: ConvGeometry, ctx, x):
+    """The dtype this (de)convolution computes in through oneDNN here, or None for XLA's
+    lowering: the plan picked oneDNN for the shape, the Net may call native kernels, the kernels
+    are built, and x is float32, or bfloat16 on a CPU that computes it (onednn.bf16_enabled).
+    A bfloat16 x on a CPU without bfloat16 units computes in float32 (widened, accumulated in
+    float32, rounded to bfloat16 once: what XLA's CPU convolution does with bfloat16 there,
+    which is several times slower); NETC_ONEDNN_BF16=0 keeps it in XLA."""
+    import jax
+    import jax.numpy as jnp
 
-    return bool(g.kernel) and usable(ctx, x, bfloat16=True)
+    from netc.compiler.kernels.onednn import bf16_allowed, usable
+
+    if not g.kernel:
+        return None
+    if usable(ctx, x, bfloat16=True):
+        return x.dtype
+    wide = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+    if x.dtype == jnp.bfloat16 and bf16_allowed() and usable(ctx, wide):
+        return jnp.float32
+    return None
 
 
 class _ConvBase(Layer):
@@ -391,8 +404,9 @@ convolution_param:
         x = bottoms[0]
         x2, lead = self._flat(x, g.axis)
         wt = params["weight"].astype(x.dtype)
-        if _by_onednn(g, ctx, x):
-            y = _onednn_conv(g, self.p.group)(x2, wt)
+        via = _by_onednn(g, ctx, x)
+        if via is not None:
+            y = _onednn_conv(g, self.p.group)(x2.astype(via), wt.astype(via)).astype(x.dtype)
         else:
             y = self._xla_conv(x2, wt, g)
         y = self._bias(y, params, 1)
@@ -538,8 +552,10 @@ convolution_param:
         x2, lead = self._flat(x, geo.axis)
         g = self.p.group
         wt = params["weight"].astype(x.dtype)  # (C_in, O/g, k...)
-        if _by_onednn(geo, ctx, x):
-            y = self._bias(_onednn_deconv(geo, g)(x2, wt), params, 1)
+        via = _by_onednn(geo, ctx, x)
+        if via is not None:
+            y = _onednn_deconv(geo, g)(x2.astype(via), wt.astype(via)).astype(x.dtype)
+            y = self._bias(y, params, 1)
             return [y.reshape(lead + y.shape[1:]) if geo.axis != 1 else y]
         cin, og = wt.shape[0], wt.shape[1]
         wt = wt.reshape((g, cin // g, og) + wt.shape[2:])

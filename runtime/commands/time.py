@@ -17,8 +17,8 @@ compiler/layers/norm.py batch_norm_affine) are timed apart in the rows and marke
 `precision` (bfloat16, float16; the solver's option, `netc train --precision`) times everything
 in that compute dtype as `netc train` runs it: the parameters and float inputs cast for the layer
 rows and the forward, the train step with float32 master weights (runtime/precision.py). The
-lowering column names what runs in that dtype: where the native kernels do not take it (float16;
-bfloat16 on a CPU without bfloat16 units) it names the pure-XLA lowering.
+lowering column names what runs in that dtype: where the native kernels do not take it
+(float16; bfloat16 with NETC_ONEDNN_BF16=0) it names the pure-XLA lowering.
 """
 
 from __future__ import annotations
@@ -151,8 +151,8 @@ def _kernels_run(net, precision: str) -> bool:
         return False
     from netc.compiler.kernels import onednn
 
-    if precision == "bfloat16":
-        return onednn.bf16_enabled()
+    if precision == "bfloat16":  # in bfloat16, or widened to float32 (conv.py _by_onednn)
+        return onednn.bf16_allowed() and onednn.available()
     return precision == "float32" and onednn.available()
 
 

@@ -1013,16 +1013,17 @@ class Solver:
         if not self.net.kernels or precision == "float16" or not any(
                 getattr(pl.resolved, "kernel", "") for pl in self.train_plan.layers):
             return None
-        from netc.compiler.kernels.onednn import BF16_ENV, bf16_allowed, bf16_enabled, status
+        from netc.compiler.kernels.onednn import BF16_ENV, conv_dtype, status
 
         st = status()
         if not st.ok:
             return f"convolutions in pure XLA ({st.detail})"
+        via = conv_dtype(precision)
         if precision != "bfloat16":
             return "oneDNN convolutions"
-        if bf16_enabled():
+        if via == "bfloat16":
             return "oneDNN convolutions in bfloat16"
-        if bf16_allowed():
+        if via == "float32":
             return "oneDNN convolutions in float32 (this CPU has no bfloat16 units)"
         return f"bfloat16 convolutions in XLA ({BF16_ENV}=0)"
 

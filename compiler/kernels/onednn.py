@@ -45,7 +45,7 @@ TARGETS = {"netc_onednn_conv_forward": "NetcConvForward",
            "netc_batch_norm_backward": "NetcBatchNormBackward"}
 
 __all__ = ["Status", "available", "batch_norm_backward_call", "batch_norm_stats_call", "conv_call",
-           "bf16_allowed", "bf16_enabled", "bf16_native", "enabled_by_env", "kernel_dir", "status", "usable"]
+           "bf16_allowed", "bf16_enabled", "bf16_native", "conv_dtype", "enabled_by_env", "kernel_dir", "status", "usable"]
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,20 @@ def bf16_enabled() -> bool:
     to float32 instead (compiler/layers/conv.py _by_onednn). NETC_ONEDNN_BF16=0 keeps bfloat16
     convolutions in XLA everywhere; read when a program is traced."""
     return bf16_allowed() and bf16_native()
+
+
+def conv_dtype(dtype) -> str | None:
+    """The dtype netc's oneDNN convolutions compute a `dtype` (de)convolution in, or None when it
+    stays in XLA: float32 as itself; bfloat16 natively where bf16_enabled, else widened to
+    float32 (compiler/layers/conv.py casts around the call) unless NETC_ONEDNN_BF16=0; nothing
+    else. Needs the kernels built; whether a Net may call them at all is Context.kernels. The
+    one rule behind conv.py's lowering, `netc train`'s start line and `netc time`'s column."""
+    name = str(getattr(dtype, "name", dtype))
+    if name not in ("float32", "bfloat16") or not available():
+        return None
+    if name == "float32" or bf16_enabled():
+        return name
+    return "float32" if bf16_allowed() else None
 
 
 def bf16_allowed() -> bool:

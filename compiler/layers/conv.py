@@ -229,24 +229,14 @@ def _onednn_deconv(g: ConvGeometry, group: int = 1):
 
 def _by_onednn(g: ConvGeometry, ctx, x):
     """The dtype this (de)convolution computes in through oneDNN here, or None for XLA's
-    lowering: the plan picked oneDNN for the shape, the Net may call native kernels, the kernels
-    are built, and x is float32, or bfloat16 on a CPU that computes it (onednn.bf16_enabled).
-    A bfloat16 x on a CPU without bfloat16 units computes in float32 (widened, accumulated in
-    float32, rounded to bfloat16 once: what XLA's CPU convolution does with bfloat16 there,
-    which is several times slower); NETC_ONEDNN_BF16=0 keeps it in XLA."""
-    import jax
-    import jax.numpy as jnp
+    lowering: the plan picked oneDNN for the shape, the Net may call native kernels, and
+    onednn.conv_dtype admits x's dtype (float32; bfloat16 natively, or on a CPU without
+    bfloat16 units widened to float32 and rounded back once, as XLA's CPU convolution does)."""
+    from netc.compiler.kernels.onednn import conv_dtype
 
-    from netc.compiler.kernels.onednn import bf16_allowed, usable
-
-    if not g.kernel:
+    if not g.kernel or not ctx.kernels:
         return None
-    if usable(ctx, x, bfloat16=True):
-        return x.dtype
-    wide = jax.ShapeDtypeStruct(x.shape, jnp.float32)
-    if x.dtype == jnp.bfloat16 and bf16_allowed() and usable(ctx, wide):
-        return jnp.float32
-    return None
+    return conv_dtype(x.dtype)
 
 
 class _ConvBase(Layer):

@@ -147,13 +147,9 @@ def _lowering(pl, kernels_run: bool) -> str:
 
 def _kernels_run(net, precision: str) -> bool:
     """Whether the native kernels run in this timing's programs (compiler/kernels/onednn.py)."""
-    if not net.kernels:
-        return False
-    from netc.compiler.kernels import onednn
+    from netc.compiler.kernels.onednn import conv_dtype
 
-    if precision == "bfloat16":  # in bfloat16, or widened to float32 (conv.py _by_onednn)
-        return onednn.bf16_allowed() and onednn.available()
-    return precision == "float32" and onednn.available()
+    return bool(net.kernels) and conv_dtype(precision) is not None
 
 
 def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, iterations: int,

@@ -133,12 +133,15 @@ def test_layers_computed_as_one_are_marked(write_spec):
     """TRAIN: BatchNorm + Scale + ReLU6 run as one function in the whole programs (the rows time
     them apart); TEST: BatchNorm uses its stored statistics and nothing is folded."""
     spec = write_spec(FOLDED, "folded.yaml")
-    r = netc("time", spec, "--iterations", 1, "--json")
-    assert r.returncode == 0, r.stderr
-    lowering = {t["name"]: t["lowering"] for t in json.loads(r.stdout)["layers"]}
-    mark = ("in the whole programs: bn1 + sc1 + relu1 as one (backward by the native kernel)")
-    assert all(mark in lowering[n] for n in ("bn1", "sc1", "relu1")), lowering
-    assert not any("whole programs" in lowering[n] for n in ("conv1", "ip1", "loss")), lowering
+    # in a narrower compute dtype too: BatchNorm normalises in float32, and the chain with it
+    # (the Scale's affine, its backward) then runs in float32, rounded once
+    for precision in ("float32", "bfloat16", "float16"):
+        r = netc("time", spec, "--iterations", 1, "--json", "--precision", precision)
+        assert r.returncode == 0, r.stderr
+        lowering = {t["name"]: t["lowering"] for t in json.loads(r.stdout)["layers"]}
+        mark = "in the whole programs: bn1 + sc1 + relu1 as one (backward by the native kernel)"
+        assert all(mark in lowering[n] for n in ("bn1", "sc1", "relu1")), (precision, lowering)
+        assert not any("whole programs" in lowering[n] for n in ("conv1", "ip1", "loss")), lowering
     r = netc("time", spec, "--iterations", 1, "--json", "--phase", "TEST")
     assert r.returncode == 0, r.stderr
     assert not any("whole programs" in t["lowering"] for t in json.loads(r.stdout)["layers"])

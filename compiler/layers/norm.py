@@ -169,19 +169,27 @@ class FoldedChain:
     gamma: Any
     beta: Any
     kernel: bool
+    out_dtype: Any = None  # the Scale's dtype when narrower than x's (bfloat16, float16)
 
     def apply(self, lo=None, hi=None):
         """The chain's output, clamped to [lo, hi] (an activation folded in), as one function."""
-        return batch_norm_affine(self.x, self.mean, self.var, self.eps, self.gamma, self.beta,
-                                 lo, hi, kernel=self.kernel)
+        y = batch_norm_affine(self.x, self.mean, self.var, self.eps, self.gamma, self.beta,
+                              lo, hi, kernel=self.kernel)
+        return y if self.out_dtype is None else y.astype(self.out_dtype)
 
 
 def bn_scale_input(ctx, scale: Made) -> FoldedChain | None:
     """The chain when `scale`, a Scale of this walk, scales per channel (axis 1, a learned weight
     of C values, bias optional) a BatchNorm of this walk that normalised x by the batch's
-    statistics, with gradients flowing through both, in float32 or float64; else None. The
-    layer asking (the Scale itself, or an activation after it) is recorded with the chain in
-    ctx.sources.fused (`netc time` marks them)."""
+    statistics, with gradients flowing through both, in float32 or float64; else None. Under a
+    narrower compute dtype (`precision: bfloat16|float16`) BatchNorm already normalises in
+    float32 (its input widened, `wide`); the chain then runs in float32 too — the Scale's affine
+    and both backward reductions in float32, by the native kernel where there is one — and its
+    output is rounded to the narrow dtype once, where the Scale would have taken BatchNorm's
+    rounded output and reduced dγ, dβ in bfloat16 (XLA CPU: MobileNet v2's Scale backward 23-65
+    ms a layer in bfloat16 against 3-7 in float32, `netc time`). The layer asking (the Scale
+    itself, or an activation after it) is recorded with the chain in ctx.sources.fused (`netc
+    time` marks them)."""
     if ctx.sources is None or not isinstance(scale.layer.unit, Scale) or len(scale.bottoms) != 1 \
             or "weight" not in scale.params or stops_gradient(scale.layer, 0):
         return None
@@ -195,10 +203,12 @@ def bn_scale_input(ctx, scale: Made) -> FoldedChain | None:
             or "batch_stats" not in bn.notes:
         return None
     x, mean, var = bn.notes["batch_stats"]
-    if x.dtype != y.dtype or x.dtype.name not in ("float32", "float64"):
+    if x.dtype.name not in ("float32", "float64") or (
+            y.dtype != x.dtype and y.dtype.name not in ("bfloat16", "float16")):
         return None
     chain = FoldedChain(x, mean, var, bn.layer.unit.p.eps, gamma.astype(x.dtype),
-                        None if beta is None else beta.astype(x.dtype), _native_for(ctx, x))
+                        None if beta is None else beta.astype(x.dtype), _native_for(ctx, x),
+                        None if y.dtype == x.dtype else y.dtype)
     names = (bn.layer.name, scale.layer.name)
     names += (ctx.layer.name,) if ctx.layer.name not in names else ()
     ctx.sources.fused[ctx.layer.name] = (

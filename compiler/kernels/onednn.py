@@ -199,16 +199,19 @@ def bf16_enabled() -> bool:
     return bf16_allowed() and bf16_native()
 
 
-def conv_dtype(dtype) -> str | None:
+def conv_dtype(dtype, depthwise: bool = False) -> str | None:
     """The dtype netc's oneDNN convolutions compute a `dtype` (de)convolution in, or None when it
     stays in XLA: float32 as itself; bfloat16 natively where bf16_enabled, else widened to
     float32 (compiler/layers/conv.py casts around the call) unless NETC_ONEDNN_BF16=0; nothing
-    else. Needs the kernels built; whether a Net may call them at all is Context.kernels. The
-    one rule behind conv.py's lowering, `netc train`'s start line and `netc time`'s column."""
+    else. A depthwise bfloat16 convolution is widened to float32 even where the CPU has
+    bfloat16 units: oneDNN 3.2's bfloat16 depthwise backward ran 4-30x slower than its float32
+    one on an AVX-512 BF16 CPU (MobileNet v2 at 96, batch 64, `netc time`: 57-64 ms against 2-17
+    ms a layer). Needs the kernels built; whether a Net may call them at all is Context.kernels.
+    The one rule behind conv.py's lowering, `netc train`'s start line and `netc time`'s column."""
     name = str(getattr(dtype, "name", dtype))
     if name not in ("float32", "bfloat16") or not available():
         return None
-    if name == "float32" or bf16_enabled():
+    if name == "float32" or (bf16_enabled() and not depthwise):
         return name
     return "float32" if bf16_allowed() else None
 

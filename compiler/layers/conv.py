@@ -231,12 +231,13 @@ def _by_onednn(g: ConvGeometry, ctx, x):
     """The dtype this (de)convolution computes in through oneDNN here, or None for XLA's
     lowering: the plan picked oneDNN for the shape, the Net may call native kernels, and
     onednn.conv_dtype admits x's dtype (float32; bfloat16 natively, or on a CPU without
-    bfloat16 units widened to float32 and rounded back once, as XLA's CPU convolution does)."""
+    bfloat16 units and for depthwise layers widened to float32 and rounded back once, as XLA's
+    CPU convolution does)."""
     from netc.compiler.kernels.onednn import conv_dtype
 
     if not g.kernel or not ctx.kernels:
         return None
-    return conv_dtype(x.dtype)
+    return conv_dtype(x.dtype, depthwise=g.depthwise)
 
 
 class _ConvBase(Layer):

@@ -164,6 +164,9 @@ def test_precision_times_the_net_in_that_dtype(tiny, precision):
     conv1 = next(r for r in t.layers if r.name == "conv1").lowering
     kernels = precision == "bfloat16" and onednn.available()  # bfloat16, or widened
     assert conv1.startswith("oneDNN") is kernels, conv1
+    if kernels:  # the dtype oneDNN computes it in: bfloat16 natively, else widened
+        dt = "(bfloat16;" if onednn.bf16_enabled() else "(bfloat16 widened to float32;"
+        assert dt in conv1, conv1
     if not kernels:
         assert conv1 == "im2col+matmul"
 

@@ -136,13 +136,23 @@ def _layer_params(pl, params: dict, state: dict) -> tuple[dict, dict]:
     return learned, other
 
 
-def _lowering(pl, kernels_run: bool) -> str:
+def _lowering(pl, kernels_run: bool, precision: str = "float32") -> str:
     """The lowering column: the layer's own description, or its pure-XLA one where it would
-    take native kernels that do not run here (none built, NETC_ONEDNN=0, a dtype they refuse)."""
+    take native kernels that do not run here (none built, NETC_ONEDNN=0, a dtype they refuse).
+    A oneDNN layer's description names float32 (the plan's dtype); in another precision it
+    names the dtype oneDNN computes that layer in (onednn.conv_dtype: bfloat16 natively, or
+    widened to float32)."""
     r = pl.resolved
     if getattr(r, "kernel", "") and not kernels_run and dataclasses.is_dataclass(r):
         r = dataclasses.replace(r, kernel="")
-    return pl.unit.describe_lowering(r)
+    text = pl.unit.describe_lowering(r)
+    if getattr(r, "kernel", "") and kernels_run and precision != "float32":
+        from netc.compiler.kernels.onednn import conv_dtype
+
+        dt = conv_dtype(precision, depthwise=bool(getattr(r, "depthwise", False)))
+        text = text.replace("(float32;", f"({dt};" if dt == precision else
+                            f"({precision} widened to {dt};")
+    return text
 
 
 def _kernels_run(net, precision: str) -> bool:
@@ -293,7 +303,7 @@ def _time_layers(result: Timing, plan, net, arrays, train: bool, key, progress) 
             progress.flush()
         lk = jax.random.fold_in(key, net._rng_index[pl.name])
         result.layers.append(_time_layer(pl, blobs, params, state, train, lk, result.iterations,
-                                         net.kernels, _lowering(pl, kernels_run)))
+                                         net.kernels, _lowering(pl, kernels_run, result.precision)))
     scanned = net.scanned_layers()  # the whole programs run these in one lax.scan (Net.apply)
     for t in result.layers:
         if t.name in scanned:

@@ -58,11 +58,51 @@ def bilinear_kernel(shape: tuple[int, ...]) -> np.ndarray:
 
 def orthogonal(key, shape: tuple[int, ...], gain: float = 1.0, dtype=None):
     """gain × a (semi-)orthogonal matrix per square row block (see the module's docstring)."""
+    import jax
     import jax.numpy as jnp
 
     if len(shape) < 2:
         raise ValueError(f"the orthogonal filler needs a blob of at least 2 axes, got {shape}")
-    return _orthogonal_fn()(key, tuple(shape), float(gain), jnp.dtype(dtype or jnp.float32))
+    dtype = jnp.dtype(dtype or jnp.float32)
+    if isinstance(key, jax.core.Tracer):  # inside a traced program (Net.init under jax.jit)
+        return _orthogonal_fn()(key, tuple(shape), float(gain), dtype)
+    return _orthogonal_host(key, tuple(shape), float(gain), dtype)
+
+
+def _blocks(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(blocks, rows of a block, big, small): the blob as `blocks` row blocks, each factored as a
+    big × small matrix (transposed when the block is wide)."""
+    rows, cols = shape[0], math.prod(shape[1:])
+    blocks = rows // cols if rows > cols and rows % cols == 0 else 1
+    r = rows // blocks  # each block is r × cols
+    return blocks, r, max(r, cols), min(r, cols)
+
+
+def _orthogonal_host(key, shape: tuple[int, ...], gain: float, dtype):
+    """The eager draw (Net.init's, blob after blob): the same Gaussian bits from XLA, factored by
+    NumPy's float64 LAPACK on this thread, outside XLA's thread pool (see _householder_q for why
+    not in it). Faster than the Householder loops for big blobs (4 × 2048 × 2048: those take
+    ~20 s), and the exact Q; a jitted draw of the same key agrees to float32 rounding."""
+    import jax
+
+    blocks, r, big, small = _blocks(shape)
+    a = np.asarray(_normal_fn()(key, blocks * big * small), np.float64).reshape(blocks, big, small)
+    q = np.empty_like(a)
+    for b in range(blocks):
+        qb, rb = np.linalg.qr(a[b])
+        d = np.sign(np.diag(rb))
+        q[b] = qb * np.where(d == 0, 1.0, d)
+    if r < math.prod(shape[1:]):  # a wide block: orthonormal rows
+        q = np.swapaxes(q, -1, -2)
+    return jax.device_put((gain * q).reshape(shape).astype(dtype))
+
+
+@functools.cache
+def _normal_fn():
+    import jax
+    import jax.numpy as jnp
+
+    return jax.jit(lambda key, n: jax.random.normal(key, (n,), jnp.float32), static_argnums=1)
 
 
 @functools.cache
@@ -71,23 +111,21 @@ def _orthogonal_fn():
     import jax.numpy as jnp
 
     def draw(key, shape, gain, dtype):
-        rows, cols = shape[0], math.prod(shape[1:])
-        blocks = rows // cols if rows > cols and rows % cols == 0 else 1
-        r = rows // blocks  # each block is r × cols
-        big, small = max(r, cols), min(r, cols)
+        blocks, r, big, small = _blocks(shape)
         # drawn flat (the same bits as in 3-d, compiled faster: see fill)
         a = jax.random.normal(key, (blocks * big * small,), jnp.float32).reshape(blocks, big, small)
         q = _householder_q(a)  # big × small, orthonormal columns, R's diagonal made >= 0
-        if r < cols:  # a wide block: orthonormal rows
+        if r < math.prod(shape[1:]):  # a wide block: orthonormal rows
             q = jnp.swapaxes(q, -1, -2)
         return (gain * q).reshape(shape).astype(dtype)
 
-    # one compiled program per shape (Net.init calls fillers eagerly)
+    # one compiled program per shape, traced into the caller's program
     return jax.jit(draw, static_argnums=(1, 2, 3))
 
 
 def _householder_q(a):
-    """Q of the thin QR factorization A = QR of each b × m × n (m ≥ n) matrix, with its columns'
+    """The traced draw's QR (a jitted Net.init; eager draws use NumPy, _orthogonal_host): Q of
+    the thin QR factorization A = QR of each b × m × n (m ≥ n) matrix, with its columns'
     signs chosen so that R's diagonal is positive (Haar measure for a Gaussian A; a zero on the
     diagonal keeps its column's sign): Householder reflections in plain XLA operations.
 

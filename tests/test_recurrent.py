@@ -284,8 +284,9 @@ def test_orthogonal_filler_blocks_and_gain(check_spec):
 
 def test_orthogonal_filler_is_householder_qr_in_plain_xla():
     """The Q of NumPy's float64 QR of the same Gaussian draw (R's diagonal made positive), per
-    block, tall and wide; and no custom call in the program: jaxlib's CPU QR (LAPACK) deadlocked
-    a jitted Net.init with several orthogonal blobs on a 2-core machine (fillers._householder_q)."""
+    block, tall and wide: eagerly that QR itself; traced, Householder in XLA with no custom call
+    in the program: jaxlib's CPU QR (LAPACK) deadlocked a jitted Net.init with several
+    orthogonal blobs on a 2-core machine (fillers._householder_q)."""
     key = jax.random.PRNGKey(5)
     for shape, blocks, (m, n) in (((3 * 16, 16), 3, (16, 16)), ((40, 7), 1, (40, 7)),
                                   ((7, 40), 1, (40, 7)), ((2 * 9, 3, 3), 2, (9, 9))):
@@ -297,10 +298,12 @@ def test_orthogonal_filler_is_householder_qr_in_plain_xla():
         want = np.stack(want)
         if shape[0] < int(np.prod(shape[1:])):  # wide: rows orthonormal
             want = want.transpose(0, 2, 1)
-        got = np.asarray(orthogonal(key, shape), np.float64)
-        np.testing.assert_allclose(got, want.reshape(shape), atol=2e-5)
-        text = jax.jit(lambda k, s=shape: orthogonal(k, s)).lower(key).as_text()
-        assert "custom_call" not in text, shape
+        got = np.asarray(orthogonal(key, shape), np.float64)  # eager: NumPy's QR
+        np.testing.assert_allclose(got, want.reshape(shape), atol=1e-6)
+        jitted = jax.jit(lambda k, s=shape: orthogonal(k, s))  # traced: Householder in XLA
+        assert "custom_call" not in jitted.lower(key).as_text(), shape
+        np.testing.assert_allclose(np.asarray(jitted(key), np.float64), want.reshape(shape),
+                                   atol=2e-5)
 
 
 # --- one scan: the program and its compile time do not grow with T -------------------------------

@@ -69,13 +69,13 @@ def orthogonal(key, shape: tuple[int, ...], gain: float = 1.0, dtype=None):
     return _orthogonal_host(key, tuple(shape), float(gain), dtype)
 
 
-def _blocks(shape: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """(blocks, rows of a block, big, small): the blob as `blocks` row blocks, each factored as a
-    big × small matrix (transposed when the block is wide)."""
+def _blocks(shape: tuple[int, ...]) -> tuple[int, int, int, bool]:
+    """(blocks, big, small, wide): the blob as `blocks` row blocks of r × cols, each factored as
+    a big × small matrix, transposed back when the block is wide (r < cols: orthonormal rows)."""
     rows, cols = shape[0], math.prod(shape[1:])
     blocks = rows // cols if rows > cols and rows % cols == 0 else 1
-    r = rows // blocks  # each block is r × cols
-    return blocks, r, max(r, cols), min(r, cols)
+    r = rows // blocks
+    return blocks, max(r, cols), min(r, cols), r < cols
 
 
 def _orthogonal_host(key, shape: tuple[int, ...], gain: float, dtype):
@@ -85,14 +85,14 @@ def _orthogonal_host(key, shape: tuple[int, ...], gain: float, dtype):
     ~20 s), and the exact Q; a jitted draw of the same key agrees to float32 rounding."""
     import jax
 
-    blocks, r, big, small = _blocks(shape)
+    blocks, big, small, wide = _blocks(shape)
     a = np.asarray(_normal_fn()(key, blocks * big * small), np.float64).reshape(blocks, big, small)
     q = np.empty_like(a)
     for b in range(blocks):
         qb, rb = np.linalg.qr(a[b])
         d = np.sign(np.diag(rb))
         q[b] = qb * np.where(d == 0, 1.0, d)
-    if r < math.prod(shape[1:]):  # a wide block: orthonormal rows
+    if wide:
         q = np.swapaxes(q, -1, -2)
     return jax.device_put((gain * q).reshape(shape).astype(dtype))
 
@@ -111,11 +111,11 @@ def _orthogonal_fn():
     import jax.numpy as jnp
 
     def draw(key, shape, gain, dtype):
-        blocks, r, big, small = _blocks(shape)
+        blocks, big, small, wide = _blocks(shape)
         # drawn flat (the same bits as in 3-d, compiled faster: see fill)
         a = jax.random.normal(key, (blocks * big * small,), jnp.float32).reshape(blocks, big, small)
         q = _householder_q(a)  # big × small, orthonormal columns, R's diagonal made >= 0
-        if r < math.prod(shape[1:]):  # a wide block: orthonormal rows
+        if wide:
             q = jnp.swapaxes(q, -1, -2)
         return (gain * q).reshape(shape).astype(dtype)
 

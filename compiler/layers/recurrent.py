@@ -179,6 +179,22 @@ class Recurrence:
         return self.H * (self.D if self.concat else 1)
 
 
+def _compute_dtypes(x) -> tuple:
+    """(the dtype a recurrent layer computes in, the dtype of its outputs) for input x: x's float
+    dtype for both (float32 for ids), except bfloat16/float16 on a CPU, where the recurrence runs
+    in float32 and its outputs are rounded once. XLA CPU computes a bfloat16 dot in float32
+    anyway, so inside the scan it converted h to float32 and back at every step around float32
+    weights (388 converts in the char-LSTM's step against 16): the bfloat16 train step took 89
+    ms against float32's 48 (`netc time`, batch 32, T 100, H 256)."""
+    import jax
+    import jax.numpy as jnp
+
+    dt = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
+    if jnp.finfo(dt).bits < 32 and jax.default_backend() == "cpu":
+        return jnp.dtype(jnp.float32), dt
+    return dt, dt
+
+
 class _Recurrent(Layer):
     """Shape rules, parameters and the lowering shared by RNN, LSTM and GRU."""
 
@@ -415,15 +431,7 @@ class _Recurrent(Layer):
         g: Recurrence = ctx.layer.resolved
         p = self.p
         x = bottoms[0]
-        dt = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
-        out_dt = dt
-        if jnp.finfo(dt).bits < 32 and jax.default_backend() == "cpu":
-            # bfloat16/float16 on a CPU: the recurrence in float32, outputs rounded once. XLA CPU
-            # computes a bfloat16 dot in float32 anyway, so inside the scan it converted h to
-            # float32 and back at every step around float32 weights (388 converts in the char-
-            # LSTM's step against 16): the bfloat16 train step took 89 ms against float32's 48
-            # (`netc time`, batch 32, T 100, H 256)
-            dt = jnp.float32
+        dt, out_dt = _compute_dtypes(x)
         if p.batch_first:
             x = jnp.swapaxes(x, 0, 1)
         T, N = x.shape[0], x.shape[1]

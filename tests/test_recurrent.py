@@ -282,7 +282,7 @@ def test_orthogonal_filler_blocks_and_gain(check_spec):
     assert np.all(np.asarray(params["rec"]["b_g"]) == 0)  # unset: Caffe's constant 0
 
 
-def test_orthogonal_filler_is_householder_qr_in_plain_xla():
+def test_orthogonal_filler_is_the_q_of_qr_and_no_lapack_call_in_a_program():
     """The Q of NumPy's float64 QR of the same Gaussian draw (R's diagonal made positive), per
     block, tall and wide: eagerly that QR itself; traced, Householder in XLA with no custom call
     in the program: jaxlib's CPU QR (LAPACK) deadlocked a jitted Net.init with several

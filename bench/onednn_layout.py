@@ -1,8 +1,10 @@
-"""oneDNN's forward activation layout, in one process: "any" (oneDNN's own choice, channels-last
-on AVX2, reached from netc's N×C×H×W by a transpose) against netc's default "auto" (channel-
-blocked nChw8c for 1×1 and depthwise convolutions, compiler/kernels/onednn.py _blocked_forward;
-"blocked" puts every layer there). Each variant's step is traced with
-NETC_ONEDNN_FORWARD_LAYOUT set, then the two are timed in alternating windows (medians; CPU
+"""How activations meet oneDNN, in one process. "channels_last" (netc's default,
+compiler/kernels/onednn.py channels_last): XLA hands every kernel N×spatial×C memory and keeps
+that layout between them. With N×C×spatial memory (NETC_ONEDNN_LAYOUT=channels_first) oneDNN
+reorders each call's operands inside, its forward to "any" (oneDNN's own choice, channels-last
+on AVX2), "blocked" (channel-blocked nChw8c) or "auto" (blocked for 1×1 and depthwise
+convolutions only, onednn._blocked_forward); "channels_first" is "auto". Each variant's step is
+traced with its environment set, then the two are timed in alternating windows (medians; CPU
 seconds per step beside them, as the host drifts).
 
 Run: python bench/onednn_layout.py [mobilenet|resnet|lenet] [WINDOWS] [VARIANT VARIANT]
@@ -36,14 +38,15 @@ def main() -> None:
 
     name = sys.argv[1] if len(sys.argv) > 1 else "mobilenet"
     windows = int(sys.argv[2]) if len(sys.argv) > 2 else 8
-    variants = sys.argv[3:5] if len(sys.argv) > 4 else ["any", "auto"]
+    variants = sys.argv[3:5] if len(sys.argv) > 4 else ["channels_first", "channels_last"]
     spec, batch, shape, classes = workload(name)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, *shape)).astype(np.float32)
     y = rng.integers(0, classes, batch).astype(np.int32)
     runs = {}
     for v in variants:
-        os.environ["NETC_ONEDNN_FORWARD_LAYOUT"] = v
+        os.environ["NETC_ONEDNN_LAYOUT"] = "channels_last" if v == "channels_last" else "channels_first"
+        os.environ["NETC_ONEDNN_FORWARD_LAYOUT"] = v if v in ("any", "blocked") else ""
         runs[v] = harness.netc_train_run(spec, batch)
         for _ in range(2):
             harness.block(runs[v](x, y))

@@ -98,10 +98,14 @@ def _run(cases, rng, monkeypatch, onednn: str):
     return net, params, inputs, cots, outs, gp, gx, calls
 
 
-@pytest.mark.parametrize("onednn", ["1", "0"], ids=["kernel", "xla"])
-def test_folded_chains_match_pytorch(onednn, monkeypatch):
-    from netc.compiler.kernels.onednn import available
+@pytest.mark.parametrize("onednn,layout", [("1", "channels_last"), ("1", "channels_first"),
+                                           ("0", "")], ids=["kernel", "kernel-nchw", "xla"])
+def test_folded_chains_match_pytorch(onednn, layout, monkeypatch):
+    """Through the kernels on channels-last memory (the default, batch_norm.cc's *Last
+    functions) and on N×C×spatial memory, and through XLA."""
+    from netc.compiler.kernels.onednn import LAYOUT_ENV, available
 
+    monkeypatch.setenv(LAYOUT_ENV, layout)
     rng, cases = _cases(11, 9)
     net, params, inputs, cots, outs, gp, gx, calls = _run(cases, rng, monkeypatch, onednn)
     # every Scale folds its BatchNorm, every activation folds both again
@@ -225,16 +229,23 @@ def test_a_second_reader_of_the_normalised_blob_keeps_its_gradient(monkeypatch):
         close(gp["sc"][role], rgp[role], f"d/d {role}")
 
 
-@pytest.mark.parametrize("shape", [(7, 3), (5, 4, 33), (3, 2, 50, 41), (2, 3, 1, 2, 3)])
-def test_statistics_kernel_is_exact_with_a_large_mean(shape):
-    """The native statistics (one pass; rows combined by Chan et al.'s update) against float64
-    NumPy, on data whose mean is 10^4 times its spread: float32 rounding, no cancellation."""
+LAYOUTS = ["channels_last", "channels_first"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(7, 3), (5, 4, 33), (3, 2, 50, 41), (2, 3, 1, 2, 3),
+                                   (16, 40, 17, 13)])
+def test_statistics_kernel_is_exact_with_a_large_mean(shape, layout, monkeypatch):
+    """The native statistics (one pass; rows, or channels-last blocks of rows, combined by Chan
+    et al.'s update) against float64 NumPy, on data whose mean is 10^4 times its spread: float32
+    rounding, no cancellation. The last shape is large enough for the kernels' threads."""
     import jax
 
-    from netc.compiler.kernels.onednn import available, batch_norm_stats_call
+    from netc.compiler.kernels.onednn import LAYOUT_ENV, available, batch_norm_stats_call
 
     if not available():
         pytest.fail("the native kernels are not available (CI builds them: tests/test_onednn.py)")
+    monkeypatch.setenv(LAYOUT_ENV, layout)
     rng = np.random.default_rng(len(shape))
     x = (1e4 + rng.standard_normal(shape) * np.arange(1, shape[1] + 1).reshape(
         (1, -1) + (1,) * (len(shape) - 2))).astype(np.float32)
@@ -243,3 +254,44 @@ def test_statistics_kernel_is_exact_with_a_large_mean(shape):
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(np.asarray(mean), x64.mean(axis=axes), rtol=1e-7)
     np.testing.assert_allclose(np.asarray(var), x64.var(axis=axes), rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape,lo,hi", [((3, 5, 7, 9), 0.0, 6.0), ((16, 40, 17, 13), 0.0, None),
+                                         ((4, 6, 300), None, None)])
+def test_backward_kernel_matches_float64(shape, lo, hi, layout, monkeypatch):
+    """batch_norm.cc's backward of clamp(gamma·x̂ + beta, lo, hi) on either memory layout
+    against the formula in float64 NumPy: row counts that are not a multiple of the channels-
+    last block (64 rows) and tensors large enough for the kernels' threads."""
+    import jax
+    import jax.numpy as jnp
+
+    from netc.compiler.kernels.onednn import LAYOUT_ENV, available, batch_norm_backward_call
+
+    if not available():
+        pytest.fail("the native kernels are not available (CI builds them: tests/test_onednn.py)")
+    monkeypatch.setenv(LAYOUT_ENV, layout)
+    rng = np.random.default_rng(sum(shape))
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 2, c).astype(np.float32), rng.uniform(-1, 1, c).astype(np.float32)
+    axes = (0,) + tuple(range(2, len(shape)))
+    rows = (1, c) + (1,) * (len(shape) - 2)
+    mean = x.astype(np.float64).mean(axis=axes).astype(np.float32)
+    inv = (1 / np.sqrt(x.astype(np.float64).var(axis=axes) + 1e-5)).astype(np.float32)
+    bounds = (-np.inf if lo is None else lo, np.inf if hi is None else hi)
+    dx, dgamma, dbeta = jax.jit(lambda *a: batch_norm_backward_call(*a, *bounds))(
+        jnp.asarray(dy), jnp.asarray(x), mean, inv, gamma, beta)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    xhat = (x64 - mean.reshape(rows)) * inv.reshape(rows)
+    z = xhat * gamma.reshape(rows) + beta.reshape(rows)
+    g = np.where((z > bounds[0]) & (z < bounds[1]), dy64, 0.0)
+    m = x.size // c
+    want_db, want_dg = g.sum(axis=axes), (g * xhat).sum(axis=axes)
+    want_dx = (gamma * inv).reshape(rows) * (g - (want_db / m).reshape(rows)
+                                             - xhat * (want_dg / m).reshape(rows))
+    scale = np.sqrt(m)  # sums of m terms of unit size
+    np.testing.assert_allclose(np.asarray(dbeta), want_db, atol=1e-5 * scale, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(dgamma), want_dg, atol=1e-5 * scale, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(dx), want_dx, atol=1e-5, rtol=1e-4)

@@ -47,11 +47,15 @@ def _value_and_grads(fn, x, wt):
     return jax.value_and_grad(lambda a, b: jnp.sum(fn(a, b) * jnp.cos(fn(a, b))), (0, 1))(x, wt)
 
 
-@pytest.mark.parametrize("layout", ["auto", "any", "blocked"])
+@pytest.mark.parametrize("layout", ["channels_last", "auto", "any", "blocked"])
 def test_kernels_match_lax_conv_on_random_geometries(layout, monkeypatch):
-    """Every forward layout (NETC_ONEDNN_FORWARD_LAYOUT; auto: blocked for stride-1 1×1 and
-    depthwise layers, onednn._blocked_forward) gives lax.conv's values and gradients."""
-    if layout != "auto":
+    """Every activation layout gives lax.conv's values and gradients: channels-last memory
+    (the default, onednn.channels_last), and N×C×spatial memory reordered inside oneDNN to each
+    forward layout (NETC_ONEDNN_FORWARD_LAYOUT; auto: blocked for stride-1 1×1 and depthwise
+    layers, onednn._blocked_forward)."""
+    if layout != "channels_last":
+        monkeypatch.setenv("NETC_ONEDNN_LAYOUT", "channels_first")
+    if layout in ("any", "blocked"):
         monkeypatch.setenv("NETC_ONEDNN_FORWARD_LAYOUT", layout)
     rng = np.random.default_rng(3)
     cases = []

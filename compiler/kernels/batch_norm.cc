@@ -13,7 +13,9 @@
 // masked g and x̂ are written out and read back. Here each channel is two passes over its
 // values (the sums: each row's in SIMD lanes, rows added in double; then dx), x̂ and the mask recomputed from x on the fly. Channels
 // are spread over OpenMP threads (GNU OpenMP, as oneDNN's).
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -134,6 +136,147 @@ ffi::Error BatchNormStats(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> m
   return ffi::Error::Success();
 }
 
+// Channels-last x (N×spatial×C in memory: R = N·spatial rows of C channels, contiguous; what the
+// convolutions exchange by default, compiler/kernels/onednn.py channels_last): the rows are cut
+// into blocks of kRows, each block's per-channel sums run in SIMD lanes across the channels
+// (statistics: a block's sum, then its squared deviations from its own mean while it is in cache,
+// in double; backward: in float, a block at a time), and blocks are combined per channel in block
+// order (double; the statistics by Chan et al.'s update), so the result does not depend on the
+// number of threads.
+constexpr int64_t kRows = 64;
+
+template <typename D>
+bool RowsLast(const D& d, int64_t& r, int64_t& c) {
+  if (d.size() < 2) return false;
+  c = d[1], r = d[0];
+  for (size_t i = 2; i < d.size(); ++i) r *= d[i];
+  return true;
+}
+
+ffi::Error BatchNormStatsLast(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> mean,
+                              ffi::ResultBuffer<ffi::F32> var) {
+  int64_t r_, c_;
+  if (!RowsLast(x.dimensions(), r_, c_)) {
+    return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
+  }
+  const float* X = x.typed_data();
+  float *MU = mean->typed_data(), *VA = var->typed_data();
+  const int64_t blocks = (r_ + kRows - 1) / kRows;
+  std::vector<double> bmu(blocks * c_), bm2(blocks * c_);
+  const bool threads = r_ * c_ >= (1 << 15);
+
+#pragma omp parallel if (threads)
+  {
+    std::vector<double> sum(c_), m2(c_);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * kRows, r1 = std::min(r_, r0 + kRows);
+      const double rows = static_cast<double>(r1 - r0);
+      std::fill(sum.begin(), sum.end(), 0.0);
+      std::fill(m2.begin(), m2.end(), 0.0);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xp = X + r * c_;
+#pragma omp simd
+        for (int64_t c = 0; c < c_; ++c) sum[c] += xp[c];
+      }
+      for (int64_t c = 0; c < c_; ++c) sum[c] /= rows;  // the block's mean
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xp = X + r * c_;
+#pragma omp simd
+        for (int64_t c = 0; c < c_; ++c) {
+          const double dev = xp[c] - sum[c];
+          m2[c] += dev * dev;
+        }
+      }
+      for (int64_t c = 0; c < c_; ++c) bmu[b * c_ + c] = sum[c], bm2[b * c_ + c] = m2[c];
+    }
+  }
+#pragma omp parallel for schedule(static) if (threads)
+  for (int64_t c = 0; c < c_; ++c) {
+    double count = 0.0, mu = 0.0, m2 = 0.0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const double rows = static_cast<double>(std::min(r_, (b + 1) * kRows) - b * kRows);
+      const double total = count + rows, delta = bmu[b * c_ + c] - mu;
+      mu += delta * rows / total;
+      m2 += bm2[b * c_ + c] + delta * delta * count * rows / total;
+      count = total;
+    }
+    MU[c] = static_cast<float>(mu);
+    VA[c] = static_cast<float>(m2 / count);
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error BatchNormBackwardLast(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> x,
+                                 ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> inv,
+                                 ffi::Buffer<ffi::F32> gamma, ffi::Buffer<ffi::F32> beta,
+                                 ffi::ResultBuffer<ffi::F32> dx,
+                                 ffi::ResultBuffer<ffi::F32> dgamma,
+                                 ffi::ResultBuffer<ffi::F32> dbeta, float lo, float hi) {
+  int64_t r_, c_;
+  if (!RowsLast(x.dimensions(), r_, c_)) {
+    return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
+  }
+  const float* X = x.typed_data();
+  const float* DY = dy.typed_data();
+  float* DX = dx->typed_data();
+  const float *MU = mean.typed_data(), *IV = inv.typed_data();
+  const float *GA = gamma.typed_data(), *BE = beta.typed_data();
+  float *DG = dgamma->typed_data(), *DB = dbeta->typed_data();
+  const int64_t blocks = (r_ + kRows - 1) / kRows;
+  std::vector<double> bg(blocks * c_), bgx(blocks * c_);
+  std::vector<float> k(c_), a(c_), bb(c_);
+  const double m = static_cast<double>(r_);
+  const bool threads = r_ * c_ >= (1 << 15);
+
+#pragma omp parallel if (threads)
+  {
+    std::vector<float> sg(c_), sgx(c_);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * kRows, r1 = std::min(r_, r0 + kRows);
+      std::fill(sg.begin(), sg.end(), 0.0f);
+      std::fill(sgx.begin(), sgx.end(), 0.0f);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xp = X + r * c_;
+        const float* dp = DY + r * c_;
+#pragma omp simd
+        for (int64_t c = 0; c < c_; ++c) {
+          const float xh = (xp[c] - MU[c]) * IV[c];
+          const float z = xh * GA[c] + BE[c];
+          const float g = Masked(dp[c], (z > lo) & (z < hi));
+          sg[c] += g;
+          sgx[c] += g * xh;
+        }
+      }
+      for (int64_t c = 0; c < c_; ++c) bg[b * c_ + c] = sg[c], bgx[b * c_ + c] = sgx[c];
+    }
+  }
+  for (int64_t c = 0; c < c_; ++c) {
+    double sum_g = 0.0, sum_gx = 0.0;
+    for (int64_t b = 0; b < blocks; ++b) sum_g += bg[b * c_ + c], sum_gx += bgx[b * c_ + c];
+    DB[c] = static_cast<float>(sum_g);
+    DG[c] = static_cast<float>(sum_gx);
+    k[c] = GA[c] * IV[c];
+    a[c] = static_cast<float>(sum_g / m);
+    bb[c] = static_cast<float>(sum_gx / m);
+  }
+#pragma omp parallel for schedule(static) if (threads)
+  for (int64_t r = 0; r < r_; ++r) {
+    const float* xp = X + r * c_;
+    const float* dp = DY + r * c_;
+    float* op = DX + r * c_;
+#pragma omp simd
+    for (int64_t c = 0; c < c_; ++c) {
+      const float xh = (xp[c] - MU[c]) * IV[c];
+      const float z = xh * GA[c] + BE[c];
+      const float g = Masked(dp[c], (z > lo) & (z < hi));
+      op[c] = k[c] * (g - a[c] - xh * bb[c]);
+    }
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormStats, BatchNormStats,
@@ -153,5 +296,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormBackward, BatchNormBackward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dx
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dgamma
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dbeta
+                                  .Attr<float>("lo")
+                                  .Attr<float>("hi"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormStatsLast, BatchNormStatsLast,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormBackwardLast, BatchNormBackwardLast,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("lo")
                                   .Attr<float>("hi"));

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENV = "NETC_ONEDNN"
+LAYOUT_ENV = "NETC_ONEDNN_LAYOUT"
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 # compiled together into one library: the convolutions, and BatchNorm's backward (batch_norm.cc)
 SOURCES = (SOURCE, Path(__file__).with_name("batch_norm.cc"))
@@ -42,10 +43,12 @@ TARGETS = {"netc_onednn_conv_forward": "NetcConvForward",
            "netc_onednn_conv_backward_data": "NetcConvBackwardData",
            "netc_onednn_conv_backward_weights": "NetcConvBackwardWeights",
            "netc_batch_norm_stats": "NetcBatchNormStats",
-           "netc_batch_norm_backward": "NetcBatchNormBackward"}
+           "netc_batch_norm_backward": "NetcBatchNormBackward",
+           "netc_batch_norm_stats_last": "NetcBatchNormStatsLast",
+           "netc_batch_norm_backward_last": "NetcBatchNormBackwardLast"}
 
-__all__ = ["Status", "available", "batch_norm_backward_call", "batch_norm_stats_call", "conv_call",
-           "bf16_allowed", "bf16_enabled", "bf16_native", "conv_dtype", "enabled_by_env", "kernel_dir", "status", "usable"]
+__all__ = ["Status", "activation_layout", "available", "batch_norm_backward_call", "batch_norm_stats_call", "conv_call",
+           "bf16_allowed", "bf16_enabled", "bf16_native", "channels_last", "conv_dtype", "enabled_by_env", "kernel_dir", "status", "usable"]
 
 
 @dataclass(frozen=True)
@@ -229,19 +232,29 @@ def bf16_native() -> bool:
 def conv_call(which: str, result, a, b, *, strides, dilation, pads, groups: int):
     """One oneDNN convolution primitive on (a, b) → an array like `result`: `which` is
     "forward" (x, w → y), "backward_data" (dy, w → dx) or "backward_weights" (x, dy → dw).
-    Activations are N×C×spatial, weights O×(C/groups)×k; pads are (before, after) per axis."""
+    Activations are N×C×spatial (logically: in memory as activation_layout says), weights
+    O×(C/groups)×k; pads are (before, after) per axis."""
     import jax
     import numpy as np
 
     st = status()  # builds and registers the kernels on first use
     if not st.ok:
         raise RuntimeError(st.detail)
-    call = jax.ffi.ffi_call(f"netc_onednn_conv_{which}", result, vmap_method="sequential")
+    last = activation_layout(a.ndim)
+    kw = {}
+    if last:  # XLA hands over and takes back N×spatial×C memory (layout 2)
+        weights = which == "backward_weights"
+        kw = {"input_layouts": [last, last if weights else None],
+              "output_layouts": None if weights else last}
+        layout = 2
+    else:  # N×C×spatial memory, reordered inside: oneDNN's choice (0) or channel-blocked (1)
+        layout = int(which == "forward" and _blocked_forward(b.shape, groups, strides))
+    call = jax.ffi.ffi_call(f"netc_onednn_conv_{which}", result, vmap_method="sequential", **kw)
     i64 = np.int64
     return call(a, b, strides=np.asarray(strides, i64), dilation=np.asarray(dilation, i64),
                 pad_lo=np.asarray([p[0] for p in pads], i64),
                 pad_hi=np.asarray([p[1] for p in pads], i64), groups=i64(groups),
-                layout=i64(which == "forward" and _blocked_forward(b.shape, groups, strides)))
+                layout=i64(layout))
 
 
 def _blocked_forward(w_shape, groups: int, strides) -> bool:
@@ -264,6 +277,32 @@ def _blocked_forward(w_shape, groups: int, strides) -> bool:
     return pointwise or depthwise
 
 
+def channels_last() -> bool:
+    """Whether the native kernels exchange activations with XLA channels-last (the default):
+    each custom call asks XLA for its activations as N×spatial×C in memory (jax.ffi.ffi_call's
+    input/output layouts; the arrays stay N×C×spatial to the program), and XLA's layout
+    assignment carries that layout through the elementwise ops, pooling and BatchNorm kernels
+    between two convolutions, so a net transposes once at its input instead of reordering every
+    convolution's operands inside oneDNN, whose AVX-512 kernels take channels-last as it is.
+    Same process, alternating windows, a 2-core AVX-512 host (`python bench/onednn_layout.py
+    resnet|mobilenet|lenet 6`; bench/results/cpu/onednn_layout.txt), samples/s: CIFAR ResNet-18
+    batch 128 85.6 -> 91.3, MobileNet v2 96 batch 64 148.8 -> 214.5, LeNet 5,479 -> 5,955.
+    NETC_ONEDNN_LAYOUT=channels_first keeps N×C×spatial memory (oneDNN reorders inside each
+    call; NETC_ONEDNN_FORWARD_LAYOUT then picks the forward's inner layout). Read when a program
+    is traced. Only a performance choice: XLA converts wherever a producer and
+    a consumer disagree, so values never depend on it."""
+    return os.environ.get(LAYOUT_ENV, "").strip().lower() != "channels_first"
+
+
+def activation_layout(ndim: int) -> tuple | None:
+    """The major-to-minor memory order (N, spatial..., C) the kernels ask XLA for on an
+    ndim-axis activation, or None for XLA's default row-major N×C×spatial: channels-last for
+    1 to 3 spatial axes (oneDNN's nwc, nhwc, ndhwc) where channels_last()."""
+    if 3 <= ndim <= 5 and channels_last():
+        return (0, *range(2, ndim), 1)
+    return None
+
+
 def batch_norm_stats_call(x):
     """(mean, biased variance) of x per channel (axis 1), each (C,), by batch_norm.cc: one pass
     over x (float32)."""
@@ -273,6 +312,10 @@ def batch_norm_stats_call(x):
     if not st.ok:
         raise RuntimeError(st.detail)
     c = jax.ShapeDtypeStruct((x.shape[1],), x.dtype)
+    last = activation_layout(x.ndim)
+    if last:
+        return jax.ffi.ffi_call("netc_batch_norm_stats_last", (c, c), vmap_method="sequential",
+                                input_layouts=[last])(x)
     return jax.ffi.ffi_call("netc_batch_norm_stats", (c, c), vmap_method="sequential")(x)
 
 
@@ -288,6 +331,12 @@ def batch_norm_backward_call(dy, x, mean, inv, gamma, beta, lo: float, hi: float
     c = (x.shape[1],)
     result = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(c, x.dtype),
               jax.ShapeDtypeStruct(c, x.dtype))
-    call = jax.ffi.ffi_call("netc_batch_norm_backward", result, vmap_method="sequential")
+    last = activation_layout(x.ndim)
+    kw = {}
+    if last:
+        kw = {"input_layouts": [last, last, None, None, None, None],
+              "output_layouts": [last, None, None]}
+    call = jax.ffi.ffi_call("netc_batch_norm_backward" + ("_last" if last else ""), result,
+                            vmap_method="sequential", **kw)
     return call(dy, x, mean.reshape(c), inv.reshape(c), gamma.reshape(c), beta.reshape(c),
                 lo=np.float32(lo), hi=np.float32(hi))

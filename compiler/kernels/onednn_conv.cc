@@ -3,10 +3,14 @@
 // (all three operands of one call in the same type; oneDNN accumulates bfloat16 in float32).
 // Built on first use by compiler/kernels/onednn.py against the onednn-cpu-gomp wheel.
 //
-// Layouts: activations arrive in netc's layout, channels first (N, C, spatial...), weights as
-// (O, C/g, k...). oneDNN picks its own formats (`any`: blocked ones, e.g. nChw8c on AVX2) and the
-// operands are reordered when they differ — giving it the plain layouts instead ran CIFAR
-// ResNet-18's 3×3 64-channel layer 2.3x slower. Primitives are built once per shape and cached
+// Layouts: activations are logically N×C×spatial, weights (O, C/g, k...). By default (layout 2)
+// XLA hands over and takes back activations channels-last in memory (N×spatial×C; the custom
+// call's operand layouts, compiler/kernels/onednn.py channels_last) and the primitives run on
+// that layout as it is, as PyTorch's channels_last convolutions do: no reorders of activations.
+// With N×C×spatial memory (layout 0 and 1) oneDNN picks its own formats (`any`: blocked ones,
+// e.g. nChw8c on AVX2) and the operands are reordered when they differ — giving it N×C×spatial
+// itself ran CIFAR ResNet-18's 3×3 64-channel layer 2.3x slower. Weights are reordered to
+// oneDNN's choice each call. Primitives are built once per shape and cached
 // (a mutex guards the cache; executing a primitive is thread-safe); scratchpads and reorder
 // buffers belong to the calling thread.
 #include <cstdint>
@@ -32,7 +36,9 @@ enum Kind : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 struct Geometry {
   Dims src, wei, dst, strides, dilates, pad_l, pad_r;
   int64_t groups = 1;
-  int64_t layout = 0;  // the forward's activations: 0 oneDNN's choice, 1 channel-blocked
+  // the activations: 0 N×C×spatial in memory, oneDNN's choice inside; 1 the same, the forward
+  // channel-blocked inside; 2 channels-last in memory (N×spatial×C) and inside
+  int64_t layout = 0;
   memory::data_type type = memory::data_type::f32;  // of all three operands
 };
 
@@ -66,6 +72,17 @@ memory::format_tag BlockedTag(size_t rank) {
   return t::undef;
 }
 
+// N×spatial×C in memory (nwc, nhwc, ndhwc) for the logical N×C×spatial dims
+memory::format_tag ChannelsLastTag(size_t rank) {
+  using t = memory::format_tag;
+  switch (rank) {
+    case 3: return t::acb;
+    case 4: return t::acdb;
+    case 5: return t::acdeb;
+  }
+  return t::undef;
+}
+
 memory::desc Md(const Dims& d, memory::format_tag tag, memory::data_type type) {
   return memory::desc(d, type, tag);
 }
@@ -84,6 +101,7 @@ struct Prepared {
   memory::desc user[3], want[3];  // inputs 0, 1 and the output, as given and as oneDNN wants
   int arg[3];
   memory::desc scratch;
+  std::string impl;  // oneDNN's name for the implementation it chose
 };
 
 struct Cache {
@@ -101,16 +119,20 @@ std::string Key(Kind kind, const Geometry& g) {
   return k;
 }
 
-std::shared_ptr<Prepared> Prepare(Kind kind, const Geometry& g) {
+// `fixed`: the primitive runs on the user's channels-last activations as they are (layout 2);
+// else on oneDNN's choice of formats.
+std::shared_ptr<Prepared> Prepare(Kind kind, const Geometry& g, bool fixed) {
   using namespace dnnl;
   auto& eng = Engine();
-  const auto act_tag = PlainTag(g.src.size());
+  const bool last = g.layout == 2;
+  const auto act_tag = last ? ChannelsLastTag(g.src.size()) : PlainTag(g.src.size());
   const auto any = memory::format_tag::any;
   const auto t = g.type;
   const auto src_user = Md(g.src, act_tag, t), dst_user = Md(g.dst, act_tag, t);
   const auto wdims = WeightDims(g);
   const auto wei_user = Md(wdims, PlainTag(wdims.size()), t);
-  const auto src_md = Md(g.src, any, t), dst_md = Md(g.dst, any, t);
+  const auto src_md = fixed ? src_user : Md(g.src, any, t);
+  const auto dst_md = fixed ? dst_user : Md(g.dst, any, t);
   const auto wei_md = Md(wdims, any, t);
   primitive_attr attr;
   attr.set_scratchpad_mode(scratchpad_mode::user);
@@ -136,6 +158,7 @@ std::shared_ptr<Prepared> Prepare(Kind kind, const Geometry& g) {
     p->want[0] = fwd.src_desc(), p->want[1] = fwd.weights_desc(), p->want[2] = fwd.dst_desc();
     p->arg[0] = DNNL_ARG_SRC, p->arg[1] = DNNL_ARG_WEIGHTS, p->arg[2] = DNNL_ARG_DST;
     p->scratch = fwd.scratchpad_desc();
+    p->impl = fwd.impl_info_str();
     p->prim = convolution_forward(fwd);
   } else if (kind == kBackwardData) {
     auto bwd = convolution_backward_data::primitive_desc(
@@ -146,6 +169,7 @@ std::shared_ptr<Prepared> Prepare(Kind kind, const Geometry& g) {
     p->want[2] = bwd.diff_src_desc();
     p->arg[0] = DNNL_ARG_DIFF_DST, p->arg[1] = DNNL_ARG_WEIGHTS, p->arg[2] = DNNL_ARG_DIFF_SRC;
     p->scratch = bwd.scratchpad_desc();
+    p->impl = bwd.impl_info_str();
     p->prim = convolution_backward_data(bwd);
   } else {
     auto bwd = convolution_backward_weights::primitive_desc(
@@ -156,9 +180,23 @@ std::shared_ptr<Prepared> Prepare(Kind kind, const Geometry& g) {
     p->want[2] = bwd.diff_weights_desc();
     p->arg[0] = DNNL_ARG_SRC, p->arg[1] = DNNL_ARG_DIFF_DST, p->arg[2] = DNNL_ARG_DIFF_WEIGHTS;
     p->scratch = bwd.scratchpad_desc();
+    p->impl = bwd.impl_info_str();
     p->prim = convolution_backward_weights(bwd);
   }
   return p;
+}
+
+// Channels-last activations run as they are where oneDNN has an optimised kernel for them;
+// where only a reference one takes them (an older ISA, an unusual shape) the operands are
+// reordered to oneDNN's own choice instead.
+std::shared_ptr<Prepared> Prepare(Kind kind, const Geometry& g) {
+  if (g.layout != 2) return Prepare(kind, g, false);
+  try {
+    auto p = Prepare(kind, g, true);
+    if (p->impl.rfind("ref", 0) != 0) return p;
+  } catch (const dnnl::error&) {  // no implementation at all takes them as they are
+  }
+  return Prepare(kind, g, false);
 }
 
 std::shared_ptr<Prepared> Lookup(Kind kind, const Geometry& g) {

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import jit_fast
 from test_conv_lowering import _geometries as conv_geometries
+from test_parity import build, inputs_layer
 
 from netc.compiler.kernels import onednn
 from netc.compiler.layers import conv as C
@@ -334,3 +335,98 @@ def test_cpu_bfloat16_units_reads_the_flags(tmp_path):
     assert cpu_bfloat16_units(str(tmp_path / "absent")) is None
     info.write_text("processor\t: 0\n")  # no flags line (another architecture)
     assert cpu_bfloat16_units(str(info)) is None
+
+
+def _residual_net():
+    conv = lambda name, bottom, n, k=3, s=1: {  # noqa: E731
+        "name": name, "type": "Convolution", "bottom": [bottom], "top": [name],
+        "convolution_param": {"num_output": n, "kernel_size": k, "stride": s, "pad": k // 2,
+                              "weight_filler": {"type": "xavier"}}}
+    bn = lambda name, bottom: [  # noqa: E731
+        {"name": f"{name}_bn", "type": "BatchNorm", "bottom": [bottom], "top": [bottom]},
+        {"name": f"{name}_sc", "type": "Scale", "bottom": [bottom], "top": [bottom],
+         "scale_param": {"bias_term": True}},
+        {"name": f"{name}_relu", "type": "ReLU", "bottom": [bottom], "top": [bottom]}]
+    layers = [inputs_layer({"x": (8, 8, 12, 12)}), conv("c1", "x", 16), *bn("c1", "c1"),
+              conv("c2", "c1", 16), *bn("c2", "c2"), conv("skip", "x", 16, k=1),
+              {"name": "add", "type": "Eltwise", "bottom": ["c2", "skip"], "top": ["add"]},
+              {"name": "pool", "type": "Pooling", "bottom": ["add"], "top": ["pool"],
+               "pooling_param": {"pool": "MAX", "kernel_size": 2, "stride": 2}},
+              conv("c3", "pool", 24, s=2), *bn("c3", "c3"),
+              {"name": "gap", "type": "Pooling", "bottom": ["c3"], "top": ["gap"],
+               "pooling_param": {"pool": "AVE", "global_pooling": True}}]
+    return build(layers)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
+def test_channels_last_activations_stay_channels_last_between_kernels(layout, monkeypatch):
+    """A residual net's train gradient with the kernels exchanging channels-last memory (the
+    default): XLA keeps N×H×W×C memory between the convolutions (with their bias gradients),
+    BatchNorm kernels, ReLUs, the residual add and the max pooling, and values and gradients
+    equal those of N×C×H×W memory."""
+    import re
+
+    monkeypatch.setenv(onednn.LAYOUT_ENV, layout)
+    net = _residual_net()
+    assert net.kernels
+    params, state = net.init(jax.random.key(0))
+    x = np.random.default_rng(0).standard_normal((8, 8, 12, 12)).astype(np.float32)
+
+    def loss(p, x):
+        blobs, _ = net.apply(p, state, {"x": x}, train=True)
+        return jnp.sum(blobs["gap"] * jnp.arange(24.0).reshape(1, 24, 1, 1))
+
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    hlo = step.lower(params, x).compile().as_text()
+    assert hlo.count("netc_onednn_conv_") >= 8 and "netc_batch_norm_backward" in hlo
+    # activations (16 or 24 channels; x has 8) the program writes to memory as N×C×H×W
+    # (logically N×C×H×W, row-major): none with channels-last kernels; a broken propagation
+    # writes them there around every kernel
+    entry = hlo[hlo.index("\nENTRY"):]
+    nchw = re.findall(r"= ((?:f32|pred)\[8,(?:16|24),\d+,\d+\])\{3,2,1,0\} (?!parameter|bitcast)",
+                      entry)
+    if layout == "channels_last":
+        assert "netc_batch_norm_backward_last" in hlo and not nchw, nchw
+    else:
+        assert "netc_batch_norm_backward_last" not in hlo and len(nchw) >= 10, nchw
+    value, (gp, gx) = step(params, x)
+    monkeypatch.setenv(onednn.LAYOUT_ENV, "channels_last" if layout != "channels_last" else
+                       "channels_first")
+    other = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+    np.testing.assert_allclose(value, other[0], rtol=1e-5)
+    # to summation order (a bias before a BatchNorm has a zero gradient: rounding noise only)
+    scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(other[1]))
+    for a, b in zip(jax.tree.leaves((gp, gx)), jax.tree.leaves(other[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "channels_first"])
+def test_the_bias_gradient_from_onednn_matches_autodiff(layout, monkeypatch):
+    """conv + bias with the bias gradient from oneDNN's backward-weights primitive (float32
+    convolutions with a bias, C._onednn_conv_bias): values and all three gradients equal
+    lax.conv + bias under autodiff, on random geometries (1-3 spatial axes, groups)."""
+    monkeypatch.setenv(onednn.LAYOUT_ENV, layout)
+    rng = np.random.default_rng(7)
+    cases = []
+    for size, cin, cout, groups, g in _geometries(6, seed=5):
+        x = rng.standard_normal((3, cin) + size).astype(np.float32)
+        wt = rng.standard_normal((cout, cin // groups) + g.window.kernel).astype(np.float32)
+        b = rng.standard_normal(cout).astype(np.float32)
+        cases.append((g, groups, x, wt, b))
+
+    def grads(fn, x, wt, b):
+        return jax.value_and_grad(lambda *a: jnp.sum(jnp.sin(fn(*a))), (0, 1, 2))(x, wt, b)
+
+    def run(args):
+        out = []
+        for (g, groups, *_), (x, wt, b) in zip(cases, args):
+            def ref(x, wt, b, g=g, groups=groups):
+                y = C._lax_conv(x, wt, g=g, group=groups)
+                return y + b.reshape((-1,) + (1,) * (y.ndim - 2))
+            out.append((grads(ref, x, wt, b), grads(C._onednn_conv_bias(g, groups), x, wt, b)))
+        return out
+
+    results = jit_fast(run)([(x, w, b) for *_, x, w, b in cases])
+    for (g, groups, *_), (ref, got) in zip(cases, results):
+        for a, r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(a, r, rtol=1e-4, atol=1e-3, err_msg=f"{g} groups {groups}")

@@ -42,6 +42,7 @@ LIBRARY = "libnetc_onednn.so"
 TARGETS = {"netc_onednn_conv_forward": "NetcConvForward",
            "netc_onednn_conv_backward_data": "NetcConvBackwardData",
            "netc_onednn_conv_backward_weights": "NetcConvBackwardWeights",
+           "netc_onednn_conv_backward_weights_bias": "NetcConvBackwardWeightsBias",
            "netc_batch_norm_stats": "NetcBatchNormStats",
            "netc_batch_norm_backward": "NetcBatchNormBackward",
            "netc_batch_norm_stats_last": "NetcBatchNormStatsLast",
@@ -231,7 +232,8 @@ def bf16_native() -> bool:
 
 def conv_call(which: str, result, a, b, *, strides, dilation, pads, groups: int):
     """One oneDNN convolution primitive on (a, b) → an array like `result`: `which` is
-    "forward" (x, w → y), "backward_data" (dy, w → dx) or "backward_weights" (x, dy → dw).
+    "forward" (x, w → y), "backward_data" (dy, w → dx), "backward_weights" (x, dy → dw) or
+    "backward_weights_bias" (x, dy → (dw, db): float32; `result` a pair).
     Activations are N×C×spatial (logically: in memory as activation_layout says), weights
     O×(C/groups)×k; pads are (before, after) per axis."""
     import jax
@@ -243,7 +245,7 @@ def conv_call(which: str, result, a, b, *, strides, dilation, pads, groups: int)
     last = activation_layout(a.ndim)
     kw = {}
     if last:  # XLA hands over and takes back N×spatial×C memory (layout 2)
-        weights = which == "backward_weights"
+        weights = which.startswith("backward_weights")
         kw = {"input_layouts": [last, last if weights else None],
               "output_layouts": None if weights else last}
         layout = 2

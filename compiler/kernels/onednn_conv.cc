@@ -39,6 +39,7 @@ struct Geometry {
   // the activations: 0 N×C×spatial in memory, oneDNN's choice inside; 1 the same, the forward
   // channel-blocked inside; 2 channels-last in memory (N×spatial×C) and inside
   int64_t layout = 0;
+  bool bias = false;  // backward-weights also gives the bias gradient (float32: Σ dy per channel)
   memory::data_type type = memory::data_type::f32;  // of all three operands
 };
 
@@ -101,6 +102,7 @@ struct Prepared {
   memory::desc user[3], want[3];  // inputs 0, 1 and the output, as given and as oneDNN wants
   int arg[3];
   memory::desc scratch;
+  memory::desc bias;  // the bias gradient's, when backward-weights gives it
   std::string impl;  // oneDNN's name for the implementation it chose
 };
 
@@ -111,6 +113,7 @@ struct Cache {
 
 std::string Key(Kind kind, const Geometry& g) {
   std::string k = std::to_string(kind) + "|" + std::to_string(g.groups) + "|" +
+                  std::to_string(g.bias) + "|" +
                   std::to_string(g.layout) + "|" + std::to_string(static_cast<int>(g.type));
   for (const Dims* d : {&g.src, &g.wei, &g.dst, &g.strides, &g.dilates, &g.pad_l, &g.pad_r}) {
     k += "|";
@@ -137,7 +140,13 @@ std::shared_ptr<Prepared> Prepare(Kind kind, const Geometry& g, bool fixed) {
   primitive_attr attr;
   attr.set_scratchpad_mode(scratchpad_mode::user);
   const auto prop = kind == kForward ? prop_kind::forward_inference : prop_kind::forward_training;
+  const auto bias_md = Md({g.dst[1]}, memory::format_tag::a, memory::data_type::f32);
   auto make_fwd = [&](const memory::desc& s, const memory::desc& d) {
+    if (g.bias) {
+      return convolution_forward::primitive_desc(eng, prop, algorithm::convolution_direct, s,
+                                                 wei_md, bias_md, d, g.strides, g.dilates,
+                                                 g.pad_l, g.pad_r, attr);
+    }
     return convolution_forward::primitive_desc(eng, prop, algorithm::convolution_direct, s,
                                                wei_md, d, g.strides, g.dilates, g.pad_l,
                                                g.pad_r, attr);
@@ -172,9 +181,13 @@ std::shared_ptr<Prepared> Prepare(Kind kind, const Geometry& g, bool fixed) {
     p->impl = bwd.impl_info_str();
     p->prim = convolution_backward_data(bwd);
   } else {
-    auto bwd = convolution_backward_weights::primitive_desc(
-        eng, algorithm::convolution_direct, src_md, wei_md, dst_md, g.strides, g.dilates,
-        g.pad_l, g.pad_r, fwd, attr);
+    auto bwd = g.bias ? convolution_backward_weights::primitive_desc(
+                            eng, algorithm::convolution_direct, src_md, wei_md, bias_md, dst_md,
+                            g.strides, g.dilates, g.pad_l, g.pad_r, fwd, attr)
+                      : convolution_backward_weights::primitive_desc(
+                            eng, algorithm::convolution_direct, src_md, wei_md, dst_md,
+                            g.strides, g.dilates, g.pad_l, g.pad_r, fwd, attr);
+    if (g.bias) p->bias = bwd.diff_bias_desc();
     p->user[0] = src_user, p->user[1] = dst_user, p->user[2] = wei_user;
     p->want[0] = bwd.src_desc(), p->want[1] = bwd.diff_dst_desc();
     p->want[2] = bwd.diff_weights_desc();
@@ -218,7 +231,7 @@ std::vector<char>& Buffer(int which, size_t bytes) {
   return b;
 }
 
-void Run(Kind kind, const Geometry& g, void* in0, void* in1, void* out) {
+void Run(Kind kind, const Geometry& g, void* in0, void* in1, void* out, void* bias) {
   auto p = Lookup(kind, g);
   auto& eng = Engine();
   dnnl::stream s(eng);
@@ -235,6 +248,7 @@ void Run(Kind kind, const Geometry& g, void* in0, void* in1, void* out) {
     }
     args[p->arg[i]] = used[i];
   }
+  if (bias != nullptr) args[DNNL_ARG_DIFF_BIAS] = dnnl::memory(p->bias, eng, bias);
   if (size_t bytes = p->scratch.get_size()) {
     args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(p->scratch, eng, Buffer(3, bytes).data());
   }
@@ -250,7 +264,7 @@ Dims Shape(const B& b) {
   return Dims(d.begin(), d.end());
 }
 
-ffi::Error Call(Kind kind, Dims a, Dims b, Dims c, void* in0, void* in1, void* out,
+ffi::Error Call(Kind kind, Dims a, Dims b, Dims c, void* in0, void* in1, void* out, void* bias,
                 ffi::Span<const int64_t> strides, ffi::Span<const int64_t> dilation,
                 ffi::Span<const int64_t> pad_lo, ffi::Span<const int64_t> pad_hi,
                 int64_t groups, int64_t layout, memory::data_type type) {
@@ -258,6 +272,7 @@ ffi::Error Call(Kind kind, Dims a, Dims b, Dims c, void* in0, void* in1, void* o
   g.type = type;
   g.groups = groups;
   g.layout = layout;
+  g.bias = bias != nullptr;
   if (kind == kForward) g.src = a, g.wei = b, g.dst = c;
   if (kind == kBackwardData) g.dst = a, g.wei = b, g.src = c;
   if (kind == kBackwardWeights) g.src = a, g.dst = b, g.wei = c;
@@ -266,7 +281,7 @@ ffi::Error Call(Kind kind, Dims a, Dims b, Dims c, void* in0, void* in1, void* o
   g.pad_r = ToDims(pad_hi);
   for (auto v : dilation) g.dilates.push_back(v - 1);  // oneDNN counts the gaps
   try {
-    Run(kind, g, in0, in1, out);
+    Run(kind, g, in0, in1, out, bias);
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
   }
@@ -289,7 +304,22 @@ ffi::Error Impl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
   }
   const auto type = e == ffi::DataType::F32 ? memory::data_type::f32 : memory::data_type::bf16;
   return Call(kind, Shape(a), Shape(b), Shape(*out), a.untyped_data(), b.untyped_data(),
-              out->untyped_data(), NETC_PASS, type);
+              out->untyped_data(), nullptr, NETC_PASS, type);
+}
+
+// backward-weights and the bias gradient (Σ dy over all but the channels) in one primitive:
+// float32 only
+ffi::Error WeightsAndBias(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                          ffi::Result<ffi::AnyBuffer> db, NETC_ATTRS) {
+  const auto f32 = ffi::DataType::F32;
+  if (x.element_type() != f32 || dy.element_type() != f32 || dw->element_type() != f32 ||
+      db->element_type() != f32) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "netc's oneDNN weight-and-bias gradient takes float32 operands");
+  }
+  return Call(kBackwardWeights, Shape(x), Shape(dy), Shape(*dw), x.untyped_data(),
+              dy.untyped_data(), dw->untyped_data(), db->untyped_data(), NETC_PASS,
+              memory::data_type::f32);
 }
 
 }  // namespace
@@ -318,3 +348,16 @@ extern "C" int NetcOnednnBf16Native() {
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcConvForward, Impl<kForward>, NETC_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcConvBackwardData, Impl<kBackwardData>, NETC_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcConvBackwardWeights, Impl<kBackwardWeights>, NETC_BIND);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcConvBackwardWeightsBias, WeightsAndBias,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("dilation")
+                                  .Attr<ffi::Span<const int64_t>>("pad_lo")
+                                  .Attr<ffi::Span<const int64_t>>("pad_hi")
+                                  .Attr<int64_t>("groups")
+                                  .Attr<int64_t>("layout"));

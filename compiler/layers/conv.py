@@ -201,6 +201,34 @@ def _onednn_conv(g: ConvGeometry, group: int = 1):
     return _with_vjp(onednn_forward, backward)
 
 
+def _onednn_conv_bias(g: ConvGeometry, group: int = 1):
+    """(x, wt, b) ↦ conv(x, wt) + b per channel (float32), whose backward-weights primitive
+    gives the bias gradient too (Σ dy per channel, in the same pass over dy). Left to autodiff
+    that sum is an XLA reduction, which XLA's CPU backend runs on row-major N×C×spatial only:
+    with activations channels-last in memory (onednn.channels_last) it copied dy to that layout
+    first (LeNet: conv1's and conv2's)."""
+    import jax
+
+    from netc.compiler.kernels.onednn import conv_call
+
+    conv = _onednn_conv(g, group)
+    geo = {"strides": g.window.stride, "dilation": g.window.dilation, "pads": g.pads,
+           "groups": group}
+
+    def forward(x, wt, b):
+        return conv(x, wt) + b.reshape((-1,) + (1,) * (x.ndim - 2))
+
+    def backward(res, dy):
+        x, wt, b = res
+        dx = conv_call("backward_data", _like(x), dy, wt, **geo)
+        dw, db = conv_call("backward_weights_bias", (_like(wt), _like(b)), x, dy, **geo)
+        return dx, dw, db
+
+    f = jax.custom_vjp(forward)
+    f.defvjp(lambda x, wt, b: (forward(x, wt, b), (x, wt, b)), backward)
+    return f
+
+
 def _onednn_deconv(g: ConvGeometry, group: int = 1):
     """The transposed convolution (N×C_in×spatial, float32 or bfloat16) as oneDNN primitives: it is the
     backward-data pass of the convolution from its output (O channels) back to its input, whose
@@ -396,11 +424,13 @@ convolution_param:
         x2, lead = self._flat(x, g.axis)
         wt = params["weight"].astype(x.dtype)
         via = _by_onednn(g, ctx, x)
-        if via is not None:
+        if via == "float32" == x.dtype and "bias" in params:  # the bias gradient by oneDNN too
+            y = _onednn_conv_bias(g, self.p.group)(x2, wt, params["bias"].astype(x.dtype))
+        elif via is not None:
             y = _onednn_conv(g, self.p.group)(x2.astype(via), wt.astype(via)).astype(x.dtype)
+            y = self._bias(y, params, 1)
         else:
-            y = self._xla_conv(x2, wt, g)
-        y = self._bias(y, params, 1)
+            y = self._bias(self._xla_conv(x2, wt, g), params, 1)
         return [y.reshape(lead + y.shape[1:]) if g.axis != 1 else y]
 
     def _xla_conv(self, x, wt, g: ConvGeometry):

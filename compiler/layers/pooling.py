@@ -168,7 +168,7 @@ def _first_max_mask(win, y, axes: tuple[int, ...], kernel: tuple[int, ...]):
     return offset == jnp.min(ties, axis=axes, keepdims=True)
 
 
-def _max_tiled(x, g: PoolGeometry):
+def _max_tiled(x, g: PoolGeometry, last: bool = False):
     """MAX over windows that tile the input exactly (LeNet's 2×2/2): a reshape splits each
     spatial axis into (out, kernel) and a max reduces the kernel axes. The gradient goes to each
     window's first maximum only, as in Caffe: the forward saves that one-hot mask (in x's
@@ -177,27 +177,45 @@ def _max_tiled(x, g: PoolGeometry):
     64, alternating windows in one process, samples per CPU-second, load ~5): +10% with both
     convs in oneDNN; with conv1 by im2col too (Convolution._use_kernel) 1,633 -> 2,071; bfloat16
     963 -> 995; but XLA alone (no kernels) 1,578 -> 1,477, as XLA fuses conv2's im2col input
-    gradient (a sum of 25 pads) into this select and so computes it once per window element."""
+    gradient (a sum of 25 pads) into this select and so computes it once per window element.
+    `last`: written on the channels-last view of x (where the native kernels keep activations
+    channels-last in memory, compiler/kernels/onednn.py channels_last), so that the reshape to
+    windows is a view there too and XLA keeps the layout instead of copying around the pool."""
     import jax
     import jax.numpy as jnp
 
     n, kernel = len(g.out), g.window.kernel
-    split = x.shape[:2] + tuple(d for o, k in zip(g.out, kernel) for d in (o, k))
-    axes = tuple(3 + 2 * i for i in range(n))
+    if last:  # the same on N×spatial×C, which reshapes to windows without moving memory
+        split = x.shape[:1] + tuple(d for o, k in zip(g.out, kernel) for d in (o, k)) + x.shape[1:2]
+        axes, first = tuple(2 + 2 * i for i in range(n)), 1
+        to, back = (lambda a: jnp.moveaxis(a, 1, -1)), (lambda a: jnp.moveaxis(a, -1, 1))
+    else:
+        split = x.shape[:2] + tuple(d for o, k in zip(g.out, kernel) for d in (o, k))
+        axes, first = tuple(3 + 2 * i for i in range(n)), 2
+        to = back = lambda a: a  # noqa: E731
 
     def fwd(x_):
-        win = x_.reshape(split)
+        win = to(x_).reshape(split)
         y = jnp.max(win, axis=axes)
-        return y, _first_max_mask(win, y, axes, kernel).reshape(x_.shape)
+        return back(y), _first_max_mask(win, y, axes, kernel).reshape(to(x_).shape)
 
     def bwd(mask, dy):
+        dy = to(dy)
         for i, k in enumerate(kernel):
-            dy = jnp.repeat(dy, k, axis=2 + i)
-        return (jnp.where(mask, dy, jnp.zeros((), dy.dtype)),)
+            dy = jnp.repeat(dy, k, axis=first + i)
+        return (back(jnp.where(mask, dy, jnp.zeros((), dy.dtype))),)
 
     pool_max = jax.custom_vjp(lambda x_: fwd(x_)[0])
     pool_max.defvjp(fwd, bwd)
     return [pool_max(x)]
+
+
+def _channels_last(ctx, x) -> bool:
+    """Whether x is channels-last in memory around here: the native kernels are in use in this
+    walk and take activations of x's rank channels-last (onednn.activation_layout)."""
+    from netc.compiler.kernels.onednn import activation_layout, usable
+
+    return activation_layout(x.ndim) is not None and usable(ctx, x, bfloat16=True)
 
 
 def pool(x, method: str, g: PoolGeometry, ctx, *, mask: bool = False) -> list:
@@ -209,7 +227,7 @@ def pool(x, method: str, g: PoolGeometry, ctx, *, mask: bool = False) -> list:
     if method == "STOCHASTIC":
         return _stochastic(x, g, ctx)
     if method == "MAX" and not mask and g.tiles:
-        return _max_tiled(x, g)
+        return _max_tiled(x, g, _channels_last(ctx, x))
     xp = _pad_to_windows(x, g, -jnp.inf if method == "MAX" else 0.0)
     dims, strides = (1, 1) + w.kernel, (1, 1) + w.stride
     if method == "MAX":

@@ -295,3 +295,46 @@ def test_backward_kernel_matches_float64(shape, lo, hi, layout, monkeypatch):
     np.testing.assert_allclose(np.asarray(dbeta), want_db, atol=1e-5 * scale, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(dgamma), want_dg, atol=1e-5 * scale, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(dx), want_dx, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_kernels_read_and_write_bfloat16_as_float32_rounded(layout, monkeypatch):
+    """bfloat16 activations (`precision: bfloat16`): the kernels read x and dy as they are and
+    compute in float32, so on bfloat16-exact values the statistics (summed in double) equal the
+    float32 kernels' bit for bit, dgamma and dbeta to float32 rounding, and dx is the float32 dx
+    rounded to nearest even (to one bfloat16 step where the two builds' float32 arithmetic, whose
+    multiply-adds the compiler contracts differently per type, lands on either side of a tie)."""
+    import jax
+    import jax.numpy as jnp
+
+    from netc.compiler.kernels.onednn import (
+        LAYOUT_ENV,
+        available,
+        batch_norm_backward_call,
+        batch_norm_stats_call,
+    )
+
+    if not available():
+        pytest.fail("the native kernels are not available (CI builds them: tests/test_onednn.py)")
+    monkeypatch.setenv(LAYOUT_ENV, layout)
+    rng = np.random.default_rng(5)
+    shape = (16, 24, 11, 13)
+    x16 = jnp.asarray(rng.standard_normal(shape) * 3 + 1, jnp.bfloat16)
+    dy16 = jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
+    gamma, beta = rng.uniform(0.5, 2, 24).astype(np.float32), rng.uniform(-1, 1, 24).astype(np.float32)
+
+    def run(dy, x):
+        mean, var = batch_norm_stats_call(x)
+        inv = 1 / jnp.sqrt(var + 1e-5)
+        return (mean, var) + tuple(batch_norm_backward_call(dy, x, mean, inv, gamma, beta, 0.0, 6.0))
+
+    got = jax.jit(run)(dy16, x16)
+    want = jax.jit(run)(dy16.astype(jnp.float32), x16.astype(jnp.float32))
+    assert got[2].dtype == jnp.bfloat16 and got[0].dtype == got[3].dtype == jnp.float32
+    for name, a, b in zip(("mean", "var"), got[:2], want[:2]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), name)
+    for name, a, b in zip(("dgamma", "dbeta"), got[3:], want[3:]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-4, err_msg=name)
+    dx, rounded = np.asarray(got[2], np.float32), np.asarray(want[2].astype(jnp.bfloat16), np.float32)
+    np.testing.assert_allclose(dx, rounded, rtol=2.0 ** -7, atol=0)
+    assert np.mean(dx == rounded) > 0.999

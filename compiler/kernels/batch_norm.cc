@@ -1,5 +1,6 @@
-// netc's BatchNorm kernels, called from XLA programs through the XLA FFI (jax.ffi), float32: the
-// batch statistics (BatchNormStats), and the backward of BatchNorm + Scale (+ clamp). Built with onednn_conv.cc into one library by
+// netc's BatchNorm kernels, called from XLA programs through the XLA FFI (jax.ffi): the batch
+// statistics (BatchNormStats), and the backward of BatchNorm + Scale (+ clamp); activations in
+// float32 or bfloat16, computed in float32. Built with onednn_conv.cc into one library by
 // compiler/kernels/onednn.py; used by compiler/layers/norm.py batch_norm_affine.
 //
 // The chain y = clamp(gamma·(x − mean)·inv + beta, lo, hi) per channel (axis 1 of N×C×spatial),
@@ -29,6 +30,27 @@ inline float Masked(float dy, bool pass) {
   return __builtin_bit_cast(float, __builtin_bit_cast(uint32_t, dy) & (0u - uint32_t(pass)));
 }
 
+// The activations (x, dy, dx) are float32 or bfloat16 (`precision: bfloat16`: read as they are,
+// computed in float32, dx rounded to nearest even); statistics and parameters are float32.
+struct Bf16 {
+  uint16_t bits;
+};
+inline float F(float v) { return v; }
+inline float F(Bf16 v) { return __builtin_bit_cast(float, uint32_t(v.bits) << 16); }
+template <typename T>
+inline T To(float v);
+template <>
+inline float To<float>(float v) {
+  return v;
+}
+template <>
+inline Bf16 To<Bf16>(float v) {
+  const uint32_t u = __builtin_bit_cast(uint32_t, v);
+  const uint32_t nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return Bf16{static_cast<uint16_t>(nan ? ((u >> 16) | 0x40u) : rounded)};
+}
+
 // x as N × C × S (S: the spatial axes' product); false for fewer than 2 axes.
 template <typename D>
 bool Layout(const D& d, int64_t& n, int64_t& c, int64_t& s) {
@@ -38,18 +60,19 @@ bool Layout(const D& d, int64_t& n, int64_t& c, int64_t& s) {
   return true;
 }
 
-ffi::Error BatchNormBackward(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> x,
+template <typename T>
+ffi::Error BatchNormBackwardT(ffi::AnyBuffer dy, ffi::AnyBuffer x,
                              ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> inv,
                              ffi::Buffer<ffi::F32> gamma, ffi::Buffer<ffi::F32> beta,
-                             ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dgamma,
+                             ffi::Result<ffi::AnyBuffer> dx, ffi::ResultBuffer<ffi::F32> dgamma,
                              ffi::ResultBuffer<ffi::F32> dbeta, float lo, float hi) {
   int64_t n_, c_, s_;
   if (!Layout(x.dimensions(), n_, c_, s_)) {
     return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
   }
-  const float* X = x.typed_data();
-  const float* DY = dy.typed_data();
-  float* DX = dx->typed_data();
+  const T* X = static_cast<const T*>(x.untyped_data());
+  const T* DY = static_cast<const T*>(dy.untyped_data());
+  T* DX = static_cast<T*>(dx->untyped_data());
   const float *MU = mean.typed_data(), *IV = inv.typed_data();
   const float *GA = gamma.typed_data(), *BE = beta.typed_data();
   float *DG = dgamma->typed_data(), *DB = dbeta->typed_data();
@@ -61,14 +84,14 @@ ffi::Error BatchNormBackward(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> x,
     const float mu = MU[c], iv = IV[c], ga = GA[c], be = BE[c];
     double sum_g = 0.0, sum_gx = 0.0;
     for (int64_t n = 0; n < n_; ++n) {
-      const float* xp = X + (n * c_ + c) * s_;
-      const float* dp = DY + (n * c_ + c) * s_;
+      const T* xp = X + (n * c_ + c) * s_;
+      const T* dp = DY + (n * c_ + c) * s_;
       float row_g = 0.0f, row_gx = 0.0f;  // one row's sums in SIMD lanes, then into double
 #pragma omp simd reduction(+ : row_g, row_gx)
       for (int64_t s = 0; s < s_; ++s) {
-        const float xh = (xp[s] - mu) * iv;
+        const float xh = (F(xp[s]) - mu) * iv;
         const float z = xh * ga + be;
-        const float g = Masked(dp[s], (z > lo) & (z < hi));
+        const float g = Masked(F(dp[s]), (z > lo) & (z < hi));
         row_g += g;
         row_gx += g * xh;
       }
@@ -80,15 +103,15 @@ ffi::Error BatchNormBackward(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> x,
     const float k = ga * iv;
     const float a = static_cast<float>(sum_g / m), b = static_cast<float>(sum_gx / m);
     for (int64_t n = 0; n < n_; ++n) {
-      const float* xp = X + (n * c_ + c) * s_;
-      const float* dp = DY + (n * c_ + c) * s_;
-      float* op = DX + (n * c_ + c) * s_;
+      const T* xp = X + (n * c_ + c) * s_;
+      const T* dp = DY + (n * c_ + c) * s_;
+      T* op = DX + (n * c_ + c) * s_;
 #pragma omp simd
       for (int64_t s = 0; s < s_; ++s) {
-        const float xh = (xp[s] - mu) * iv;
+        const float xh = (F(xp[s]) - mu) * iv;
         const float z = xh * ga + be;
-        const float g = Masked(dp[s], (z > lo) & (z < hi));
-        op[s] = k * (g - a - xh * b);
+        const float g = Masked(F(dp[s]), (z > lo) & (z < hi));
+        op[s] = To<T>(k * (g - a - xh * b));
       }
     }
   }
@@ -99,13 +122,14 @@ ffi::Error BatchNormBackward(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> x,
 // channel, contiguous) is summed, then its squared deviations from its own mean while it is in
 // cache, both in double; rows are combined with Chan et al.'s pairwise update, so a large mean
 // costs no precision (as a Σx² − M·mean² formula would).
-ffi::Error BatchNormStats(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> mean,
+template <typename T>
+ffi::Error BatchNormStatsT(ffi::AnyBuffer x, ffi::ResultBuffer<ffi::F32> mean,
                           ffi::ResultBuffer<ffi::F32> var) {
   int64_t n_, c_, s_;
   if (!Layout(x.dimensions(), n_, c_, s_)) {
     return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
   }
-  const float* X = x.typed_data();
+  const T* X = static_cast<const T*>(x.untyped_data());
   float *MU = mean->typed_data(), *VA = var->typed_data();
   const bool threads = n_ * c_ * s_ >= (1 << 15);
 
@@ -113,15 +137,15 @@ ffi::Error BatchNormStats(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> m
   for (int64_t c = 0; c < c_; ++c) {
     double count = 0.0, mu = 0.0, m2 = 0.0;
     for (int64_t n = 0; n < n_; ++n) {
-      const float* xp = X + (n * c_ + c) * s_;
+      const T* xp = X + (n * c_ + c) * s_;
       double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t s = 0; s < s_; ++s) sum += xp[s];
+      for (int64_t s = 0; s < s_; ++s) sum += F(xp[s]);
       const double row_mu = sum / static_cast<double>(s_);
       double row_m2 = 0.0;
 #pragma omp simd reduction(+ : row_m2)
       for (int64_t s = 0; s < s_; ++s) {
-        const double dev = xp[s] - row_mu;
+        const double dev = F(xp[s]) - row_mu;
         row_m2 += dev * dev;
       }
       const double rows = static_cast<double>(s_), total = count + rows;
@@ -153,13 +177,14 @@ bool RowsLast(const D& d, int64_t& r, int64_t& c) {
   return true;
 }
 
-ffi::Error BatchNormStatsLast(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> mean,
+template <typename T>
+ffi::Error BatchNormStatsLastT(ffi::AnyBuffer x, ffi::ResultBuffer<ffi::F32> mean,
                               ffi::ResultBuffer<ffi::F32> var) {
   int64_t r_, c_;
   if (!RowsLast(x.dimensions(), r_, c_)) {
     return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
   }
-  const float* X = x.typed_data();
+  const T* X = static_cast<const T*>(x.untyped_data());
   float *MU = mean->typed_data(), *VA = var->typed_data();
   const int64_t blocks = (r_ + kRows - 1) / kRows;
   std::vector<double> bmu(blocks * c_), bm2(blocks * c_);
@@ -175,16 +200,16 @@ ffi::Error BatchNormStatsLast(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F3
       std::fill(sum.begin(), sum.end(), 0.0);
       std::fill(m2.begin(), m2.end(), 0.0);
       for (int64_t r = r0; r < r1; ++r) {
-        const float* xp = X + r * c_;
+        const T* xp = X + r * c_;
 #pragma omp simd
-        for (int64_t c = 0; c < c_; ++c) sum[c] += xp[c];
+        for (int64_t c = 0; c < c_; ++c) sum[c] += F(xp[c]);
       }
       for (int64_t c = 0; c < c_; ++c) sum[c] /= rows;  // the block's mean
       for (int64_t r = r0; r < r1; ++r) {
-        const float* xp = X + r * c_;
+        const T* xp = X + r * c_;
 #pragma omp simd
         for (int64_t c = 0; c < c_; ++c) {
-          const double dev = xp[c] - sum[c];
+          const double dev = F(xp[c]) - sum[c];
           m2[c] += dev * dev;
         }
       }
@@ -207,19 +232,20 @@ ffi::Error BatchNormStatsLast(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F3
   return ffi::Error::Success();
 }
 
-ffi::Error BatchNormBackwardLast(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> x,
+template <typename T>
+ffi::Error BatchNormBackwardLastT(ffi::AnyBuffer dy, ffi::AnyBuffer x,
                                  ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> inv,
                                  ffi::Buffer<ffi::F32> gamma, ffi::Buffer<ffi::F32> beta,
-                                 ffi::ResultBuffer<ffi::F32> dx,
+                                 ffi::Result<ffi::AnyBuffer> dx,
                                  ffi::ResultBuffer<ffi::F32> dgamma,
                                  ffi::ResultBuffer<ffi::F32> dbeta, float lo, float hi) {
   int64_t r_, c_;
   if (!RowsLast(x.dimensions(), r_, c_)) {
     return ffi::Error::InvalidArgument("batch_norm: x needs 2 or more axes");
   }
-  const float* X = x.typed_data();
-  const float* DY = dy.typed_data();
-  float* DX = dx->typed_data();
+  const T* X = static_cast<const T*>(x.untyped_data());
+  const T* DY = static_cast<const T*>(dy.untyped_data());
+  T* DX = static_cast<T*>(dx->untyped_data());
   const float *MU = mean.typed_data(), *IV = inv.typed_data();
   const float *GA = gamma.typed_data(), *BE = beta.typed_data();
   float *DG = dgamma->typed_data(), *DB = dbeta->typed_data();
@@ -238,13 +264,13 @@ ffi::Error BatchNormBackwardLast(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32>
       std::fill(sg.begin(), sg.end(), 0.0f);
       std::fill(sgx.begin(), sgx.end(), 0.0f);
       for (int64_t r = r0; r < r1; ++r) {
-        const float* xp = X + r * c_;
-        const float* dp = DY + r * c_;
+        const T* xp = X + r * c_;
+        const T* dp = DY + r * c_;
 #pragma omp simd
         for (int64_t c = 0; c < c_; ++c) {
-          const float xh = (xp[c] - MU[c]) * IV[c];
+          const float xh = (F(xp[c]) - MU[c]) * IV[c];
           const float z = xh * GA[c] + BE[c];
-          const float g = Masked(dp[c], (z > lo) & (z < hi));
+          const float g = Masked(F(dp[c]), (z > lo) & (z < hi));
           sg[c] += g;
           sgx[c] += g * xh;
         }
@@ -263,58 +289,82 @@ ffi::Error BatchNormBackwardLast(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32>
   }
 #pragma omp parallel for schedule(static) if (threads)
   for (int64_t r = 0; r < r_; ++r) {
-    const float* xp = X + r * c_;
-    const float* dp = DY + r * c_;
-    float* op = DX + r * c_;
+    const T* xp = X + r * c_;
+    const T* dp = DY + r * c_;
+    T* op = DX + r * c_;
 #pragma omp simd
     for (int64_t c = 0; c < c_; ++c) {
-      const float xh = (xp[c] - MU[c]) * IV[c];
+      const float xh = (F(xp[c]) - MU[c]) * IV[c];
       const float z = xh * GA[c] + BE[c];
-      const float g = Masked(dp[c], (z > lo) & (z < hi));
-      op[c] = k[c] * (g - a[c] - xh * bb[c]);
+      const float g = Masked(F(dp[c]), (z > lo) & (z < hi));
+      op[c] = To<T>(k[c] * (g - a[c] - xh * bb[c]));
     }
   }
   return ffi::Error::Success();
 }
 
+// The handlers: float32 or bfloat16 activations, all alike.
+template <typename... B>
+bool Same(ffi::DataType t, const B&... b) {
+  return ((b.element_type() == t) && ...);
+}
+const char kTypes[] = "batch_norm: x, dy and dx must all be float32 or all bfloat16";
+
+ffi::Error BatchNormStats(ffi::AnyBuffer x, ffi::ResultBuffer<ffi::F32> mean,
+                          ffi::ResultBuffer<ffi::F32> var) {
+  if (Same(ffi::DataType::F32, x)) return BatchNormStatsT<float>(x, mean, var);
+  if (Same(ffi::DataType::BF16, x)) return BatchNormStatsT<Bf16>(x, mean, var);
+  return ffi::Error::InvalidArgument(kTypes);
+}
+
+ffi::Error BatchNormStatsLast(ffi::AnyBuffer x, ffi::ResultBuffer<ffi::F32> mean,
+                              ffi::ResultBuffer<ffi::F32> var) {
+  if (Same(ffi::DataType::F32, x)) return BatchNormStatsLastT<float>(x, mean, var);
+  if (Same(ffi::DataType::BF16, x)) return BatchNormStatsLastT<Bf16>(x, mean, var);
+  return ffi::Error::InvalidArgument(kTypes);
+}
+
+#define NETC_BN_BACKWARD(Name)                                                                \
+  ffi::Error Name(ffi::AnyBuffer dy, ffi::AnyBuffer x, ffi::Buffer<ffi::F32> mean,            \
+                  ffi::Buffer<ffi::F32> inv, ffi::Buffer<ffi::F32> gamma,                     \
+                  ffi::Buffer<ffi::F32> beta, ffi::Result<ffi::AnyBuffer> dx,                 \
+                  ffi::ResultBuffer<ffi::F32> dgamma, ffi::ResultBuffer<ffi::F32> dbeta,      \
+                  float lo, float hi) {                                                       \
+    if (Same(ffi::DataType::F32, dy, x, *dx))                                                 \
+      return Name##T<float>(dy, x, mean, inv, gamma, beta, dx, dgamma, dbeta, lo, hi);        \
+    if (Same(ffi::DataType::BF16, dy, x, *dx))                                                \
+      return Name##T<Bf16>(dy, x, mean, inv, gamma, beta, dx, dgamma, dbeta, lo, hi);         \
+    return ffi::Error::InvalidArgument(kTypes);                                               \
+  }
+NETC_BN_BACKWARD(BatchNormBackward)
+NETC_BN_BACKWARD(BatchNormBackwardLast)
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormStats, BatchNormStats,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()   // x
-                                  .Ret<ffi::Buffer<ffi::F32>>()   // mean (C)
-                                  .Ret<ffi::Buffer<ffi::F32>>());  // biased variance (C)
+// x (N×C×spatial, or channels-last for the *Last handlers) → mean, biased variance (C)
+#define NETC_BN_STATS_BIND                 \
+  ffi::Ffi::Bind()                         \
+      .Arg<ffi::AnyBuffer>()               \
+      .Ret<ffi::Buffer<ffi::F32>>()        \
+      .Ret<ffi::Buffer<ffi::F32>>()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormBackward, BatchNormBackward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // dy
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // mean (C)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // inv = 1/sqrt(var + eps) (C)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // gamma (C)
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // beta (C)
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dx
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dgamma
-                                  .Ret<ffi::Buffer<ffi::F32>>()  // dbeta
-                                  .Attr<float>("lo")
-                                  .Attr<float>("hi"));
+// dy, x, mean, inv = 1/sqrt(var + eps), gamma, beta (C each) → dx, dgamma, dbeta; lo, hi
+#define NETC_BN_BACKWARD_BIND              \
+  ffi::Ffi::Bind()                         \
+      .Arg<ffi::AnyBuffer>()               \
+      .Arg<ffi::AnyBuffer>()               \
+      .Arg<ffi::Buffer<ffi::F32>>()        \
+      .Arg<ffi::Buffer<ffi::F32>>()        \
+      .Arg<ffi::Buffer<ffi::F32>>()        \
+      .Arg<ffi::Buffer<ffi::F32>>()        \
+      .Ret<ffi::AnyBuffer>()               \
+      .Ret<ffi::Buffer<ffi::F32>>()        \
+      .Ret<ffi::Buffer<ffi::F32>>()        \
+      .Attr<float>("lo")                   \
+      .Attr<float>("hi")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormStatsLast, BatchNormStatsLast,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormStats, BatchNormStats, NETC_BN_STATS_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormStatsLast, BatchNormStatsLast, NETC_BN_STATS_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormBackward, BatchNormBackward, NETC_BN_BACKWARD_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(NetcBatchNormBackwardLast, BatchNormBackwardLast,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("lo")
-                                  .Attr<float>("hi"));
+                              NETC_BN_BACKWARD_BIND);

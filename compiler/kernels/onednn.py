@@ -306,14 +306,14 @@ def activation_layout(ndim: int) -> tuple | None:
 
 
 def batch_norm_stats_call(x):
-    """(mean, biased variance) of x per channel (axis 1), each (C,), by batch_norm.cc: one pass
-    over x (float32)."""
+    """(mean, biased variance) of x per channel (axis 1), each (C,) float32, by batch_norm.cc:
+    one pass over x (float32 or bfloat16, read as it is)."""
     import jax
 
     st = status()
     if not st.ok:
         raise RuntimeError(st.detail)
-    c = jax.ShapeDtypeStruct((x.shape[1],), x.dtype)
+    c = jax.ShapeDtypeStruct((x.shape[1],), "float32")
     last = activation_layout(x.ndim)
     if last:
         return jax.ffi.ffi_call("netc_batch_norm_stats_last", (c, c), vmap_method="sequential",
@@ -323,7 +323,8 @@ def batch_norm_stats_call(x):
 
 def batch_norm_backward_call(dy, x, mean, inv, gamma, beta, lo: float, hi: float):
     """(dx, dgamma, dbeta) of clamp(gamma·(x − mean)·inv + beta, lo, hi) per channel (axis 1)
-    with the batch's statistics, by batch_norm.cc (float32; lo/hi ±inf for no bound)."""
+    with the batch's statistics, by batch_norm.cc (lo/hi ±inf for no bound): dy, x and dx
+    float32 or all bfloat16, the per-channel operands and results float32."""
     import jax
     import numpy as np
 
@@ -331,8 +332,8 @@ def batch_norm_backward_call(dy, x, mean, inv, gamma, beta, lo: float, hi: float
     if not st.ok:
         raise RuntimeError(st.detail)
     c = (x.shape[1],)
-    result = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(c, x.dtype),
-              jax.ShapeDtypeStruct(c, x.dtype))
+    result = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(c, "float32"),
+              jax.ShapeDtypeStruct(c, "float32"))
     last = activation_layout(x.ndim)
     kw = {}
     if last:

@@ -94,9 +94,11 @@ batch_norm_param: {moving_average_fraction: 0.999, eps: 1e-5}
             var = (params["variance"] * inv).astype(x.dtype)
             centred = x - mean.reshape(bshape)
         else:
-            y, mean, var = _batch_statistics_norm(axes, bshape, self.p.eps,
-                                                  _native_for(ctx, x))(x)
-            ctx.notes["batch_stats"] = (x, mean, var)  # for batch_norm_affine
+            native = _native_for(ctx, x)
+            # the kernel reads a bfloat16 input as it is (no float32 copy written for it)
+            src = bottoms[0] if native and bottoms[0].dtype == "bfloat16" else x
+            y, mean, var = _batch_statistics_norm(axes, bshape, self.p.eps, native)(x, src)
+            ctx.notes["batch_stats"] = (x, mean, var, src)  # for batch_norm_affine
             m = x.size // c
             correction = m / (m - 1) if m > 1 else 1.0
             maf = self.p.moving_average_fraction
@@ -121,15 +123,16 @@ def _batch_statistics_norm(axes: tuple, bshape: tuple, eps: float, kernel: bool 
     89-96 by autodiff (1.22 vs 1.29 CPU s per step); CIFAR ResNet-18 batch 128 39-41 either way.
     The statistics are outputs for the running sums only (their cotangents, zero under
     stop_gradient, are not propagated). `kernel`: the statistics come from the native kernel
-    (compiler/kernels/batch_norm.cc, one pass over x; float32) instead of XLA's two reductions."""
+    (compiler/kernels/batch_norm.cc, one pass) instead of XLA's two reductions, reading `src`:
+    x itself, or x before it was widened to float32 (bfloat16; no gradient flows through it)."""
     import jax
     import jax.numpy as jnp
 
-    def forward(x):
+    def forward(x, src):
         if kernel:  # one pass over x (compiler/kernels/batch_norm.cc)
             from netc.compiler.kernels.onednn import batch_norm_stats_call
 
-            mean, var = (v.reshape(bshape) for v in batch_norm_stats_call(x))
+            mean, var = (v.reshape(bshape).astype(x.dtype) for v in batch_norm_stats_call(src))
             centred = x - mean
         else:  # XLA: two reductions, the second over x − mean written out
             mean = jnp.mean(x, axis=axes, keepdims=True)
@@ -139,11 +142,11 @@ def _batch_statistics_norm(axes: tuple, bshape: tuple, eps: float, kernel: bool 
         return (centred / sigma, mean.reshape(bshape), var.reshape(bshape)), sigma
 
     @jax.custom_vjp
-    def f(x):
-        return forward(x)[0]
+    def f(x, src):
+        return forward(x, src)[0]
 
-    def fwd(x):
-        out, sigma = forward(x)
+    def fwd(x, src):
+        out, sigma = forward(x, src)
         return out, (out[0], sigma)
 
     def bwd(res, cotangents):
@@ -151,7 +154,7 @@ def _batch_statistics_norm(axes: tuple, bshape: tuple, eps: float, kernel: bool 
         dy = cotangents[0]
         d_mean = jnp.mean(dy, axis=axes, keepdims=True)
         dy_y = jnp.mean(dy * y, axis=axes, keepdims=True)
-        return ((dy - d_mean - y * dy_y) / sigma,)
+        return (dy - d_mean - y * dy_y) / sigma, None
 
     f.defvjp(fwd, bwd)
     return f
@@ -162,7 +165,7 @@ class FoldedChain:
     """A BatchNorm (batch statistics mean, var of x) → Scale (gamma, beta) chain of one walk, to
     be computed as one (batch_norm_affine); `kernel`: its backward by the native kernel."""
 
-    x: Any
+    x: Any  # BatchNorm's input: widened to float32 under a narrower compute dtype
     mean: Any
     var: Any
     eps: float
@@ -170,12 +173,13 @@ class FoldedChain:
     beta: Any
     kernel: bool
     out_dtype: Any = None  # the Scale's dtype when narrower than x's (bfloat16, float16)
+    src: Any = None  # x as the kernel reads it: before the widening when that was bfloat16
 
     def apply(self, lo=None, hi=None):
         """The chain's output, clamped to [lo, hi] (an activation folded in), as one function."""
-        y = batch_norm_affine(self.x, self.mean, self.var, self.eps, self.gamma, self.beta,
-                              lo, hi, kernel=self.kernel)
-        return y if self.out_dtype is None else y.astype(self.out_dtype)
+        return batch_norm_affine(self.x if self.src is None else self.src, self.mean, self.var,
+                                 self.eps, self.gamma, self.beta, lo, hi, kernel=self.kernel,
+                                 out_dtype=self.out_dtype)
 
 
 def bn_scale_input(ctx, scale: Made) -> FoldedChain | None:
@@ -202,13 +206,13 @@ def bn_scale_input(ctx, scale: Made) -> FoldedChain | None:
     if bn is None or not isinstance(bn.layer.unit, BatchNorm) or stops_gradient(bn.layer, 0) \
             or "batch_stats" not in bn.notes:
         return None
-    x, mean, var = bn.notes["batch_stats"]
+    x, mean, var, src = bn.notes["batch_stats"]
     if x.dtype.name not in ("float32", "float64") or (
             y.dtype != x.dtype and y.dtype.name not in ("bfloat16", "float16")):
         return None
     chain = FoldedChain(x, mean, var, bn.layer.unit.p.eps, gamma.astype(x.dtype),
                         None if beta is None else beta.astype(x.dtype), _native_for(ctx, x),
-                        None if y.dtype == x.dtype else y.dtype)
+                        None if y.dtype == x.dtype else y.dtype, src)
     names = (bn.layer.name, scale.layer.name)
     names += (ctx.layer.name,) if ctx.layer.name not in names else ()
     ctx.sources.fused[ctx.layer.name] = (
@@ -217,7 +221,7 @@ def bn_scale_input(ctx, scale: Made) -> FoldedChain | None:
 
 
 def batch_norm_affine(x, mean, var, eps: float, gamma, beta, lo=None, hi=None, *,
-                      kernel: bool = False):
+                      kernel: bool = False, out_dtype=None):
     """BatchNorm on the batch's statistics (mean, var: BatchNorm's own, computed from x), then
     Scale (gamma, beta per channel, axis 1), then clamp to [lo, hi] (ReLU: lo 0; ReLU6: 0 and 6;
     None: no bound), as one function with its own VJP. The forward is the three layers' values
@@ -229,8 +233,11 @@ def batch_norm_affine(x, mean, var, eps: float, gamma, beta, lo=None, hi=None, *
     (batch_norm_layer.cpp's backward applied to dx̂ = gamma·g, the statistics' dependence on x
     included), keeping only x and per-channel numbers, where the layers apart make and keep the
     normalised, the scaled and the clamped tensors. `kernel`: the backward is the native kernel
-    (compiler/kernels/batch_norm.cc; float32), two passes per channel; else the formula in XLA,
-    whose reductions (YNNPACK) read the masked g and x̂ written out first."""
+    (compiler/kernels/batch_norm.cc), two passes per channel; else the formula in XLA, whose
+    reductions (YNNPACK) read the masked g and x̂ written out first. Computed in mean's dtype
+    (float32 or float64); the output is rounded to `out_dtype` when given (a narrower compute
+    dtype), inside the function, so that its cotangent arrives narrow too; x may be narrow
+    (bfloat16, for the kernel, which reads x and dy and writes dx in bfloat16 as they are)."""
     import jax
     import jax.numpy as jnp
 
@@ -239,12 +246,15 @@ def batch_norm_affine(x, mean, var, eps: float, gamma, beta, lo=None, hi=None, *
     beta = beta if has_bias else jnp.zeros_like(gamma)
     mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)  # BatchNorm's, from x
 
+    wide = mean.dtype
+
     def fwd(x, gamma, beta):
         inv = 1 / jnp.sqrt(var.reshape(bshape) + eps)
-        z = (x - mean.reshape(bshape)) * inv * gamma.reshape(bshape) + beta.reshape(bshape)
+        z = (x.astype(wide) - mean.reshape(bshape)) * inv * gamma.reshape(bshape) \
+            + beta.reshape(bshape)
         if lo is not None or hi is not None:
             z = jnp.clip(z, lo, hi)
-        return z, (x, inv, gamma, beta)
+        return z if out_dtype is None else z.astype(out_dtype), (x, inv, gamma, beta)
 
     @jax.custom_vjp
     def f(x, gamma, beta):
@@ -256,12 +266,14 @@ def batch_norm_affine(x, mean, var, eps: float, gamma, beta, lo=None, hi=None, *
             from netc.compiler.kernels.onednn import batch_norm_backward_call
 
             dx, dgamma, dbeta = batch_norm_backward_call(
-                dy, x, mean, inv, gamma, beta, -jnp.inf if lo is None else lo,
+                dy.astype(x.dtype), x, mean, inv, gamma, beta, -jnp.inf if lo is None else lo,
                 jnp.inf if hi is None else hi)
         else:
-            dx, dgamma, dbeta = _affine_backward(dy, x, mean.reshape(bshape), inv,
+            dx, dgamma, dbeta = _affine_backward(dy.astype(wide), x.astype(wide),
+                                                 mean.reshape(bshape), inv,
                                                  gamma.reshape(bshape), beta.reshape(bshape),
                                                  lo, hi)
+            dx = dx.astype(x.dtype)
         return dx, dgamma, (dbeta if has_bias else jnp.zeros_like(dbeta))
 
     f.defvjp(fwd, bwd)
@@ -289,8 +301,9 @@ def _affine_backward(dy, x, mean, inv, gamma, beta, lo, hi):
 
 def _native_for(ctx, x) -> bool:
     """Whether BatchNorm's statistics and batch_norm_affine's backward on x call the native
-    kernels (compiler/kernels/batch_norm.cc): float32 with a channel axis, in a walk whose Net
-    may call kernels (Net.kernels) with the kernel library built and loaded."""
+    kernels (compiler/kernels/batch_norm.cc): float32 x (BatchNorm's input, widened from
+    bfloat16 or not) with a channel axis, in a walk whose Net may call kernels (Net.kernels)
+    with the kernel library built and loaded."""
     from netc.compiler.kernels.onednn import usable
 
     return x.ndim >= 2 and usable(ctx, x)

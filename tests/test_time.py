@@ -69,6 +69,7 @@ def test_table_has_every_layer_and_the_totals(tiny):
     assert "whole train step (forward+backward+update" in r.stdout
     assert _ms(r.stdout.split("one jitted program): ")[2].split()[0]) > 0
     assert "the whole step is the real cost" in r.stdout
+    assert "include a transpose in and out" in r.stdout  # the kernels' channels-last memory
 
 
 def test_json_keys_and_test_phase(tiny):
@@ -89,6 +90,7 @@ def test_json_keys_and_test_phase(tiny):
     assert sum(t["share"] for t in doc["layers"]) == pytest.approx(1.0)
     assert doc["net_forward_ms"] > 0
     assert doc["train_step_ms"] is None and "not trained" in doc["train_step_note"]
+    assert doc["kernel_layout"] == "channels_last"
 
 
 def test_symbolic_batch_needs_batch(tiny):

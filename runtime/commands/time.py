@@ -59,6 +59,8 @@ class Timing:
     train_step_ms: float | None = None  # forward + backward + update, one batch
     train_step_first_call_s: float | None = None  # compilation included
     train_step_note: str = ""
+    # how the native kernels take activations: "channels_last" (onednn.channels_last), else ""
+    kernel_layout: str = ""
 
     def as_json(self) -> dict:
         return asdict(self)
@@ -262,6 +264,10 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
     b = plan.batch_size
     result = Timing(spec_path, phase, int(b) if isinstance(b, int) else 0, iterations,
                     jax.default_backend(), precision)
+    from netc.compiler.kernels.onednn import channels_last
+
+    if net.kernels and channels_last():
+        result.kernel_layout = "channels_last"
     cast = (policy.cast_params(params), state, policy.cast_inputs(inputs))  # as the step casts
     _time_layers(result, plan, net, cast, train, key, progress)
     _name_fused(result, net, cast, train, key)
@@ -395,6 +401,11 @@ def print_table(t: Timing, out: TextIO) -> None:
         out.write(f"  whole train step: {t.train_step_note}\n")
     out.write("  XLA fuses across layers in the whole programs: the whole step is the real cost "
               "per iteration, the layer rows show where it goes.\n")
+    if t.kernel_layout == "channels_last":
+        out.write("  The native kernels exchange activations channels-last in memory "
+                  "(NETC_ONEDNN_LAYOUT): a layer's own program takes and gives N×C×H×W arrays, "
+                  "so the rows of layers that call them include a transpose in and out that "
+                  "the whole step does not have.\n")
 
 
 def run(spec_path: str, *, phase: str, batch: int | None, iterations: int, as_json: bool,

@@ -308,18 +308,19 @@ ffi::Error Impl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> 
 }
 
 // backward-weights and the bias gradient (Σ dy over all but the channels) in one primitive:
-// float32 only
+// x, dy and dw float32 or all bfloat16, the bias gradient float32 either way
 ffi::Error WeightsAndBias(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
                           ffi::Result<ffi::AnyBuffer> db, NETC_ATTRS) {
-  const auto f32 = ffi::DataType::F32;
-  if (x.element_type() != f32 || dy.element_type() != f32 || dw->element_type() != f32 ||
-      db->element_type() != f32) {
+  const auto e = x.element_type();
+  if (dy.element_type() != e || dw->element_type() != e || db->element_type() != ffi::DataType::F32 ||
+      (e != ffi::DataType::F32 && e != ffi::DataType::BF16)) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "netc's oneDNN weight-and-bias gradient takes float32 operands");
+                      "netc's oneDNN weight-and-bias gradient takes float32 or bfloat16 x, dy and "
+                      "dw, all alike, and gives a float32 bias gradient");
   }
+  const auto type = e == ffi::DataType::F32 ? memory::data_type::f32 : memory::data_type::bf16;
   return Call(kBackwardWeights, Shape(x), Shape(dy), Shape(*dw), x.untyped_data(),
-              dy.untyped_data(), dw->untyped_data(), db->untyped_data(), NETC_PASS,
-              memory::data_type::f32);
+              dy.untyped_data(), dw->untyped_data(), db->untyped_data(), NETC_PASS, type);
 }
 
 }  // namespace

@@ -202,11 +202,12 @@ def _onednn_conv(g: ConvGeometry, group: int = 1):
 
 
 def _onednn_conv_bias(g: ConvGeometry, group: int = 1):
-    """(x, wt, b) ↦ conv(x, wt) + b per channel (float32), whose backward-weights primitive
-    gives the bias gradient too (Σ dy per channel, in the same pass over dy). Left to autodiff
-    that sum is an XLA reduction, which XLA's CPU backend runs on row-major N×C×spatial only:
-    with activations channels-last in memory (onednn.channels_last) it copied dy to that layout
-    first (LeNet: conv1's and conv2's)."""
+    """(x, wt, b) ↦ conv(x, wt) + b per channel, whose backward-weights primitive gives the bias
+    gradient too (Σ dy per channel, in the same pass over dy, in float32: b is the float32
+    master bias, added in x's dtype; x and wt float32, or bfloat16 where oneDNN computes it).
+    Left to autodiff that sum is an XLA reduction, which XLA's CPU backend runs on row-major
+    N×C×spatial only: with activations channels-last in memory (onednn.channels_last) it
+    copied dy to that layout first (LeNet: conv1's and conv2's)."""
     import jax
 
     from netc.compiler.kernels.onednn import conv_call
@@ -216,13 +217,14 @@ def _onednn_conv_bias(g: ConvGeometry, group: int = 1):
            "groups": group}
 
     def forward(x, wt, b):
-        return conv(x, wt) + b.reshape((-1,) + (1,) * (x.ndim - 2))
+        return conv(x, wt) + b.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 2))
 
     def backward(res, dy):
         x, wt, b = res
         dx = conv_call("backward_data", _like(x), dy, wt, **geo)
-        dw, db = conv_call("backward_weights_bias", (_like(wt), _like(b)), x, dy, **geo)
-        return dx, dw, db
+        db = jax.ShapeDtypeStruct(b.shape, "float32")
+        dw, db = conv_call("backward_weights_bias", (_like(wt), db), x, dy, **geo)
+        return dx, dw, db.astype(b.dtype)
 
     f = jax.custom_vjp(forward)
     f.defvjp(lambda x, wt, b: (forward(x, wt, b), (x, wt, b)), backward)
@@ -424,8 +426,8 @@ convolution_param:
         x2, lead = self._flat(x, g.axis)
         wt = params["weight"].astype(x.dtype)
         via = _by_onednn(g, ctx, x)
-        if via == "float32" == x.dtype and "bias" in params:  # the bias gradient by oneDNN too
-            y = _onednn_conv_bias(g, self.p.group)(x2, wt, params["bias"].astype(x.dtype))
+        if via == x.dtype and "bias" in params:  # the bias gradient by oneDNN too
+            y = _onednn_conv_bias(g, self.p.group)(x2, wt, params["bias"])
         elif via is not None:
             y = _onednn_conv(g, self.p.group)(x2.astype(via), wt.astype(via)).astype(x.dtype)
             y = self._bias(y, params, 1)

@@ -233,10 +233,12 @@ class Layer:
         """Extra detail for `netc check`'s table (e.g. a pooling layer's round mode)."""
         return ""
 
-    def describe_lowering(self, resolved: Any) -> str:
+    def describe_lowering(self, resolved: Any, kernel_dtype: str = "float32") -> str:
         """The algorithm the lowering runs this layer with, given its plan-time decisions
         (PlannedLayer.resolved), for `netc time`: "im2col+matmul", "lax.conv", "lax.scan"...
-        Default: the layer type (no choice to report)."""
+        `kernel_dtype`: what a native kernel computes in, for a layer that calls one ("float32",
+        "bfloat16", "bfloat16 widened to float32"). Default: the layer type (no choice to
+        report)."""
         return self.type
 
     def weight_roles(self, params: dict[str, ParamDecl]) -> list[str]:

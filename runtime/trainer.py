@@ -1022,7 +1022,10 @@ class Solver:
         if precision != "bfloat16":
             return "oneDNN convolutions"
         if via == "bfloat16":
-            return "oneDNN convolutions in bfloat16"
+            depthwise = any(getattr(pl.resolved, "kernel", "") and getattr(pl.resolved, "depthwise", False)
+                            for pl in self.train_plan.layers)
+            return "oneDNN convolutions in bfloat16" + (
+                " (depthwise ones widened to float32)" if depthwise else "")
         if via == "float32":
             return "oneDNN convolutions in float32 (this CPU has no bfloat16 units)"
         return f"bfloat16 convolutions in XLA ({BF16_ENV}=0)"

@@ -451,11 +451,11 @@ convolution_param:
         per_out = (x[axis] // self.p.group) * math.prod(w.kernel)
         return count(y, 1) * per_out
 
-    def describe_lowering(self, resolved) -> str:
+    def describe_lowering(self, resolved, kernel_dtype: str = "float32") -> str:
         xla = self._describe_xla(resolved)
         if resolved is None or not resolved.kernel:
             return xla
-        return f"oneDNN forward+backward (float32; else {xla})"
+        return f"oneDNN forward+backward ({kernel_dtype}; else {xla})"
 
     def _describe_xla(self, resolved) -> str:
         if resolved is not None and resolved.depthwise:
@@ -509,11 +509,11 @@ convolution_param:
 class Deconvolution(_ConvBase):
     type = "Deconvolution"
 
-    def describe_lowering(self, resolved) -> str:
+    def describe_lowering(self, resolved, kernel_dtype: str = "float32") -> str:
         n = len(resolved.out) if resolved is not None else "?"
         xla = f"lax.conv {n}-D transposed (input dilated by the stride)"
         if resolved is not None and resolved.kernel:
-            return f"oneDNN backward-data as forward (float32; else {xla})"
+            return f"oneDNN backward-data as forward ({kernel_dtype}; else {xla})"
         return xla
     summary = "Transposed convolution: out = stride·(in−1) + dilation·(k−1) + 1 − 2·pad."
     example = """\

@@ -375,7 +375,7 @@ pooling_param:
     def macs(self, bottoms, tops):
         return 0  # comparisons / additions, not multiply-accumulates
 
-    def describe_lowering(self, resolved) -> str:
+    def describe_lowering(self, resolved, kernel_dtype: str = "float32") -> str:
         method = self.p.pool
         if self.adaptive:
             return f"{method} adaptive: per-axis reshape / bins"

@@ -338,7 +338,7 @@ class _Recurrent(Layer):
         state = (g.L * g.D, g.N, g.H)
         return [y] + ([state] * self.n_states if self.p.expose_hidden else [])
 
-    def describe_lowering(self, resolved) -> str:
+    def describe_lowering(self, resolved, kernel_dtype: str = "float32") -> str:
         how = ("lax.scan, hand-written VJP" if self._single_matmul else "lax.scan, autodiff")
         if resolved is None:
             return how

@@ -141,20 +141,18 @@ def _layer_params(pl, params: dict, state: dict) -> tuple[dict, dict]:
 def _lowering(pl, kernels_run: bool, precision: str = "float32") -> str:
     """The lowering column: the layer's own description, or its pure-XLA one where it would
     take native kernels that do not run here (none built, NETC_ONEDNN=0, a dtype they refuse).
-    A oneDNN layer's description names float32 (the plan's dtype); in another precision it
-    names the dtype oneDNN computes that layer in (onednn.conv_dtype: bfloat16 natively, or
-    widened to float32)."""
+    A oneDNN layer's description names the dtype oneDNN computes it in (onednn.conv_dtype:
+    float32; in bfloat16 natively, or widened to float32)."""
     r = pl.resolved
     if getattr(r, "kernel", "") and not kernels_run and dataclasses.is_dataclass(r):
         r = dataclasses.replace(r, kernel="")
-    text = pl.unit.describe_lowering(r)
+    dt = "float32"
     if getattr(r, "kernel", "") and kernels_run and precision != "float32":
         from netc.compiler.kernels.onednn import conv_dtype
 
         dt = conv_dtype(precision, depthwise=bool(getattr(r, "depthwise", False)))
-        text = text.replace("(float32;", f"({dt};" if dt == precision else
-                            f"({precision} widened to {dt};")
-    return text
+        dt = dt if dt == precision else f"{precision} widened to {dt}"
+    return pl.unit.describe_lowering(r, dt)
 
 
 def _kernels_run(net, precision: str) -> bool:

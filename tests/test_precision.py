@@ -13,6 +13,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import MLP, MODELS, fast_xla_options, netc
 
 from netc.runtime.callbacks import Callback
@@ -45,12 +46,21 @@ def _step_hlo(precision: str) -> str:
     return step.lower(params, state, jax.eval_shape(opt.init, params), x, 0).as_text()
 
 
-def test_the_step_multiplies_in_bfloat16():
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_the_step_multiplies_in_bfloat16(backend, monkeypatch):
     """The convolutions (im2col matmuls) and inner products of LeNet's step, forward and
-    backward, are dot_generals with bfloat16 results (XLA may widen them again on a CPU without
-    bfloat16 arithmetic; netc asks for bfloat16)."""
-    dots = re.findall(r"stablehlo\.dot_general[^\n]*-> tensor<[^>]*x(\w+)>", _step_hlo("bfloat16"))
-    assert len(dots) >= 8 and set(dots) == {"bf16"}, dots
+    backward, take bfloat16 operands. Where the backend computes bfloat16 dots (traced as a GPU
+    would: the backend's name is what the lowering asks) they are dot_generals with bfloat16
+    results; on a CPU, whose XLA computes a bfloat16 dot in float32 anyway, netc widens the
+    operands itself and rounds each result to bfloat16 once (compiler/layer.py cpu_dot_dtype)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    hlo = _step_hlo("bfloat16")
+    dots = re.findall(r"stablehlo\.dot_general[^\n]*-> tensor<[^>]*x(\w+)>", hlo)
+    want = "bf16" if backend == "gpu" else "f32"
+    assert len(dots) >= 8 and set(dots) == {want}, dots
+    if backend == "cpu":  # the operands are bfloat16 values: widened just before the dots
+        widened = re.findall(r"stablehlo\.convert[^\n]*tensor<[^>]*xbf16>\) -> tensor<[^>]*xf32>", hlo)
+        assert len(widened) >= len(dots), (len(widened), len(dots))
 
 
 class Warnings(Callback):

@@ -5,7 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from netc.compiler.layer import Layer, ParamDecl, Shape, canonical_axis, count, fmt_shape, register
+from netc.compiler.layer import (
+    Layer,
+    ParamDecl,
+    Shape,
+    canonical_axis,
+    count,
+    cpu_dot_dtype,
+    fmt_shape,
+    register,
+)
 from netc.compiler.layers.geometry import Window, axis_name, axis_values, warn_unread, window
 from netc.spec.errors import SpecError
 from netc.spec.messages import ConvolutionParameter
@@ -431,8 +440,10 @@ convolution_param:
         elif via is not None:
             y = _onednn_conv(g, self.p.group)(x2.astype(via), wt.astype(via)).astype(x.dtype)
             y = self._bias(y, params, 1)
-        else:
-            y = self._bias(self._xla_conv(x2, wt, g), params, 1)
+        else:  # float32 on a CPU under bfloat16/float16 (cpu_dot_dtype), rounded once
+            dt = cpu_dot_dtype(x.dtype)
+            y = self._xla_conv(x2.astype(dt), wt.astype(dt), g).astype(x.dtype)
+            y = self._bias(y, params, 1)
         return [y.reshape(lead + y.shape[1:]) if g.axis != 1 else y]
 
     def _xla_conv(self, x, wt, g: ConvGeometry):
@@ -584,9 +595,11 @@ convolution_param:
         wt = wt.reshape((g, cin // g, og) + wt.shape[2:])
         wt = jnp.swapaxes(wt, 1, 2).reshape((g * og, cin // g) + wt.shape[3:])
         wt = jnp.flip(wt, axis=tuple(range(2, 2 + n)))
+        dt = cpu_dot_dtype(x.dtype)  # float32 on a CPU under bfloat16/float16, rounded once
         y = lax.conv_general_dilated(
-            x2, wt, window_strides=(1,) * n, padding=geo.pads, lhs_dilation=w.stride,
-            rhs_dilation=w.dilation, dimension_numbers=self._dims(n), feature_group_count=g)
+            x2.astype(dt), wt.astype(dt), window_strides=(1,) * n, padding=geo.pads,
+            lhs_dilation=w.stride, rhs_dilation=w.dilation, dimension_numbers=self._dims(n),
+            feature_group_count=g).astype(x.dtype)
         y = self._bias(y, params, 1)
         return [y.reshape(lead + y.shape[1:]) if geo.axis != 1 else y]
 

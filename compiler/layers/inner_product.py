@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from netc.compiler.layer import Layer, ParamDecl, batch_axis, canonical_axis, count, register
+from netc.compiler.layer import (
+    Layer,
+    ParamDecl,
+    batch_axis,
+    canonical_axis,
+    count,
+    cpu_dot_dtype,
+    register,
+)
 from netc.spec.messages import InnerProductParameter
 
 
@@ -56,9 +64,10 @@ inner_product_param:
     def apply(self, params, bottoms, ctx):
         x = bottoms[0]
         axis = self._axis(x.shape)
-        x2 = x.reshape(x.shape[:axis] + (-1,))
-        wt = params["weight"].astype(x.dtype)
+        dt = cpu_dot_dtype(x.dtype)  # float32 on a CPU under bfloat16/float16, rounded once
+        x2 = x.reshape(x.shape[:axis] + (-1,)).astype(dt)
+        wt = params["weight"].astype(x.dtype).astype(dt)
         y = x2 @ (wt if self.p.transpose else wt.T)
         if "bias" in params:
-            y = y + params["bias"].astype(x.dtype)
-        return [y]
+            y = y + params["bias"].astype(x.dtype).astype(dt)
+        return [y.astype(x.dtype)]

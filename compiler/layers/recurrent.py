@@ -186,13 +186,12 @@ def _compute_dtypes(x) -> tuple:
     anyway, so inside the scan it converted h to float32 and back at every step around float32
     weights (388 converts in the char-LSTM's step against 16): the bfloat16 train step took 89
     ms against float32's 48 (`netc time`, batch 32, T 100, H 256)."""
-    import jax
     import jax.numpy as jnp
 
-    dt = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32
-    if jnp.finfo(dt).bits < 32 and jax.default_backend() == "cpu":
-        return jnp.dtype(jnp.float32), dt
-    return dt, dt
+    from netc.compiler.layer import cpu_dot_dtype
+
+    dt = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.dtype(jnp.float32)
+    return cpu_dot_dtype(dt), dt
 
 
 class _Recurrent(Layer):

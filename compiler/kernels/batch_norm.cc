@@ -177,6 +177,28 @@ bool RowsLast(const D& d, int64_t& r, int64_t& c) {
   return true;
 }
 
+// Each block of kRows rows (the last may be shorter) through body(r0, r1, acc0, acc1), which
+// adds into two accumulators of C values zeroed for it; blocks are spread over OpenMP threads and
+// their accumulators land in out0/out1[block · C + c], for the caller to combine in block order.
+template <typename A, typename Body>
+void EachBlock(int64_t r_, int64_t c_, std::vector<double>& out0, std::vector<double>& out1,
+               Body body) {
+  const int64_t blocks = (r_ + kRows - 1) / kRows;
+  out0.assign(blocks * c_, 0.0);
+  out1.assign(blocks * c_, 0.0);
+#pragma omp parallel if (r_ * c_ >= (1 << 15))
+  {
+    std::vector<A> a0(c_), a1(c_);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      std::fill(a0.begin(), a0.end(), A(0));
+      std::fill(a1.begin(), a1.end(), A(0));
+      body(b * kRows, std::min(r_, (b + 1) * kRows), a0.data(), a1.data());
+      for (int64_t c = 0; c < c_; ++c) out0[b * c_ + c] = a0[c], out1[b * c_ + c] = a1[c];
+    }
+  }
+}
+
 template <typename T>
 ffi::Error BatchNormStatsLastT(ffi::AnyBuffer x, ffi::ResultBuffer<ffi::F32> mean,
                               ffi::ResultBuffer<ffi::F32> var) {
@@ -187,35 +209,25 @@ ffi::Error BatchNormStatsLastT(ffi::AnyBuffer x, ffi::ResultBuffer<ffi::F32> mea
   const T* X = static_cast<const T*>(x.untyped_data());
   float *MU = mean->typed_data(), *VA = var->typed_data();
   const int64_t blocks = (r_ + kRows - 1) / kRows;
-  std::vector<double> bmu(blocks * c_), bm2(blocks * c_);
   const bool threads = r_ * c_ >= (1 << 15);
-
-#pragma omp parallel if (threads)
-  {
-    std::vector<double> sum(c_), m2(c_);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t r0 = b * kRows, r1 = std::min(r_, r0 + kRows);
-      const double rows = static_cast<double>(r1 - r0);
-      std::fill(sum.begin(), sum.end(), 0.0);
-      std::fill(m2.begin(), m2.end(), 0.0);
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* xp = X + r * c_;
+  std::vector<double> bmu, bm2;
+  EachBlock<double>(r_, c_, bmu, bm2, [&](int64_t r0, int64_t r1, double* sum, double* m2) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xp = X + r * c_;
 #pragma omp simd
-        for (int64_t c = 0; c < c_; ++c) sum[c] += F(xp[c]);
-      }
-      for (int64_t c = 0; c < c_; ++c) sum[c] /= rows;  // the block's mean
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* xp = X + r * c_;
-#pragma omp simd
-        for (int64_t c = 0; c < c_; ++c) {
-          const double dev = F(xp[c]) - sum[c];
-          m2[c] += dev * dev;
-        }
-      }
-      for (int64_t c = 0; c < c_; ++c) bmu[b * c_ + c] = sum[c], bm2[b * c_ + c] = m2[c];
+      for (int64_t c = 0; c < c_; ++c) sum[c] += F(xp[c]);
     }
-  }
+    const double rows = static_cast<double>(r1 - r0);
+    for (int64_t c = 0; c < c_; ++c) sum[c] /= rows;  // the block's mean
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xp = X + r * c_;
+#pragma omp simd
+      for (int64_t c = 0; c < c_; ++c) {
+        const double dev = F(xp[c]) - sum[c];
+        m2[c] += dev * dev;
+      }
+    }
+  });
 #pragma omp parallel for schedule(static) if (threads)
   for (int64_t c = 0; c < c_; ++c) {
     double count = 0.0, mu = 0.0, m2 = 0.0;
@@ -250,34 +262,24 @@ ffi::Error BatchNormBackwardLastT(ffi::AnyBuffer dy, ffi::AnyBuffer x,
   const float *GA = gamma.typed_data(), *BE = beta.typed_data();
   float *DG = dgamma->typed_data(), *DB = dbeta->typed_data();
   const int64_t blocks = (r_ + kRows - 1) / kRows;
-  std::vector<double> bg(blocks * c_), bgx(blocks * c_);
   std::vector<float> k(c_), a(c_), bb(c_);
   const double m = static_cast<double>(r_);
   const bool threads = r_ * c_ >= (1 << 15);
-
-#pragma omp parallel if (threads)
-  {
-    std::vector<float> sg(c_), sgx(c_);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t r0 = b * kRows, r1 = std::min(r_, r0 + kRows);
-      std::fill(sg.begin(), sg.end(), 0.0f);
-      std::fill(sgx.begin(), sgx.end(), 0.0f);
-      for (int64_t r = r0; r < r1; ++r) {
-        const T* xp = X + r * c_;
-        const T* dp = DY + r * c_;
+  std::vector<double> bg, bgx;
+  EachBlock<float>(r_, c_, bg, bgx, [&](int64_t r0, int64_t r1, float* sg, float* sgx) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xp = X + r * c_;
+      const T* dp = DY + r * c_;
 #pragma omp simd
-        for (int64_t c = 0; c < c_; ++c) {
-          const float xh = (F(xp[c]) - MU[c]) * IV[c];
-          const float z = xh * GA[c] + BE[c];
-          const float g = Masked(F(dp[c]), (z > lo) & (z < hi));
-          sg[c] += g;
-          sgx[c] += g * xh;
-        }
+      for (int64_t c = 0; c < c_; ++c) {
+        const float xh = (F(xp[c]) - MU[c]) * IV[c];
+        const float z = xh * GA[c] + BE[c];
+        const float g = Masked(F(dp[c]), (z > lo) & (z < hi));
+        sg[c] += g;
+        sgx[c] += g * xh;
       }
-      for (int64_t c = 0; c < c_; ++c) bg[b * c_ + c] = sg[c], bgx[b * c_ + c] = sgx[c];
     }
-  }
+  });
   for (int64_t c = 0; c < c_; ++c) {
     double sum_g = 0.0, sum_gx = 0.0;
     for (int64_t b = 0; b < blocks; ++b) sum_g += bg[b * c_ + c], sum_gx += bgx[b * c_ + c];

@@ -298,9 +298,11 @@ def channels_last() -> bool:
 
 def activation_layout(ndim: int) -> tuple | None:
     """The major-to-minor memory order (N, spatial..., C) the kernels ask XLA for on an
-    ndim-axis activation, or None for XLA's default row-major N×C×spatial: channels-last for
-    1 to 3 spatial axes (oneDNN's nwc, nhwc, ndhwc) where channels_last()."""
-    if 3 <= ndim <= 5 and channels_last():
+    ndim-axis activation, or None for XLA's default row-major N×C×spatial: channels-last for 2
+    or 3 spatial axes (oneDNN's nhwc, ndhwc) where channels_last(). Not for one spatial axis:
+    1-D convolutions stay in XLA (compiler/layers/conv.py), so a BatchNorm or pooling between
+    them asking for channels-last would only make XLA transpose around it."""
+    if 4 <= ndim <= 5 and channels_last():
         return (0, *range(2, ndim), 1)
     return None
 

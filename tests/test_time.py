@@ -69,7 +69,7 @@ def test_table_has_every_layer_and_the_totals(tiny):
     assert "whole train step (forward+backward+update" in r.stdout
     assert _ms(r.stdout.split("one jitted program): ")[2].split()[0]) > 0
     assert "the whole step is the real cost" in r.stdout
-    assert "include a transpose in and out" in r.stdout  # the kernels' channels-last memory
+    assert "programs take and give them so too" in r.stdout  # the kernels' channels-last memory
 
 
 def test_json_keys_and_test_phase(tiny):
@@ -179,3 +179,36 @@ def test_precision_must_be_a_compute_dtype(tiny):
 
     with pytest.raises(RunError, match="--precision: 'float64' is not one of"):
         measure(str(tiny), batch=3, iterations=1, precision="float64")
+
+
+def test_layer_programs_keep_activations_channels_last():
+    """With the kernels keeping activations channels-last (the default), a layer's own programs
+    take and give them so (runtime/commands/time.py _jit/_place): a oneDNN convolution's timed
+    forward and backward move no activation to another layout (without it, XLA would transpose
+    its input, output and gradients in every timed call)."""
+    import re
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from test_conv_lowering import _geometries
+
+    from netc.compiler.kernels import onednn
+    from netc.compiler.layers import conv as C
+    from netc.runtime.commands import time as T
+
+    assert onednn.status().ok
+    size, g = _geometries(1, 0)[0]
+    f = C._onednn_conv(g, 1)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((4, 3) + size), jnp.float32)
+    wt = jnp.asarray(rng.standard_normal((5, 3) + g.window.kernel), jnp.float32)
+    x = T._place(x, True)
+    assert x.format.layout.major_to_minor == (0, 2, 3, 1)
+    for fn, args in ((lambda x, wt: f(x, wt), (x, wt)),
+                     (lambda x, wt: jax.grad(lambda a, b: jnp.sum(jnp.sin(f(a, b))), (0, 1))(x, wt),
+                      (x, wt))):
+        hlo = T._jit(fn, args, True).lower(*args).compile().as_text()
+        assert "netc_onednn_conv_" in hlo
+        moved = re.findall(r"= f32\[4,\d+,\d+,\d+\]\{[\d,]+\} (?:copy|transpose)\(", hlo)
+        assert not moved, moved

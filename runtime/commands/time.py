@@ -162,9 +162,47 @@ def _kernels_run(net, precision: str) -> bool:
     return bool(net.kernels) and conv_dtype(precision) is not None
 
 
+def _formats(tree):
+    """jax Formats for the arrays of `tree`: 2-D and 3-D float activations channels-last in
+    memory, as the native kernels keep them inside the whole step (onednn.activation_layout);
+    every other array in XLA's default layout."""
+    import jax
+    from jax.experimental.layout import Format, Layout
+
+    from netc.compiler.kernels.onednn import activation_layout
+
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def one(a):
+        order = activation_layout(len(a.shape)) if _is_float(a) else None
+        return Format(Layout(order) if order else None, device)
+
+    return jax.tree.map(one, tree)
+
+
+def _place(tree, last: bool):
+    """`tree`'s arrays in the memory layouts of _formats (`last`), else as they are."""
+    import jax
+
+    return jax.device_put(tree, _formats(tree)) if last else tree
+
+
+def _jit(fn, args: tuple, last: bool):
+    """jax.jit(fn); `last`: its arrays in and out (a VJP's residuals included) in the layouts of
+    _formats, so that a layer's own program has no transposes the whole step lacks (its
+    arguments must be placed so: _place)."""
+    import jax
+
+    if not last:
+        return jax.jit(fn)
+    return jax.jit(fn, in_shardings=_formats(args),
+                   out_shardings=_formats(jax.eval_shape(fn, *args)))
+
+
 def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, iterations: int,
-                kernels: bool = False, lowering: str = "") -> LayerTiming:
-    """Time one layer on its bottoms in `blobs`, then write its tops there (the net's walk)."""
+                kernels: bool = False, lowering: str = "", last: bool = False) -> LayerTiming:
+    """Time one layer on its bottoms in `blobs`, then write its tops there (the net's walk).
+    `last`: the layer's programs take and give activations channels-last in memory (_jit)."""
     import jax
     import jax.numpy as jnp
 
@@ -172,7 +210,7 @@ def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, it
 
     unit = pl.unit
     lowering = lowering or unit.describe_lowering(pl.resolved)
-    bottoms = [blobs[b] for b in pl.bottoms]
+    bottoms = _place([blobs[b] for b in pl.bottoms], last)
     learned, other = _layer_params(pl, params, state)
     lstate = state.get(pl.name, {})
 
@@ -181,7 +219,7 @@ def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, it
         tops = unit.apply({**learned, **other}, list(bottoms), ctx)
         return list(tops), ctx.new_state
 
-    fwd = jax.jit(forward)
+    fwd = _jit(forward, (learned, bottoms, other, lstate, key), last)
     fwd_ms = _median_ms(lambda: fwd(learned, bottoms, other, lstate, key), iterations)
 
     # the backward: d(float tops) / d(float bottoms that propagate down, learned parameters)
@@ -203,19 +241,15 @@ def _time_layer(pl, blobs: dict, params: dict, state: dict, train: bool, key, it
         tops, _ = forward({**fixed, **dp}, full, other, lstate, key)
         return [tops[i] for i in ftops]
 
-    @jax.jit
     def fwd_vjp(dp, db, rest):
         return jax.vjp(lambda dp, db: f(dp, db, rest), dp, db)
-
-    @jax.jit
-    def bwd(vjp_fn, cot):
-        return vjp_fn(cot)
 
     rest = [None if i in diff else x for i, x in enumerate(bottoms)]
     db = [bottoms[i] for i in diff]
     try:
-        outs, vjp_fn = fwd_vjp(dparams, db, rest)
-        cot = [jnp.ones_like(o) for o in outs]
+        outs, vjp_fn = _jit(fwd_vjp, (dparams, db, rest), last)(dparams, db, rest)
+        cot = _place([jnp.ones_like(o) for o in outs], last)
+        bwd = _jit(lambda vjp_fn, cot: vjp_fn(cot), (vjp_fn, cot), last)
         bwd_ms = _median_ms(lambda: bwd(vjp_fn, cot), iterations)
     except Exception as e:  # a lowering JAX cannot differentiate: report it, time the others
         return LayerTiming(pl.name, pl.type, lowering, fwd_ms, None,
@@ -307,7 +341,8 @@ def _time_layers(result: Timing, plan, net, arrays, train: bool, key, progress) 
             progress.flush()
         lk = jax.random.fold_in(key, net._rng_index[pl.name])
         result.layers.append(_time_layer(pl, blobs, params, state, train, lk, result.iterations,
-                                         net.kernels, _lowering(pl, kernels_run, result.precision)))
+                                         net.kernels, _lowering(pl, kernels_run, result.precision),
+                                         last=bool(result.kernel_layout)))
     scanned = net.scanned_layers()  # the whole programs run these in one lax.scan (Net.apply)
     for t in result.layers:
         if t.name in scanned:
@@ -400,10 +435,8 @@ def print_table(t: Timing, out: TextIO) -> None:
     out.write("  XLA fuses across layers in the whole programs: the whole step is the real cost "
               "per iteration, the layer rows show where it goes.\n")
     if t.kernel_layout == "channels_last":
-        out.write("  The native kernels exchange activations channels-last in memory "
-                  "(NETC_ONEDNN_LAYOUT): a layer's own program takes and gives N×C×H×W arrays, "
-                  "so the rows of layers that call them include a transpose in and out that "
-                  "the whole step does not have.\n")
+        out.write("  The native kernels keep activations channels-last in memory "
+                  "(NETC_ONEDNN_LAYOUT): each layer's own programs take and give them so too.\n")
 
 
 def run(spec_path: str, *, phase: str, batch: int | None, iterations: int, as_json: bool,

@@ -162,11 +162,10 @@ ffi::Error BatchNormStatsT(ffi::AnyBuffer x, ffi::ResultBuffer<ffi::F32> mean,
 
 // Channels-last x (N×spatial×C in memory: R = N·spatial rows of C channels, contiguous; what the
 // convolutions exchange by default, compiler/kernels/onednn.py channels_last): the rows are cut
-// into blocks of kRows, each block's per-channel sums run in SIMD lanes across the channels
-// (statistics: a block's sum, then its squared deviations from its own mean while it is in cache,
-// in double; backward: in float, a block at a time), and blocks are combined per channel in block
-// order (double; the statistics by Chan et al.'s update), so the result does not depend on the
-// number of threads.
+// into blocks of kRows, each block's per-channel sums run in float SIMD lanes across the channels
+// in one pass (statistics: of x less the block's first row, so no mean is lost to cancellation;
+// backward: of g and g·x̂), and blocks are combined per channel in block order (double; the
+// statistics by Chan et al.'s update), so the result does not depend on the number of threads.
 constexpr int64_t kRows = 64;
 
 template <typename D>
@@ -178,23 +177,25 @@ bool RowsLast(const D& d, int64_t& r, int64_t& c) {
 }
 
 // Each block of kRows rows (the last may be shorter) through body(r0, r1, acc0, acc1), which
-// adds into two accumulators of C values zeroed for it; blocks are spread over OpenMP threads and
-// their accumulators land in out0/out1[block · C + c], for the caller to combine in block order.
-template <typename A, typename Body>
+// adds into two float accumulators of C values zeroed for it, then finish(r0, r1, acc0, acc1,
+// out0, out1), which writes the block's two results (C doubles each, at out0/out1 = block · C);
+// blocks are spread over OpenMP threads, for the caller to combine in block order.
+template <typename Body, typename Finish>
 void EachBlock(int64_t r_, int64_t c_, std::vector<double>& out0, std::vector<double>& out1,
-               Body body) {
+               Body body, Finish finish) {
   const int64_t blocks = (r_ + kRows - 1) / kRows;
   out0.assign(blocks * c_, 0.0);
   out1.assign(blocks * c_, 0.0);
 #pragma omp parallel if (r_ * c_ >= (1 << 15))
   {
-    std::vector<A> a0(c_), a1(c_);
+    std::vector<float> a0(c_), a1(c_);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < blocks; ++b) {
-      std::fill(a0.begin(), a0.end(), A(0));
-      std::fill(a1.begin(), a1.end(), A(0));
-      body(b * kRows, std::min(r_, (b + 1) * kRows), a0.data(), a1.data());
-      for (int64_t c = 0; c < c_; ++c) out0[b * c_ + c] = a0[c], out1[b * c_ + c] = a1[c];
+      const int64_t r0 = b * kRows, r1 = std::min(r_, (b + 1) * kRows);
+      std::fill(a0.begin(), a0.end(), 0.0f);
+      std::fill(a1.begin(), a1.end(), 0.0f);
+      body(r0, r1, a0.data(), a1.data());
+      finish(r0, r1, a0.data(), a1.data(), out0.data() + b * c_, out1.data() + b * c_);
     }
   }
 }
@@ -211,23 +212,31 @@ ffi::Error BatchNormStatsLastT(ffi::AnyBuffer x, ffi::ResultBuffer<ffi::F32> mea
   const int64_t blocks = (r_ + kRows - 1) / kRows;
   const bool threads = r_ * c_ >= (1 << 15);
   std::vector<double> bmu, bm2;
-  EachBlock<double>(r_, c_, bmu, bm2, [&](int64_t r0, int64_t r1, double* sum, double* m2) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* xp = X + r * c_;
+  // one pass per block, in float SIMD lanes: the sums of d = x − k and d² with k the block's
+  // first row (a value of the same channel, so d is of the spread's size whatever the mean);
+  // then in double the block's mean k + Σd/n and squared deviations Σd² − (Σd)²/n
+  EachBlock(
+      r_, c_, bmu, bm2,
+      [&](int64_t r0, int64_t r1, float* s1, float* s2) {
+        const T* kp = X + r0 * c_;
+        for (int64_t r = r0 + 1; r < r1; ++r) {
+          const T* xp = X + r * c_;
 #pragma omp simd
-      for (int64_t c = 0; c < c_; ++c) sum[c] += F(xp[c]);
-    }
-    const double rows = static_cast<double>(r1 - r0);
-    for (int64_t c = 0; c < c_; ++c) sum[c] /= rows;  // the block's mean
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* xp = X + r * c_;
-#pragma omp simd
-      for (int64_t c = 0; c < c_; ++c) {
-        const double dev = F(xp[c]) - sum[c];
-        m2[c] += dev * dev;
-      }
-    }
-  });
+          for (int64_t c = 0; c < c_; ++c) {
+            const float d = F(xp[c]) - F(kp[c]);
+            s1[c] += d;
+            s2[c] += d * d;
+          }
+        }
+      },
+      [&](int64_t r0, int64_t r1, const float* s1, const float* s2, double* mu, double* m2) {
+        const T* kp = X + r0 * c_;
+        const double n = static_cast<double>(r1 - r0);
+        for (int64_t c = 0; c < c_; ++c) {
+          mu[c] = F(kp[c]) + s1[c] / n;
+          m2[c] = std::max(0.0, static_cast<double>(s2[c]) - double(s1[c]) * s1[c] / n);
+        }
+      });
 #pragma omp parallel for schedule(static) if (threads)
   for (int64_t c = 0; c < c_; ++c) {
     double count = 0.0, mu = 0.0, m2 = 0.0;
@@ -266,20 +275,25 @@ ffi::Error BatchNormBackwardLastT(ffi::AnyBuffer dy, ffi::AnyBuffer x,
   const double m = static_cast<double>(r_);
   const bool threads = r_ * c_ >= (1 << 15);
   std::vector<double> bg, bgx;
-  EachBlock<float>(r_, c_, bg, bgx, [&](int64_t r0, int64_t r1, float* sg, float* sgx) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* xp = X + r * c_;
-      const T* dp = DY + r * c_;
+  EachBlock(
+      r_, c_, bg, bgx,
+      [&](int64_t r0, int64_t r1, float* sg, float* sgx) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const T* xp = X + r * c_;
+          const T* dp = DY + r * c_;
 #pragma omp simd
-      for (int64_t c = 0; c < c_; ++c) {
-        const float xh = (F(xp[c]) - MU[c]) * IV[c];
-        const float z = xh * GA[c] + BE[c];
-        const float g = Masked(F(dp[c]), (z > lo) & (z < hi));
-        sg[c] += g;
-        sgx[c] += g * xh;
-      }
-    }
-  });
+          for (int64_t c = 0; c < c_; ++c) {
+            const float xh = (F(xp[c]) - MU[c]) * IV[c];
+            const float z = xh * GA[c] + BE[c];
+            const float g = Masked(F(dp[c]), (z > lo) & (z < hi));
+            sg[c] += g;
+            sgx[c] += g * xh;
+          }
+        }
+      },
+      [&](int64_t, int64_t, const float* sg, const float* sgx, double* og, double* ogx) {
+        for (int64_t c = 0; c < c_; ++c) og[c] = sg[c], ogx[c] = sgx[c];
+      });
   for (int64_t c = 0; c < c_; ++c) {
     double sum_g = 0.0, sum_gx = 0.0;
     for (int64_t b = 0; b < blocks; ++b) sum_g += bg[b * c_ + c], sum_gx += bgx[b * c_ + c];

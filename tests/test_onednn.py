@@ -324,6 +324,30 @@ def test_a_bfloat16_run_says_where_its_convolutions_run(tmp_path):
     assert (slow in err.getvalue()) is (cpu_bfloat16_units() is False), err.getvalue()
 
 
+def test_a_bfloat16_run_says_its_depthwise_convolutions_widen(tmp_path):
+    """LeNet with conv2 made depthwise (group = channels): on a CPU with bfloat16 units the start
+    line says those layers run in float32 (onednn.conv_dtype's depthwise rule)."""
+    import io
+
+    from conftest import MODELS
+
+    from netc.runtime.trainer import Solver, TrainConfig
+
+    text = (MODELS / "lenet.yaml").read_text()
+    assert "      num_output: 50\n" in text
+    spec = tmp_path / "lenet_dw.yaml"
+    spec.write_text(text.replace("      num_output: 50\n", "      num_output: 20\n      group: 20\n", 1))
+    out = io.StringIO()
+    cfg = TrainConfig(str(spec), out=str(tmp_path / "run"), max_iter=0, precision="bfloat16",
+                      progress=False)
+    assert Solver(cfg, out=out, err=io.StringIO()).solve() == 0
+    start = out.getvalue().splitlines()[0]
+    if onednn.bf16_native():
+        assert "oneDNN convolutions in bfloat16 (depthwise ones widened to float32)" in start
+    else:
+        assert "oneDNN convolutions in float32 (this CPU has no bfloat16 units)" in start
+
+
 def test_cpu_bfloat16_units_reads_the_flags(tmp_path):
     from netc.runtime.precision import cpu_bfloat16_units
 

@@ -435,7 +435,7 @@ convolution_param:
         x2, lead = self._flat(x, g.axis)
         wt = params["weight"].astype(x.dtype)
         via = _by_onednn(g, ctx, x)
-        if via is not None and via == x.dtype and "bias" in params:  # bias gradient by oneDNN too
+        if "bias" in params and via == x.dtype.name:  # the bias gradient by oneDNN too
             y = _onednn_conv_bias(g, self.p.group)(x2, wt, params["bias"])
         elif via is not None:
             y = _onednn_conv(g, self.p.group)(x2.astype(via), wt.astype(via)).astype(x.dtype)

@@ -185,14 +185,14 @@ def _max_tiled(x, g: PoolGeometry, last: bool = False):
     import jax.numpy as jnp
 
     n, kernel = len(g.out), g.window.kernel
+    windows = tuple(d for o, k in zip(g.out, kernel) for d in (o, k))
     if last:  # the same on N×spatial×C, which reshapes to windows without moving memory
-        split = x.shape[:1] + tuple(d for o, k in zip(g.out, kernel) for d in (o, k)) + x.shape[1:2]
-        axes, first = tuple(2 + 2 * i for i in range(n)), 1
+        split, first = x.shape[:1] + windows + x.shape[1:2], 1
         to, back = (lambda a: jnp.moveaxis(a, 1, -1)), (lambda a: jnp.moveaxis(a, -1, 1))
     else:
-        split = x.shape[:2] + tuple(d for o, k in zip(g.out, kernel) for d in (o, k))
-        axes, first = tuple(3 + 2 * i for i in range(n)), 2
+        split, first = x.shape[:2] + windows, 2
         to = back = lambda a: a  # noqa: E731
+    axes = tuple(first + 1 + 2 * i for i in range(n))  # each window's kernel axes
 
     def fwd(x_):
         win = to(x_).reshape(split)

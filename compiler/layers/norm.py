@@ -165,21 +165,19 @@ class FoldedChain:
     """A BatchNorm (batch statistics mean, var of x) → Scale (gamma, beta) chain of one walk, to
     be computed as one (batch_norm_affine); `kernel`: its backward by the native kernel."""
 
-    x: Any  # BatchNorm's input: widened to float32 under a narrower compute dtype
+    x: Any  # BatchNorm's input as the chain reads it: float32, or bfloat16 for the kernel
     mean: Any
     var: Any
     eps: float
     gamma: Any
     beta: Any
     kernel: bool
-    out_dtype: Any = None  # the Scale's dtype when narrower than x's (bfloat16, float16)
-    src: Any = None  # x as the kernel reads it: before the widening when that was bfloat16
+    out_dtype: Any = None  # the Scale's dtype when narrower than float32 (bfloat16, float16)
 
     def apply(self, lo=None, hi=None):
         """The chain's output, clamped to [lo, hi] (an activation folded in), as one function."""
-        return batch_norm_affine(self.x if self.src is None else self.src, self.mean, self.var,
-                                 self.eps, self.gamma, self.beta, lo, hi, kernel=self.kernel,
-                                 out_dtype=self.out_dtype)
+        return batch_norm_affine(self.x, self.mean, self.var, self.eps, self.gamma, self.beta,
+                                 lo, hi, kernel=self.kernel, out_dtype=self.out_dtype)
 
 
 def bn_scale_input(ctx, scale: Made) -> FoldedChain | None:
@@ -210,9 +208,9 @@ def bn_scale_input(ctx, scale: Made) -> FoldedChain | None:
     if x.dtype.name not in ("float32", "float64") or (
             y.dtype != x.dtype and y.dtype.name not in ("bfloat16", "float16")):
         return None
-    chain = FoldedChain(x, mean, var, bn.layer.unit.p.eps, gamma.astype(x.dtype),
+    chain = FoldedChain(src, mean, var, bn.layer.unit.p.eps, gamma.astype(x.dtype),
                         None if beta is None else beta.astype(x.dtype), _native_for(ctx, x),
-                        None if y.dtype == x.dtype else y.dtype, src)
+                        None if y.dtype == x.dtype else y.dtype)
     names = (bn.layer.name, scale.layer.name)
     names += (ctx.layer.name,) if ctx.layer.name not in names else ()
     ctx.sources.fused[ctx.layer.name] = (

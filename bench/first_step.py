@@ -121,7 +121,7 @@ except SystemExit as e:
 '''
 
 
-def child_env() -> dict[str, str]:
+def child_env(python: str) -> dict[str, str]:
     """The runs' environment: netc's bytecode cached, as it is after `pip install`, even where
     PYTHONDONTWRITEBYTECODE is set (compiling netc's sources at every start adds ~0.3 s that a
     user does not pay). The .pyc files go to netc's __pycache__ folders, compiled once here."""
@@ -138,17 +138,18 @@ def child_env() -> dict[str, str]:
         env["GLIBC_TUNABLES"] = own
     else:
         env.pop("GLIBC_TUNABLES", None)
-    import netc
-
-    subprocess.run([sys.executable, "-m", "compileall", "-q", "-x", r"[/\\](tests|bench)[/\\]",
-                    str(Path(netc.__file__).parent)], env=env, check=True, capture_output=True)
+    where = subprocess.run([python, "-c", "import netc, os; print(os.path.dirname(netc.__file__))"],
+                           env=env, check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run([python, "-m", "compileall", "-q", "-x", r"[/\\](tests|bench)[/\\]", where],
+                   env=env, check=True, capture_output=True)
     return env
 
 
-def one(spec: str, cache: Path, out: Path, env: dict[str, str]) -> dict[str, tuple[float, float]]:
+def one(spec: str, cache: Path, out: Path, env: dict[str, str], python: str = sys.executable
+        ) -> dict[str, tuple[float, float]]:
     """One run: {milestone: (seconds since start, process CPU seconds)}."""
     env = dict(env, NETC_CACHE_DIR=str(cache), FS_T0=repr(time.time()))
-    r = subprocess.run([sys.executable, "-c", CHILD, "train", spec, "--max-iter", "1", "--out",
+    r = subprocess.run([python, "-c", CHILD, "train", spec, "--max-iter", "1", "--out",
                         str(out), "--no-progress"], env=env, capture_output=True, text=True,
                        cwd=ROOT)
     marks = {}
@@ -165,15 +166,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("spec", nargs="?", default="models/lenet.yaml")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--python", default=sys.executable,
+                    help="the interpreter of the netc install to time (default: this one); e.g. "
+                         "a virtualenv made by README command (1), without the test extras, some "
+                         "of which JAX imports when present (grain brings etils: +0.1 s)")
     a = ap.parse_args()
     runs: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
     with tempfile.TemporaryDirectory() as tmp:
-        env = child_env()
+        env = child_env(a.python)
         for i in range(a.repeats):
             cache = Path(tmp) / f"cache{i}"
             for k, kind in enumerate(("cold", "warm", "warm")):
                 load = os.getloadavg()[0]
-                marks = one(a.spec, cache, Path(tmp) / f"run{i}-{k}", env)
+                marks = one(a.spec, cache, Path(tmp) / f"run{i}-{k}", env, a.python)
                 runs[kind].append(marks["first_step_done"])
                 print(f"{kind} (load {load:.2f}): " + ", ".join(
                     f"{n} {w:.2f}" for n, (w, _) in marks.items())

@@ -226,16 +226,17 @@ def peak_memory(w: Workload, name: str, quick: bool) -> dict | None:
     return {"peak_mib": m["peak_rss"] / 2**20, "net_mib": (m["peak_rss"] - m["base_rss"]) / 2**20}
 
 
-def first_step(repeats: int) -> dict[str, float]:
+def first_step(repeats: int, python: str = sys.executable) -> dict[str, float]:
     import first_step as fs
 
     cold, warm = [], []
-    env = fs.child_env()
+    env = fs.child_env(python)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
             cache = Path(tmp) / f"cache{i}"
             for k in range(2):
-                marks = fs.one("models/lenet.yaml", cache, Path(tmp) / f"run{i}-{k}", env)
+                marks = fs.one("models/lenet.yaml", cache, Path(tmp) / f"run{i}-{k}", env,
+                               python)
                 (cold if k == 0 else warm).append(marks["first_step_done"][0])
     return {"cold_s": statistics.median(cold), "warm_s": statistics.median(warm)}
 
@@ -309,8 +310,10 @@ def markdown(report: dict) -> str:
         lines += [f"| {n} | failed: {why} | | | | | |" for n, why in w["failed"].items()] + [""]
     extra = report.get("first_step")
     if extra:
-        lines += [f"Time to first step (`netc train models/lenet.yaml`, fresh process): cold "
-                  f"{extra['cold_s']:.2f} s, warm compile cache {extra['warm_s']:.2f} s.", ""]
+        where = ("" if extra.get("python", sys.executable) == sys.executable
+                 else f"; netc installed for {extra['python']}")
+        lines += [f"Time to first step (`netc train models/lenet.yaml`, fresh process{where}): "
+                  f"cold {extra['cold_s']:.2f} s, warm compile cache {extra['warm_s']:.2f} s.", ""]
     if report.get("check_resnet50_s") is not None:
         lines += [f"`netc check models/resnet50_caffe.yaml`: {report['check_resnet50_s']:.2f} s "
                   "(whole command).", ""]
@@ -324,6 +327,9 @@ def main() -> None:
     ap.add_argument("--contenders", default="netc,netc-xla,jax,torch,torch-cl,torch-compile,"
                                                + ",".join(BF16))
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--first-step-python", default=sys.executable,
+                    help="the interpreter whose netc install the time to first step runs "
+                         "(bench/first_step.py --python; default: this one)")
     ap.add_argument("--memory-only", action="store_true",
                     help="measure only the memory column again, into --out's RESULTS.json")
     ap.add_argument("--out", type=Path, default=None)
@@ -353,7 +359,8 @@ def main() -> None:
                                               macs_per_sample(w.spec), memory)
         report["workloads"][name]["measured"] = report["date"]
         write(report, out)  # after each workload: a long run stopped early keeps what it measured
-    report["first_step"] = first_step(1 if args.quick else 2)
+    report["first_step"] = first_step(1 if args.quick else 2, args.first_step_python)
+    report["first_step"]["python"] = args.first_step_python
     report["check_resnet50_s"] = check_time(3 if args.quick else 10)
     write(report, out)
     print(markdown(report))

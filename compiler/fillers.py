@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from netc.compiler import threefry
+from netc.compiler.xla import jit
 from netc.spec.messages import FillerParameter
 
 # Uniform and xavier blobs up to this many elements are drawn in NumPy (compiler/threefry.py, the
@@ -86,7 +87,10 @@ def _orthogonal_host(key, shape: tuple[int, ...], gain: float, dtype):
     import jax
 
     blocks, big, small, wide = _blocks(shape)
-    a = np.asarray(_normal_fn()(key, blocks * big * small), np.float64).reshape(blocks, big, small)
+    n = blocks * big * small
+    a = _host_normal(key, n, None)
+    a = (np.asarray(_normal_fn()(key, n)) if a is None else a).astype(np.float64)
+    a = a.reshape(blocks, big, small)
     q = np.empty_like(a)
     for b in range(blocks):
         qb, rb = np.linalg.qr(a[b])
@@ -102,7 +106,38 @@ def _normal_fn():
     import jax
     import jax.numpy as jnp
 
-    return jax.jit(lambda key, n: jax.random.normal(key, (n,), jnp.float32), static_argnums=1)
+    return jit(lambda key, n: jax.random.normal(key, (n,), jnp.float32), static_argnums=1)
+
+
+# jax.random.normal is √2·erf⁻¹(u) of a uniform u on (−1, 1): NumPy draws u (the same bits as
+# JAX), XLA maps it in chunks of this many values, one compiled program for every blob
+NORMAL_CHUNK = 2**16
+
+
+@functools.cache
+def _erf_inv_fn():
+    from jax import lax
+
+    return jit(lambda u: lax.mul(np.float32(np.sqrt(2)), lax.erf_inv(u)))
+
+
+def _host_normal(key, n: int, dtype) -> np.ndarray | None:
+    """jax.random.normal(key, (n,), float32) as a NumPy array, for a float32 draw of at most
+    HOST_DRAW_MAX values from a host key (else None: JAX draws it): the uniform in NumPy and
+    erf⁻¹ by one XLA program over fixed-size chunks, so that blobs of any count compile nothing
+    new (eagerly, each count was a program of its own: MobileNet v2's Net.init compiled for
+    7.3 s). JAX's values bit for bit (tests/test_threefry.py)."""
+    import jax.numpy as jnp
+
+    host = host_key(key)
+    if host is None or jnp.dtype(dtype or jnp.float32) != jnp.float32 or n > HOST_DRAW_MAX:
+        return None
+    lo = np.nextafter(np.float32(-1.0), np.float32(0.0))
+    u = threefry.uniform(host, n, lo, 1.0)
+    chunks = -(-n // NORMAL_CHUNK)
+    u = np.concatenate([u, np.zeros(chunks * NORMAL_CHUNK - n, np.float32)])
+    f = _erf_inv_fn()
+    return np.concatenate([np.asarray(f(part)) for part in np.split(u, chunks)])[:n]
 
 
 @functools.cache
@@ -119,7 +154,8 @@ def _orthogonal_fn():
             q = jnp.swapaxes(q, -1, -2)
         return (gain * q).reshape(shape).astype(dtype)
 
-    # one compiled program per shape, traced into the caller's program
+    # one compiled program per shape, traced into the caller's program (so plain jax.jit:
+    # compiler options are for top-level programs only)
     return jax.jit(draw, static_argnums=(1, 2, 3))
 
 
@@ -168,13 +204,16 @@ def _householder_q(a):
 
 def host_key(rng) -> np.ndarray | None:
     """`rng` as a NumPy uint32[2] threefry key when NumPy can draw from it with JAX's bits (a
-    concrete raw key, JAX's default PRNG configured), else None (a traced or typed key)."""
+    concrete raw key, or a typed threefry2x32 key, JAX's default PRNG configured), else None (a
+    traced key, a key of another PRNG)."""
     import jax
 
     if isinstance(rng, jax.core.Tracer) or not threefry.available():
         return None
     if isinstance(rng, jax.Array) and jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
-        return None
+        if rng.shape or str(jax.random.key_impl(rng)) != "threefry2x32":
+            return None
+        rng = jax.random.key_data(rng)  # the same bits: a typed key wraps the raw one
     key = np.asarray(rng)
     return key if key.shape == (2,) and key.dtype == np.uint32 else None
 
@@ -212,7 +251,9 @@ def _uniform(key, lo: float, hi: float, shape: tuple[int, ...], dtype):
 @functools.cache
 def _uniform_fn():
     """U(lo, hi) drawn flat and reshaped in one compiled program per shape (lo, hi traced: all
-    xavier blobs of a shape share it; eagerly, the reshape was an XLA compile of its own)."""
+    xavier blobs of a shape share it; eagerly, the reshape was an XLA compile of its own). Plain
+    jax.jit: a jitted Net.init traces it into its own program, and compiler options are for
+    top-level programs only."""
     import jax
 
     def draw(key, lo, hi, shape, dtype):
@@ -243,6 +284,16 @@ def fill(key, f: FillerParameter | None, shape: tuple[int, ...], dtype=None):
     if t == "xavier":
         s = math.sqrt(3.0 / _norm(f, shape))
         return _uniform(key, -s, s, tuple(shape), dtype)
+    z = None
+    if t == "msra" or (t == "gaussian" and f.sparse < 0):
+        z = _host_normal(key, flat[0], dtype)
+    if z is not None:  # scaled in float32 as JAX's eager multiply and add round (once each;
+        # fused into the draw's program, some bits would move by an ulp)
+        if t == "msra":
+            w = np.float32(math.sqrt(2.0 / _norm(f, shape))) * z
+        else:
+            w = np.float32(f.mean) + np.float32(f.std) * z
+        return jax.device_put(w.reshape(shape))
     key = jnp.asarray(key)  # the remaining fillers draw with JAX
     if t == "gaussian":
         w = f.mean + f.std * jax.random.normal(key, flat, dtype)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from netc.compiler.xla import jit
 from netc.runtime.errors import RunError
 
 __all__ = ["DataFeed", "data_feeds", "make_eval_fn", "evaluate", "metric_names"]
@@ -153,7 +154,6 @@ def make_eval_fn(net, extra: tuple[str, ...] = (), precision: str = "float32"):
     The new state is `state` with the carried recurrent states (`carry_*` roles) the forward
     wrote; every other entry (statistics) is returned as given. `precision`: the dtype the
     forward computes in, as the train step does (runtime/precision.py)."""
-    import jax
 
     from netc.compiler.layer import is_carry_role
     from netc.runtime.precision import policy
@@ -169,7 +169,7 @@ def make_eval_fn(net, extra: tuple[str, ...] = (), precision: str = "float32"):
                 for layer, roles in state.items()}
         return out, kept
 
-    return jax.jit(ev)
+    return jit(ev)
 
 
 def evaluate(eval_fn, params: dict, state: dict, feeds: list[DataFeed], iterations: int,

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from netc.compiler.xla import jit
 from netc.runtime.errors import RunError
 
 __all__ = ["Decoder", "beam_search", "greedy", "sample"]
@@ -115,7 +116,6 @@ class Decoder:
     def step_fn(self):
         """jitted `(params, state, inputs) -> (scores (rows×V), {final-state blob: value},
         new_state)`."""
-        import jax
 
         outs = [self.scores] + [t for _, t in self.pairs]
 
@@ -125,7 +125,7 @@ class Decoder:
             s = s[0] if self.time_axis == 0 else s[:, 0]
             return s, {t: blobs[t] for _, t in self.pairs}, new_state
 
-        return jax.jit(run)
+        return jit(run)
 
     def inputs(self, tokens: np.ndarray, first: bool, feedback: dict | None) -> dict:
         tok = np.asarray(tokens).reshape(-1)

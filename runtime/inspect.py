@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from netc.compiler.layer import fmt_shape
+from netc.compiler.xla import jit
 from netc.runtime.errors import RunError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -67,7 +68,6 @@ class Inspected:
 
     def forward(self, x: np.ndarray, blobs: Sequence[str]) -> dict[str, np.ndarray]:
         """`blobs` of the TEST forward on x (N×C×H×W), CHUNK samples per call."""
-        import jax
 
         # a program already compiled for more blobs serves fewer (several looks, one compile)
         key = next(
@@ -75,7 +75,7 @@ class Inspected:
         )
         if key not in self._fns:
             m, inp = self.model, self.input
-            self._fns[key] = jax.jit(lambda p, s, x: m.apply(p, s, {inp: x}, outputs=list(key))[0])
+            self._fns[key] = jit(lambda p, s, x: m.apply(p, s, {inp: x}, outputs=list(key))[0])
         outs = [self._fns[key](self.model.params, self.model.state, part) for part in _chunks(x)]
         return {b: np.concatenate([np.asarray(o[b]) for o in outs])[: len(x)] for b in blobs}
 
@@ -434,7 +434,7 @@ def saliency(net: Inspected, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
             s = m.apply(m.params, m.state, {name: x}, outputs=[scores])[0][scores]
             return s.reshape(s.shape[0], -1)[np.arange(s.shape[0]), k].sum()
 
-        net._fns["saliency"] = jax.jit(jax.grad(total))
+        net._fns["saliency"] = jit(jax.grad(total))
     g = np.asarray(net._fns["saliency"](x.astype(np.float32), np.asarray(classes, np.int32)))
     return np.abs(g).max(axis=1)
 

@@ -59,6 +59,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from netc.compiler.layer import is_carry_role
+from netc.compiler.xla import jit
 from netc.runtime.callbacks import Diverged, EarlyStopping, Event, MetricsLog, NanGuard, Progress
 from netc.runtime.context import RunContext, load_context
 from netc.runtime.errors import EXIT_DIVERGED, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, RunError
@@ -337,8 +338,8 @@ def make_train_step(net, optimizer, iter_size: int, step_key, mix=None, replicat
                                       (new_params, new_state, new_opt)), loss)
 
     if replicated is not None:
-        return jax.jit(step, donate_argnums=(0, 1, 2), out_shardings=replicated)
-    return jax.jit(step, donate_argnums=(0, 1, 2))
+        return jit(step, donate_argnums=(0, 1, 2), out_shardings=replicated)
+    return jit(step, donate_argnums=(0, 1, 2))
 
 
 # --- timing -----------------------------------------------------------------------------------

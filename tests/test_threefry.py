@@ -80,3 +80,63 @@ def test_net_init_from_numpy_equals_jax_and_compiles_nothing(monkeypatch):
     for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(drawn)):
         assert a.dtype == b.dtype and isinstance(a, jax.Array)
         np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+
+
+@pytest.mark.parametrize("n", [1, 25, 4099, fillers.NORMAL_CHUNK, fillers.NORMAL_CHUNK + 1, 200_003])
+def test_normal_is_jaxs_bit_for_bit(n):
+    for seed in (0, 2**32 - 1):
+        key = threefry.fold_in(threefry.key(seed), n)
+        want = np.asarray(jax.random.normal(jnp.asarray(key), (n,), jnp.float32))
+        got = fillers._host_normal(key, n, None)
+        assert got.dtype == np.float32 and got.shape == (n,)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+GAUSSIAN_NET = """
+name: gaussians
+layers:
+  - {name: data, type: Input, top: data, input_param: {shape: {dim: [2, 3, 12, 12]}}}
+  - {name: c1, type: Convolution, bottom: data, top: c1,
+     convolution_param: {num_output: 7, kernel_size: 3, weight_filler: {type: msra},
+                         bias_filler: {type: gaussian, std: 0.5, mean: 1}}}
+  - {name: c2, type: Convolution, bottom: c1, top: c2,
+     convolution_param: {num_output: 5, kernel_size: 5, weight_filler: {type: msra,
+                         variance_norm: FAN_OUT}}}
+  - {name: ip, type: InnerProduct, bottom: c2, top: ip,
+     inner_product_param: {num_output: 11, weight_filler: {type: gaussian, std: 0.01}}}
+"""
+
+
+def test_gaussian_fillers_draw_jaxs_values_with_one_program(tmp_path, monkeypatch):
+    """msra and gaussian blobs of any count: JAX's own eager draws bit for bit, from raw and
+    typed keys, compiling one program (the chunked erf⁻¹) for every blob instead of one per
+    count."""
+    spec = tmp_path / "g.yaml"
+    spec.write_text(GAUSSIAN_NET)
+    net = lower(load_context(str(spec), None).plan("TRAIN"))
+    fillers._erf_inv_fn.cache_clear()
+    compiled = []
+
+    class Log(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Finished XLA compilation"):
+                compiled.append(record.getMessage())
+
+    handler, logger = Log(logging.DEBUG), logging.getLogger("jax")
+    logger.addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        host = net.init(threefry.key(5))
+        typed = net.init(jax.random.key(5))
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(handler)
+    assert len(compiled) <= 1, compiled  # none when the persistent cache had it
+    monkeypatch.setattr(threefry, "available", lambda: False)  # every draw by JAX
+    drawn = net.init(jax.random.PRNGKey(5))
+    for tree in (host, typed):
+        for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(drawn), strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_array_equal(np.asarray(a).view(np.uint32),
+                                          np.asarray(b).view(np.uint32))
+    assert float(np.asarray(host[0]["c1"]["bias"]).mean()) > 0.5  # the mean applied

@@ -10,6 +10,7 @@ from typing import TextIO
 import numpy as np
 
 from netc.compiler.layer import fmt_shape
+from netc.compiler.xla import jit
 from netc.runtime.errors import EXIT_OK, RunError
 
 
@@ -108,14 +109,12 @@ def choose_outputs(plan, requested: list[str] | None, given: set[str], source: s
 def forward(net, params: dict, state: dict, arrays: dict[str, np.ndarray],
             blobs: list[str]) -> dict[str, np.ndarray]:
     """A jitted TEST-phase forward of `blobs` from `arrays` (float32)."""
-    import jax
-
     feed = {k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
 
     def fwd(params, state, feed):
         return net.apply(params, state, feed, rng=None, train=False, outputs=blobs)[0]
 
-    result = jax.jit(fwd)(params, state, feed)
+    result = jit(fwd)(params, state, feed)
     return {k: np.asarray(v) for k, v in result.items()}
 
 

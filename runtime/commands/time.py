@@ -30,6 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TextIO
 
+from netc.compiler.xla import jit
 from netc.runtime.errors import EXIT_OK, RunError
 
 
@@ -194,8 +195,8 @@ def _jit(fn, args: tuple, last: bool):
     import jax
 
     if not last:
-        return jax.jit(fn)
-    return jax.jit(fn, in_shardings=_formats(args),
+        return jit(fn)
+    return jit(fn, in_shardings=_formats(args),
                    out_shardings=_formats(jax.eval_shape(fn, *args)))
 
 
@@ -290,7 +291,7 @@ def measure(spec_path: str, *, phase: str = "TRAIN", batch: int | None = None,
     params, state = net.init(jax.random.fold_in(root, 1))
     inputs = jax.device_put(_inputs(plan, seed))
     key = jax.random.fold_in(root, 2)
-    apply = jax.jit(lambda p, s, x, k: net.apply(p, s, x, rng=k, train=train,
+    apply = jit(lambda p, s, x, k: net.apply(p, s, x, rng=k, train=train,
                                                  outputs=net.sinks()))
 
     b = plan.batch_size

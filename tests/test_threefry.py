@@ -4,6 +4,7 @@ compiling an XLA program."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import jax
@@ -54,10 +55,10 @@ def test_fused_multiply_add_rounds_once():
     assert np.float32(np.float64(x[0]) * np.float64(y) + np.float64(z)) != z  # the trap
 
 
-def test_net_init_from_numpy_equals_jax_and_compiles_nothing(monkeypatch):
-    net = lower(load_context(str(ROOT / "models" / "lenet.yaml"), None).plan("TRAIN"))
-    rng = jax.random.fold_in(jax.random.PRNGKey(3), 0x1417)
-    compiled = []
+@contextlib.contextmanager
+def xla_compiles():
+    """The list of XLA compilations JAX logs while the block runs."""
+    compiled: list[str] = []
 
     class Log(logging.Handler):
         def emit(self, record):
@@ -68,10 +69,17 @@ def test_net_init_from_numpy_equals_jax_and_compiles_nothing(monkeypatch):
     logger.addHandler(handler)
     jax.config.update("jax_log_compiles", True)
     try:
-        host = net.init(threefry.fold_in(threefry.key(3), 0x1417))
+        yield compiled
     finally:
         jax.config.update("jax_log_compiles", False)
         logger.removeHandler(handler)
+
+
+def test_net_init_from_numpy_equals_jax_and_compiles_nothing(monkeypatch):
+    net = lower(load_context(str(ROOT / "models" / "lenet.yaml"), None).plan("TRAIN"))
+    rng = jax.random.fold_in(jax.random.PRNGKey(3), 0x1417)
+    with xla_compiles() as compiled:
+        host = net.init(threefry.fold_in(threefry.key(3), 0x1417))
     assert compiled == []
     monkeypatch.setattr(threefry, "available", lambda: False)  # every draw by JAX
     assert fillers.host_key(rng) is None
@@ -115,23 +123,10 @@ def test_gaussian_fillers_draw_jaxs_values_with_one_program(tmp_path, monkeypatc
     spec.write_text(GAUSSIAN_NET)
     net = lower(load_context(str(spec), None).plan("TRAIN"))
     fillers._erf_inv_fn.cache_clear()
-    compiled = []
-
-    class Log(logging.Handler):
-        def emit(self, record):
-            if record.getMessage().startswith("Finished XLA compilation"):
-                compiled.append(record.getMessage())
-
-    handler, logger = Log(logging.DEBUG), logging.getLogger("jax")
-    logger.addHandler(handler)
-    jax.config.update("jax_log_compiles", True)
-    try:
+    with xla_compiles() as compiled:
         host = net.init(threefry.key(5))
         typed = net.init(jax.random.key(5))
-    finally:
-        jax.config.update("jax_log_compiles", False)
-        logger.removeHandler(handler)
-    assert len(compiled) <= 1, compiled  # none when the persistent cache had it
+    assert len(compiled) == 1 and "jit(<lambda>)" in compiled[0], compiled  # the erf⁻¹ chunks
     monkeypatch.setattr(threefry, "available", lambda: False)  # every draw by JAX
     drawn = net.init(jax.random.PRNGKey(5))
     for tree in (host, typed):
